@@ -1,0 +1,221 @@
+"""Reading YAML/JSON input files and turning pydantic errors into readable problems.
+
+YAML is read with a safe loader that does *not* turn ``2024-02-30`` into a date (PyYAML
+would raise a bare ``ValueError`` for an impossible date); dates stay strings, and
+pydantic reports them against the field that holds them. The YAML node tree is kept
+so that a problem can name the line of the offending value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ._errors import InputError, Problem
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without implicit timestamps: dates are validated by pydantic, not YAML."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+class Document:
+    """A parsed input file: its data plus what is needed to point at a line."""
+
+    __slots__ = ("data", "name", "_node")
+
+    def __init__(self, name: str, data: Any, node: Any = None) -> None:
+        self.name = name
+        self.data = data
+        self._node = node
+
+    def line_of(self, loc: Iterable[Any]) -> int | None:
+        """1-based line of the value at ``loc`` (YAML only), or of its nearest parent."""
+        node = self._node
+        if node is None:
+            return None
+        line = node.start_mark.line + 1
+        for key in loc:
+            if isinstance(node, yaml.MappingNode):
+                nxt = next((v for k, v in node.value if getattr(k, "value", None) == key), None)
+            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+                nxt = node.value[key]
+            else:
+                nxt = None
+            if nxt is None:
+                break
+            node = nxt
+            line = node.start_mark.line + 1
+        return line
+
+
+def read_document(path: str | os.PathLike[str], *, error: type[InputError] = InputError) -> Document:
+    """Read a YAML or JSON file into a :class:`Document`, or raise ``error`` naming the file."""
+    p = Path(path)
+    name = str(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(Problem(name, "", "no such file")) from None
+    except IsADirectoryError:
+        raise error(Problem(name, "", "expected a file, got a directory")) from None
+    except UnicodeDecodeError as exc:
+        raise error(Problem(name, "", f"expected UTF-8 text, got undecodable bytes at offset {exc.start}")) from None
+    except OSError as exc:
+        raise error(Problem(name, "", f"cannot read: {exc.strerror}")) from None
+    return parse_text(text, name, json_only=p.suffix.lower() == ".json", error=error)
+
+
+def parse_text(text: str, name: str, *, json_only: bool = False, error: type[InputError] = InputError) -> Document:
+    """Parse YAML (a superset of JSON) or, with ``json_only``, strict JSON."""
+    if json_only:
+        try:
+            return Document(name, json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise error(Problem(name, "", f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno)) from None
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader) if node is not None else None  # noqa: S506 - safe subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise error(Problem(name, "", f"invalid YAML: {reason}", mark.line + 1 if mark else None)) from None
+    return Document(name, data, node)
+
+
+def format_loc(loc: Iterable[Any]) -> str:
+    """``("measurements", 0, "weight_kg")`` → ``measurements[0].weight_kg``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a mapping" if value else "an empty mapping"
+    if isinstance(value, list):
+        return "a list" if value else "an empty list"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+_TYPE_WORDS = {
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "string_type": "text",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping of fields",
+    "model_type": "a mapping of fields",
+    "model_attributes_type": "a mapping of fields",
+    "date_type": "a date YYYY-MM-DD",
+    "date_parsing": "a date YYYY-MM-DD",
+    "date_from_datetime_parsing": "a date YYYY-MM-DD",
+    "date_from_datetime_inexact": "a date YYYY-MM-DD (no time)",
+    "finite_number": "a finite number",
+}
+
+
+def _expected(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        return f"expected a number {op} {bound}"
+    if kind in _TYPE_WORDS:
+        return f"expected {_TYPE_WORDS[kind]}"
+    if kind == "literal_error":
+        return f"expected {ctx.get('expected', 'one of the allowed values')}"
+    if kind == "enum":
+        return f"expected {ctx.get('expected', 'one of the allowed values')}"
+    if kind == "string_pattern_mismatch":
+        return f"expected text matching {ctx.get('pattern')}"
+    if kind in ("string_too_short", "too_short"):
+        return f"expected at least {ctx.get('min_length')} item(s)" if kind == "too_short" else "expected non-empty text"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    msg = err["msg"]
+    for prefix in ("Input should be ", "Value should be "):
+        if msg.startswith(prefix):
+            return "expected " + msg[len(prefix):]
+    return msg
+
+
+def problems_from_validation(exc: ValidationError, doc: Document) -> list[Problem]:
+    """Turn a pydantic ``ValidationError`` into one :class:`Problem` per error."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        kind = err["type"]
+        line = doc.line_of(loc)
+        if kind == "missing":
+            message = "required field is missing"
+        elif kind == "extra_forbidden":
+            message = "unknown field (not part of the format; check the spelling)"
+        elif kind == "value_error":
+            # Our own validators phrase the whole message ("expected ..., got ...").
+            message = str((err.get("ctx") or {}).get("error", err["msg"]))
+        else:
+            message = f"{_expected(err)}, got {_shown(err.get('input'))}"
+        problems.append(Problem(doc.name, format_loc(loc), message, line))
+    return problems
+
+
+def validate_document(
+    model: type[M], doc: Document, *, error: type[InputError] = InputError, context: dict[str, Any] | None = None
+) -> M:
+    """Validate ``doc.data`` against ``model``; raise ``error`` listing every problem."""
+    if not isinstance(doc.data, dict):
+        raise error(Problem(doc.name, "", f"expected a mapping of fields at the top level, got {_shown(doc.data)}"))
+    try:
+        return model.model_validate(doc.data, context=context)
+    except ValidationError as exc:
+        raise error(problems_from_validation(exc, doc)) from None
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Any], None], *, binary: bool = False) -> None:
+    """Write a file so that it is either complete or absent: temp file, then rename.
+
+    ``write`` receives the open temporary file. Nothing is left behind if it raises.
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as fh:
+            write(fh)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual mode
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,183 @@
+"""Loading: shipped definitions by id, definition and patient files by path.
+
+A protocol is validated and compiled once per process and file version (cached on the
+resolved path, modification time and size); planning a cohort re-uses it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ._errors import DefinitionError, PatientError, Problem
+from ._io import Document, format_loc, read_document, validate_document
+from ._machine import Protocol, compile_definition, walk_values
+from ._models import Patient, ProtocolDefinition
+
+__all__ = [
+    "definition_schema",
+    "list_protocols",
+    "load_patient",
+    "load_protocol",
+    "patient_schema",
+]
+
+_CACHE: dict[tuple[str, int, int], Protocol] = {}
+
+
+def _definitions_dir() -> Path:
+    return Path(str(resources.files("protocol") / "definitions"))
+
+
+def _shipped() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(_definitions_dir().glob("*.yaml"))}
+
+
+def list_protocols() -> list[Protocol]:
+    """Every shipped protocol definition, validated.
+
+    >>> [p.id for p in list_protocols()]  # doctest: +SKIP
+    ['interfant06-blinatumomab']
+    """
+    return [load_protocol(path) for path in _shipped().values()]
+
+
+def load_protocol(id_or_path: str | os.PathLike[str]) -> Protocol:
+    """Load, validate and compile a protocol: a shipped id or a path to a YAML/JSON file.
+
+    Raises :class:`~protocol.DefinitionError` listing every problem (file, field, line).
+
+    >>> p = load_protocol("interfant06-blinatumomab")
+    >>> p.version
+    '1.0.0'
+    """
+    text = os.fspath(id_or_path)
+    shipped = _shipped()
+    name, _, version = text.partition("@")
+    if name in shipped and not Path(text).exists():
+        path = shipped[name]
+    else:
+        path = Path(text)
+        if not path.exists():
+            raise DefinitionError(Problem(
+                text, "", "no such file, and not a shipped protocol id (shipped: " + ", ".join(shipped) + ")"
+            ))
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise DefinitionError(Problem(text, "", f"cannot read: {exc.strerror}")) from None
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    cached = _CACHE.get(key)
+    if cached is None:
+        doc = read_document(path, error=DefinitionError)
+        cached = _compile(doc)
+        _CACHE[key] = cached
+    if version and cached.version != version:
+        raise DefinitionError(Problem(text, "version", f"expected version {version}, got {cached.version}"))
+    return cached
+
+
+def _compile(doc: Document) -> Protocol:
+    defn = validate_document(ProtocolDefinition, doc, error=DefinitionError)
+    compiled, problems = compile_definition(defn)
+    if compiled is None:
+        raise DefinitionError([Problem(doc.name, format_loc(loc), msg, doc.line_of(loc)) for loc, msg in problems])
+    compiled.path = doc.name
+    return compiled
+
+
+# --------------------------------------------------------------------------- patients
+
+
+def load_patient(path: str | os.PathLike[str]) -> Patient:
+    """Load and validate a patient file (YAML or JSON).
+
+    Checks each field, then the dates against each other (diagnosis not before birth,
+    results not before diagnosis, ...). Raises :class:`~protocol.PatientError`.
+
+    >>> patient = load_patient("examples/patients/mr-on-time.yaml")  # doctest: +SKIP
+    """
+    doc = read_document(path, error=PatientError)
+    patient = validate_document(Patient, doc, error=PatientError)
+    problems = [Problem(doc.name, format_loc(loc), msg, doc.line_of(loc)) for loc, msg in _check_patient(patient)]
+    if problems:
+        raise PatientError(problems)
+    patient._source = doc.name
+    patient._lines = doc
+    return patient
+
+
+def _check_patient(p: Patient) -> Iterator[tuple[tuple[Any, ...], str]]:
+    if p.diagnosis_date < p.birth_date:
+        yield ("diagnosis_date",), f"expected a date on or after birth_date {p.birth_date}, got {p.diagnosis_date}"
+    if p.treatment_start is not None and p.treatment_start < p.diagnosis_date:
+        yield ("treatment_start",), (f"expected a date on or after diagnosis_date {p.diagnosis_date}, "
+                                     f"got {p.treatment_start}")
+    seen: dict[dt.date, int] = {}
+    for i, m in enumerate(p.measurements):
+        if m.date < p.birth_date:
+            yield ("measurements", i, "date"), f"expected a date on or after birth_date {p.birth_date}, got {m.date}"
+        if m.date in seen:
+            yield ("measurements", i, "date"), (f"a second measurement on {m.date} (measurements[{seen[m.date]}]); "
+                                                "keep one per date")
+        seen[m.date] = i
+    for i, r in enumerate(p.mrd):
+        if r.date < p.diagnosis_date:
+            yield ("mrd", i, "date"), f"expected a date on or after diagnosis_date {p.diagnosis_date}, got {r.date}"
+    for i, e in enumerate(p.events):
+        if e.date < p.diagnosis_date:
+            yield ("events", i, "date"), (f"expected a date on or after diagnosis_date {p.diagnosis_date}, "
+                                          f"got {e.date}")
+
+
+def definition_schema() -> dict[str, Any]:
+    """JSON Schema of the protocol definition format (what ``protocol schema`` prints)."""
+    schema = ProtocolDefinition.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Protocol definition"
+    return schema
+
+
+def patient_schema() -> dict[str, Any]:
+    """JSON Schema of the patient file format."""
+    schema = Patient.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Patient"
+    return schema
+
+
+def placeholder_rows(protocol: Protocol) -> list[dict[str, Any]]:
+    """Every placeholder value of a protocol: where it is, its value, and the note."""
+    rows = []
+    for loc, label, value in walk_values(protocol.definition):
+        if value.evidence == "placeholder":
+            shown: Any = value.value
+            if hasattr(value, "text"):
+                shown = value.text  # type: ignore[union-attr]
+            rows.append({"field": format_loc(loc), "label": " › ".join(label), "value": shown,
+                         "source": value.source, "note": value.note})
+    return rows
+
+
+def evidence_counts(protocol: Protocol) -> dict[str, int]:
+    """How many values of each evidence level the definition holds."""
+    counts = {"published": 0, "derived": 0, "placeholder": 0}
+    for _, _, value in walk_values(protocol.definition):
+        counts[value.evidence] += 1
+    return counts
+
+
+def dumps(data: Any) -> str:
+    """JSON text with ISO dates, as every JSON output of this package is written."""
+    return json.dumps(data, indent=2, ensure_ascii=False, default=_default) + "\n"
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,541 @@
+"""Compile a validated definition once: checks, day templates, a transition table, a Machine.
+
+From one :class:`~protocol._models.ProtocolDefinition` this module derives
+
+- the cross-reference checks pydantic cannot do field by field (sources resolve, days lie
+  inside their element, every element is reachable, no dead ends, no cycles...);
+- per-element *day templates*: sorted ``(element_day, slot)`` tuples on integer days, which
+  the scheduler walks without touching pydantic;
+- a dict transition table ``{element: (Edge, ...)}`` evaluated with three-valued guards to
+  project a plan (and, later, to simulate cohorts);
+- one ``transitions.Machine`` per protocol (``model=None``, ``auto_transitions=False``) that
+  replays a patient's recorded events: a patient is a small cursor object passed to
+  ``machine.events[name].trigger(cursor)``, never a model added to the machine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel
+
+from ._models import (
+    EVIDENCE_RANK,
+    Administration,
+    Assessment,
+    Condition,
+    DayTerm,
+    Dose,
+    Element,
+    ProtocolDefinition,
+    SourcedDays,
+    SourcedNumber,
+)
+from ._rules import FACTS, Guard, RuleSet, compile_condition, depends_on, describe
+
+__all__ = ["OUTCOMES", "Protocol", "Edge", "Slot", "compile_definition"]
+
+#: States a patient leaves the protocol into, from any element.
+OUTCOMES = ("relapse", "death", "off_protocol")
+
+logging.getLogger("transitions").setLevel(logging.WARNING)
+
+
+# --------------------------------------------------------------------------- compiled pieces
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Slot:
+    """One administration or assessment of one element, ready for scheduling."""
+
+    element: str
+    index: int
+    kind: str  # "administration" | "assessment"
+    key: str
+    name: str
+    route: str | None
+    frequency: str | None
+    days: tuple[DayTerm, ...]
+    days_text: str
+    dose: Dose | None
+    evidence: str  # weakest evidence of the days and the dose parts that do not vary by patient
+    timepoint: str | None
+    study: str | None  # assessment kind
+    notes: tuple[str, ...]
+    source: Administration | Assessment = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Edge:
+    """A transition: destination, compiled guard (None = default edge), decision id."""
+
+    source: str
+    dest: str
+    guard: Guard | None
+    condition: Condition | None
+    decision: str
+    label: str | None
+    depends_on: tuple[str, ...]
+    text: str  # the condition in words ("otherwise" for the default edge)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledElement:
+    """An element on integer days."""
+
+    id: str
+    index: int
+    title: str
+    length: int | None  # None: open-ended or a final element without length
+    open_ended: bool
+    final: bool
+    first_day: int
+    gap: int
+    slots: tuple[Slot, ...]
+    evidence: str  # of the length (or of end_of_therapy for an open-ended element)
+    model: Element = field(repr=False)
+
+    def template(self, length: int) -> tuple[tuple[int, Slot], ...]:
+        """``(element_day, slot)`` pairs for an element of ``length`` days, in day order."""
+        return _template(self, length)
+
+
+@lru_cache(maxsize=512)
+def _template(element: CompiledElement, length: int) -> tuple[tuple[int, Slot], ...]:
+    first, last = element.first_day, element.first_day + length - 1
+    pairs: list[tuple[int, int, Slot]] = []
+    for slot in element.slots:
+        for start, stop, step in slot.days:
+            end = last if stop is None else min(stop, last)
+            for day in range(max(start, first), end + 1, step) if start >= first else range(start, end + 1, step):
+                if day >= first:
+                    pairs.append((day, slot.index, slot))
+    pairs.sort(key=lambda p: (p[0], p[1]))
+    return tuple((d, s) for d, _, s in pairs)
+
+
+def _weakest(*levels: str | None) -> str:
+    present = [lvl for lvl in levels if lvl is not None]
+    return min(present, key=EVIDENCE_RANK.__getitem__) if present else "published"
+
+
+def _dose_evidence(dose: Dose) -> str:
+    parts = [dose.amount, dose.cap] if dose.basis != "age_banded" else [dose.cap, *(b.amount for b in dose.bands or ())]
+    return _weakest(*(p.evidence for p in parts if p is not None))
+
+
+# --------------------------------------------------------------------------- walking provenance
+
+
+def walk_values(model: Any, loc: tuple[Any, ...] = (), label: tuple[str, ...] = ()) -> Iterator[
+    tuple[tuple[Any, ...], tuple[str, ...], SourcedNumber | SourcedDays]
+]:
+    """Yield ``(loc, label, value)`` for every sourced number or day list in a definition.
+
+    ``loc`` is the field path; ``label`` a readable path of ids (``induction › prednisone``).
+    """
+    if isinstance(model, (SourcedNumber, SourcedDays)):
+        yield loc, label, model
+        return
+    if isinstance(model, BaseModel):
+        if not isinstance(model, ProtocolDefinition):
+            ident = model.key if isinstance(model, Administration) else getattr(model, "id", None)
+            if isinstance(ident, str):
+                label = (*label, ident)
+        for name, info in type(model).model_fields.items():
+            value = getattr(model, name)
+            if value is None:
+                continue
+            alias = info.alias or name
+            leaf = isinstance(value, (SourcedNumber, SourcedDays))
+            yield from walk_values(value, (*loc, alias), (*label, alias) if leaf else label)
+    elif isinstance(model, (list, tuple)):
+        for i, item in enumerate(model):
+            yield from walk_values(item, (*loc, i), label)
+
+
+def _source_refs(defn: ProtocolDefinition) -> Iterator[tuple[tuple[Any, ...], str]]:
+    for loc, _, value in walk_values(defn):
+        if value.source is not None:
+            yield (*loc, "source"), value.source
+    for i, g in enumerate(defn.risk_groups):
+        yield ("risk_groups", i, "source"), g.source
+    for i, r in enumerate(defn.eligibility):
+        yield ("eligibility", i, "source"), r.source
+    for i, t in enumerate(defn.transitions):
+        if t.rule_source is not None:
+            yield ("transitions", i, "rule_source"), t.rule_source
+
+
+def _conditions(defn: ProtocolDefinition) -> Iterator[tuple[tuple[Any, ...], Condition]]:
+    for i, g in enumerate(defn.risk_groups):
+        if g.when is not None:
+            yield ("risk_groups", i, "when"), g.when
+    for i, r in enumerate(defn.eligibility):
+        yield ("eligibility", i, "when"), r.when
+    for i, d in enumerate(defn.derived_facts):
+        for j, case in enumerate(d.cases):
+            yield ("derived_facts", i, "cases", j, "when"), case.when
+    for i, t in enumerate(defn.transitions):
+        if t.when is not None:
+            yield ("transitions", i, "when"), t.when
+
+
+def _leaves(c: Condition, loc: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], Condition]]:
+    for name, group in (("all", c.all_), ("any", c.any_)):
+        for i, x in enumerate(group or ()):
+            yield from _leaves(x, (*loc, name, i))
+    if c.not_ is not None:
+        yield from _leaves(c.not_, (*loc, "not"))
+    if c.fact is not None or c.mrd is not None:
+        yield loc, c
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _whole(v: SourcedNumber | None, minimum: int) -> int | None:
+    if v is None or v.value is None or v.value != int(v.value) or v.value < minimum:
+        return None
+    return int(v.value)
+
+
+def check_definition(defn: ProtocolDefinition) -> list[tuple[tuple[Any, ...], str]]:
+    """Cross-reference checks; returns ``(field path, message)`` for every problem."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    add = problems.append
+
+    keys = [s.key for s in defn.sources]
+    for i, k in enumerate(keys):
+        if k in keys[:i]:
+            add((("sources", i, "key"), f"duplicate source key {k!r}"))
+    for loc, key in _source_refs(defn):
+        if key not in keys:
+            add((loc, f"expected the key of an entry in `sources` ({', '.join(keys)}), got {key!r}"))
+
+    ids = [e.id for e in defn.elements]
+    by_id = {e.id: e for e in defn.elements}
+    reserved = set(OUTCOMES)
+    for i, e in enumerate(defn.elements):
+        if e.id in ids[:i]:
+            add((("elements", i, "id"), f"duplicate element id {e.id!r}"))
+        if e.id in reserved:
+            add((("elements", i, "id"), f"{e.id!r} is reserved for an outcome ({', '.join(OUTCOMES)})"))
+    timepoints = [t.id for t in defn.timepoints]
+    for i, t in enumerate(timepoints):
+        if t in timepoints[:i]:
+            add((("timepoints", i, "id"), f"duplicate time point {t!r}"))
+    groups = [g.id for g in defn.risk_groups]
+    for i, g in enumerate(groups):
+        if g in groups[:i]:
+            add((("risk_groups", i, "id"), f"duplicate risk group {g!r}"))
+    for i, g in enumerate(defn.risk_groups[:-1]):
+        if g.when is None:
+            add((("risk_groups", i, "when"), "only the last risk group may omit `when` (it takes everyone left)"))
+
+    # Elements: lengths, days inside the element, ids.
+    for i, e in enumerate(defn.elements):
+        loc = ("elements", i)
+        length = None
+        if e.length_days is not None:
+            length = _whole(e.length_days, 1)
+            if length is None:
+                add(((*loc, "length_days", "value"),
+                     f"expected a whole number of days >= 1, got {e.length_days.value}"))
+        if e.until == "end_of_therapy" and defn.end_of_therapy is None:
+            add(((*loc, "until"), "runs until end_of_therapy, but the definition has no `end_of_therapy`"))
+        if e.start is not None and _whole(e.start.gap_days, 0) is None:
+            add(((*loc, "start", "gap_days", "value"),
+                 f"expected a whole number of days >= 0, got {e.start.gap_days.value}"))
+        if e.final and e.length_days is None and e.until is None and (e.administrations or e.assessments):
+            add((loc, "a final element without length_days cannot schedule administrations or assessments"))
+        adm_keys = [a.key for a in e.administrations]
+        for j, a in enumerate(e.administrations):
+            if a.key in adm_keys[:j]:
+                add(((*loc, "administrations", j, "id"),
+                     f"two administrations of {a.drug!r} in {e.id!r}: give each a distinct `id`"))
+        assess_ids = [a.id for a in e.assessments]
+        for j, a in enumerate(e.assessments):
+            if a.id in assess_ids[:j]:
+                add(((*loc, "assessments", j, "id"), f"duplicate assessment id {a.id!r}"))
+            if a.timepoint is not None:
+                if a.timepoint not in timepoints:
+                    add(((*loc, "assessments", j, "timepoint"),
+                         f"expected a declared time point ({', '.join(timepoints) or 'none declared'}), "
+                         f"got {a.timepoint!r}"))
+                terms = a.days.terms
+                if len(terms) != 1 or terms[0][1] != terms[0][0]:
+                    add(((*loc, "assessments", j, "days"), "an assessment with a time point must be on one day"))
+        last = None if length is None else e.first_day + length - 1
+        for kind, items in (("administrations", e.administrations), ("assessments", e.assessments)):
+            for j, a in enumerate(items):
+                for start, stop, _ in a.days.terms:
+                    where = (*loc, kind, j, "days", "value")
+                    if start < e.first_day:
+                        add((where, f"day {start} is before the element's first day {e.first_day}"))
+                    if stop is None and e.until is None:
+                        add((where, "'end' is only allowed in an open-ended element (until: end_of_therapy)"))
+                    if last is not None and (stop if stop is not None else start) > last:
+                        add((where, f"day {stop if stop is not None else start} is after the element's last day "
+                                    f"{last} ({e.id!r} has {length} days from day {e.first_day})"))
+
+    # Conditions: facts, values, time points, risk groups.
+    for base, cond in _conditions(defn):
+        for loc, leaf in _leaves(cond, base):
+            if leaf.mrd is not None:
+                if leaf.mrd not in timepoints:
+                    add(((*loc, "mrd"), f"expected a declared time point ({', '.join(timepoints) or 'none'}), "
+                                        f"got {leaf.mrd!r}"))
+                continue
+            spec = FACTS.get(str(leaf.fact))
+            if spec is None:
+                add(((*loc, "fact"), f"expected a known fact ({', '.join(sorted(FACTS))}), got {leaf.fact!r}"))
+                continue
+            op, operand = leaf.op
+            if spec.kind == "numeric" and op in ("eq", "ne", "in"):
+                add(((*loc, op), f"{leaf.fact} is a number: compare it with lt, lte, gt or gte"))
+            elif spec.kind == "categorical":
+                if op in ("lt", "lte", "gt", "gte"):
+                    add(((*loc, op), f"{leaf.fact} is categorical: compare it with eq, ne or in"))
+                    continue
+                allowed = tuple(groups) if leaf.fact == "risk_group" else spec.values
+                for value in operand if op == "in" else [operand]:
+                    if value not in allowed:
+                        add(((*loc, op), f"expected one of {', '.join(allowed)}, got {value!r}"))
+    for i, d in enumerate(defn.derived_facts):
+        spec = FACTS.get(d.id)
+        if spec is None or spec.kind != "categorical":
+            add((("derived_facts", i, "id"), f"expected a categorical fact to derive, got {d.id!r}"))
+            continue
+        for j, case in enumerate(d.cases):
+            if case.value not in spec.values:
+                add((("derived_facts", i, "cases", j, "value"),
+                     f"expected one of {', '.join(spec.values)}, got {case.value!r}"))
+        if d.otherwise is not None and d.otherwise not in spec.values:
+            add((("derived_facts", i, "otherwise"), f"expected one of {', '.join(spec.values)}, got {d.otherwise!r}"))
+
+    # Graph: references, default edges last, decisions, reachability, dead ends, cycles.
+    initial = defn.initial or (ids[0] if ids else None)
+    if defn.initial is not None and defn.initial not in by_id:
+        add((("initial",), f"expected an element id ({', '.join(ids)}), got {defn.initial!r}"))
+    out: dict[str, list[int]] = {}
+    for i, t in enumerate(defn.transitions):
+        for end in ("source", "to"):
+            name = getattr(t, end)
+            if name not in by_id:
+                add((("transitions", i, "from" if end == "source" else "to"),
+                     f"expected an element id ({', '.join(ids)}), got {name!r}"))
+        if t.when is not None and (t.rule_source is None or t.rule_evidence is None):
+            add((("transitions", i), "a guarded transition needs rule_source and rule_evidence (where the rule "
+                                     "comes from, and how sure it is)"))
+        out.setdefault(t.source, []).append(i)
+    for source, edges in out.items():
+        dests = [defn.transitions[i].to for i in edges]
+        for k, i in enumerate(edges):
+            t = defn.transitions[i]
+            if t.to in dests[:k]:
+                add((("transitions", i, "to"), f"a second transition from {source!r} to {t.to!r}"))
+            if t.when is None and k != len(edges) - 1:
+                add((("transitions", i, "when"),
+                     f"the default transition from {source!r} (no `when`) must come last; later ones never apply"))
+        decisions = {defn.transitions[i].decision for i in edges}
+        if len(decisions) > 1:
+            add((("transitions", edges[-1], "decision"),
+                 f"transitions from {source!r} name different decisions: {sorted(map(str, decisions))}"))
+        if source in by_id and by_id[source].final:
+            add((("transitions", edges[0], "from"), f"{source!r} is final: a final element has no transitions out"))
+    for i, e in enumerate(defn.elements):
+        if not e.final and e.id not in out:
+            add((("elements", i), f"{e.id!r} is a dead end: give it a transition out, or mark it final: true"))
+    if defn.end_of_therapy is not None:
+        eot = defn.end_of_therapy
+        if eot.element not in by_id:
+            add((("end_of_therapy", "element"), f"expected an element id ({', '.join(ids)}), got {eot.element!r}"))
+        elif by_id[eot.element].until != "end_of_therapy":
+            add((("end_of_therapy", "element"), f"{eot.element!r} must have until: end_of_therapy"))
+        if eot.weeks.value is None or eot.weeks.value <= 0 or eot.weeks.value * 7 != int(eot.weeks.value * 7):
+            add((("end_of_therapy", "weeks", "value"), f"expected a positive number of weeks, got {eot.weeks.value}"))
+    if initial in by_id:
+        seen = {initial}
+        stack = [initial]
+        while stack:
+            here = stack.pop()
+            for i in out.get(here, ()):
+                nxt = defn.transitions[i].to
+                if nxt in by_id and nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        for i, e in enumerate(defn.elements):
+            if e.id not in seen:
+                add((("elements", i, "id"), f"{e.id!r} cannot be reached from the first element {initial!r}"))
+        # Cycles: depth-first search with colours.
+        colour: dict[str, int] = {}
+
+        def visit(node: str, path: list[str]) -> None:
+            colour[node] = 1
+            for i in out.get(node, ()):
+                nxt = defn.transitions[i].to
+                if colour.get(nxt) == 1:
+                    add((("transitions", i, "to"), "cycle: " + " → ".join([*path, node, nxt])
+                         + " (repeat an element with a count instead)"))
+                elif nxt in by_id and colour.get(nxt) is None:
+                    visit(nxt, [*path, node])
+            colour[node] = 2
+
+        visit(initial, [])
+    return problems
+
+
+# --------------------------------------------------------------------------- compile
+
+
+class _Cursor:
+    """The replay model: where one patient is, and the facts its guards read."""
+
+    __slots__ = ("facts", "state")
+
+    def __init__(self, state: str, facts: dict[str, Any]) -> None:
+        self.state = state
+        self.facts = facts
+
+
+def _replay_condition(guard: Guard) -> Any:
+    # Recorded events are facts: accept a transition unless its rule is definitely false.
+    # (A decision recorded before its result arrived is reported as a warning instead.)
+    def allowed(event: Any) -> bool:
+        return guard(event.model.facts) is not False
+
+    allowed.__name__ = "rule_allows"
+    return allowed
+
+
+class Protocol:
+    """A validated protocol definition, compiled once for planning (see :func:`protocol.load_protocol`).
+
+    Attributes: ``definition`` (the pydantic model), ``elements`` (id → CompiledElement, in
+    order), ``initial``, ``table`` (id → edges), ``rules`` (eligibility/derived/risk),
+    ``eot_days`` and ``eot_anchor`` (end of therapy), ``machine`` (the transitions Machine).
+    """
+
+    def __init__(self, defn: ProtocolDefinition) -> None:
+        self.definition = defn
+        self.path: str | None = None
+        self.id = defn.id
+        self.version = defn.version
+        self.rules = RuleSet(defn.eligibility, defn.derived_facts, defn.risk_groups)
+        self.timepoints = {t.id: t.label for t in defn.timepoints}
+        self.elements: dict[str, CompiledElement] = {}
+        eot = defn.end_of_therapy
+        for index, e in enumerate(defn.elements):
+            slots: list[Slot] = []
+            for a in e.administrations:
+                slots.append(Slot(e.id, len(slots), "administration", a.key, a.drug, a.route, a.frequency,
+                                  a.days.terms, a.days.text, a.dose, _weakest(a.days.evidence, _dose_evidence(a.dose)),
+                                  None, None, tuple(a.notes), a))
+            for s in e.assessments:
+                slots.append(Slot(e.id, len(slots), "assessment", s.id, s.name, None, None, s.days.terms,
+                                  s.days.text, None, s.days.evidence, s.timepoint, s.kind, (), s))
+            if e.length_days is not None:
+                evidence = e.length_days.evidence
+            elif e.until and eot is not None:
+                evidence = eot.weeks.evidence
+            else:
+                evidence = "published"
+            self.elements[e.id] = CompiledElement(
+                e.id, index, e.title,
+                None if e.length_days is None or e.length_days.value is None else int(e.length_days.value),
+                e.until == "end_of_therapy", e.final, e.first_day,
+                0 if e.start is None or e.start.gap_days.value is None else int(e.start.gap_days.value),
+                tuple(slots), evidence, e,
+            )
+        self.initial = defn.initial or defn.elements[0].id
+        table: dict[str, list[Edge]] = {}
+        for t in defn.transitions:
+            siblings = [x for x in defn.transitions if x.source == t.source]
+            decision = t.decision or (f"after_{t.source}" if len(siblings) > 1 else f"{t.source}_to_{t.to}")
+            table.setdefault(t.source, []).append(Edge(
+                t.source, t.to, None if t.when is None else compile_condition(t.when), t.when, decision, t.label,
+                () if t.when is None else depends_on(t.when),
+                "otherwise" if t.when is None else describe(t.when),
+            ))
+        self.table: dict[str, tuple[Edge, ...]] = {k: tuple(v) for k, v in table.items()}
+        self.eot_anchor = eot.anchor if eot else None
+        self.eot_days = None if eot is None or eot.weeks.value is None else round(eot.weeks.value * 7)
+        self.eot_element = eot.element if eot else None
+        self.machine = self._build_machine()
+
+    # -- the transitions machine ------------------------------------------------------
+
+    def machine_spec(self) -> dict[str, Any]:
+        """States and transitions as ``transitions`` keyword arguments (shared by the replay
+        machine and the diagram machine, so both come from the same definition)."""
+        states = [*self.elements, *OUTCOMES]
+        transitions: list[dict[str, Any]] = []
+        for source, edges in self.table.items():
+            for edge in edges:
+                spec: dict[str, Any] = {"trigger": f"start_{edge.dest}", "source": source, "dest": edge.dest}
+                if edge.guard is not None:
+                    spec["conditions"] = [_replay_condition(edge.guard)]
+                transitions.append(spec)
+        for outcome in OUTCOMES:
+            transitions.append({"trigger": outcome, "source": list(self.elements), "dest": outcome})
+        return {"states": states, "transitions": transitions, "initial": self.initial}
+
+    def _build_machine(self) -> Any:
+        from transitions import Machine
+
+        spec = self.machine_spec()
+        return Machine(model=None, states=spec["states"], transitions=spec["transitions"],
+                       initial=spec["initial"], auto_transitions=False, send_event=True)
+
+    def cursor(self, facts: dict[str, Any]) -> _Cursor:
+        """A fresh replay cursor at the initial element."""
+        return _Cursor(self.initial, facts)
+
+    def mermaid(self) -> str:
+        """A Mermaid ``stateDiagram-v2`` of the protocol, drawn by transitions' GraphMachine,
+        with each guard written out on its edge."""
+        from transitions.extensions.diagrams import GraphMachine
+
+        spec = self.machine_spec()
+        labelled = []
+        for t in spec["transitions"]:
+            t = dict(t)
+            edge = next((e for e in self.table.get(t["source"], ()) if f"start_{e.dest}" == t["trigger"]), None) \
+                if isinstance(t["source"], str) else None
+            if edge is not None and edge.guard is not None:
+                t["conditions"] = [_named_true(edge.text)]
+            elif edge is not None and len(self.table[edge.source]) > 1:
+                t["conditions"] = [_named_true("otherwise")]
+            labelled.append(t)
+        labelled = [t for t in labelled if t["trigger"] not in OUTCOMES]
+        model = type("DiagramModel", (), {})()  # GraphMachine attaches helpers to its model
+        graph = GraphMachine(model=model, states=list(self.elements), transitions=labelled, initial=spec["initial"],
+                             auto_transitions=False, graph_engine="mermaid", show_conditions=True,
+                             title=f"{self.id} {self.version}")
+        text = graph.get_graph().draw(None)
+        lines = [ln for ln in text.splitlines() if not ln.strip().startswith(("classDef ", "Class "))]
+        for e in self.elements.values():
+            if e.final:
+                lines.append(f"  {e.id} --> [*]")
+        return "\n".join(lines).rstrip() + "\n"
+
+
+def _named_true(text: str) -> Any:
+    def cond(_: Any) -> bool:
+        return True
+
+    cond.__name__ = text
+    return cond
+
+
+def compile_definition(defn: ProtocolDefinition) -> tuple[Protocol | None, list[tuple[tuple[Any, ...], str]]]:
+    """Check and compile; returns ``(compiled, [])`` or ``(None, problems)``."""
+    problems = check_definition(defn)
+    if problems:
+        return None, problems
+    return Protocol(defn), []

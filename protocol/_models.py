@@ -1,0 +1,527 @@
+"""The file formats: protocol definitions and patient files, as pydantic v2 models.
+
+These models are used at the edges only: a definition is validated once when loaded and
+then compiled (see ``_machine``); a patient file is validated once per plan. Nothing in
+the per-dose hot path touches pydantic.
+
+Every clinical number in a definition is a :class:`SourcedNumber` (or
+:class:`SourcedDays`): the value, the key of a source in the definition's bibliography and
+an evidence level:
+
+- ``published``: stated in the cited public source;
+- ``derived``: follows from a cited source (e.g. day 29 = the day after a 28-day infusion);
+- ``placeholder``: not confirmed from a public source. Documents show it as *unverified*.
+  A placeholder may have ``value: null``: the number is not known at all, and nothing is
+  computed from it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, field_validator, model_validator
+
+__all__ = [
+    "AgeBand",
+    "Administration",
+    "Assessment",
+    "Condition",
+    "DerivedFact",
+    "Dose",
+    "EligibilityRule",
+    "Element",
+    "EndOfTherapy",
+    "Event",
+    "Measurement",
+    "MrdResult",
+    "Patient",
+    "ProtocolDefinition",
+    "RiskGroup",
+    "Source",
+    "SourcedDays",
+    "SourcedNumber",
+    "StartRule",
+    "TimePoint",
+    "Transition",
+    "parse_days",
+]
+
+Evidence = Literal["published", "derived", "placeholder"]
+#: Weakest first: an item's evidence is the weakest of the numbers it depends on.
+EVIDENCE_RANK: dict[str, int] = {"placeholder": 0, "derived": 1, "published": 2}
+
+Ident = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+SourceKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$", max_length=64)]
+Text = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+class _Provenance(_Strict):
+    evidence: Evidence
+    source: SourceKey | None = Field(None, description="Key of an entry in the definition's `sources`.")
+    note: Text | None = Field(None, description="Why this value, and how sure: shown beside unverified values.")
+
+    @model_validator(mode="after")
+    def _needs_source(self) -> Any:
+        if self.evidence != "placeholder" and self.source is None:
+            raise ValueError(f"a {self.evidence} value must name its source (the key of an entry in `sources`)")
+        return self
+
+
+class SourcedNumber(_Provenance):
+    """A clinical number with its provenance, e.g. ``{value: 15, evidence: published, source: vandersluis2023}``."""
+
+    value: float | None = Field(description="The number; null only for a placeholder whose value is unknown.")
+
+    @model_validator(mode="after")
+    def _value_rules(self) -> Any:
+        if self.value is None and self.evidence != "placeholder":
+            raise ValueError("only a placeholder may have value: null (an unknown number)")
+        if self.value is not None and not math.isfinite(self.value):
+            raise ValueError(f"expected a finite number, got {self.value}")
+        return self
+
+    @property
+    def known(self) -> bool:
+        """True when there is a number to compute with."""
+        return self.value is not None
+
+
+DayTerm = tuple[int, int | None, int]  # (first, last or None for "end", step)
+_TERM = re.compile(r"^\s*(-?\d+)\s*(?:-\s*(-?\d+|end)\s*(?:/\s*(\d+))?)?\s*$")
+
+
+def parse_days(spec: str | int | list[int | str]) -> tuple[DayTerm, ...]:
+    """Parse a day specification into terms.
+
+    Accepted: ``"1-7"``, ``"8, 15, 22, 29"``, ``"38-41, 45-48"``, ``"1-end"`` (every day to
+    the end of an open-ended element), ``"1-end/7"`` (every 7th day), ``"1-28/7"``, or a list
+    of whole numbers and such strings.
+
+    >>> parse_days("1-7, 15")
+    ((1, 7, 1), (15, 15, 1))
+    """
+    parts: list[str] = []
+    if isinstance(spec, bool):
+        raise ValueError(f"expected day numbers such as '1-7, 15', got {spec!r}")
+    if isinstance(spec, int):
+        parts = [str(spec)]
+    elif isinstance(spec, str):
+        parts = [p for p in spec.split(",")]
+    else:
+        for item in spec:
+            if isinstance(item, bool) or not isinstance(item, (int, str)):
+                raise ValueError(f"expected day numbers such as '1-7, 15', got {item!r}")
+            parts.extend(str(item).split(","))
+    terms: list[DayTerm] = []
+    for part in parts:
+        m = _TERM.match(part)
+        if not m:
+            raise ValueError(f"expected day numbers such as '1-7, 15' or '1-end/7', got {part.strip()!r}")
+        first = int(m.group(1))
+        last_s, step_s = m.group(2), m.group(3)
+        last = None if last_s == "end" else int(last_s) if last_s is not None else first
+        step = int(step_s) if step_s else 1
+        if step < 1:
+            raise ValueError(f"expected a step of at least 1 day, got {part.strip()!r}")
+        if last is not None and last < first:
+            raise ValueError(f"expected a range whose end is not before its start, got {part.strip()!r}")
+        terms.append((first, last, step))
+    if not terms:
+        raise ValueError("expected at least one day")
+    return tuple(terms)
+
+
+class SourcedDays(_Provenance):
+    """Element days with provenance, e.g. ``{value: "8, 15, 22, 29", evidence: placeholder}``.
+
+    ``value: null`` (placeholder only) means the days are not known: the drug is listed in
+    the element's drug table but no dated item is produced for it.
+    """
+
+    value: str | int | list[int | str] | None
+
+    @field_validator("value")
+    @classmethod
+    def _parse(cls, v: Any) -> Any:
+        if v is not None:
+            parse_days(v)
+        return v
+
+    @model_validator(mode="after")
+    def _null_only_placeholder(self) -> Any:
+        if self.value is None and self.evidence != "placeholder":
+            raise ValueError("only a placeholder may have value: null (unknown days)")
+        return self
+
+    @property
+    def terms(self) -> tuple[DayTerm, ...]:
+        """The parsed terms (empty when the days are unknown)."""
+        return () if self.value is None else parse_days(self.value)
+
+    @property
+    def text(self) -> str:
+        """The days as written, for documents."""
+        if self.value is None:
+            return "not specified"
+        if isinstance(self.value, list):
+            return ", ".join(str(x) for x in self.value)
+        return str(self.value)
+
+
+# --------------------------------------------------------------------------- conditions
+
+
+class Condition(_Strict):
+    """A guard or rule, as data. Exactly one of these shapes:
+
+    - ``{all: [...]}``, ``{any: [...]}``, ``{not: {...}}``;
+    - ``{fact: NAME, OP: VALUE}`` with OP one of ``eq``, ``ne``, ``in`` (categorical facts) or
+      ``lt``, ``lte``, ``gt``, ``gte`` (numeric facts; the value is a :class:`SourcedNumber`);
+    - ``{mrd: TIMEPOINT, OP: VALUE}``: the MRD result (a fraction) at a named time point.
+
+    Facts that are not yet known make a condition *unknown* rather than false, so a decision
+    that waits for a result is reported as pending.
+    """
+
+    all_: list[Condition] | None = Field(None, alias="all", min_length=1)
+    any_: list[Condition] | None = Field(None, alias="any", min_length=1)
+    not_: Condition | None = Field(None, alias="not")
+    fact: Ident | None = None
+    mrd: Ident | None = None
+    eq: str | None = None
+    ne: str | None = None
+    in_: list[str] | None = Field(None, alias="in", min_length=1)
+    lt: SourcedNumber | None = None
+    lte: SourcedNumber | None = None
+    gt: SourcedNumber | None = None
+    gte: SourcedNumber | None = None
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> Any:
+        heads = [k for k in ("all_", "any_", "not_", "fact", "mrd") if getattr(self, k) is not None]
+        ops = [k for k in ("eq", "ne", "in_", "lt", "lte", "gt", "gte") if getattr(self, k) is not None]
+        names = [h.rstrip("_") for h in heads]
+        if len(heads) != 1:
+            raise ValueError(
+                "expected exactly one of all, any, not, fact, mrd; got "
+                + (", ".join(names) if names else "none of them")
+            )
+        if heads[0] in ("fact", "mrd"):
+            if len(ops) != 1:
+                got = ", ".join(o.rstrip("_") for o in ops) or "none"
+                raise ValueError(f"expected exactly one comparison (eq, ne, in, lt, lte, gt, gte), got {got}")
+            if heads[0] == "mrd" and ops[0] in ("eq", "ne", "in_"):
+                raise ValueError("an MRD comparison must be numeric (lt, lte, gt, gte)")
+            for op in ("lt", "lte", "gt", "gte"):
+                v = getattr(self, op)
+                if v is not None and v.value is None:
+                    raise ValueError("a threshold must have a value: a guard cannot compare with an unknown number")
+        elif ops:
+            raise ValueError(f"{names[0]} takes no comparison; put comparisons in the conditions inside it")
+        return self
+
+    @property
+    def op(self) -> tuple[str, Any]:
+        """The comparison of a leaf condition as ``(operator, operand)``."""
+        for name in ("eq", "ne", "in_", "lt", "lte", "gt", "gte"):
+            v = getattr(self, name)
+            if v is not None:
+                return name.rstrip("_"), v
+        raise AttributeError("not a leaf condition")
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+class Source(_Strict):
+    """One entry of a definition's bibliography."""
+
+    key: SourceKey
+    citation: Text
+    doi: str | None = None
+    url: str | None = None
+    note: Text | None = None
+
+
+class AgeBand(_Strict):
+    """One row of an age-banded dose table: applies while age (completed years on the day of
+    administration) is below ``below_age_years`` (the last band has none)."""
+
+    below_age_years: int | None = Field(None, ge=1, le=30)
+    amount: SourcedNumber
+
+
+Unit = Literal["mg", "g", "µg", "IU", "mL"]
+
+
+class Dose(_Strict):
+    """How a dose is computed.
+
+    ``basis``: ``per_m2`` (× body-surface area, Mosteller), ``per_kg`` (× weight), ``fixed``,
+    or ``age_banded`` (a table of bands by age on the day of administration).
+    ``per``: what the amount covers (one dose, a day, a week) — used only for display.
+    ``cap``: the most one administration may be, in ``unit``.
+    """
+
+    basis: Literal["per_m2", "per_kg", "fixed", "age_banded"]
+    amount: SourcedNumber | None = None
+    unit: Unit
+    per: Literal["dose", "day", "week"] = "dose"
+    cap: SourcedNumber | None = None
+    bands: list[AgeBand] | None = Field(None, min_length=1)
+
+    @field_validator("unit", mode="before")
+    @classmethod
+    def _micro(cls, v: Any) -> Any:
+        return "µg" if v in ("ug", "mcg", "μg") else v
+
+    @model_validator(mode="after")
+    def _shape(self) -> Any:
+        if self.basis == "age_banded":
+            if not self.bands:
+                raise ValueError("an age_banded dose needs `bands`")
+            if self.amount is not None:
+                raise ValueError("an age_banded dose takes its amounts from `bands`, not `amount`")
+            bounds = [b.below_age_years for b in self.bands]
+            if bounds[-1] is not None or any(b is None for b in bounds[:-1]):
+                raise ValueError("every band but the last needs below_age_years; the last band has none")
+            if any(a >= b for a, b in zip(bounds[:-2], bounds[1:-1], strict=False)):  # type: ignore[operator]
+                raise ValueError("bands must be in increasing order of below_age_years")
+        else:
+            if self.amount is None:
+                raise ValueError(f"a {self.basis} dose needs `amount`")
+            if self.bands is not None:
+                raise ValueError("only an age_banded dose has `bands`")
+        return self
+
+
+Route = Literal["IV", "PO", "IT", "SC", "IM", "IV/IM", "IV/PO"]
+
+
+class Administration(_Strict):
+    """One drug given in an element: what, how much, on which element days."""
+
+    id: Ident | None = Field(None, description="Stable id within the element; defaults to the drug name in snake_case.")
+    drug: Text
+    route: Route
+    dose: Dose
+    days: SourcedDays
+    frequency: Literal["once_per_day", "q12h", "continuous"] = Field(
+        "once_per_day", description="once_per_day: one dose on each listed day; q12h: two doses 12 h apart; "
+        "continuous: a continuous infusion running through the listed days."
+    )
+    notes: list[Text] = []
+
+    @property
+    def key(self) -> str:
+        """The administration's id (explicit, or derived from the drug name)."""
+        return self.id or re.sub(r"[^a-z0-9]+", "_", self.drug.lower()).strip("_")
+
+
+class Assessment(_Strict):
+    """A planned study: marrow, MRD sample, lumbar puncture, blood count..."""
+
+    id: Ident
+    name: Text
+    kind: Literal["mrd", "bone_marrow", "lumbar_puncture", "blood_count", "peripheral_blasts", "other"]
+    days: SourcedDays
+    timepoint: Ident | None = Field(None, description="The time point whose result this sample gives (e.g. pre_octadad).")
+
+
+class StartRule(_Strict):
+    """When an element starts relative to the end of the one before it."""
+
+    gap_days: SourcedNumber = Field(description="Days between the previous element's last day and this one's day 1 "
+                                    "(0: the next day).")
+
+
+class Element(_Strict):
+    """A course (an *element* in CDISC terms): induction, a blinatumomab cycle, maintenance..."""
+
+    id: Ident
+    title: Text
+    description: Text | None = None
+    length_days: SourcedNumber | None = Field(None, description="Planned length; omit for an open-ended element.")
+    until: Literal["end_of_therapy"] | None = Field(None, description="Open-ended: runs to the end of therapy.")
+    final: bool = Field(False, description="A final state: no transitions out; the plan ends when this element "
+                        "ends (maintenance) or, without a length, when it starts (hsct).")
+    first_day: int = Field(1, ge=-30, le=400, description="Number of the element's first day (1, 0, or e.g. 36 "
+                           "for BFM numbering that continues from the previous element).")
+    start: StartRule | None = None
+    administrations: list[Administration] = []
+    assessments: list[Assessment] = []
+    notes: list[Text] = []
+
+    @model_validator(mode="after")
+    def _length_shape(self) -> Any:
+        given = [n for n, v in (("length_days", self.length_days), ("until", self.until)) if v is not None]
+        if len(given) > 1:
+            raise ValueError("expected one of length_days or until, not both")
+        if not given and not self.final:
+            raise ValueError("expected length_days or until (only a final element may have neither)")
+        return self
+
+
+class Transition(_Strict):
+    """An edge of the protocol graph. Edges from one element are tried in order; the
+    first whose ``when`` holds is taken; an edge without ``when`` is the default and
+    must come last."""
+
+    source: Ident = Field(alias="from")
+    to: Ident
+    when: Condition | None = None
+    decision: Ident | None = Field(None, description="Id of the decision point (e.g. pre_octadad).")
+    label: Text | None = None
+    rule_source: SourceKey | None = Field(None, description="Source of the rule in `when`.")
+    rule_evidence: Evidence | None = None
+
+
+class RiskGroup(_Strict):
+    """A risk group; groups are tried in order and the first whose rule holds is assigned."""
+
+    id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=32)]
+    label: Text
+    when: Condition | None = Field(None, description="Omit for the group that takes everyone left.")
+    source: SourceKey
+    evidence: Evidence
+    note: Text | None = None
+
+
+class EligibilityRule(_Strict):
+    """A condition every patient must meet; ``message`` is shown when it is not met."""
+
+    id: Ident
+    when: Condition
+    message: Text
+    source: SourceKey
+    evidence: Evidence
+
+
+class DerivedCase(_Strict):
+    value: str
+    when: Condition
+
+
+class DerivedFact(_Strict):
+    """A categorical fact computed from others when the patient file does not give it,
+    e.g. prednisone response from the day-8 blast count."""
+
+    id: Ident
+    cases: list[DerivedCase] = Field(min_length=1)
+    otherwise: str | None = Field(None, description="Value when every case is false (not when one is unknown).")
+
+
+class TimePoint(_Strict):
+    """A named sampling point whose result (MRD) guards may read."""
+
+    id: Ident
+    label: Text
+
+
+class EndOfTherapy(_Strict):
+    """Therapy ends ``weeks`` after the anchor date: the last day of the open-ended element
+    is ``anchor + 7 × weeks - 1`` (the anchor date is day 1)."""
+
+    anchor: Literal["diagnosis", "treatment_start"]
+    weeks: SourcedNumber
+    element: Ident
+
+
+class ProtocolDefinition(_Strict):
+    """A versioned protocol definition (one YAML file under ``protocol/definitions/``)."""
+
+    format: Literal[1] = Field(1, description="Version of this file format.")
+    id: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64)]
+    version: Annotated[str, StringConstraints(pattern=r"^\d+\.\d+(\.\d+)?([-+][A-Za-z0-9.]+)?$")]
+    title: Text
+    status: Literal["draft", "active", "under_review", "retired"]
+    description: Text | None = None
+    sources: list[Source] = Field(min_length=1)
+    eligibility: list[EligibilityRule] = []
+    derived_facts: list[DerivedFact] = []
+    risk_groups: list[RiskGroup] = Field(min_length=1)
+    timepoints: list[TimePoint] = []
+    elements: list[Element] = Field(min_length=1)
+    initial: Ident | None = Field(None, description="The first element; defaults to the first listed.")
+    transitions: list[Transition] = []
+    end_of_therapy: EndOfTherapy | None = None
+
+
+# --------------------------------------------------------------------------- patient
+
+
+class Measurement(_Strict):
+    """Height and weight on a date."""
+
+    date: dt.date
+    height_cm: float = Field(gt=0, lt=250, allow_inf_nan=False)
+    weight_kg: float = Field(gt=0, lt=300, allow_inf_nan=False)
+
+
+class MrdResult(_Strict):
+    """An MRD result at a protocol time point, as a fraction (3e-4 = 0.03 %; 0 = negative)."""
+
+    timepoint: Ident
+    date: dt.date
+    value: float = Field(ge=0, le=1, allow_inf_nan=False)
+
+
+EventType = Literal["element_started", "element_completed", "hsct", "relapse", "death", "off_protocol"]
+
+
+class Event(_Strict):
+    """Something that happened, with its actual date."""
+
+    type: EventType
+    date: dt.date
+    element: Ident | None = None
+    reason: Text | None = None
+    note: Text | None = None
+
+    @model_validator(mode="after")
+    def _element_rules(self) -> Any:
+        if self.type.startswith("element_") and self.element is None:
+            raise ValueError(f"a {self.type} event must name its element")
+        if not self.type.startswith("element_") and self.element is not None:
+            raise ValueError(f"a {self.type} event takes no element")
+        if self.type == "off_protocol" and self.reason is None:
+            raise ValueError("an off_protocol event needs a reason")
+        return self
+
+
+class Patient(_Strict):
+    """A patient file. ``id`` is a pseudonym: never put a name or a hospital number here."""
+
+    id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    protocol: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*(@[0-9A-Za-z.+-]+)?$")]
+    birth_date: dt.date
+    sex: Literal["female", "male", "unknown"]
+    diagnosis_date: dt.date
+    treatment_start: dt.date | None = Field(None, description="Defaults to the diagnosis date.")
+    kmt2a: Literal["rearranged", "germline"]
+    wbc_at_diagnosis: float = Field(ge=0, lt=5000, allow_inf_nan=False, description="×10⁹/L")
+    prednisone_response: Literal["good", "poor"] | None = None
+    day8_blasts_per_ul: float | None = Field(None, ge=0, allow_inf_nan=False)
+    cns_status: Literal["CNS1", "CNS2", "CNS3"] | None = None
+    measurements: list[Measurement] = []
+    mrd: list[MrdResult] = []
+    events: list[Event] = []
+    notes: Text | None = None
+
+    _source: str = PrivateAttr("patient")  # the file it came from, for error messages
+    _lines: Any = PrivateAttr(None)  # the parsed document, to point at a line
+
+    @property
+    def start_date(self) -> dt.date:
+        """Treatment start (study day 1): ``treatment_start`` or the diagnosis date."""
+        return self.treatment_start or self.diagnosis_date
