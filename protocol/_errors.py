@@ -45,7 +45,7 @@ class Problem:
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        return ": ".join(part for part in (where, self.field, self.message) if part)
 
 
 class ProtocolError(Exception):

@@ -149,7 +149,7 @@ def _expected(err: dict[str, Any]) -> str:
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
         bound = next(iter(ctx.values()))
-        return f"expected a number {op} {bound}"
+        return f"expected a number {op} {bound:g}" if isinstance(bound, (int, float)) else f"expected {op} {bound}"
     if kind in _TYPE_WORDS:
         return f"expected {_TYPE_WORDS[kind]}"
     if kind == "literal_error":
@@ -219,3 +219,24 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Any], None], *, 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def parse_date(text: str, field: str) -> Any:
+    """Parse a date given on the command line: ``YYYY-MM-DD`` or ``today``.
+
+    Raises :class:`InputError` naming ``field`` for anything else (``2024-02-30``,
+    ``21/11/2026``, a date with a time).
+    """
+    import datetime as dt
+
+    import pendulum
+
+    if text.strip().lower() == "today":
+        return pendulum.today().date()
+    try:
+        parsed = pendulum.parse(text.strip(), strict=True, exact=True)
+    except (ValueError, pendulum.parsing.exceptions.ParserError):
+        parsed = None
+    if not isinstance(parsed, dt.date) or isinstance(parsed, dt.datetime):
+        raise InputError(Problem("", field, f"expected a date YYYY-MM-DD or 'today', got {text!r}"))
+    return dt.date(parsed.year, parsed.month, parsed.day)

@@ -158,7 +158,9 @@ def placeholder_rows(protocol: Protocol) -> list[dict[str, Any]]:
         if value.evidence == "placeholder":
             shown: Any = value.value
             if hasattr(value, "text"):
-                shown = value.text  # type: ignore[union-attr]
+                shown = None if value.value is None else value.text  # type: ignore[union-attr]
+            elif shown is not None:
+                shown = f"{shown:g}"
             rows.append({"field": format_loc(loc), "label": " › ".join(label), "value": shown,
                          "source": value.source, "note": value.note})
     return rows
@@ -181,3 +183,20 @@ def _default(value: Any) -> Any:
     if isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def validation_report(file: str | os.PathLike[str]) -> dict[str, Any]:
+    """Validate a definition and summarise it: counts, evidence levels and every placeholder.
+
+    Raises :class:`DefinitionError` listing every problem.
+    """
+    protocol = load_protocol(file)
+    return {
+        "id": protocol.id,
+        "version": protocol.version,
+        "status": protocol.definition.status,
+        "elements": len(protocol.elements),
+        "transitions": sum(len(v) for v in protocol.table.values()),
+        "evidence": evidence_counts(protocol),
+        "placeholders": placeholder_rows(protocol),
+    }

@@ -99,23 +99,30 @@ class CompiledElement:
     evidence: str  # of the length (or of end_of_therapy for an open-ended element)
     model: Element = field(repr=False)
 
-    def template(self, length: int) -> tuple[tuple[int, Slot], ...]:
-        """``(element_day, slot)`` pairs for an element of ``length`` days, in day order."""
+    def template(self, length: int) -> Template:
+        """The element's items for an element of ``length`` days, as parallel tuples in day order."""
         return _template(self, length)
 
 
-@lru_cache(maxsize=512)
-def _template(element: CompiledElement, length: int) -> tuple[tuple[int, Slot], ...]:
+class Template(tuple[tuple[int, ...], tuple[int, ...], tuple[Slot, ...]]):
+    """``(days, slot_indices, slots)``: three parallel tuples, sorted by day then slot.
+
+    Parallel tuples let the scheduler build items with C-level ``map``/``zip``.
+    """
+
+    __slots__ = ()
+
+
+@lru_cache(maxsize=1024)
+def _template(element: CompiledElement, length: int) -> Template:
     first, last = element.first_day, element.first_day + length - 1
     pairs: list[tuple[int, int, Slot]] = []
     for slot in element.slots:
         for start, stop, step in slot.days:
             end = last if stop is None else min(stop, last)
-            for day in range(max(start, first), end + 1, step) if start >= first else range(start, end + 1, step):
-                if day >= first:
-                    pairs.append((day, slot.index, slot))
+            pairs.extend((day, slot.index, slot) for day in range(start, end + 1, step) if day >= first)
     pairs.sort(key=lambda p: (p[0], p[1]))
-    return tuple((d, s) for d, _, s in pairs)
+    return Template((tuple(p[0] for p in pairs), tuple(p[1] for p in pairs), tuple(p[2] for p in pairs)))
 
 
 def _weakest(*levels: str | None) -> str:
@@ -463,6 +470,8 @@ class Protocol:
                 "otherwise" if t.when is None else describe(t.when),
             ))
         self.table: dict[str, tuple[Edge, ...]] = {k: tuple(v) for k, v in table.items()}
+        self.age_banded = any(s.dose is not None and s.dose.basis == "age_banded"
+                              for e in self.elements.values() for s in e.slots)
         self.eot_anchor = eot.anchor if eot else None
         self.eot_days = None if eot is None or eot.weeks.value is None else round(eot.weeks.value * 7)
         self.eot_element = eot.element if eot else None

@@ -252,6 +252,15 @@ def depends_on(c: Condition) -> tuple[str, ...]:
 
 
 _MARK = {True: "✓", False: "✗", None: "?"}
+_COMPILED: dict[int, tuple[Condition, Guard]] = {}
+
+
+def _guard(c: Condition) -> Guard:
+    """Compiled guard of ``c``, cached (definitions are long-lived and immutable)."""
+    hit = _COMPILED.get(id(c))
+    if hit is None or hit[0] is not c:
+        hit = _COMPILED[id(c)] = (c, compile_condition(c))
+    return hit[1]
 
 
 def explain(c: Condition, facts: Mapping[str, Any]) -> list[str]:
@@ -266,18 +275,18 @@ def explain(c: Condition, facts: Mapping[str, Any]) -> list[str]:
         pad = "  " * depth
         if x.all_ is not None or x.any_ is not None:
             kind = "all of" if x.all_ is not None else "any of"
-            r = compile_condition(x)(facts)
+            r = _guard(x)(facts)
             lines.append(f"{pad}{_MARK[r]} {kind}:")
             for y in x.all_ or x.any_ or ():
                 walk(y, depth + 1)
             return
         if x.not_ is not None:
-            r = compile_condition(x)(facts)
+            r = _guard(x)(facts)
             lines.append(f"{pad}{_MARK[r]} not:")
             walk(x.not_, depth + 1)
             return
         key = _key(x)
-        r = compile_condition(x)(facts)
+        r = _guard(x)(facts)
         value = facts.get(key)
         seen = "not recorded yet" if value is None else f"is {_fmt_value(key, value)}"
         lines.append(f"{pad}{_MARK[r]} {describe(x)} ({seen})")
@@ -289,21 +298,34 @@ def explain(c: Condition, facts: Mapping[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------- compiled rule sets
 
 
-@dataclass(frozen=True, slots=True)
 class RiskResult:
     """The outcome of risk stratification.
 
     ``group`` is None while the assignment is pending (a fact it needs is unknown);
     ``candidates`` then lists the groups still possible and ``waiting_for`` the facts.
-    ``reasons`` explains, line by line, which rule matched and why the earlier ones did not.
+    ``reasons`` explains, line by line, which rule matched and why the earlier ones did not
+    (computed when first read).
     """
 
-    group: str | None
-    label: str | None
-    status: str  # "assigned" | "pending"
-    reasons: tuple[str, ...]
-    candidates: tuple[str, ...] = ()
-    waiting_for: tuple[str, ...] = ()
+    __slots__ = ("_facts", "_reasons", "_rules", "candidates", "group", "label", "status", "waiting_for")
+
+    def __init__(self, group: str | None, label: str | None, status: str, rules: RuleSet, facts: Facts,
+                 candidates: tuple[str, ...] = (), waiting_for: tuple[str, ...] = ()) -> None:
+        self.group = group
+        self.label = label
+        self.status = status  # "assigned" | "pending" | "unassigned"
+        self.candidates = candidates
+        self.waiting_for = waiting_for
+        self._rules = rules
+        self._facts = facts
+        self._reasons: tuple[str, ...] | None = None
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Why: one line per rule part, marked ✓ (holds), ✗ (does not) or ? (not known yet)."""
+        if self._reasons is None:
+            self._reasons = self._rules.risk_reasons(self._facts)
+        return self._reasons
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: ``{"group", "label", "status", "reasons", ...}``."""
@@ -357,32 +379,44 @@ class RuleSet:
         return [(r, explain(r.when, facts)) for r, guard in self._eligibility if guard(facts) is False]
 
     def stratify(self, facts: Facts) -> RiskResult:
-        """Assign the first risk group whose rule holds, explaining the decision."""
-        reasons: list[str] = []
+        """Assign the first risk group whose rule holds (a group after an unknown one is pending)."""
         pending: list[str] = []
         waiting: dict[str, None] = {}
+        snapshot = dict(facts)
         for group, guard in self._risk:
             r = True if guard is None else guard(facts)
             if r is False:
-                assert group.when is not None
-                reasons.append(f"not {group.id} ({group.label}):")
-                reasons.extend("  " + line for line in explain(group.when, facts))
                 continue
             if r is None:
                 assert group.when is not None
                 pending.append(group.id)
                 waiting.update((k, None) for k in depends_on(group.when) if k not in facts)
-                reasons.append(f"{group.id} ({group.label}) cannot be decided yet:")
-                reasons.extend("  " + line for line in explain(group.when, facts))
                 continue
             if pending:
-                return RiskResult(None, None, "pending", tuple(reasons), (*pending, group.id), tuple(waiting))
+                return RiskResult(None, None, "pending", self, snapshot, (*pending, group.id), tuple(waiting))
+            return RiskResult(group.id, group.label, "assigned", self, snapshot)
+        if pending:
+            return RiskResult(None, None, "pending", self, snapshot, tuple(pending), tuple(waiting))
+        return RiskResult(None, None, "unassigned", self, snapshot)
+
+    def risk_reasons(self, facts: Facts) -> tuple[str, ...]:
+        """The explanation behind :meth:`stratify`, line by line."""
+        reasons: list[str] = []
+        pending = False
+        for group, guard in self._risk:
+            r = True if guard is None else guard(facts)
             if group.when is None:
                 reasons.append(f"{group.id} ({group.label}): no earlier group applies")
             else:
-                reasons.append(f"{group.id} ({group.label}):")
+                head = {False: f"not {group.id}", None: f"{group.id} cannot be decided yet", True: group.id}[r]
+                reasons.append(f"{head} ({group.label}):")
                 reasons.extend("  " + line for line in explain(group.when, facts))
-            return RiskResult(group.id, group.label, "assigned", tuple(reasons))
-        if pending:
-            return RiskResult(None, None, "pending", tuple(reasons), tuple(pending), tuple(waiting))
-        return RiskResult(None, None, "unassigned", tuple([*reasons, "no risk-group rule applies"]))
+            if r is None:
+                pending = True
+            if r is True and not pending:
+                return tuple(reasons)
+            if r is True:
+                break
+        if not pending:
+            reasons.append("no risk-group rule applies")
+        return tuple(reasons)

@@ -21,8 +21,10 @@ import datetime as dt
 import io
 import math
 import os
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
+from functools import partial
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from transitions import MachineError
@@ -34,7 +36,7 @@ from ._machine import OUTCOMES, Edge, Protocol, Slot
 from ._models import Measurement, Patient
 from ._rules import RiskResult, add_months, depends_on, explain, patient_facts
 
-__all__ = ["Decision", "DoseResult", "ElementSpan", "Item", "Plan", "mosteller", "plan"]
+__all__ = ["Decision", "DoseResult", "ElementSpan", "Item", "Plan", "mosteller", "plan", "risk"]
 
 _UNIT_LABEL = {"per_m2": "/m²", "per_kg": "/kg", "fixed": "", "age_banded": ""}
 _PER_LABEL = {"dose": "", "day": "/day", "week": "/week"}
@@ -74,47 +76,101 @@ class DoseResult:
     the working shown is arithmetically exact; doses are shown to 3 significant figures.
     """
 
-    __slots__ = ("age_years", "amount", "basis", "bsa", "cap", "capped", "evidence", "measurement", "per",
-                 "reason", "standard", "unit")
+    __slots__ = ("_done", "_amount", "_capped", "_reason", "age_years", "bsa", "measurement", "slot")
 
-    def __init__(self, slot: Slot, measurement: Measurement | None, age_years: int) -> None:
-        d = slot.dose
-        assert d is not None
-        self.unit, self.per, self.basis = d.unit, d.per, d.basis
-        self.evidence = slot.evidence
+    def __init__(self, slot: Slot, measurement: Measurement | None, bsa: float | None, age_years: int) -> None:
+        # Only the inputs are stored; the arithmetic runs on first use (most plans are
+        # rendered, but a cohort simulation never reads a dose).
+        self.slot = slot
         self.measurement = measurement
+        self.bsa = bsa
         self.age_years = age_years
-        self.bsa: float | None = None
-        self.cap = None if d.cap is None else d.cap.value
-        self.capped = False
-        self.reason: str | None = None
-        self.amount: float | None = None
-        if d.basis == "age_banded":
-            bands = d.bands or []
-            band = next(b for b in bands if b.below_age_years is None or age_years < b.below_age_years)
-            self.standard = band.amount.value
-        else:
-            assert d.amount is not None
-            self.standard = d.amount.value
-        if self.standard is None:
-            self.reason = "not specified in the definition (placeholder)"
+        self._done = False
+
+    def _compute(self) -> None:
+        d = self.slot.dose
+        assert d is not None
+        self._done = True
+        self._capped = False
+        self._reason: str | None = None
+        self._amount: float | None = None
+        standard = self.standard
+        if standard is None:
+            self._reason = "not specified in the definition (placeholder)"
             return
         if d.basis == "per_m2":
-            if measurement is None:
-                self.reason = "no height/weight recorded on or before this date"
+            if self.bsa is None:
+                self._reason = "no height/weight recorded on or before this date"
                 return
-            self.bsa = round(mosteller(measurement.height_cm, measurement.weight_kg), 2)
-            value = self.standard * self.bsa
+            value = standard * self.bsa
         elif d.basis == "per_kg":
-            if measurement is None:
-                self.reason = "no weight recorded on or before this date"
+            if self.measurement is None:
+                self._reason = "no weight recorded on or before this date"
                 return
-            value = self.standard * measurement.weight_kg
+            value = standard * self.measurement.weight_kg
         else:
-            value = self.standard
-        if self.cap is not None and value > self.cap:
-            value, self.capped = self.cap, True
-        self.amount = round(value, 6)
+            value = standard
+        cap = d.cap
+        if cap is not None and cap.value is not None and value > cap.value:
+            value, self._capped = cap.value, True
+        self._amount = round(value, 6)
+
+    @property
+    def standard(self) -> float | None:
+        """The definition's amount (per m², per kg, fixed, or the age band's), or None if unknown."""
+        d = self.slot.dose
+        assert d is not None
+        if d.basis == "age_banded":
+            age = self.age_years
+            return next(b.amount.value for b in d.bands or () if b.below_age_years is None or age < b.below_age_years)
+        return d.amount.value  # type: ignore[union-attr]
+
+    @property
+    def amount(self) -> float | None:
+        """The computed dose in ``unit``, or None when it cannot be computed (see ``reason``)."""
+        if not self._done:
+            self._compute()
+        return self._amount
+
+    @property
+    def capped(self) -> bool:
+        """True when the computed dose was reduced to the definition's cap."""
+        if not self._done:
+            self._compute()
+        return self._capped
+
+    @property
+    def reason(self) -> str | None:
+        """Why there is no amount (a placeholder without value, or no measurement)."""
+        if not self._done:
+            self._compute()
+        return self._reason
+
+    @property
+    def unit(self) -> str:
+        """Unit of the amount (mg, µg, IU...)."""
+        return self.slot.dose.unit  # type: ignore[union-attr]
+
+    @property
+    def per(self) -> str:
+        """What the amount covers: dose, day or week."""
+        return self.slot.dose.per  # type: ignore[union-attr]
+
+    @property
+    def basis(self) -> str:
+        """per_m2, per_kg, fixed or age_banded."""
+        return self.slot.dose.basis  # type: ignore[union-attr]
+
+    @property
+    def cap(self) -> float | None:
+        """The per-administration maximum, if the definition sets one."""
+        cap = self.slot.dose.cap  # type: ignore[union-attr]
+        return None if cap is None else cap.value
+
+    @property
+    def evidence(self) -> str:
+        """Weakest evidence of the numbers behind this dose and its days."""
+        return self.slot.evidence
 
     @property
     def text(self) -> str:
@@ -154,7 +210,8 @@ class DoseResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {"amount": self.amount, "unit": self.unit, "per": self.per, "basis": self.basis,
-                "standard": self.standard, "bsa_m2": self.bsa, "capped": self.capped,
+                "standard": self.standard, "bsa_m2": self.bsa if self.basis == "per_m2" else None,
+                "capped": self.capped,
                 "text": self.text, "working": self.working, "evidence": self.evidence}
 
 
@@ -170,7 +227,6 @@ class Item(NamedTuple):
     """
 
     ordinal: int
-    element: str
     element_day: int
     study_day: int
     slot: Slot
@@ -182,6 +238,11 @@ class Item(NamedTuple):
     def date(self) -> dt.date:
         """The planned date."""
         return dt.date.fromordinal(self.ordinal)
+
+    @property
+    def element(self) -> str:
+        """Id of the element this item belongs to."""
+        return self.slot.element
 
     @property
     def kind(self) -> str:
@@ -205,10 +266,14 @@ class Item(NamedTuple):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the ``items`` of ``Plan.to_dict()``)."""
-        return {"date": self.date.isoformat(), "element": self.element, "element_day": self.element_day,
-                "study_day": self.study_day, "kind": self.slot.kind, "name": self.slot.name,
-                "route": self.slot.route, "dose": None if self.dose is None else self.dose.to_dict(),
-                "status": self.status, "evidence": self.slot.evidence, "branch": self.branch}
+        slot = self.slot
+        return {"date": dt.date.fromordinal(self.ordinal).isoformat(), "element": slot.element,
+                "element_day": self.element_day, "study_day": self.study_day, "kind": slot.kind, "name": slot.name,
+                "route": slot.route, "dose": None if self.dose is None else self.dose.to_dict(),
+                "status": self.status, "evidence": slot.evidence, "branch": self.branch}
+
+
+_as_item = partial(tuple.__new__, Item)
 
 
 @dataclass(slots=True)
@@ -238,25 +303,48 @@ class ElementSpan:
                 "evidence": self.evidence}
 
 
-@dataclass(slots=True)
 class Decision:
     """A decision point of the protocol (e.g. ``pre_octadad``: HSCT or OCTADAD).
 
     ``status``: ``recorded`` (taken by a recorded event), ``decided`` (known facts settle it),
     ``pending`` (waits for ``waiting_for``) or ``no_rule_applies``. ``branches`` lists each
-    possible destination with its condition in words and how it evaluates now.
+    possible destination with its condition in words and how it evaluates now (True, False,
+    or None for unknown); ``explanation`` spells the rules out against the patient's facts.
     """
 
-    id: str
-    at: str
-    status: str
-    depends_on: tuple[str, ...]
-    outcome: str | None
-    date: dt.date | None
-    branches: list[dict[str, Any]]
-    explanation: list[str]
-    waiting_for: tuple[str, ...] = ()
-    branch: str | None = None
+    __slots__ = ("_edges", "_facts", "at", "branch", "date", "depends_on", "id", "outcome", "status",
+                 "waiting_for")
+
+    def __init__(self, edges: tuple[Edge, ...], chosen: Edge | None, status: str, date: dt.date | None,
+                 facts: dict[str, Any], branch: str | None) -> None:
+        self._edges = edges
+        self._facts = dict(facts)
+        self.id = edges[0].decision
+        self.at = edges[0].source
+        self.status = status
+        self.outcome = None if chosen is None else chosen.dest
+        self.date = date
+        self.branch = branch
+        self.depends_on = tuple(dict.fromkeys(k for e in edges for k in e.depends_on))
+        self.waiting_for = tuple(k for k in self.depends_on if k not in facts) if status == "pending" else ()
+
+    @property
+    def branches(self) -> list[dict[str, Any]]:
+        """``[{"to", "when", "now"}]`` for every edge of the decision, in order."""
+        f = self._facts
+        return [{"to": e.dest, "when": e.text, "now": True if e.guard is None else e.guard(f)} for e in self._edges]
+
+    @property
+    def explanation(self) -> list[str]:
+        """Each branch's rule, part by part, marked ✓ ✗ or ? against the patient's facts."""
+        lines: list[str] = []
+        for e in self._edges:
+            if e.condition is None:
+                lines.append(f"→ {e.dest} otherwise")
+            else:
+                lines.append(f"→ {e.dest} if {e.text}:")
+                lines.extend("  " + line for line in explain(e.condition, self._facts))
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -269,26 +357,43 @@ def _iso(day: dt.date | None) -> str | None:
     return None if day is None else day.isoformat()
 
 
-@dataclass(slots=True)
 class Plan:
     """A patient's plan: risk, elements, dated items and decisions. Build it with :func:`plan`.
 
-    >>> p = plan("examples/patients/mr-on-time.yaml", as_of=dt.date(2025, 3, 1))  # doctest: +SKIP
-    >>> p.risk.group, p.elements[0].id, len(p.items) > 0  # doctest: +SKIP
-    ('MR', 'induction', True)
+    ``items`` are :class:`Item` records in date order; ``rows`` holds the same records as
+    plain tuples (the form the scheduler builds; ``items`` wraps them once, on first use).
+
+    >>> p = plan("examples/patients/mr-on-time.yaml", as_of=dt.date(2026, 11, 21))  # doctest: +SKIP
+    >>> p.risk.group, p.elements[0].id, p.items[0].name  # doctest: +SKIP
+    ('MR', 'induction', 'Prednisone (prephase)')
     """
 
-    patient: Patient
-    protocol: Protocol
-    as_of: dt.date
-    risk: RiskResult
-    elements: list[ElementSpan]
-    items: list[Item]
-    decisions: list[Decision]
-    warnings: list[str]
-    end_of_therapy: dt.date | None
-    outcome: tuple[str, dt.date] | None = None
-    facts: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("_items", "as_of", "decisions", "elements", "end_of_therapy", "facts", "outcome", "patient",
+                 "protocol", "risk", "rows", "warnings")
+
+    def __init__(self, patient: Patient, protocol: Protocol, as_of: dt.date, risk: RiskResult,
+                 elements: list[ElementSpan], rows: list[tuple[Any, ...]], decisions: list[Decision],
+                 warnings: list[str], end_of_therapy: dt.date | None, outcome: tuple[str, dt.date] | None,
+                 facts: dict[str, Any]) -> None:
+        self.patient = patient
+        self.protocol = protocol
+        self.as_of = as_of
+        self.risk = risk
+        self.elements = elements
+        self.rows = rows
+        self.decisions = decisions
+        self.warnings = warnings
+        self.end_of_therapy = end_of_therapy
+        self.outcome = outcome
+        self.facts = facts
+        self._items: list[Item] | None = None
+
+    @property
+    def items(self) -> list[Item]:
+        """Every dated administration and assessment, in date order."""
+        if self._items is None:
+            self._items = list(map(_as_item, self.rows))
+        return self._items
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-ready data (the format of ``protocol plan --format json``)."""
@@ -319,7 +424,7 @@ class Plan:
                     "dose_unit", "dose_working", "status", "evidence", "branch"])
         for i in self.items:
             d = i.dose
-            w.writerow([i.date.isoformat(), i.element, i.element_day, i.study_day, i.slot.kind, i.slot.name,
+            w.writerow([i.date.isoformat(), i.slot.element, i.element_day, i.study_day, i.slot.kind, i.slot.name,
                         i.slot.route or "", "" if d is None else d.text,
                         "" if d is None or d.amount is None else d.amount, "" if d is None else d.unit,
                         "" if d is None else d.working, i.status, i.slot.evidence, i.branch or ""])
@@ -337,67 +442,64 @@ class Plan:
 class _Context:
     """Per-patient inputs on integer days, shared by replay and projection."""
 
-    __slots__ = ("birthdays", "change_points", "m_ords", "measurements", "protocol", "results", "t0")
+    __slots__ = ("birthdays", "bsa", "change_points", "m_ords", "measurements", "results", "t0")
 
-    def __init__(self, protocol: Protocol, patient: Patient, as_of_ord: int) -> None:
-        self.protocol = protocol
+    def __init__(self, protocol: Protocol, patient: Patient, as_of_ord: int, horizon: int) -> None:
         self.t0 = patient.start_date.toordinal()
         ms = sorted((m for m in patient.measurements if m.date.toordinal() <= as_of_ord), key=lambda m: m.date)
         self.measurements = ms
         self.m_ords = [m.date.toordinal() for m in ms]
+        self.bsa = [round(mosteller(m.height_cm, m.weight_kg), 2) for m in ms]
+        # Ages only matter for age-banded doses: birthdays up to the end of the plan.
         birth = patient.birth_date
-        self.birthdays = [add_months(birth, 12 * k).toordinal() for k in range(0, 31)]
-        self.change_points = sorted(set(self.m_ords) | set(self.birthdays[1:]))
+        self.birthdays = [birth.toordinal()]
+        if protocol.age_banded:
+            k = 1
+            while (day := add_months(birth, 12 * k).toordinal()) <= horizon:
+                self.birthdays.append(day)
+                k += 1
+        self.change_points = sorted({*self.m_ords, *self.birthdays[1:]})
         self.results = {r.timepoint for r in patient.mrd if r.date.toordinal() <= as_of_ord}
 
     def doses_at(self, slots: tuple[Slot, ...], ordinal: int) -> list[DoseResult | None]:
+        """Doses of every slot for inputs in force on ``ordinal``."""
         i = bisect_right(self.m_ords, ordinal)
-        m = self.measurements[i - 1] if i else None
+        m, bsa = (self.measurements[i - 1], self.bsa[i - 1]) if i else (None, None)
         age = bisect_right(self.birthdays, ordinal) - 1
-        return [None if s.dose is None else DoseResult(s, m, age) for s in slots]
+        return [None if s.dose is None else DoseResult(s, m, bsa, age) for s in slots]
 
     def emit(self, element: Any, start: int, length: int, stop: int | None, status: str, branch: str | None,
-             out: list[Item]) -> None:
-        """Append the items of one element occurrence starting on ordinal ``start``."""
+             out: list[tuple[Any, ...]]) -> None:
+        """Append the items of one element occurrence starting on ordinal ``start``.
+
+        Rows are plain tuples in :class:`Item` field order, built by one comprehension per
+        segment between changes of the dose inputs; doses are computed once per segment.
+        """
         if length <= 0 or not element.slots:
             return
-        template = element.template(length)
+        days, ks, slots = element.template(length)
         base = start - element.first_day
-        slots = element.slots
-        statuses = [status] * len(slots)
-        if status != "pending_decision":
-            for s in slots:
-                if s.timepoint is not None and s.timepoint in self.results:
-                    statuses[s.index] = "done"
         last = start + length - 1 if stop is None else min(stop, start + length - 1)
-        lo = bisect_right(self.change_points, start)
-        hi = bisect_right(self.change_points, last)
-        cps = self.change_points[lo:hi]
-        doses = self.doses_at(slots, start)
-        t0m1 = self.t0 - 1
-        eid = element.id
-        append = out.append
-        new = tuple.__new__
-        if not cps:
-            for day, slot in template:
-                o = base + day
-                if o > last:
-                    break
-                k = slot.index
-                append(new(Item, (o, eid, day, o - t0m1, slot, doses[k], statuses[k], branch)))
+        end = bisect_right(days, last - base)
+        if end == 0:
             return
-        nxt_i = 0
-        nxt = cps[0]
-        for day, slot in template:
-            o = base + day
-            if o > last:
-                break
-            while nxt is not None and o >= nxt:
-                doses = self.doses_at(slots, nxt)
-                nxt_i += 1
-                nxt = cps[nxt_i] if nxt_i < len(cps) else None
-            k = slot.index
-            append(new(Item, (o, eid, day, o - t0m1, slot, doses[k], statuses[k], branch)))
+        all_slots = element.slots
+        per_slot: list[str] | None = None
+        if status != "pending_decision" and any(s.timepoint in self.results for s in all_slots):
+            per_slot = [("done" if s.timepoint in self.results else status) for s in all_slots]
+        # Segments between changes of the dose inputs (a new measurement, a birthday).
+        cps = self.change_points[bisect_right(self.change_points, start):bisect_right(self.change_points, last)]
+        bounds = [0, *(bisect_left(days, cp - base, 0, end) for cp in cps), end]
+        sbase = base - self.t0 + 1
+        for lo, hi, at in zip(bounds, bounds[1:], [start, *cps], strict=False):
+            if hi <= lo:
+                continue
+            dl = self.doses_at(all_slots, at)
+            seg = zip(days[lo:hi], ks[lo:hi], slots[lo:hi])
+            if per_slot is None:
+                out.extend([(base + d, d, sbase + d, s, dl[k], status, branch) for d, k, s in seg])
+            else:
+                out.extend([(base + d, d, sbase + d, s, dl[k], per_slot[k], branch) for d, k, s in seg])
 
 
 class _Builder:
@@ -412,12 +514,13 @@ class _Builder:
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
         self.elements: list[ElementSpan] = []
-        self.items: list[Item] = []
+        self.rows: list[tuple[Any, ...]] = []
         self.decisions: list[Decision] = []
         self.outcome: tuple[str, dt.date] | None = None
-        self.ctx = _Context(protocol, patient, as_of.toordinal())
         eot_anchor = patient.diagnosis_date if protocol.eot_anchor == "diagnosis" else patient.start_date
         self.eot = None if protocol.eot_days is None else eot_anchor.toordinal() + protocol.eot_days - 1
+        horizon = max(self.eot or 0, as_of.toordinal()) + 366
+        self.ctx = _Context(protocol, patient, as_of.toordinal(), horizon)
 
     # -- problems -------------------------------------------------------------------
 
@@ -518,14 +621,14 @@ class _Builder:
             raise PatientError(self.problems)
         if self.outcome is None:
             self.project(cur, facts, branch=None)
-        return Plan(self.patient, p, self.as_of, risk, self.elements, self._sorted_items(), self.decisions,
+        return Plan(self.patient, p, self.as_of, risk, self.elements, self._sorted_rows(), self.decisions,
                     self.warnings, None if self.eot is None else dt.date.fromordinal(self.eot), self.outcome, facts)
 
-    def _sorted_items(self) -> list[Item]:
-        items = self.items
+    def _sorted_rows(self) -> list[tuple[Any, ...]]:
+        rows = self.rows
         if any(d.status == "pending" for d in self.decisions):
-            items.sort(key=lambda it: it.ordinal)  # branches interleave in time; the sort is stable
-        return items
+            rows.sort(key=itemgetter(0))  # branches interleave in time; the sort is stable
+        return rows
 
     def advance(self, cur: _Open, target: str, when: int, cursor: Any, facts: dict[str, Any],
                 loc: tuple[Any, ...]) -> _Open | None:
@@ -557,7 +660,7 @@ class _Builder:
                          + ". If the patient left the protocol path, record an off_protocol event with the reason")
             return None
         if len(edges) > 1 or edge.guard is not None:
-            self.decide(edges, edge, "recorded", dt.date.fromordinal(when), facts, None, cur.id)
+            self.decide(edges, edge, "recorded", dt.date.fromordinal(when), facts, None)
             result = None if edge.guard is None else edge.guard(facts)
             unknown = [e for e in edges[: edges.index(edge) + (1 if edge.guard is not None else 0)]
                        if e.guard is not None and e.guard(facts) is None]
@@ -601,7 +704,7 @@ class _Builder:
             return
         # Items of a completed element count as done; a stopped element's later items are dropped.
         item_status = {"completed": "done", "pending_decision": "pending_decision"}.get(status, "planned")
-        self.ctx.emit(el, start, length, stop, item_status, branch, self.items)
+        self.ctx.emit(el, start, length, stop, item_status, branch, self.rows)
 
     def length_of(self, el: Any, start: int) -> int | None:
         if el.open_ended:
@@ -647,16 +750,16 @@ class _Builder:
                 return
             when = end + 1
             if not chosen:
-                self.decide(edges, None, "no_rule_applies", dt.date.fromordinal(when), facts, branch, cur.id)
+                self.decide(edges, None, "no_rule_applies", dt.date.fromordinal(when), facts, branch)
                 self.warnings.append(f"no transition out of {cur.id} applies to this patient; the plan stops there")
                 return
             if not unknown:
                 edge = chosen[0][0]
                 if len(edges) > 1 or edge.guard is not None:
-                    self.decide(edges, edge, "decided", dt.date.fromordinal(when), facts, branch, cur.id)
+                    self.decide(edges, edge, "decided", dt.date.fromordinal(when), facts, branch)
                 cur = _Open(edge.dest, when + p.elements[edge.dest].gap)
                 continue
-            self.decide(edges, None, "pending", dt.date.fromordinal(when), facts, branch, cur.id)
+            self.decide(edges, None, "pending", dt.date.fromordinal(when), facts, branch)
             if depth >= 8:  # pragma: no cover - a protocol with more than 8 nested pending decisions
                 self.warnings.append("more than 8 nested pending decisions: projection stops")
                 return
@@ -667,21 +770,8 @@ class _Builder:
             return
 
     def decide(self, edges: tuple[Edge, ...], chosen: Edge | None, status: str, when: dt.date,
-               facts: dict[str, Any], branch: str | None, at: str) -> None:
-        depends = tuple(dict.fromkeys(k for e in edges for k in e.depends_on))
-        branches = []
-        explanation: list[str] = []
-        for e in edges:
-            r = True if e.guard is None else e.guard(facts)
-            branches.append({"to": e.dest, "when": e.text, "now": r})
-            if e.condition is not None:
-                explanation.append(f"→ {e.dest} if {e.text}:")
-                explanation.extend("  " + line for line in explain(e.condition, facts))
-            else:
-                explanation.append(f"→ {e.dest} otherwise")
-        waiting = tuple(k for k in depends if k not in facts) if status == "pending" else ()
-        self.decisions.append(Decision(edges[0].decision, at, status, depends, None if chosen is None else chosen.dest,
-                                       when, branches, explanation, waiting, branch))
+               facts: dict[str, Any], branch: str | None) -> None:
+        self.decisions.append(Decision(edges, chosen, status, when, facts, branch))
 
 
 class _Open:
@@ -719,6 +809,30 @@ def plan(patient: Patient | str | os.PathLike[str], protocol: Protocol | str | o
     >>> [e.id for e in p.elements]  # doctest: +SKIP
     ['induction', 'blinatumomab', 'ib', 'marma', 'octadad', 'maintenance']
     """
+    patient, protocol = _resolve(patient, protocol)
+    if as_of is None:
+        as_of = dt.date.today()
+    return _Builder(protocol, patient, as_of).build()
+
+
+def risk(patient: Patient | str | os.PathLike[str], protocol: Protocol | str | os.PathLike[str] | None = None,
+         as_of: dt.date | None = None) -> RiskResult:
+    """Stratify a patient: eligibility first (raises :class:`IneligibleError`), then the risk
+    group with the explanation of which rule matched.
+
+    >>> risk("examples/patients/hr-to-hsct.yaml").group  # doctest: +SKIP
+    'HR'
+    """
+    patient, protocol = _resolve(patient, protocol)
+    builder = _Builder(protocol, patient, as_of or dt.date.today())
+    _, result = builder.facts()
+    if builder.problems:
+        raise PatientError(builder.problems)
+    return result
+
+
+def _resolve(patient: Patient | str | os.PathLike[str],
+             protocol: Protocol | str | os.PathLike[str] | None) -> tuple[Patient, Protocol]:
     if not isinstance(patient, Patient):
         patient = load_patient(patient)
     if protocol is None:
@@ -730,7 +844,5 @@ def plan(patient: Patient | str | os.PathLike[str], protocol: Protocol | str | o
         raise PatientError(Problem(patient._source, "protocol", f"expected {protocol.id}"
                                    f"{'@' + protocol.version if version else ''} (the protocol being planned), "
                                    f"got {patient.protocol!r}"))
-    if as_of is None:
-        as_of = dt.date.today()
-    return _Builder(protocol, patient, as_of).build()
+    return patient, protocol
 
