@@ -98,6 +98,13 @@ class CompiledElement:
     slots: tuple[Slot, ...]
     evidence: str  # of the length (or of end_of_therapy for an open-ended element)
     model: Element = field(repr=False)
+    timepoints: frozenset[str] = frozenset()  # time points sampled in this element
+    fixed: Template | None = field(default=None, repr=False)  # the template for the planned length
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "timepoints", frozenset(s.timepoint for s in self.slots if s.timepoint))
+        if self.length is not None:
+            object.__setattr__(self, "fixed", _template(self, self.length))
 
     def template(self, length: int) -> Template:
         """The element's items for an element of ``length`` days, as parallel tuples in day order."""

@@ -24,6 +24,7 @@ __all__ = [
     "Guard",
     "RiskResult",
     "add_months",
+    "birthday",
     "compile_condition",
     "completed_months",
     "completed_years",
@@ -90,6 +91,14 @@ def completed_months(birth: dt.date, on: dt.date) -> int:
 def completed_years(birth: dt.date, on: dt.date) -> int:
     """Completed years of age on ``on`` (a 29 February birthday falls on 28 February)."""
     return completed_months(birth, on) // 12
+
+
+def birthday(birth: dt.date, years: int) -> dt.date:
+    """The ``years``-th birthday (29 February → 28 February in common years), as add_months(birth, 12 × years)."""
+    try:
+        return birth.replace(year=birth.year + years)
+    except ValueError:  # 29 February in a common year
+        return dt.date(birth.year + years, 2, 28)
 
 
 # --------------------------------------------------------------------------- facts

@@ -34,7 +34,7 @@ from ._io import format_loc
 from ._loading import dumps, load_patient, load_protocol
 from ._machine import OUTCOMES, Edge, Protocol, Slot
 from ._models import Measurement, Patient
-from ._rules import RiskResult, add_months, depends_on, explain, patient_facts
+from ._rules import RiskResult, birthday, depends_on, explain, patient_facts
 
 __all__ = ["Decision", "DoseResult", "ElementSpan", "Item", "Plan", "mosteller", "plan", "risk"]
 
@@ -455,7 +455,7 @@ class _Context:
         self.birthdays = [birth.toordinal()]
         if protocol.age_banded:
             k = 1
-            while (day := add_months(birth, 12 * k).toordinal()) <= horizon:
+            while (day := birthday(birth, k).toordinal()) <= horizon:
                 self.birthdays.append(day)
                 k += 1
         self.change_points = sorted({*self.m_ords, *self.birthdays[1:]})
@@ -477,7 +477,7 @@ class _Context:
         """
         if length <= 0 or not element.slots:
             return
-        days, ks, slots = element.template(length)
+        days, ks, slots = element.fixed if length == element.length else element.template(length)
         base = start - element.first_day
         last = start + length - 1 if stop is None else min(stop, start + length - 1)
         end = bisect_right(days, last - base)
@@ -485,7 +485,7 @@ class _Context:
             return
         all_slots = element.slots
         per_slot: list[str] | None = None
-        if status != "pending_decision" and any(s.timepoint in self.results for s in all_slots):
+        if status != "pending_decision" and element.timepoints and not self.results.isdisjoint(element.timepoints):
             per_slot = [("done" if s.timepoint in self.results else status) for s in all_slots]
         # Segments between changes of the dose inputs (a new measurement, a birthday).
         cps = self.change_points[bisect_right(self.change_points, start):bisect_right(self.change_points, last)]
