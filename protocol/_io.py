@@ -23,8 +23,29 @@ from ._errors import InputError, Problem
 M = TypeVar("M", bound=BaseModel)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader without implicit timestamps: dates are validated by pydantic, not YAML."""
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when the wheel has it
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """Safe loader without implicit timestamps (dates are validated by pydantic, not YAML)
+    that rejects a key given twice in one mapping: YAML forbids it, and silently keeping the
+    last value could change a patient's birth date or a dose without anyone noticing."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        self.flatten_mapping(node)
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: let the base class report it
+                break
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {first.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -36,15 +57,19 @@ _Loader.yaml_implicit_resolvers = {
 class Document:
     """A parsed input file: its data plus what is needed to point at a line."""
 
-    __slots__ = ("data", "name", "_node")
+    __slots__ = ("_node", "_text", "data", "name")
 
-    def __init__(self, name: str, data: Any, node: Any = None) -> None:
+    def __init__(self, name: str, data: Any, text: str | None = None) -> None:
         self.name = name
         self.data = data
-        self._node = node
+        self._text = text  # YAML source, composed into a node tree only when a line is needed
+        self._node: Any = None
 
     def line_of(self, loc: Iterable[Any]) -> int | None:
         """1-based line of the value at ``loc`` (YAML only), or of its nearest parent."""
+        if self._node is None and self._text is not None:
+            self._node = yaml.compose(self._text, Loader=_Loader)
+            self._text = None
         node = self._node
         if node is None:
             return None
@@ -88,13 +113,12 @@ def parse_text(text: str, name: str, *, json_only: bool = False, error: type[Inp
         except json.JSONDecodeError as exc:
             raise error(Problem(name, "", f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno)) from None
     try:
-        node = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader) if node is not None else None  # noqa: S506 - safe subclass
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         reason = getattr(exc, "problem", None) or str(exc)
         raise error(Problem(name, "", f"invalid YAML: {reason}", mark.line + 1 if mark else None)) from None
-    return Document(name, data, node)
+    return Document(name, data, text)
 
 
 def format_loc(loc: Iterable[Any]) -> str:

@@ -174,9 +174,26 @@ def evidence_counts(protocol: Protocol) -> dict[str, int]:
     return counts
 
 
+_compact = json.JSONEncoder(ensure_ascii=False, default=lambda v: _default(v), separators=(", ", ": ")).encode
+
+
 def dumps(data: Any) -> str:
-    """JSON text with ISO dates, as every JSON output of this package is written."""
-    return json.dumps(data, indent=2, ensure_ascii=False, default=_default) + "\n"
+    """JSON text with ISO dates, as every JSON output of this package is written.
+
+    Readable and fast: the top-level fields one per line, and each element of a top-level
+    list on a line of its own (``indent=`` would force Python's slow pure-Python encoder).
+    """
+    if not isinstance(data, dict):
+        return _compact(data) + "\n"
+    lines = []
+    for key, value in data.items():
+        head = f"  {_compact(key)}: "
+        if isinstance(value, list) and value:
+            body = ",\n".join("    " + _compact(v) for v in value)
+            lines.append(f"{head}[\n{body}\n  ]")
+        else:
+            lines.append(head + _compact(value))
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 def _default(value: Any) -> Any:

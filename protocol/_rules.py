@@ -141,11 +141,14 @@ def _label(key: str) -> str:
 
 
 def _fmt_number(x: float) -> str:
+    """Every significant digit kept (a threshold of 4.9e-4 must never print as 5e-4)."""
     if x == 0:
         return "0"
     if abs(x) < 1e-2:
-        return f"{x:.0e}".replace("e-0", "e-")
-    return f"{x:g}"
+        mantissa, exponent = f"{x:.12e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        return f"{mantissa}e{int(exponent)}"
+    return f"{x:.12g}"
 
 
 def _fmt_value(key: str, value: Any) -> str:

@@ -76,7 +76,7 @@ class DoseResult:
     the working shown is arithmetically exact; doses are shown to 3 significant figures.
     """
 
-    __slots__ = ("_done", "_amount", "_capped", "_reason", "age_years", "bsa", "measurement", "slot")
+    __slots__ = ("_amount", "_capped", "_dict", "_done", "_reason", "age_years", "bsa", "measurement", "slot")
 
     def __init__(self, slot: Slot, measurement: Measurement | None, bsa: float | None, age_years: int) -> None:
         # Only the inputs are stored; the arithmetic runs on first use (most plans are
@@ -86,6 +86,7 @@ class DoseResult:
         self.bsa = bsa
         self.age_years = age_years
         self._done = False
+        self._dict: dict[str, Any] | None = None
 
     def _compute(self) -> None:
         d = self.slot.dose
@@ -208,7 +209,12 @@ class DoseResult:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
+        """JSON-ready form (computed once: one dose object serves every item of its segment)."""
+        if self._dict is None:
+            self._dict = self._as_dict()
+        return self._dict
+
+    def _as_dict(self) -> dict[str, Any]:
         return {"amount": self.amount, "unit": self.unit, "per": self.per, "basis": self.basis,
                 "standard": self.standard, "bsa_m2": self.bsa if self.basis == "per_m2" else None,
                 "capped": self.capped,
