@@ -417,14 +417,25 @@ class _Cursor:
         self.facts = facts
 
 
-def _replay_condition(guard: Guard) -> Any:
-    # Recorded events are facts: accept a transition unless its rule is definitely false.
-    # (A decision recorded before its result arrived is reported as a warning instead.)
-    def allowed(event: Any) -> bool:
-        return guard(event.model.facts) is not False
+def _replay_condition(edges: tuple[Edge, ...], index: int) -> Any:
+    """The condition the replay machine checks before taking ``edges[index]``.
 
-    allowed.__name__ = "rule_allows"
-    return allowed
+    Edges out of an element are ordered: the first whose rule holds is the protocol's path.
+    A recorded move is accepted unless the protocol definitely says otherwise: its own rule
+    is not definitely false, and no earlier edge's rule definitely holds (a high-risk patient
+    cannot be recorded as starting OCTADAD when the HSCT rule holds). A move recorded while a
+    rule is still unknown is accepted; the plan reports it as a warning.
+    """
+    earlier = tuple(e.guard for e in edges[:index] if e.guard is not None)
+    own = edges[index].guard
+
+    def rule_allows(event: Any) -> bool:
+        facts = event.model.facts
+        if own is not None and own(facts) is False:
+            return False
+        return not any(g(facts) is True for g in earlier)
+
+    return rule_allows
 
 
 class Protocol:
@@ -492,10 +503,10 @@ class Protocol:
         states = [*self.elements, *OUTCOMES]
         transitions: list[dict[str, Any]] = []
         for source, edges in self.table.items():
-            for edge in edges:
+            for index, edge in enumerate(edges):
                 spec: dict[str, Any] = {"trigger": f"start_{edge.dest}", "source": source, "dest": edge.dest}
-                if edge.guard is not None:
-                    spec["conditions"] = [_replay_condition(edge.guard)]
+                if edge.guard is not None or index > 0:
+                    spec["conditions"] = [_replay_condition(edges, index)]
                 transitions.append(spec)
         for outcome in OUTCOMES:
             transitions.append({"trigger": outcome, "source": list(self.elements), "dest": outcome})

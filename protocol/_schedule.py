@@ -60,8 +60,9 @@ def fmt_amount(x: float) -> str:
     """Three significant figures, never in exponent form: 18.6, 4.65, 0.465, 3100."""
     if x == 0:
         return "0"
-    digits = max(0, 2 - math.floor(math.log10(abs(x))))
-    return f"{round(x, digits):.{digits}f}"
+    rounded = float(f"{x:.3g}")  # round first: 9.996 becomes 10.0, not 10.00
+    digits = max(0, 2 - math.floor(math.log10(abs(rounded))))
+    return f"{rounded:.{digits}f}"
 
 
 # --------------------------------------------------------------------------- doses
@@ -448,7 +449,8 @@ class Plan:
 class _Context:
     """Per-patient inputs on integer days, shared by replay and projection."""
 
-    __slots__ = ("birthdays", "bsa", "change_points", "m_ords", "measurements", "results", "t0")
+    __slots__ = ("age_banded", "birth", "birthdays", "bsa", "change_points", "horizon", "m_ords", "measurements",
+                 "results", "t0")
 
     def __init__(self, protocol: Protocol, patient: Patient, as_of_ord: int, horizon: int) -> None:
         self.t0 = patient.start_date.toordinal()
@@ -457,15 +459,29 @@ class _Context:
         self.m_ords = [m.date.toordinal() for m in ms]
         self.bsa = [round(mosteller(m.height_cm, m.weight_kg), 2) for m in ms]
         # Ages only matter for age-banded doses: birthdays up to the end of the plan.
-        birth = patient.birth_date
-        self.birthdays = [birth.toordinal()]
-        if protocol.age_banded:
-            k = 1
-            while (day := birthday(birth, k).toordinal()) <= horizon:
-                self.birthdays.append(day)
-                k += 1
-        self.change_points = sorted({*self.m_ords, *self.birthdays[1:]})
+        self.birth = patient.birth_date
+        self.birthdays = [self.birth.toordinal()]
+        self.age_banded = protocol.age_banded
+        self.horizon = 0
+        self.change_points = sorted(self.m_ords)
+        self.cover(horizon)
         self.results = {r.timepoint for r in patient.mrd if r.date.toordinal() <= as_of_ord}
+
+    def cover(self, last: int) -> None:
+        """Make sure every birthday up to ``last`` is known (ages only matter for age bands)."""
+        if last <= self.horizon:
+            return
+        self.horizon = last
+        if not self.age_banded:
+            return
+        k = len(self.birthdays)
+        added = False
+        while (day := birthday(self.birth, k).toordinal()) <= last:
+            self.birthdays.append(day)
+            added = True
+            k += 1
+        if added:
+            self.change_points = sorted({*self.m_ords, *self.birthdays[1:]})
 
     def doses_at(self, slots: tuple[Slot, ...], ordinal: int) -> list[DoseResult | None]:
         """Doses of every slot for inputs in force on ``ordinal``."""
@@ -486,6 +502,8 @@ class _Context:
         days, ks, slots = element.fixed if length == element.length else element.template(length)
         base = start - element.first_day
         last = start + length - 1 if stop is None else min(stop, start + length - 1)
+        if last > self.horizon:
+            self.cover(last + 366)
         end = bisect_right(days, last - base)
         if end == 0:
             return
@@ -601,8 +619,11 @@ class _Builder:
                 if target != cur.id:
                     self.problem((*loc, "element"), f"completes {target!r}, but the current element is {cur.id!r}")
                 elif cur.actual_start is None:
-                    self.problem((*loc, "element"), f"{target!r} completed before it was started: record "
-                                 f"element_started first")
+                    later = next((e.date for _, e in order if e.type == "element_started" and e.element == target
+                                  and e.date > ev.date), None)
+                    self.problem((*loc, "date") if later else (*loc, "element"),
+                                 f"completion on {ev.date} is before the start on {later}" if later else
+                                 f"{target!r} completed before it was started: record element_started first")
                 elif cur.actual_end is not None:
                     self.problem((*loc, "element"), f"{target!r} is already completed on "
                                  f"{dt.date.fromordinal(cur.actual_end)}")
@@ -620,7 +641,7 @@ class _Builder:
                 else:
                     cur.actual_start = when
                 continue
-            nxt = self.advance(cur, target, when, cursor, facts, loc)
+            nxt = self.advance(cur, target, when, cursor, facts, (*loc, "type" if ev.type == "hsct" else "element"))
             if nxt is not None:
                 cur = nxt
         if self.problems:
@@ -637,14 +658,16 @@ class _Builder:
         return rows
 
     def advance(self, cur: _Open, target: str, when: int, cursor: Any, facts: dict[str, Any],
-                loc: tuple[Any, ...]) -> _Open | None:
+                field: tuple[Any, ...]) -> _Open | None:
+        """Move from ``cur`` to ``target`` on a recorded start, through the protocol's machine."""
+        loc = field[:-1]
         p = self.p
         el = p.elements[cur.id]
         edges = p.table.get(cur.id, ())
         edge = next((e for e in edges if e.dest == target), None)
         if edge is None:
             allowed = ", ".join(e.dest for e in edges) or "nothing (it is final)"
-            self.problem((*loc, "element"), f"{target!r} cannot follow {cur.id!r}: the protocol goes from "
+            self.problem(field, f"{target!r} cannot follow {cur.id!r}: the protocol goes from "
                          f"{cur.id!r} to {allowed}")
             return None
         last = cur.actual_end if cur.actual_end is not None else cur.actual_start
@@ -659,10 +682,14 @@ class _Builder:
         except MachineError:  # pragma: no cover - the table and the machine come from one definition
             moved = False
         if not moved:
-            assert edge.condition is not None
-            self.problem((*loc, "element"), f"{target!r} on {dt.date.fromordinal(when)} contradicts the protocol's "
-                         f"rule for the {edge.decision} decision ({edge.text}): "
-                         + "; ".join(s.strip() for s in explain(edge.condition, facts))
+            index = edges.index(edge)
+            holds = [e for e in edges[:index] if e.guard is not None and e.guard(facts) is True]
+            rule = holds[0] if holds else edge
+            assert rule.condition is not None
+            verdict = f"the rule for {rule.dest} holds" if holds else f"its rule ({edge.text}) does not hold"
+            self.problem(field, f"{target!r} on {dt.date.fromordinal(when)} contradicts the protocol's rule for "
+                         f"the {edge.decision} decision: {verdict}: "
+                         + "; ".join(s.strip() for s in explain(rule.condition, facts))
                          + ". If the patient left the protocol path, record an off_protocol event with the reason")
             return None
         if len(edges) > 1 or edge.guard is not None:

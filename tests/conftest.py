@@ -121,10 +121,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+@pytest.fixture(scope="session")
+def _shipped_definition_data() -> dict[str, Any]:
+    return yaml.load((DEFINITIONS_DIR / f"{SHIPPED_ID}.yaml").read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506
+
+
 @pytest.fixture
-def shipped_definition() -> dict[str, Any]:
-    """A fresh, mutable copy of the shipped definition as plain data."""
-    return yaml.safe_load((DEFINITIONS_DIR / f"{SHIPPED_ID}.yaml").read_text(encoding="utf-8"))
+def shipped_definition(_shipped_definition_data: dict[str, Any]) -> dict[str, Any]:
+    """A fresh, mutable copy of the shipped definition as plain data (``yaml.safe_load``)."""
+    return copy.deepcopy(_shipped_definition_data)
 
 
 @pytest.fixture
@@ -135,7 +144,8 @@ def write_definition(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
     def write(data: dict[str, Any], filename: str | None = None) -> Path:
         counter["n"] += 1
         path = tmp_path / (filename or f"definition-{counter['n']}.yaml")
-        path.write_text(yaml.safe_dump(_plain(data), sort_keys=False, allow_unicode=True), encoding="utf-8")
+        text = yaml.dump(_plain(data), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+        path.write_text(text, encoding="utf-8")
         return path
 
     return write
