@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -232,7 +233,14 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Any], None], *, 
     """
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    if target.is_dir():
+        raise InputError(Problem(str(path), "", "expected a file to write, got a folder"))
+    if not directory.is_dir():
+        raise InputError(Problem(str(path), "", f"cannot write: the folder {str(directory)!r} does not exist"))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise InputError(Problem(str(path), "", f"cannot write: {exc.strerror}")) from None
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as fh:
             write(fh)
@@ -246,21 +254,21 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Any], None], *, 
 
 
 def parse_date(text: str, field: str) -> Any:
-    """Parse a date given on the command line: ``YYYY-MM-DD`` or ``today``.
+    """Parse a date given on the command line: ``YYYY-MM-DD`` or ``today`` (the local date).
 
-    Raises :class:`InputError` naming ``field`` for anything else (``2024-02-30``,
-    ``21/11/2026``, a date with a time).
+    Raises :class:`InputError` naming ``field`` for anything else: ``2024-02-30``,
+    ``21/11/2026``, other ISO 8601 forms (``2026-11``, ``2026-W47``), a date with a time.
     """
     import datetime as dt
 
-    import pendulum
+    value = text.strip()
+    if value.lower() == "today":
+        import pendulum
 
-    if text.strip().lower() == "today":
         return pendulum.today().date()
-    try:
-        parsed = pendulum.parse(text.strip(), strict=True, exact=True)
-    except (ValueError, pendulum.parsing.exceptions.ParserError):
-        parsed = None
-    if not isinstance(parsed, dt.date) or isinstance(parsed, dt.datetime):
-        raise InputError(Problem("", field, f"expected a date YYYY-MM-DD or 'today', got {text!r}"))
-    return dt.date(parsed.year, parsed.month, parsed.day)
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise InputError(Problem("", field, f"expected a date YYYY-MM-DD or 'today', got {text!r}"))

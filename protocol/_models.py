@@ -22,7 +22,16 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "AgeBand",
@@ -56,6 +65,29 @@ EVIDENCE_RANK: dict[str, int] = {"placeholder": 0, "derived": 1, "published": 2}
 Ident = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 SourceKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$", max_length=64)]
 Text = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _iso_date(value: Any) -> Any:
+    # Only a calendar date YYYY-MM-DD: pydantic would also take a Unix timestamp
+    # (diagnosis_date: 0 -> 1970-01-01) or a date-time, which a clinical file must never mean.
+    if isinstance(value, dt.datetime):
+        raise ValueError(f"expected a date YYYY-MM-DD, got a date and time {value.isoformat()!r}")
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str) and _ISO_DATE.match(value.strip()):
+        try:
+            return dt.date.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"expected a date YYYY-MM-DD, got {value!r} (no such day)") from None
+    shown = repr(value) if isinstance(value, str) else str(value)
+    raise ValueError(f"expected a date YYYY-MM-DD, got {shown}")
+
+
+#: A calendar date written YYYY-MM-DD, nothing else.
+IsoDate = Annotated[dt.date, BeforeValidator(_iso_date)]
 
 
 class _Strict(BaseModel):
@@ -463,7 +495,7 @@ class ProtocolDefinition(_Strict):
 class Measurement(_Strict):
     """Height and weight on a date."""
 
-    date: dt.date
+    date: IsoDate
     height_cm: float = Field(gt=0, lt=250, allow_inf_nan=False)
     weight_kg: float = Field(gt=0, lt=300, allow_inf_nan=False)
 
@@ -472,7 +504,7 @@ class MrdResult(_Strict):
     """An MRD result at a protocol time point, as a fraction (3e-4 = 0.03 %; 0 = negative)."""
 
     timepoint: Ident
-    date: dt.date
+    date: IsoDate
     value: float = Field(ge=0, le=1, allow_inf_nan=False)
 
 
@@ -483,7 +515,7 @@ class Event(_Strict):
     """Something that happened, with its actual date."""
 
     type: EventType
-    date: dt.date
+    date: IsoDate
     element: Ident | None = None
     reason: Text | None = None
     note: Text | None = None
@@ -491,7 +523,7 @@ class Event(_Strict):
     @model_validator(mode="after")
     def _element_rules(self) -> Any:
         if self.type.startswith("element_") and self.element is None:
-            raise ValueError(f"a {self.type} event must name its element")
+            raise ValueError(f"an {self.type} event must name its element")
         if not self.type.startswith("element_") and self.element is not None:
             raise ValueError(f"a {self.type} event takes no element")
         if self.type == "off_protocol" and self.reason is None:
@@ -504,10 +536,10 @@ class Patient(_Strict):
 
     id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     protocol: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*(@[0-9A-Za-z.+-]+)?$")]
-    birth_date: dt.date
+    birth_date: IsoDate
     sex: Literal["female", "male", "unknown"]
-    diagnosis_date: dt.date
-    treatment_start: dt.date | None = Field(None, description="Defaults to the diagnosis date.")
+    diagnosis_date: IsoDate
+    treatment_start: IsoDate | None = Field(None, description="Defaults to the diagnosis date.")
     kmt2a: Literal["rearranged", "germline"]
     wbc_at_diagnosis: float = Field(ge=0, lt=5000, allow_inf_nan=False, description="×10⁹/L")
     prednisone_response: Literal["good", "poor"] | None = None

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 from transitions import MachineError
 
-from ._errors import IneligibleError, PatientError, Problem
+from ._errors import DefinitionError, IneligibleError, PatientError, Problem
 from ._io import format_loc
 from ._loading import dumps, load_patient, load_protocol
 from ._machine import OUTCOMES, Edge, Protocol, Slot
@@ -616,14 +616,16 @@ class _Builder:
                              f"got {target!r}")
                 continue
             if ev.type == "element_completed":
-                if target != cur.id:
+                later = next((e.date for _, e in order if e.type == "element_started" and e.element == target
+                              and e.date > ev.date), None)
+                if later is not None and (target != cur.id or cur.actual_start is None):
+                    self.problem((*loc, "date"), f"completion on {ev.date} is before the start of {target!r} "
+                                 f"on {later}")
+                elif target != cur.id:
                     self.problem((*loc, "element"), f"completes {target!r}, but the current element is {cur.id!r}")
                 elif cur.actual_start is None:
-                    later = next((e.date for _, e in order if e.type == "element_started" and e.element == target
-                                  and e.date > ev.date), None)
-                    self.problem((*loc, "date") if later else (*loc, "element"),
-                                 f"completion on {ev.date} is before the start on {later}" if later else
-                                 f"{target!r} completed before it was started: record element_started first")
+                    self.problem((*loc, "element"), f"{target!r} completed before it was started: record "
+                                 f"element_started first")
                 elif cur.actual_end is not None:
                     self.problem((*loc, "element"), f"{target!r} is already completed on "
                                  f"{dt.date.fromordinal(cur.actual_end)}")
@@ -869,8 +871,14 @@ def _resolve(patient: Patient | str | os.PathLike[str],
     if not isinstance(patient, Patient):
         patient = load_patient(patient)
     if protocol is None:
-        protocol = patient.protocol
-    if not isinstance(protocol, Protocol):
+        try:
+            protocol = load_protocol(patient.protocol)
+        except DefinitionError as exc:
+            doc = patient._lines
+            raise PatientError(Problem(patient._source, "protocol", "; ".join(p.message for p in exc.problems)
+                                       + f" (got {patient.protocol!r})",
+                                       doc.line_of(("protocol",)) if doc is not None else None)) from None
+    elif not isinstance(protocol, Protocol):
         protocol = load_protocol(protocol)
     name, _, version = patient.protocol.partition("@")
     if name != protocol.id or (version and version != protocol.version):

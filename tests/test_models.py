@@ -348,7 +348,7 @@ def test_element_id_pattern(bad_id: str) -> None:
 
 @pytest.mark.parametrize("kind", ["element_started", "element_completed"])
 def test_element_events_need_an_element(kind: str) -> None:
-    with pytest.raises(ValidationError, match=f"a {kind} event must name its element"):
+    with pytest.raises(ValidationError, match=f"an {kind} event must name its element"):
         Event.model_validate({"type": kind, "date": "2026-05-04"})
     assert Event.model_validate({"type": kind, "date": "2026-05-04", "element": "ib"}).element == "ib"
 
