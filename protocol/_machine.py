@@ -180,6 +180,8 @@ def _source_refs(defn: ProtocolDefinition) -> Iterator[tuple[tuple[Any, ...], st
         yield ("risk_groups", i, "source"), g.source
     for i, r in enumerate(defn.eligibility):
         yield ("eligibility", i, "source"), r.source
+    for i, rnd in enumerate(defn.randomisations):
+        yield ("randomisations", i, "source"), rnd.source
     for i, t in enumerate(defn.transitions):
         if t.rule_source is not None:
             yield ("transitions", i, "rule_source"), t.rule_source
@@ -205,7 +207,7 @@ def _leaves(c: Condition, loc: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...
             yield from _leaves(x, (*loc, name, i))
     if c.not_ is not None:
         yield from _leaves(c.not_, (*loc, "not"))
-    if c.fact is not None or c.mrd is not None:
+    if c.fact is not None or c.mrd is not None or c.arm is not None:
         yield loc, c
 
 
@@ -298,8 +300,27 @@ def check_definition(defn: ProtocolDefinition) -> list[tuple[tuple[Any, ...], st
                                     f"{last} ({e.id!r} has {length} days from day {e.first_day})"))
 
     # Conditions: facts, values, time points, risk groups.
+    arms = {r.id: [a.id for a in r.arms] for r in defn.randomisations}
+    for i, r in enumerate(defn.randomisations):
+        if r.id in list(arms)[:i]:
+            add((("randomisations", i, "id"), f"duplicate randomisation {r.id!r}"))
+        ids_ = [a.id for a in r.arms]
+        for j, a in enumerate(ids_):
+            if a in ids_[:j]:
+                add((("randomisations", i, "arms", j, "id"), f"duplicate arm {a!r}"))
     for base, cond in _conditions(defn):
         for loc, leaf in _leaves(cond, base):
+            if leaf.arm is not None:
+                if leaf.arm not in arms:
+                    add(((*loc, "arm"), f"expected a declared randomisation ({', '.join(arms) or 'none declared'}), "
+                                        f"got {leaf.arm!r}"))
+                    continue
+                op, operand = leaf.op
+                for value in operand if op == "in" else [operand]:
+                    if value not in arms[leaf.arm]:
+                        add(((*loc, op), f"expected an arm of {leaf.arm} ({', '.join(arms[leaf.arm])}), "
+                                         f"got {value!r}"))
+                continue
             if leaf.mrd is not None:
                 if leaf.mrd not in timepoints:
                     add(((*loc, "mrd"), f"expected a declared time point ({', '.join(timepoints) or 'none'}), "
@@ -453,6 +474,7 @@ class Protocol:
         self.version = defn.version
         self.rules = RuleSet(defn.eligibility, defn.derived_facts, defn.risk_groups)
         self.timepoints = {t.id: t.label for t in defn.timepoints}
+        self.randomisations = {r.id: tuple(a.id for a in r.arms) for r in defn.randomisations}
         self.elements: dict[str, CompiledElement] = {}
         eot = defn.end_of_therapy
         for index, e in enumerate(defn.elements):

@@ -36,6 +36,7 @@ from pydantic import (
 __all__ = [
     "AgeBand",
     "Administration",
+    "Arm",
     "Assessment",
     "Condition",
     "DerivedFact",
@@ -48,6 +49,7 @@ __all__ = [
     "MrdResult",
     "Patient",
     "ProtocolDefinition",
+    "Randomisation",
     "RiskGroup",
     "Source",
     "SourcedDays",
@@ -219,7 +221,9 @@ class Condition(_Strict):
     - ``{all: [...]}``, ``{any: [...]}``, ``{not: {...}}``;
     - ``{fact: NAME, OP: VALUE}`` with OP one of ``eq``, ``ne``, ``in`` (categorical facts) or
       ``lt``, ``lte``, ``gt``, ``gte`` (numeric facts; the value is a :class:`SourcedNumber`);
-    - ``{mrd: TIMEPOINT, OP: VALUE}``: the MRD result (a fraction) at a named time point.
+    - ``{mrd: TIMEPOINT, OP: VALUE}``: the MRD result (a fraction) at a named time point;
+    - ``{arm: RANDOMISATION, OP: ARM}`` with OP ``eq``, ``ne`` or ``in``: the arm a patient was
+      randomised to (unknown until the ``randomised`` event is recorded).
 
     Facts that are not yet known make a condition *unknown* rather than false, so a decision
     that waits for a result is reported as pending.
@@ -230,6 +234,7 @@ class Condition(_Strict):
     not_: Condition | None = Field(None, alias="not")
     fact: Ident | None = None
     mrd: Ident | None = None
+    arm: Ident | None = None
     eq: str | None = None
     ne: str | None = None
     in_: list[str] | None = Field(None, alias="in", min_length=1)
@@ -240,20 +245,22 @@ class Condition(_Strict):
 
     @model_validator(mode="after")
     def _one_shape(self) -> Any:
-        heads = [k for k in ("all_", "any_", "not_", "fact", "mrd") if getattr(self, k) is not None]
+        heads = [k for k in ("all_", "any_", "not_", "fact", "mrd", "arm") if getattr(self, k) is not None]
         ops = [k for k in ("eq", "ne", "in_", "lt", "lte", "gt", "gte") if getattr(self, k) is not None]
         names = [h.rstrip("_") for h in heads]
         if len(heads) != 1:
             raise ValueError(
-                "expected exactly one of all, any, not, fact, mrd; got "
+                "expected exactly one of all, any, not, fact, mrd, arm; got "
                 + (", ".join(names) if names else "none of them")
             )
-        if heads[0] in ("fact", "mrd"):
+        if heads[0] in ("fact", "mrd", "arm"):
             if len(ops) != 1:
                 got = ", ".join(o.rstrip("_") for o in ops) or "none"
                 raise ValueError(f"expected exactly one comparison (eq, ne, in, lt, lte, gt, gte), got {got}")
             if heads[0] == "mrd" and ops[0] in ("eq", "ne", "in_"):
                 raise ValueError("an MRD comparison must be numeric (lt, lte, gt, gte)")
+            if heads[0] == "arm" and ops[0] not in ("eq", "ne", "in_"):
+                raise ValueError("an arm comparison must be eq, ne or in")
             for op in ("lt", "lte", "gt", "gte"):
                 v = getattr(self, op)
                 if v is not None and v.value is None:
@@ -453,6 +460,24 @@ class DerivedFact(_Strict):
     otherwise: str | None = Field(None, description="Value when every case is false (not when one is unknown).")
 
 
+class Arm(_Strict):
+    """One arm of a randomisation."""
+
+    id: Ident
+    label: Text
+
+
+class Randomisation(_Strict):
+    """A randomisation point: the arm is a recorded event (``randomised``); until it is
+    recorded, guards that read it are unknown and the plan shows every arm."""
+
+    id: Ident
+    label: Text
+    arms: list[Arm] = Field(min_length=2)
+    source: SourceKey
+    evidence: Evidence
+
+
 class TimePoint(_Strict):
     """A named sampling point whose result (MRD) guards may read."""
 
@@ -482,6 +507,7 @@ class ProtocolDefinition(_Strict):
     eligibility: list[EligibilityRule] = []
     derived_facts: list[DerivedFact] = []
     risk_groups: list[RiskGroup] = Field(min_length=1)
+    randomisations: list[Randomisation] = []
     timepoints: list[TimePoint] = []
     elements: list[Element] = Field(min_length=1)
     initial: Ident | None = Field(None, description="The first element; defaults to the first listed.")
@@ -508,7 +534,8 @@ class MrdResult(_Strict):
     value: float = Field(ge=0, le=1, allow_inf_nan=False)
 
 
-EventType = Literal["element_started", "element_completed", "hsct", "relapse", "death", "off_protocol"]
+EventType = Literal["element_started", "element_completed", "randomised", "hsct", "relapse", "death",
+                    "off_protocol"]
 
 
 class Event(_Strict):
@@ -517,11 +544,17 @@ class Event(_Strict):
     type: EventType
     date: IsoDate
     element: Ident | None = None
+    randomisation: Ident | None = None
+    arm: Ident | None = None
     reason: Text | None = None
     note: Text | None = None
 
     @model_validator(mode="after")
     def _element_rules(self) -> Any:
+        if self.type == "randomised" and (self.randomisation is None or self.arm is None):
+            raise ValueError("a randomised event needs `randomisation` and `arm`")
+        if self.type != "randomised" and (self.randomisation is not None or self.arm is not None):
+            raise ValueError(f"a {self.type} event takes no randomisation or arm")
         if self.type.startswith("element_") and self.element is None:
             raise ValueError(f"an {self.type} event must name its element")
         if not self.type.startswith("element_") and self.element is not None:

@@ -126,16 +126,23 @@ def patient_facts(patient: Patient, as_of: dt.date | None = None) -> Facts:
     for result in sorted(patient.mrd, key=lambda r: r.date):
         if as_of is None or result.date <= as_of:
             facts["mrd:" + result.timepoint] = result.value
+    for event in patient.events:
+        if event.type == "randomised" and (as_of is None or event.date <= as_of):
+            facts["arm:" + str(event.randomisation)] = event.arm
     return facts
 
 
 def _key(c: Condition) -> str:
-    return c.fact if c.fact is not None else "mrd:" + str(c.mrd)
+    if c.fact is not None:
+        return c.fact
+    return "mrd:" + str(c.mrd) if c.mrd is not None else "arm:" + str(c.arm)
 
 
 def _label(key: str) -> str:
     if key.startswith("mrd:"):
         return f"MRD at {key[4:]}"
+    if key.startswith("arm:"):
+        return f"arm of {key[4:]}"
     spec = FACTS.get(key)
     return spec.label if spec else key
 
@@ -153,7 +160,7 @@ def _fmt_number(x: float) -> str:
 
 def _fmt_value(key: str, value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        unit = "" if key.startswith("mrd:") else FACTS.get(key, FactSpec("", "")).unit
+        unit = "" if key.startswith(("mrd:", "arm:")) else FACTS.get(key, FactSpec("", "")).unit
         return f"{_fmt_number(value)} {unit}".strip()
     return str(value)
 
@@ -256,7 +263,7 @@ def depends_on(c: Condition) -> tuple[str, ...]:
                 walk(y)
         if x.not_ is not None:
             walk(x.not_)
-        if x.fact is not None or x.mrd is not None:
+        if x.fact is not None or x.mrd is not None or x.arm is not None:
             seen.setdefault(_key(x), None)
 
     walk(c)

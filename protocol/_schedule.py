@@ -561,6 +561,21 @@ class _Builder:
             if r.timepoint not in p.timepoints:
                 self.problem(("mrd", i, "timepoint"), f"expected a time point of {p.id} "
                              f"({', '.join(p.timepoints)}), got {r.timepoint!r}")
+        seen_arms: dict[str, int] = {}
+        for i, ev in enumerate(patient.events):
+            if ev.type != "randomised":
+                continue
+            arms = p.randomisations.get(str(ev.randomisation))
+            if arms is None:
+                self.problem(("events", i, "randomisation"), f"expected a randomisation of {p.id} "
+                             f"({', '.join(p.randomisations) or 'none'}), got {ev.randomisation!r}")
+            elif ev.arm not in arms:
+                self.problem(("events", i, "arm"), f"expected an arm of {ev.randomisation} ({', '.join(arms)}), "
+                             f"got {ev.arm!r}")
+            elif str(ev.randomisation) in seen_arms:
+                self.problem(("events", i, "randomisation"), f"{ev.randomisation} is already recorded in "
+                             f"events[{seen_arms[str(ev.randomisation)]}]: a patient is randomised once")
+            seen_arms.setdefault(str(ev.randomisation), i)
         for fact, given, derived in p.rules.derive(facts):
             self.problem((fact,), f"given as {given!r}, but the protocol's rule gives {derived!r} from the "
                          f"recorded values (e.g. day8_blasts_per_ul); correct one of them")
@@ -603,6 +618,8 @@ class _Builder:
                 self.problem((*loc, "date"), f"expected a date on or after treatment start "
                              f"{self.patient.start_date}, got {ev.date}")
                 continue
+            if ev.type == "randomised":
+                continue  # the arm is a fact (see patient_facts); guards read it
             if ev.type in OUTCOMES:
                 cursor.state = cur.id
                 p.machine.events[ev.type].trigger(cursor)

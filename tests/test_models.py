@@ -169,7 +169,7 @@ def test_condition_leaf_and_groups_parse() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({}, "expected exactly one of all, any, not, fact, mrd; got none of them"),
+        ({}, "expected exactly one of all, any, not, fact, mrd, arm; got none of them"),
         ({"fact": "kmt2a", "mrd": "day8", "eq": "x"}, "got fact, mrd"),
         ({"all": [{"fact": "kmt2a", "eq": "rearranged"}], "any": [{"fact": "kmt2a", "eq": "rearranged"}]},
          "got all, any"),
