@@ -79,6 +79,7 @@ class DrugRow(NamedTuple):
     dosage: str
     dosage_unverified: bool
     calculated: str
+    calculated_unverified: bool
     days: str
     days_unverified: bool
     frequency: str
@@ -91,7 +92,7 @@ class GridRow(NamedTuple):
     weekday: str
     element_day: int
     study_day: int
-    cells: tuple[str, ...]
+    cells: tuple[tuple[str, bool], ...]  # (calculated dose, unverified)
     studies: str
     comment: str
 
@@ -155,11 +156,12 @@ def _section(plan: Plan, span: Any, items: list[Item], decision: Any) -> Section
             dosage, unverified = _dosage(s)
             doses = sorted({i.dose.text for i in items if i.slot is s and i.dose is not None})
             calculated = ", ".join(doses) if doses else "no dates (days not specified)"
-            drugs.append(DrugRow(s.key, s.name, s.route or "", dosage, unverified, calculated, s.days_text,
+            drugs.append(DrugRow(s.key, s.name, s.route or "", dosage, unverified, calculated,
+                                 bool(doses) and s.evidence == "placeholder", s.days_text,
                                  s.source.days.evidence == "placeholder", _FREQ.get(s.frequency or "", ""),
                                  s.notes, "administration"))
         else:
-            drugs.append(DrugRow(s.key, s.name, "", "", False, "", s.days_text,
+            drugs.append(DrugRow(s.key, s.name, "", "", False, "", False, s.days_text,
                                  s.source.days.evidence == "placeholder", "", (), "assessment"))
     # Day grid: one row per date with something due; long daily runs on first and last day only.
     run_days: dict[int, tuple[int, int]] = {}
@@ -180,14 +182,14 @@ def _section(plan: Plan, span: Any, items: list[Item], decision: Any) -> Section
         for s in adms:
             hit = next((i for i in todays if i.slot is s), None)
             if hit is None or hit.dose is None:
-                cells.append("")
+                cells.append(("", False))
                 continue
             text = hit.dose.text
             run = run_days.get(id(s))
             if run is not None:
                 text = (f"{text} — start, daily to {dt.date.fromordinal(run[1]).isoformat()}" if ordinal == run[0]
                         else f"{text} — last day")
-            cells.append(text)
+            cells.append((text, s.evidence == "placeholder"))
         studies = "; ".join(i.slot.name for i in todays if i.slot.kind == "assessment")
         first = todays[0]
         day = dt.date.fromordinal(ordinal)

@@ -150,11 +150,12 @@ def test_day_grid_prints_calculated_dose_and_blank_for_given() -> None:
     first = induction.grid[0]
     assert first.date == "2026-05-04" and first.element_day == 1 and first.study_day == 1
     prednisone = induction.columns.index("Prednisone (prephase)")
-    assert first.cells[prednisone] == "22.2 mg/day"  # 60 mg/m²/day × 0.37 m² (66 cm, 7.4 kg)
+    # 60 mg/m²/day × 0.37 m² (66 cm, 7.4 kg); the 60 is a placeholder, so the cell is marked.
+    assert first.cells[prednisone] == ("22.2 mg/day", True)
     assert induction.next_row == "Day 36 (2026-06-08): begin next element"
     maintenance = next(s for s in ctx["sections"] if s.id == "maintenance")
     mp = maintenance.columns.index("Mercaptopurine (6-MP)")
-    assert maintenance.grid[0].cells[mp].endswith("start, daily to 2028-04-30")
+    assert maintenance.grid[0].cells[mp][0].endswith("start, daily to 2028-04-30")
     assert "given: ______" in render_roadmap(plan, "html")
 
 
@@ -183,3 +184,21 @@ def test_plan_table_lists_items_and_flags_unverified() -> None:
 def test_builtin_templates_are_found() -> None:
     assert (templates_dir() / "roadmap.html.j2").is_file()
     assert (templates_dir() / "roadmap.md.j2").is_file()
+
+
+def test_every_printed_dose_from_a_placeholder_is_marked() -> None:
+    """A coordinator reading only the day grid must still see that a dose is unverified."""
+    plan = protocol.plan(ROOT / "examples/patients/mr-on-time.yaml", as_of=AS_OF)
+    ctx = roadmap_context(plan)
+    blinatumomab = next(s for s in ctx["sections"] if s.id == "blinatumomab")
+    column = blinatumomab.columns.index("Blinatumomab")
+    # Blinatumomab 15 µg/m²/day on days 1-28 is published: its cells are not marked.
+    assert {cell[1] for row in blinatumomab.grid for cell in [row.cells[column]] if cell[0]} == {False}
+    for section in ctx["sections"]:
+        for row in section.grid:
+            for name, (text, unverified) in zip(section.columns, row.cells, strict=True):
+                slot = next(s for s in plan.protocol.elements[section.id].slots if s.name == name)
+                assert unverified == (bool(text) and slot.evidence == "placeholder")
+    html = render_roadmap(plan, "html")
+    assert "22.2 mg/day <span class=\"unverified\">unverified</span>" in html
+    assert "22.2 mg/day ⚠" in render_roadmap(plan, "md")
