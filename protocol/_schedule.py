@@ -77,7 +77,7 @@ class DoseResult:
     the working shown is arithmetically exact; doses are shown to 3 significant figures.
     """
 
-    __slots__ = ("_amount", "_capped", "_dict", "_done", "_reason", "age_years", "bsa", "measurement", "slot")
+    __slots__ = ("_dict", "_result", "age_years", "bsa", "measurement", "slot")
 
     def __init__(self, slot: Slot, measurement: Measurement | None, bsa: float | None, age_years: int) -> None:
         # Only the inputs are stored; the arithmetic runs on first use (most plans are
@@ -86,36 +86,35 @@ class DoseResult:
         self.measurement = measurement
         self.bsa = bsa
         self.age_years = age_years
-        self._done = False
+        self._result: tuple[float | None, bool, str | None] | None = None  # (amount, capped, reason)
         self._dict: dict[str, Any] | None = None
 
-    def _compute(self) -> None:
+    def _computed(self) -> tuple[float | None, bool, str | None]:
+        """``(amount, capped, reason)``, computed on first use and kept."""
+        if self._result is None:
+            self._result = self._compute()
+        return self._result
+
+    def _compute(self) -> tuple[float | None, bool, str | None]:
         d = self.slot.dose
         assert d is not None
-        self._done = True
-        self._capped = False
-        self._reason: str | None = None
-        self._amount: float | None = None
         standard = self.standard
         if standard is None:
-            self._reason = "not specified in the definition (placeholder)"
-            return
+            return None, False, "not specified in the definition (placeholder)"
         if d.basis == "per_m2":
             if self.bsa is None:
-                self._reason = "no height/weight recorded on or before this date"
-                return
+                return None, False, "no height/weight recorded on or before this date"
             value = standard * self.bsa
         elif d.basis == "per_kg":
             if self.measurement is None:
-                self._reason = "no weight recorded on or before this date"
-                return
+                return None, False, "no weight recorded on or before this date"
             value = standard * self.measurement.weight_kg
         else:
             value = standard
         cap = d.cap
         if cap is not None and cap.value is not None and value > cap.value:
-            value, self._capped = cap.value, True
-        self._amount = round(value, 6)
+            return round(cap.value, 6), True, None
+        return round(value, 6), False, None
 
     @property
     def standard(self) -> float | None:
@@ -130,23 +129,17 @@ class DoseResult:
     @property
     def amount(self) -> float | None:
         """The computed dose in ``unit``, or None when it cannot be computed (see ``reason``)."""
-        if not self._done:
-            self._compute()
-        return self._amount
+        return self._computed()[0]
 
     @property
     def capped(self) -> bool:
         """True when the computed dose was reduced to the definition's cap."""
-        if not self._done:
-            self._compute()
-        return self._capped
+        return self._computed()[1]
 
     @property
     def reason(self) -> str | None:
         """Why there is no amount (a placeholder without value, or no measurement)."""
-        if not self._done:
-            self._compute()
-        return self._reason
+        return self._computed()[2]
 
     @property
     def unit(self) -> str:
