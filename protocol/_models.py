@@ -36,6 +36,11 @@ from pydantic import (
 __all__ = [
     "AgeBand",
     "Administration",
+    "BagOption",
+    "BloodCount",
+    "CountGate",
+    "Infusion",
+    "Window",
     "Arm",
     "Assessment",
     "Condition",
@@ -347,6 +352,54 @@ class Dose(_Strict):
 Route = Literal["IV", "PO", "IT", "SC", "IM", "IV/IM", "IV/PO"]
 
 
+class Window(_Strict):
+    """The allowed window around an item's due date, in days: done up to ``before`` days
+    early or ``after`` days late is on time; outside it, or not done ``after`` days past the
+    due date, is a protocol deviation (the REDCap/Vulcan "offset window")."""
+
+    before: SourcedNumber
+    after: SourcedNumber
+
+    @model_validator(mode="after")
+    def _whole_days(self) -> Any:
+        for name in ("before", "after"):
+            v = getattr(self, name).value
+            if v is None or v < 0 or v != int(v):
+                raise ValueError(f"expected {name} as a whole number of days >= 0, got {v}")
+        return self
+
+
+class BagOption(_Provenance):
+    """A bag duration allowed for a continuous infusion, e.g. ``{hours: 96}``; ``min_weight_kg``
+    restricts it (the blinatumomab 7-day bag is not for patients under 22 kg)."""
+
+    hours: int = Field(ge=1, le=24 * 14)
+    min_weight_kg: SourcedNumber | None = None
+
+
+class Infusion(_Strict):
+    """Rules of a continuous infusion: how long an interruption may last before the cycle has
+    to start again, and the bag durations a pharmacy may use (bag changes become plan items)."""
+
+    max_interruption_days: SourcedNumber = Field(description="An interruption up to this many days continues the "
+                                                 "cycle to its full number of infusion days; a longer one starts a "
+                                                 "new cycle.")
+    bags: list[BagOption] = Field(min_length=1)
+    default_bag_hours: SourcedNumber = Field(description="The bag duration planned until one is recorded.")
+
+    @model_validator(mode="after")
+    def _default_is_a_bag(self) -> Any:
+        hours = [b.hours for b in self.bags]
+        if len(set(hours)) != len(hours):
+            raise ValueError(f"expected each bag duration once, got {hours}")
+        if self.default_bag_hours.value not in hours:
+            raise ValueError(f"expected default_bag_hours to be one of the bags ({', '.join(map(str, hours))}), "
+                             f"got {self.default_bag_hours.value}")
+        if self.max_interruption_days.value is None or self.max_interruption_days.value < 0:
+            raise ValueError("expected max_interruption_days as a number of days >= 0")
+        return self
+
+
 class Administration(_Strict):
     """One drug given in an element: what, how much, on which element days."""
 
@@ -360,6 +413,14 @@ class Administration(_Strict):
         "continuous: a continuous infusion running through the listed days."
     )
     notes: list[Text] = []
+    window: Window | None = None
+    infusion: Infusion | None = Field(None, description="Only for a continuous infusion: interruption and bag rules.")
+
+    @model_validator(mode="after")
+    def _infusion_only_continuous(self) -> Any:
+        if self.infusion is not None and self.frequency != "continuous":
+            raise ValueError("`infusion` rules apply only to a continuous infusion (frequency: continuous)")
+        return self
 
     @property
     def key(self) -> str:
@@ -375,13 +436,31 @@ class Assessment(_Strict):
     kind: Literal["mrd", "bone_marrow", "lumbar_puncture", "blood_count", "peripheral_blasts", "other"]
     days: SourcedDays
     timepoint: Ident | None = Field(None, description="The time point whose result this sample gives (e.g. pre_octadad).")
+    window: Window | None = None
+
+
+class CountGate(_Strict):
+    """Blood counts (×10⁹/L) that must have recovered before an element may start. A threshold
+    that is a placeholder without value cannot be checked: the start is then projected on the
+    earliest date and the plan says the gate is unverified."""
+
+    anc_min: SourcedNumber | None = Field(None, description="Neutrophils at least this (×10⁹/L).")
+    platelets_min: SourcedNumber | None = Field(None, description="Platelets at least this (×10⁹/L).")
+
+    @model_validator(mode="after")
+    def _some_threshold(self) -> Any:
+        if self.anc_min is None and self.platelets_min is None:
+            raise ValueError("expected anc_min and/or platelets_min")
+        return self
 
 
 class StartRule(_Strict):
-    """When an element starts relative to the end of the one before it."""
+    """When an element starts: ``gap_days`` after the previous element's last day, or, with
+    ``counts``, on that day or when the counts have recovered, whichever is later."""
 
-    gap_days: SourcedNumber = Field(description="Days between the previous element's last day and this one's day 1 "
-                                    "(0: the next day).")
+    gap_days: SourcedNumber | None = Field(None, description="Days between the previous element's last day and this "
+                                           "one's day 1 (0 or omitted: the next day).")
+    counts: CountGate | None = None
 
 
 class Element(_Strict):
@@ -526,6 +605,20 @@ class Measurement(_Strict):
     weight_kg: float = Field(gt=0, lt=300, allow_inf_nan=False)
 
 
+class BloodCount(_Strict):
+    """A blood count on a date (×10⁹/L); start gates read it."""
+
+    date: IsoDate
+    anc: float | None = Field(None, ge=0, lt=1000, allow_inf_nan=False, description="Neutrophils ×10⁹/L.")
+    platelets: float | None = Field(None, ge=0, lt=5000, allow_inf_nan=False, description="Platelets ×10⁹/L.")
+
+    @model_validator(mode="after")
+    def _something(self) -> Any:
+        if self.anc is None and self.platelets is None:
+            raise ValueError("expected anc and/or platelets")
+        return self
+
+
 class MrdResult(_Strict):
     """An MRD result at a protocol time point, as a fraction (3e-4 = 0.03 %; 0 = negative)."""
 
@@ -535,32 +628,89 @@ class MrdResult(_Strict):
 
 
 EventType = Literal["element_started", "element_completed", "randomised", "hsct", "relapse", "death",
-                    "off_protocol"]
+                    "off_protocol", "item_given", "item_omitted", "item_delayed", "dose_modified", "element_held",
+                    "element_resumed", "infusion_interrupted", "infusion_resumed"]
+
+#: An item of the plan: ``ELEMENT:SLOT@DAY`` (element id, administration/assessment id, element day).
+ItemRef = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*:[a-z][a-z0-9_]*@-?\d{1,4}$")]
+
+#: Which fields each event type takes (besides type, date and note), and which it requires.
+EVENT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "element_started": (frozenset({"element", "bag_hours"}), frozenset({"element"})),
+    "element_completed": (frozenset({"element"}), frozenset({"element"})),
+    "randomised": (frozenset({"randomisation", "arm"}), frozenset({"randomisation", "arm"})),
+    "hsct": (frozenset({"reason"}), frozenset()),
+    "relapse": (frozenset({"reason"}), frozenset()),
+    "death": (frozenset({"reason"}), frozenset()),
+    "off_protocol": (frozenset({"reason"}), frozenset({"reason"})),
+    "item_given": (frozenset({"item", "dose"}), frozenset({"item"})),
+    "item_omitted": (frozenset({"item", "reason"}), frozenset({"item", "reason"})),
+    "item_delayed": (frozenset({"item", "to", "scope", "reason"}), frozenset({"item", "to", "scope", "reason"})),
+    "dose_modified": (frozenset({"item", "percent", "of", "scope", "reason"}),
+                      frozenset({"item", "percent", "of", "scope", "reason"})),
+    "element_held": (frozenset({"element", "reason"}), frozenset({"element", "reason"})),
+    "element_resumed": (frozenset({"element"}), frozenset({"element"})),
+    "infusion_interrupted": (frozenset({"element", "reason"}), frozenset({"element", "reason"})),
+    "infusion_resumed": (frozenset({"element", "bag_hours"}), frozenset({"element"})),
+}
+_OPTIONAL_FIELDS = ("element", "randomisation", "arm", "reason", "item", "to", "scope", "dose", "percent", "of",
+                    "bag_hours")
 
 
 class Event(_Strict):
-    """Something that happened, with its actual date."""
+    """Something that happened (or was decided), with its actual date.
+
+    - ``element_started`` / ``element_completed``: an element began or ended (``bag_hours``: the
+      bag duration chosen for its continuous infusion);
+    - ``item_given`` (``dose``: the amount actually given, in the item's unit), ``item_omitted``
+      (with ``reason``), ``item_delayed`` (``to`` the new date; ``scope``: ``item`` moves this
+      item only, ``element`` also the later items of its element, ``all`` every later date of
+      the treatment — the order-entry "change all later dates?");
+    - ``dose_modified``: ``percent`` of the ``standard`` dose or of the ``previous`` dose, for
+      this item or (``scope: element``) for it and the element's later doses of that drug; a
+      modified dose never exceeds the standard, and 0 % is refused (record ``item_omitted``);
+    - ``element_held`` / ``element_resumed``; ``infusion_interrupted`` / ``infusion_resumed``;
+    - ``randomised``, ``hsct``, ``relapse``, ``death``, ``off_protocol``.
+
+    ``item`` is ``ELEMENT:SLOT@DAY``, e.g. ``induction:dexamethasone@8``.
+    """
 
     type: EventType
     date: IsoDate
     element: Ident | None = None
     randomisation: Ident | None = None
     arm: Ident | None = None
+    item: ItemRef | None = None
+    to: IsoDate | None = None
+    scope: Literal["item", "element", "all"] | None = None
+    dose: float | None = Field(None, gt=0, lt=1e6, allow_inf_nan=False, description="Amount given, in the item's unit.")
+    percent: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
+    of: Literal["standard", "previous"] | None = None
+    bag_hours: int | None = Field(None, ge=1, le=24 * 14)
     reason: Text | None = None
     note: Text | None = None
 
     @model_validator(mode="after")
-    def _element_rules(self) -> Any:
-        if self.type == "randomised" and (self.randomisation is None or self.arm is None):
-            raise ValueError("a randomised event needs `randomisation` and `arm`")
-        if self.type != "randomised" and (self.randomisation is not None or self.arm is not None):
-            raise ValueError(f"a {self.type} event takes no randomisation or arm")
-        if self.type.startswith("element_") and self.element is None:
-            raise ValueError(f"an {self.type} event must name its element")
-        if not self.type.startswith("element_") and self.element is not None:
-            raise ValueError(f"a {self.type} event takes no element")
-        if self.type == "off_protocol" and self.reason is None:
-            raise ValueError("an off_protocol event needs a reason")
+    def _fields_of_type(self) -> Any:
+        allowed, required = EVENT_FIELDS[self.type]
+        missing = [f for f in _OPTIONAL_FIELDS if f in required and getattr(self, f) is None]
+        if missing:
+            article = "an" if self.type[0] in "aeiou" else "a"
+            if missing == ["reason"]:
+                raise ValueError(f"{article} {self.type} event needs a reason (who decided it and why)")
+            raise ValueError(f"{article} {self.type} event must name its {' and '.join(m for m in missing if m != 'reason')}"
+                             + (" and give a reason" if "reason" in missing else ""))
+        # A reason may be given with any event; some require one.
+        extra = [f for f in _OPTIONAL_FIELDS if f not in allowed and f != "reason" and getattr(self, f) is not None]
+        if extra:
+            article = "an" if self.type[0] in "aeiou" else "a"
+            raise ValueError(f"{article} {self.type} event takes no {', '.join(extra)}")
+        if self.type == "dose_modified":
+            if self.percent == 0:
+                raise ValueError("a 0 % dose is an omission: record an item_omitted event with the reason instead")
+            if self.scope == "all":
+                raise ValueError("a dose modification applies to the item or to the rest of its element "
+                                 "(scope item or element), got all")
         return self
 
 
@@ -580,6 +730,7 @@ class Patient(_Strict):
     cns_status: Literal["CNS1", "CNS2", "CNS3"] | None = None
     measurements: list[Measurement] = []
     mrd: list[MrdResult] = []
+    counts: list[BloodCount] = []
     events: list[Event] = []
     notes: Text | None = None
 

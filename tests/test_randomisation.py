@@ -107,7 +107,7 @@ def test_randomised_twice_is_rejected(arms: protocol.Protocol, tmp_path: Path) -
 
 
 def test_randomised_event_needs_its_fields(tmp_path: Path) -> None:
-    with pytest.raises(protocol.PatientError, match="a randomised event needs `randomisation` and `arm`"):
+    with pytest.raises(protocol.PatientError, match="a randomised event must name its randomisation and arm"):
         protocol.load_patient(_patient(tmp_path, [{"type": "randomised", "date": "2026-08-20"}]))
 
 
