@@ -67,6 +67,12 @@ class Slot:
     study: str | None  # assessment kind
     notes: tuple[str, ...]
     source: Administration | Assessment = field(repr=False)
+    window: tuple[int, int] | None = None  # (days early, days late) allowed around the due date
+
+    @property
+    def infusion(self) -> bool:
+        """True for a continuous infusion with interruption and bag rules."""
+        return getattr(self.source, "infusion", None) is not None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -100,6 +106,8 @@ class CompiledElement:
     model: Element = field(repr=False)
     timepoints: frozenset[str] = frozenset()  # time points sampled in this element
     fixed: Template | None = field(default=None, repr=False)  # the template for the planned length
+    gate: CountGateRule | None = None  # blood counts that must recover before the element starts
+    infusion: InfusionRule | None = None  # interruption and bag rules of its continuous infusion
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "timepoints", frozenset(s.timepoint for s in self.slots if s.timepoint))
@@ -109,6 +117,31 @@ class CompiledElement:
     def template(self, length: int) -> Template:
         """The element's items for an element of ``length`` days, as parallel tuples in day order."""
         return _template(self, length)
+
+
+@dataclass(frozen=True, slots=True)
+class CountGateRule:
+    """A compiled start gate: thresholds (None when not given or unknown) and their evidence."""
+
+    anc_min: float | None
+    platelets_min: float | None
+    unknown: tuple[str, ...]  # thresholds that are placeholders without value
+    evidence: str
+    text: str  # e.g. "ANC ≥ 0.5 ×10⁹/L and platelets ≥ 50 ×10⁹/L"
+
+
+@dataclass(frozen=True, slots=True)
+class InfusionRule:
+    """A compiled continuous-infusion rule (blinatumomab label, clinical-facts §5.1)."""
+
+    slot: int  # index of the infusion's administration slot
+    bag_slot: int  # index of the synthetic bag-change slot
+    first_day: int  # first and last element day of the infusion
+    last_day: int
+    max_interruption_days: int
+    bags: dict[int, float | None]  # hours -> minimum weight (kg) or None
+    default_hours: int
+    evidence: str
 
 
 class Template(tuple[tuple[int, ...], tuple[int, ...], tuple[Slot, ...]]):
@@ -130,6 +163,40 @@ def _template(element: CompiledElement, length: int) -> Template:
             pairs.extend((day, slot.index, slot) for day in range(start, end + 1, step) if day >= first)
     pairs.sort(key=lambda p: (p[0], p[1]))
     return Template((tuple(p[0] for p in pairs), tuple(p[1] for p in pairs), tuple(p[2] for p in pairs)))
+
+
+def _window(window: Any) -> tuple[int, int] | None:
+    if window is None:
+        return None
+    return int(window.before.value), int(window.after.value)
+
+
+def _gate(e: Element) -> CountGateRule | None:
+    g = None if e.start is None else e.start.counts
+    if g is None:
+        return None
+    parts, unknown, levels = [], [], []
+    for name, label, n in (("anc_min", "ANC", g.anc_min), ("platelets_min", "platelets", g.platelets_min)):
+        if n is None:
+            continue
+        levels.append(n.evidence)
+        if n.value is None:
+            unknown.append(name)
+            parts.append(f"{label} ≥ ? ×10⁹/L (not specified)")
+        else:
+            parts.append(f"{label} ≥ {n.value:g} ×10⁹/L")
+    return CountGateRule(None if g.anc_min is None else g.anc_min.value,
+                         None if g.platelets_min is None else g.platelets_min.value,
+                         tuple(unknown), _weakest(*levels), " and ".join(parts))
+
+
+def bag_slot(element: str, index: int, a: Administration, hours: int, first: int, last: int, evidence: str) -> Slot:
+    """The synthetic slot of an infusion's bag changes: a new bag every ``hours`` from the
+    infusion's first day (the label's bag durations; clinical-facts §5.1)."""
+    step = max(1, hours // 24)
+    return Slot(element, index, "bag_change", f"{a.key}_bag", f"{a.drug} bag ({hours} h)", a.route, None,
+                ((first, last, step),), f"{first}-{last}/{step}", None, evidence, None, None,
+                ("Do not flush the line when changing bags (label).",), a)
 
 
 def _weakest(*levels: str | None) -> str:
@@ -264,11 +331,30 @@ def check_definition(defn: ProtocolDefinition) -> list[tuple[tuple[Any, ...], st
                      f"expected a whole number of days >= 1, got {e.length_days.value:g}"))
         if e.until == "end_of_therapy" and defn.end_of_therapy is None:
             add(((*loc, "until"), "runs until end_of_therapy, but the definition has no `end_of_therapy`"))
-        if e.start is not None and _whole(e.start.gap_days, 0) is None:
+        if e.start is not None and e.start.gap_days is not None and _whole(e.start.gap_days, 0) is None:
             add(((*loc, "start", "gap_days", "value"),
                  f"expected a whole number of days >= 0, got {e.start.gap_days.value:g}"))
         if e.final and e.length_days is None and e.until is None and (e.administrations or e.assessments):
             add((loc, "a final element without length_days cannot schedule administrations or assessments"))
+        infusions = [j for j, a in enumerate(e.administrations) if a.infusion is not None]
+        for j in infusions[1:]:
+            add(((*loc, "administrations", j, "infusion"), "expected at most one continuous infusion with `infusion` "
+                 "rules per element"))
+        for j in infusions[:1]:
+            a = e.administrations[j]
+            inf = a.infusion
+            assert inf is not None
+            for b_i, b in enumerate(inf.bags):
+                if (b.hours.value or 0) % 24:
+                    add(((*loc, "administrations", j, "infusion", "bags", b_i, "hours", "value"),
+                         f"expected a bag duration in whole days (a multiple of 24 hours), got {b.hours.value:g}"))
+            if inf.max_interruption_days.value is not None and inf.max_interruption_days.value != int(
+                    inf.max_interruption_days.value):
+                add(((*loc, "administrations", j, "infusion", "max_interruption_days", "value"),
+                     f"expected a whole number of days, got {inf.max_interruption_days.value:g}"))
+            if any(t[1] is None for t in a.days.terms):
+                add(((*loc, "administrations", j, "days"), "expected the infusion's last day (not 'end') so that "
+                     "bag changes and interruptions can be planned"))
         adm_keys = [a.key for a in e.administrations]
         for j, a in enumerate(e.administrations):
             if a.key in adm_keys[:j]:
@@ -482,10 +568,25 @@ class Protocol:
             for a in e.administrations:
                 slots.append(Slot(e.id, len(slots), "administration", a.key, a.drug, a.route, a.frequency,
                                   a.days.terms, a.days.text, a.dose, _weakest(a.days.evidence, _dose_evidence(a.dose)),
-                                  None, None, tuple(a.notes), a))
+                                  None, None, tuple(a.notes), a, _window(a.window)))
             for s in e.assessments:
                 slots.append(Slot(e.id, len(slots), "assessment", s.id, s.name, None, None, s.days.terms,
-                                  s.days.text, None, s.days.evidence, s.timepoint, s.kind, (), s))
+                                  s.days.text, None, s.days.evidence, s.timepoint, s.kind, (), s, _window(s.window)))
+            infusion = None
+            for a_index, a in enumerate(e.administrations):
+                if a.infusion is None or not a.days.terms:
+                    continue
+                inf = a.infusion
+                hours = int(inf.default_bag_hours.value or 24)
+                first = min(t[0] for t in a.days.terms)
+                last = max((t[1] if t[1] is not None else t[0]) for t in a.days.terms)
+                ev = _weakest(inf.default_bag_hours.evidence, *(b.hours.evidence for b in inf.bags))
+                infusion = InfusionRule(a_index, len(slots), first, last, int(inf.max_interruption_days.value or 0),
+                                        {int(b.hours.value or 0): None if b.min_weight_kg is None
+                                         else b.min_weight_kg.value for b in inf.bags},
+                                        hours, _weakest(ev, inf.max_interruption_days.evidence))
+                slots.append(bag_slot(e.id, len(slots), a, hours, first, last, ev))
+                break  # one infusion with bag rules per element
             if e.length_days is not None:
                 evidence = e.length_days.evidence
             elif e.until and eot is not None:
@@ -496,8 +597,9 @@ class Protocol:
                 e.id, index, e.title,
                 None if e.length_days is None or e.length_days.value is None else int(e.length_days.value),
                 e.until == "end_of_therapy", e.final, e.first_day,
-                0 if e.start is None or e.start.gap_days.value is None else int(e.start.gap_days.value),
-                tuple(slots), evidence, e,
+                0 if e.start is None or e.start.gap_days is None or e.start.gap_days.value is None
+                else int(e.start.gap_days.value),
+                tuple(slots), evidence, e, gate=_gate(e), infusion=infusion,
             )
         self.initial = defn.initial or defn.elements[0].id
         table: dict[str, list[Edge]] = {}

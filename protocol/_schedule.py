@@ -32,8 +32,8 @@ from transitions import MachineError
 from ._errors import DefinitionError, IneligibleError, PatientError, Problem
 from ._io import format_loc
 from ._loading import dumps, load_patient, load_protocol
-from ._machine import OUTCOMES, Edge, Protocol, Slot
-from ._models import Measurement, Patient
+from ._machine import OUTCOMES, Edge, Protocol, Slot, bag_slot
+from ._models import Event, Measurement, Patient
 from ._rules import RiskResult, birthday, depends_on, explain, patient_facts
 
 __all__ = ["Decision", "DoseResult", "ElementSpan", "Item", "Plan", "mosteller", "plan", "risk"]
@@ -215,15 +215,50 @@ class DoseResult:
                 "text": self.text, "working": self.working, "evidence": self.evidence}
 
 
+class ModifiedDose(DoseResult):
+    """A dose reduced by a recorded ``dose_modified`` event: ``percent`` of the standard dose
+    (a percentage of the previous dose is turned into one of the standard when recorded)."""
+
+    __slots__ = ("percent", "why")
+
+    def __init__(self, base: DoseResult, percent: float, why: str) -> None:
+        super().__init__(base.slot, base.measurement, base.bsa, base.age_years)
+        self.percent = percent
+        self.why = why
+
+    def _compute(self) -> tuple[float | None, bool, str | None]:
+        amount, capped, reason = super()._compute()
+        if amount is None:
+            return amount, capped, reason
+        return round(amount * self.percent / 100.0, 6), capped, reason
+
+    @property
+    def working(self) -> str:
+        """The standard working, then the modification: ``… × 75 % (reason) = …``."""
+        base = super().working
+        if self.amount is None:
+            return f"{base}; modified to {self.percent:g} % ({self.why})"
+        return f"{base}; × {self.percent:g} % ({self.why}) = {self.text}"
+
+    def _as_dict(self) -> dict[str, Any]:
+        d = super()._as_dict()
+        d["percent"] = self.percent
+        return d
+
+
 # --------------------------------------------------------------------------- plan records
 
 
 class Item(NamedTuple):
-    """One dated administration or assessment of the plan.
+    """One dated administration, assessment or infusion-bag change of the plan.
 
-    ``status``: ``done`` (its element's completion, or its result, is recorded), ``planned``,
-    or ``pending_decision`` (on a branch of a decision that waits for a result).
+    ``status``: ``given`` or ``omitted`` (recorded for this item), ``done`` (its element's
+    completion, or its result, is recorded), ``planned``, ``overdue`` (an assessment or an item
+    with a window, past due in the element under way with nothing recorded), ``unrecorded``
+    (another past item of the element under way), ``held`` (its element is on hold) or
+    ``pending_decision`` (on a branch of a decision that waits for a result).
     ``branch`` names that branch (``pre_octadad→octadad``), None on the certain path.
+    ``note`` says what changed it: a delay, a hold, a dose modification, the dose given.
     """
 
     ordinal: int
@@ -233,6 +268,12 @@ class Item(NamedTuple):
     dose: DoseResult | None
     status: str
     branch: str | None
+    note: str | None = None
+
+    @property
+    def ref(self) -> str:
+        """The item's reference for recording events: ``ELEMENT:SLOT@DAY``."""
+        return f"{self.slot.element}:{self.slot.key}@{self.element_day}"
 
     @property
     def date(self) -> dt.date:
@@ -270,7 +311,9 @@ class Item(NamedTuple):
         return {"date": dt.date.fromordinal(self.ordinal).isoformat(), "element": slot.element,
                 "element_day": self.element_day, "study_day": self.study_day, "kind": slot.kind, "name": slot.name,
                 "route": slot.route, "dose": None if self.dose is None else self.dose.to_dict(),
-                "status": self.status, "evidence": slot.evidence, "branch": self.branch}
+                "status": self.status, "evidence": slot.evidence, "branch": self.branch,
+                "ref": f"{slot.element}:{slot.key}@{self.element_day}", "note": self.note,
+                "window": None if slot.window is None else {"before": slot.window[0], "after": slot.window[1]}}
 
 
 _as_item = partial(tuple.__new__, Item)
@@ -293,6 +336,7 @@ class ElementSpan:
     status: str = "planned"
     branch: str | None = None
     evidence: str = "published"
+    note: str | None = None  # what moved it: a count gate, a hold, an interruption, a delay
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -300,7 +344,7 @@ class ElementSpan:
         return {"id": self.id, "title": self.title, "planned_start": iso(self.planned_start),
                 "planned_end": iso(self.planned_end), "actual_start": iso(self.actual_start),
                 "actual_end": iso(self.actual_end), "status": self.status, "branch": self.branch,
-                "evidence": self.evidence}
+                "evidence": self.evidence, "note": self.note}
 
 
 class Decision:
@@ -368,13 +412,13 @@ class Plan:
     ('MR', 'induction', 'Prednisone (prephase)')
     """
 
-    __slots__ = ("_items", "as_of", "decisions", "elements", "end_of_therapy", "facts", "outcome", "patient",
-                 "protocol", "risk", "rows", "warnings")
+    __slots__ = ("_items", "as_of", "decisions", "deviations", "elements", "end_of_therapy", "facts", "outcome",
+                 "patient", "protocol", "risk", "rows", "warnings")
 
     def __init__(self, patient: Patient, protocol: Protocol, as_of: dt.date, risk: RiskResult,
                  elements: list[ElementSpan], rows: list[tuple[Any, ...]], decisions: list[Decision],
                  warnings: list[str], end_of_therapy: dt.date | None, outcome: tuple[str, dt.date] | None,
-                 facts: dict[str, Any]) -> None:
+                 facts: dict[str, Any], deviations: list[dict[str, Any]] | None = None) -> None:
         self.patient = patient
         self.protocol = protocol
         self.as_of = as_of
@@ -386,6 +430,9 @@ class Plan:
         self.end_of_therapy = end_of_therapy
         self.outcome = outcome
         self.facts = facts
+        #: Protocol deviations and flags, in date order: ``{"date", "element", "item", "kind",
+        #: "message"}`` with kind ``out_of_window``, ``overdue``, ``weight_change`` or ``count_gate``.
+        self.deviations = deviations or []
         self._items: list[Item] | None = None
 
     @property
@@ -409,6 +456,7 @@ class Plan:
             "elements": [e.to_dict() for e in self.elements],
             "items": [i.to_dict() for i in self.items],
             "decisions": [d.to_dict() for d in self.decisions],
+            "deviations": list(self.deviations),
             "warnings": list(self.warnings),
         }
 
@@ -421,13 +469,14 @@ class Plan:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["date", "element", "element_day", "study_day", "kind", "name", "route", "dose", "dose_amount",
-                    "dose_unit", "dose_working", "status", "evidence", "branch"])
+                    "dose_unit", "dose_working", "status", "evidence", "branch", "ref", "note"])
         for i in self.items:
             d = i.dose
             w.writerow([i.date.isoformat(), i.slot.element, i.element_day, i.study_day, i.slot.kind, i.slot.name,
                         i.slot.route or "", "" if d is None else d.text,
                         "" if d is None or d.amount is None else d.amount, "" if d is None else d.unit,
-                        "" if d is None else d.working, i.status, i.slot.evidence, i.branch or ""])
+                        "" if d is None else d.working, i.status, i.slot.evidence, i.branch or "", i.ref,
+                        i.note or ""])
         return buf.getvalue()
 
     @property
@@ -439,26 +488,33 @@ class Plan:
 # --------------------------------------------------------------------------- building
 
 
+#: Doses are recomputed within an element when the weight has changed by more than this
+#: fraction since the measurement they were computed from (the ±10 % re-check of chemotherapy
+#: order entry, anchors.md §1.9); otherwise only at each element start.
+WEIGHT_CHANGE = 0.10
+
+
 class _Context:
     """Per-patient inputs on integer days, shared by replay and projection."""
 
-    __slots__ = ("age_banded", "birth", "birthdays", "bsa", "change_points", "horizon", "m_ords", "measurements",
-                 "results", "t0")
+    __slots__ = ("age_banded", "birth", "birthdays", "bsa", "flags", "horizon", "m_ords", "measurements", "results",
+                 "t0", "weights")
 
     def __init__(self, protocol: Protocol, patient: Patient, as_of_ord: int, horizon: int) -> None:
         self.t0 = patient.start_date.toordinal()
         ms = sorted((m for m in patient.measurements if m.date.toordinal() <= as_of_ord), key=lambda m: m.date)
         self.measurements = ms
         self.m_ords = [m.date.toordinal() for m in ms]
+        self.weights = [m.weight_kg for m in ms]
         self.bsa = [round(mosteller(m.height_cm, m.weight_kg), 2) for m in ms]
         # Ages only matter for age-banded doses: birthdays up to the end of the plan.
         self.birth = patient.birth_date
         self.birthdays = [self.birth.toordinal()]
         self.age_banded = protocol.age_banded
         self.horizon = 0
-        self.change_points = sorted(self.m_ords)
         self.cover(horizon)
         self.results = {r.timepoint for r in patient.mrd if r.date.toordinal() <= as_of_ord}
+        self.flags: list[tuple[int, str, str]] = []  # (ordinal, element, message): weight changes
 
     def cover(self, last: int) -> None:
         """Make sure every birthday up to ``last`` is known (ages only matter for age bands)."""
@@ -468,20 +524,49 @@ class _Context:
         if not self.age_banded:
             return
         k = len(self.birthdays)
-        added = False
         while (day := birthday(self.birth, k).toordinal()) <= last:
             self.birthdays.append(day)
-            added = True
             k += 1
-        if added:
-            self.change_points = sorted({*self.m_ords, *self.birthdays[1:]})
 
-    def doses_at(self, slots: tuple[Slot, ...], ordinal: int) -> list[DoseResult | None]:
-        """Doses of every slot for inputs in force on ``ordinal``."""
-        i = bisect_right(self.m_ords, ordinal)
-        m, bsa = (self.measurements[i - 1], self.bsa[i - 1]) if i else (None, None)
+    def doses_at(self, slots: tuple[Slot, ...], ordinal: int, m_index: int) -> list[DoseResult | None]:
+        """Doses of every slot on ``ordinal`` from measurement ``m_index`` (-1: none)."""
+        m, bsa = (self.measurements[m_index], self.bsa[m_index]) if m_index >= 0 else (None, None)
         age = bisect_right(self.birthdays, ordinal) - 1
         return [None if s.dose is None else DoseResult(s, m, bsa, age) for s in slots]
+
+    def change_points(self, element: str, start: int, last: int) -> tuple[int, list[tuple[int, int]]]:
+        """The measurement used from ``start`` and the later points where doses are recomputed:
+        a birthday (age bands), or a weight more than 10 % away from the one in use (flagged)."""
+        m_ords = self.m_ords
+        used = bisect_right(m_ords, start) - 1
+        first = used
+        points: list[tuple[int, int]] = []
+        hi = bisect_right(m_ords, last)
+        weights = self.weights
+        for j in range(used + 1, hi):
+            if used >= 0 and abs(weights[j] - weights[used]) <= WEIGHT_CHANGE * weights[used]:
+                continue
+            if used >= 0:
+                change = (weights[j] - weights[used]) / weights[used]
+                m0, m1 = self.measurements[used], self.measurements[j]
+                self.flags.append((m_ords[j], element, f"weight {m1.weight_kg:g} kg on {m1.date} is {change:+.0%} "
+                                   f"from the {m0.weight_kg:g} kg of {m0.date} used for the doses: doses recomputed "
+                                   f"from {m1.date}"))
+            points.append((m_ords[j], j))
+            used = j
+        if self.age_banded:
+            b = self.birthdays
+            bdays = b[bisect_right(b, start):bisect_right(b, last)]
+            if bdays:
+                merged = sorted([*points, *((d, -2) for d in bdays)])
+                points, cur = [], first
+                for day, j in merged:
+                    if j == -2:
+                        points.append((day, cur))
+                    else:
+                        cur = j
+                        points.append((day, j))
+        return first, points
 
     def emit(self, element: Any, start: int, length: int, stop: int | None, status: str, branch: str | None,
              out: list[tuple[Any, ...]]) -> None:
@@ -504,19 +589,19 @@ class _Context:
         per_slot: list[str] | None = None
         if status != "pending_decision" and element.timepoints and not self.results.isdisjoint(element.timepoints):
             per_slot = [("done" if s.timepoint in self.results else status) for s in all_slots]
-        # Segments between changes of the dose inputs (a new measurement, a birthday).
-        cps = self.change_points[bisect_right(self.change_points, start):bisect_right(self.change_points, last)]
-        bounds = [0, *(bisect_left(days, cp - base, 0, end) for cp in cps), end]
+        m_first, cps = self.change_points(element.id, start, last)
+        bounds = [0, *(bisect_left(days, cp - base, 0, end) for cp, _ in cps), end]
+        ats = [(start, m_first), *cps]
         sbase = base - self.t0 + 1
-        for lo, hi, at in zip(bounds, bounds[1:], [start, *cps], strict=False):
+        for lo, hi, (at, m_index) in zip(bounds, bounds[1:], ats, strict=False):
             if hi <= lo:
                 continue
-            dl = self.doses_at(all_slots, at)
+            dl = self.doses_at(all_slots, at, m_index)
             seg = zip(days[lo:hi], ks[lo:hi], slots[lo:hi])
             if per_slot is None:
-                out.extend([(base + d, d, sbase + d, s, dl[k], status, branch) for d, k, s in seg])
+                out.extend([(base + d, d, sbase + d, s, dl[k], status, branch, None) for d, k, s in seg])
             else:
-                out.extend([(base + d, d, sbase + d, s, dl[k], per_slot[k], branch) for d, k, s in seg])
+                out.extend([(base + d, d, sbase + d, s, dl[k], per_slot[k], branch, None) for d, k, s in seg])
 
 
 class _Builder:
@@ -538,6 +623,14 @@ class _Builder:
         self.eot = None if protocol.eot_days is None else eot_anchor.toordinal() + protocol.eot_days - 1
         horizon = max(self.eot or 0, as_of.toordinal()) + 366
         self.ctx = _Context(protocol, patient, as_of.toordinal(), horizon)
+        self.as_of_ord = as_of.toordinal()
+        self.deviations: list[tuple[int, str, str, str, str]] = []  # (ordinal, element, item, kind, message)
+        self.by_element: dict[str, list[tuple[int, Event]]] = {}  # events that adjust an element's items
+        self.bag_hours: dict[str, tuple[int, int]] = {}  # element -> (event index, hours chosen)
+        self.consumed: set[int] = set()
+        self.adjusted = False
+        self.counts = sorted((c for c in patient.counts if c.date.toordinal() <= self.as_of_ord),
+                             key=lambda c: c.date)
 
     # -- problems -------------------------------------------------------------------
 
@@ -600,7 +693,10 @@ class _Builder:
         as_of_ord = self.as_of.toordinal()
         order = sorted(((i, e) for i, e in enumerate(self.patient.events) if e.date.toordinal() <= as_of_ord),
                        key=lambda ie: ie[1].date)
+        self.index_adjustments(order)
         for i, ev in order:
+            if ev.type in _ADJUSTING:
+                continue
             loc = ("events", i)
             when = ev.date.toordinal()
             if self.outcome is not None:
@@ -646,6 +742,8 @@ class _Builder:
                     cur.actual_end = when
                 continue
             # element_started (or hsct): the current element, or a move to the next one.
+            if ev.bag_hours is not None:
+                self.choose_bag(i, ev, target)
             if target == cur.id:
                 if cur.actual_start is not None:
                     self.problem((*loc, "element"), f"{target!r} already started on "
@@ -660,12 +758,26 @@ class _Builder:
             raise PatientError(self.problems)
         if self.outcome is None:
             self.project(cur, facts, branch=None)
+        for events in self.by_element.values():
+            for i, ev in events:
+                if i not in self.consumed:
+                    where = ("item", ev.item) if ev.item is not None else ("element", ev.element)
+                    self.problem(("events", i, where[0]), f"{where[1]!r} is not on this patient's plan (its element "
+                                 f"is not reached, or the patient left the protocol before it)")
+        if self.problems:
+            raise PatientError(self.problems)
+        for ordinal, element, message in self.ctx.flags:
+            self.deviations.append((ordinal, element, "", "weight_change", message))
+        self.deviations.sort(key=itemgetter(0))
+        deviations = [{"date": dt.date.fromordinal(o).isoformat(), "element": e, "item": ref or None, "kind": k,
+                       "message": m} for o, e, ref, k, m in self.deviations]
         return Plan(self.patient, p, self.as_of, risk, self.elements, self._sorted_rows(), self.decisions,
-                    self.warnings, None if self.eot is None else dt.date.fromordinal(self.eot), self.outcome, facts)
+                    self.warnings, None if self.eot is None else dt.date.fromordinal(self.eot), self.outcome, facts,
+                    deviations)
 
     def _sorted_rows(self) -> list[tuple[Any, ...]]:
         rows = self.rows
-        if any(d.status == "pending" for d in self.decisions):
+        if self.adjusted or any(d.status == "pending" for d in self.decisions):
             rows.sort(key=itemgetter(0))  # branches interleave in time; the sort is stable
         return rows
 
@@ -713,43 +825,421 @@ class _Builder:
                 waiting = sorted({k for e in unknown for k in e.depends_on if k not in facts})
                 self.warnings.append(f"decision {edge.decision}: {target} was started on "
                                      f"{dt.date.fromordinal(when)} before {', '.join(waiting)} was recorded")
-        end = self.span_end(el, cur)
-        self.close(cur, "completed", stop=cur.actual_end if cur.actual_end is not None else when - 1)
+        end = self.close(cur, "completed", stop=cur.actual_end if cur.actual_end is not None else when - 1)
         gap = p.elements[target].gap
         planned = (end + 1 + gap) if end is not None else when
+        if end is not None:
+            self.check_gate(target, end, when)
         nxt = _Open(target, planned)
         nxt.actual_start = when
         return nxt
 
     # -- projection -----------------------------------------------------------------
 
-    def span_end(self, el: Any, cur: _Open) -> int | None:
-        if cur.actual_end is not None:
-            return cur.actual_end
-        start = cur.actual_start if cur.actual_start is not None else cur.planned_start
-        if el.open_ended:
-            return self.eot
-        if el.length is None:
-            return None
-        return start + el.length - 1
+    def close(self, cur: _Open, status: str, branch: str | None = None, stop: int | None = None) -> int | None:
+        """Record the span of ``cur`` and emit its items up to ordinal ``stop`` (inclusive).
 
-    def close(self, cur: _Open, status: str, branch: str | None = None, stop: int | None = None) -> None:
-        """Record the span of ``cur`` and emit its items up to ordinal ``stop`` (inclusive)."""
+        Returns the element's last day: the recorded end, else the planned end moved by the
+        recorded holds, interruptions and delays (None for a final element without length).
+        """
         el = self.p.elements[cur.id]
         start = cur.actual_start if cur.actual_start is not None else cur.planned_start
-        planned_end = self.eot if el.open_ended else None if el.length is None else start + el.length - 1
-        self.elements.append(ElementSpan(
-            el.id, el.title, dt.date.fromordinal(cur.planned_start),
-            None if planned_end is None else dt.date.fromordinal(planned_end),
-            None if cur.actual_start is None else dt.date.fromordinal(cur.actual_start),
-            None if cur.actual_end is None else dt.date.fromordinal(cur.actual_end), status, branch, el.evidence,
-        ))
         length = self.length_of(el, start)
-        if length is None:
-            return
         # Items of a completed element count as done; a stopped element's later items are dropped.
         item_status = {"completed": "done", "pending_decision": "pending_decision"}.get(status, "planned")
-        self.ctx.emit(el, start, length, stop, item_status, branch, self.rows)
+        span = ElementSpan(el.id, el.title, dt.date.fromordinal(cur.planned_start), None,
+                           None if cur.actual_start is None else dt.date.fromordinal(cur.actual_start),
+                           None if cur.actual_end is None else dt.date.fromordinal(cur.actual_end), status, branch,
+                           el.evidence, cur.note)
+        self.elements.append(span)
+        if length is None:
+            return cur.actual_end
+        end = start + length - 1
+        events = self.by_element.get(el.id)
+        bag = self.bag_hours.get(el.id)
+        rows = self.rows
+        if events or (bag is not None and el.infusion is not None and bag[1] != el.infusion.default_hours):
+            tmp, end, notes = self.adjust(el, start, length, item_status, branch, events or [], bag)
+            if stop is not None:
+                tmp = [r for r in tmp if r[0] <= stop]
+            if notes:
+                span.note = "; ".join(filter(None, [span.note, *notes]))
+            mark = len(rows)
+            rows.extend(map(tuple, tmp))
+            self.adjusted = True
+        else:
+            mark = len(rows)
+            self.ctx.emit(el, start, length, stop, item_status, branch, rows)
+        if not el.open_ended:
+            span.planned_end = dt.date.fromordinal(end)
+        elif self.eot is not None:
+            span.planned_end = dt.date.fromordinal(self.eot)
+        if status == "in_progress":
+            self.mark_overdue(rows, mark)
+        return cur.actual_end if cur.actual_end is not None else end
+
+    def mark_overdue(self, rows: list[tuple[Any, ...]], mark: int) -> None:
+        """Past items of the element under way with nothing recorded, as of the plan's date.
+
+        An assessment (a sample, a marrow, a lumbar puncture) or an item with a window that is
+        past its window is ``overdue``: a deviation to chase. Other administrations are
+        ``unrecorded``: the element's recorded completion will count them as done.
+        """
+        today = self.as_of_ord
+        for n in range(mark, len(rows)):
+            r = rows[n]
+            if r[5] != "planned" or r[0] >= today:
+                continue
+            slot = r[3]
+            if slot.kind != "assessment" and slot.window is None:
+                rows[n] = (*r[:5], "unrecorded", *r[6:])
+                continue
+            late = 0 if slot.window is None else slot.window[1]
+            if r[0] + late < today:
+                rows[n] = (*r[:5], "overdue", *r[6:])
+                self.deviations.append((r[0], slot.element, f"{slot.element}:{slot.key}@{r[1]}", "overdue",
+                                        f"{slot.name} due {dt.date.fromordinal(r[0])}"
+                                        + (f" (window +{late} days)" if late else "") + ": nothing recorded"))
+
+    # -- recorded changes to items -----------------------------------------------------
+
+    def index_adjustments(self, order: list[tuple[int, Event]]) -> None:
+        """Group the events that change an element's items by element, checking what can be
+        checked before the plan exists (the element is known, it has an infusion...)."""
+        p = self.p
+        for i, ev in order:
+            if ev.type not in _ADJUSTING:
+                continue
+            if ev.item is not None:
+                element = ev.item.partition(":")[0]
+                field_ = "item"
+            else:
+                element, field_ = str(ev.element), "element"
+            el = p.elements.get(element)
+            if el is None:
+                self.problem(("events", i, field_), f"expected an element of {p.id} ({', '.join(p.elements)}), got "
+                             f"{element!r}" + (f" in {ev.item!r}" if ev.item else ""))
+                continue
+            if ev.type.startswith("infusion_") and el.infusion is None:
+                self.problem(("events", i, "element"), f"{element!r} has no continuous infusion with interruption "
+                             f"rules: record element_held / element_resumed instead")
+                continue
+            if ev.type == "infusion_resumed" and ev.bag_hours is not None:
+                self.choose_bag(i, ev, element)
+            self.by_element.setdefault(element, []).append((i, ev))
+
+    def choose_bag(self, i: int, ev: Event, element: str) -> None:
+        """Check a recorded bag duration against the definition's bags and their weight limits."""
+        el = self.p.elements.get(element)
+        inf = None if el is None else el.infusion
+        if inf is None:
+            self.problem(("events", i, "bag_hours"), f"{element!r} has no continuous infusion with bag rules")
+            return
+        hours = int(ev.bag_hours or 0)
+        if hours not in inf.bags:
+            self.problem(("events", i, "bag_hours"), f"expected a bag duration of the definition "
+                         f"({', '.join(f'{h} h' for h in inf.bags)}), got {hours}")
+            return
+        min_kg = inf.bags[hours]
+        if min_kg is not None:
+            ctx = self.ctx
+            k = bisect_right(ctx.m_ords, ev.date.toordinal()) - 1
+            if k < 0 or ctx.weights[k] < min_kg:
+                got = "no weight recorded" if k < 0 else f"{ctx.weights[k]:g} kg on {ctx.measurements[k].date}"
+                self.problem(("events", i, "bag_hours"), f"a {hours} h bag is not for patients under {min_kg:g} kg "
+                             f"(label), got {got}")
+                return
+        self.bag_hours[element] = (i, hours)
+
+    def gated(self, element: str, prev_end: int) -> _Open:
+        """The next element, starting after ``prev_end`` plus its gap, or later when its
+        start gate's blood counts have not recovered ("day X or recovery, whichever is later")."""
+        el = self.p.elements[element]
+        planned = prev_end + 1 + el.gap
+        gate = el.gate
+        if gate is None:
+            return _Open(element, planned)
+        if gate.unknown:
+            return _Open(element, planned, f"starts when counts recover ({gate.text}): the thresholds are not "
+                         f"specified in the definition (placeholder); projected on the earliest date")
+        since = [c for c in self.counts if c.date.toordinal() >= prev_end]
+        for c in since:
+            if _recovered(gate, c):
+                day = max(planned, c.date.toordinal())
+                return _Open(element, day, f"counts recovered on {c.date} ({gate.text})")
+        if not since:
+            return _Open(element, planned, f"starts when counts recover ({gate.text}): projected on the earliest "
+                         f"date until counts are recorded")
+        last = since[-1]
+        day = max(planned, self.as_of_ord + 1)
+        return _Open(element, day, f"waiting for counts to recover ({gate.text}); last count {last.date}: "
+                     f"{_count_text(last)}; projected from the day after {self.as_of}")
+
+    def check_gate(self, element: str, prev_end: int, when: int) -> None:
+        """A recorded start before the counts recovered is a deviation (when counts were recorded)."""
+        gate = self.p.elements[element].gate
+        if gate is None or gate.unknown:
+            return
+        since = [c for c in self.counts if prev_end <= c.date.toordinal() <= when]
+        if since and not any(_recovered(gate, c) for c in since):
+            last = since[-1]
+            self.deviations.append((when, element, "", "count_gate",
+                                    f"{element} started on {dt.date.fromordinal(when)} before counts recovered "
+                                    f"({gate.text}); last count {last.date}: {_count_text(last)}"))
+
+    def adjust(self, el: Any, start: int, length: int, status: str, branch: str | None,
+               events: list[tuple[int, Event]], bag: tuple[int, int] | None
+               ) -> tuple[list[list[Any]], int, list[str]]:
+        """The items of an element with recorded changes, applied in date order.
+
+        Returns the rows (as lists), the element's last day and notes for its span.
+        Delay scopes follow chemotherapy order entry (anchors.md §1.9): ``item`` moves one
+        item; ``element`` also the element's later items (its end moves only as far as they
+        need); ``all`` also moves the element's end, so everything after it moves too.
+        """
+        ctx = self.ctx
+        tmp: list[tuple[Any, ...]] = []
+        ctx.emit(el, start, length, None, status, branch, tmp)
+        rows = [list(r) for r in tmp]
+        end = start + length - 1
+        notes: list[str] = []
+        inf = el.infusion
+        hours = None if inf is None else (bag[1] if bag is not None else inf.default_hours)
+        if inf is not None and bag is not None and bag[1] != inf.default_hours:
+            self.consumed.add(bag[0])
+            rows = self.rebag(el, rows, start, hours or 24)
+        pause: tuple[int, int, str] | None = None  # (event index, ordinal, "hold" | "interruption")
+        for i, ev in sorted(events, key=lambda ie: (ie[1].date, ie[0])):
+            when = ev.date.toordinal()
+            t = ev.type
+            loc = ("events", i)
+            if t in ("element_held", "infusion_interrupted"):
+                kind = "hold" if t == "element_held" else "interruption"
+                if pause is not None:
+                    self.problem((*loc, "type"), f"{el.id} is already paused ({pause[2]} on "
+                                 f"{dt.date.fromordinal(pause[1])}); record the resumption first")
+                elif when < start:
+                    self.problem((*loc, "date"), f"expected a date on or after the start of {el.id} "
+                                 f"({dt.date.fromordinal(start)}), got {ev.date}")
+                else:
+                    pause = (i, when, kind)
+                self.consumed.add(i)
+                continue
+            if t in ("element_resumed", "infusion_resumed"):
+                self.consumed.add(i)
+                kind = "hold" if t == "element_resumed" else "interruption"
+                if pause is None or pause[2] != kind:
+                    before = "element_held" if kind == "hold" else "infusion_interrupted"
+                    self.problem((*loc, "type"), f"{t} without an earlier {before} for {el.id}")
+                    continue
+                if ev.bag_hours is not None:
+                    hours = ev.bag_hours
+                rows, end, note = self.resume(el, rows, start, end, pause, when, status, branch, hours)
+                notes.append(note)
+                pause = None
+                continue
+            row = self.find_row(rows, ev, i, el)
+            self.consumed.add(i)
+            if row is None:
+                continue
+            if t == "item_given":
+                self.given(row, ev, i, start)
+            elif t == "item_omitted":
+                row[5] = "omitted"
+                row[7] = _join(row[7], f"omitted on {ev.date}: {ev.reason}")
+            elif t == "item_delayed":
+                end = self.delay(el, rows, row, ev, i, end)
+            else:
+                self.modify(rows, row, ev, i)
+        if pause is not None:
+            # Still paused on the plan's date: project the resumption for tomorrow.
+            tomorrow = self.as_of_ord + 1
+            kind = pause[2]
+            rows, end, note = self.resume(el, rows, start, end, pause, max(tomorrow, pause[1]), status, branch, hours,
+                                          ongoing=True)
+            notes.append(note)
+            self.warnings.append(f"{el.id}: {note}")
+            if kind == "hold":
+                for r in rows:
+                    if r[0] >= tomorrow and r[5] == "planned":
+                        r[5] = "held"
+        rows.sort(key=itemgetter(0))
+        if el.open_ended and self.eot is not None:
+            if any(r[0] > self.eot for r in rows):
+                notes.append(f"delays move items past the end of therapy on {dt.date.fromordinal(self.eot)}: they "
+                             f"are dropped (the end of therapy stays anchored; the element is shortened)")
+            rows = [r for r in rows if r[0] <= self.eot]
+            end = self.eot
+        elif rows:
+            end = max(end, rows[-1][0])
+        return rows, end, notes
+
+    def resume(self, el: Any, rows: list[list[Any]], start: int, end: int, pause: tuple[int, int, str], when: int,
+               status: str, branch: str | None, hours: int | None, ongoing: bool = False
+               ) -> tuple[list[list[Any]], int, str]:
+        """Apply a hold or an infusion interruption that ends on ``when``."""
+        _, since, kind = pause
+        gap = when - since
+        d0, d1 = dt.date.fromordinal(since), dt.date.fromordinal(when)
+        inf = el.infusion
+        what = f"on hold from {d0}" if kind == "hold" else f"infusion interrupted from {d0}"
+        until = f"; dates assume it resumes on {d1}" if ongoing else f" to {d1}"
+        if kind == "interruption" and inf is not None and gap > inf.max_interruption_days:
+            # Label (clinical-facts §5.1): an interruption of more than 7 days starts a new cycle.
+            kept = [r for r in rows if r[0] < since]
+            fresh: list[tuple[Any, ...]] = []
+            self.ctx.emit(el, when, el.length or (end - start + 1), None, status, branch, fresh)
+            new = [list(r) for r in fresh]
+            for r in new:
+                r[7] = f"new cycle after a {gap}-day interruption"
+            if hours is not None and hours != inf.default_hours:
+                new = self.rebag(el, new, when, hours)
+            return (kept + new, when + (el.length or (end - start + 1)) - 1,
+                    f"{what}{until} ({gap} days, more than {inf.max_interruption_days}): a new cycle starts on {d1}")
+        t0 = self.ctx.t0
+        label = f"moved {gap} days by the {'hold' if kind == 'hold' else 'interruption'} from {d0}"
+        for r in rows:
+            if r[0] >= since and r[5] not in ("given", "omitted"):
+                r[0] += gap
+                r[2] = r[0] - t0 + 1
+                r[7] = _join(r[7], label)
+        if kind == "interruption" and inf is not None:
+            rows = self.rebag(el, rows, when, hours or inf.default_hours, from_ord=when)
+            note = (f"{what}{until} ({gap} days, at most {inf.max_interruption_days}): the cycle continues to "
+                    f"{inf.last_day - inf.first_day + 1} infusion days; its end moves {gap} days")
+        else:
+            note = f"{what}{until}: later items and the end move {gap} days"
+        return rows, end + gap, note
+
+    def rebag(self, el: Any, rows: list[list[Any]], start: int, hours: int, from_ord: int | None = None
+              ) -> list[list[Any]]:
+        """Replace the bag changes from ``from_ord`` (default: all) by a new bag every ``hours``,
+        from ``start`` to the infusion's last day."""
+        inf = el.infusion
+        bag_index = inf.bag_slot
+        lo = start if from_ord is None else from_ord
+        infusion_rows = [r for r in rows if r[3].index == inf.slot]
+        kept = [r for r in rows if r[3].index != bag_index or (r[0] < lo and r[5] in ("given", "done", "omitted"))
+                or (from_ord is not None and r[0] < lo)]
+        if not infusion_rows:
+            return kept
+        last = max(r[0] for r in infusion_rows)
+        admin = el.slots[inf.slot].source
+        slot = bag_slot(el.id, bag_index, admin, hours, inf.first_day, inf.last_day, el.slots[bag_index].evidence)
+        day_of = {r[0]: r[1] for r in infusion_rows}
+        dose_of = None
+        t0 = self.ctx.t0
+        step = max(1, hours // 24)
+        bags = [[o, day_of.get(o, o - start + el.first_day), o - t0 + 1, slot, dose_of, "planned", None, None]
+                for o in range(lo, last + 1, step)]
+        base = next((r for r in rows if r[3].index == bag_index), None)
+        for b in bags:
+            if base is not None:
+                b[5], b[6] = ("planned" if base[5] == "done" and b[0] >= self.as_of_ord else base[5]), base[6]
+        return sorted(kept + bags, key=itemgetter(0))
+
+    def find_row(self, rows: list[list[Any]], ev: Event, i: int, el: Any) -> list[Any] | None:
+        """The row an item event names (``ELEMENT:SLOT@DAY``), or a problem saying what exists."""
+        assert ev.item is not None
+        _, _, rest = ev.item.partition(":")
+        key, _, day_s = rest.partition("@")
+        day = int(day_s)
+        matches = [r for r in rows if r[3].key == key and r[1] == day]
+        if matches:
+            open_ = [r for r in matches if r[5] not in ("given", "omitted")]
+            return (open_ or matches)[-1]
+        slot = next((s for s in el.slots if s.key == key), None)
+        if slot is None:
+            self.problem(("events", i, "item"), f"expected an item of {el.id} ({', '.join(s.key for s in el.slots)}),"
+                         f" got {key!r} in {ev.item!r}")
+        else:
+            self.problem(("events", i, "item"), f"{slot.name} is not planned on day {day} of {el.id} (its days: "
+                         f"{slot.days_text}), got {ev.item!r}")
+        return None
+
+    def given(self, row: list[Any], ev: Event, i: int, start: int) -> None:
+        when = ev.date.toordinal()
+        slot = row[3]
+        ref = f"{slot.element}:{slot.key}@{row[1]}"
+        if row[5] in ("given", "omitted"):
+            self.problem(("events", i, "item"), f"{ref} is already recorded as {row[5]}")
+            return
+        if when < start:
+            self.problem(("events", i, "date"), f"expected a date on or after the start of {slot.element} "
+                         f"({dt.date.fromordinal(start)}), got {ev.date}")
+            return
+        dose = row[4]
+        text = f"given on {ev.date}"
+        if ev.dose is not None:
+            if dose is None:
+                self.problem(("events", i, "dose"), f"{slot.name} has no dose to record (it is not an administration "
+                             f"with a dose)")
+                return
+            standard = dose.amount if not isinstance(dose, ModifiedDose) else DoseResult(
+                slot, dose.measurement, dose.bsa, dose.age_years).amount
+            if standard is not None and ev.dose > float(fmt_amount(standard)) * (1 + 1e-9):
+                self.problem(("events", i, "dose"), f"expected at most the standard dose {fmt_amount(standard)} "
+                             f"{dose.unit} ({dose.working}), got {ev.dose:g}")
+                return
+            text += f": {ev.dose:g} {dose.unit}"
+            if dose.amount is not None and ev.dose > float(fmt_amount(dose.amount)) * (1 + 1e-9):
+                self.deviations.append((row[0], slot.element, ref, "dose_above_plan",
+                                        f"{slot.name} given {ev.dose:g} {dose.unit}, above the modified dose "
+                                        f"{dose.text}"))
+        window = slot.window
+        if window is not None and not row[0] - window[0] <= when <= row[0] + window[1]:
+            self.deviations.append((row[0], slot.element, ref, "out_of_window",
+                                    f"{slot.name} due {dt.date.fromordinal(row[0])} (window -{window[0]}/+{window[1]} "
+                                    f"days) was given on {ev.date}"))
+            text += " (out of window)"
+        elif when != row[0]:
+            text += f" (due {dt.date.fromordinal(row[0])})"
+        row[5] = "given"
+        row[7] = _join(row[7], text)
+
+    def delay(self, el: Any, rows: list[list[Any]], row: list[Any], ev: Event, i: int, end: int) -> int:
+        due, to = row[0], ev.to.toordinal()  # type: ignore[union-attr]
+        slot = row[3]
+        if row[5] in ("given", "omitted"):
+            self.problem(("events", i, "item"), f"{slot.element}:{slot.key}@{row[1]} is already recorded as "
+                         f"{row[5]}: it cannot be delayed")
+            return end
+        if to <= due:
+            self.problem(("events", i, "to"), f"expected a date after the item's due date "
+                         f"{dt.date.fromordinal(due)} (a delay moves an item later), got {ev.to}")
+            return end
+        delta = to - due
+        t0 = self.ctx.t0
+        why = f"delayed {delta} days on {ev.date}: {ev.reason}"
+        moved = [row] if ev.scope == "item" else [r for r in rows if r[0] >= due and r[5] not in ("given", "omitted")]
+        for r in moved:
+            r[0] += delta
+            r[2] = r[0] - t0 + 1
+            r[7] = _join(r[7], why if r is row else f"moved {delta} days with {slot.key}@{row[1]} ({ev.reason})")
+        if ev.scope == "all" and not el.open_ended:
+            return end + delta
+        return end
+
+    def modify(self, rows: list[list[Any]], row: list[Any], ev: Event, i: int) -> None:
+        slot = row[3]
+        dose = row[4]
+        if dose is None:
+            self.problem(("events", i, "item"), f"{slot.name} has no dose to modify")
+            return
+        percent = float(ev.percent or 0)
+        if ev.of == "previous":
+            before = [r for r in rows if r[3].key == slot.key and r[0] < row[0] and isinstance(r[4], ModifiedDose)]
+            prev = before[-1][4].percent if before else 100.0
+            percent = prev * percent / 100.0
+        why = f"{ev.reason}, {ev.date}"
+        targets = [row] if ev.scope == "item" else [
+            r for r in rows if r[3].key == slot.key and r[0] >= row[0] and r[5] not in ("given", "omitted")]
+        for r in targets:
+            base = r[4]
+            if isinstance(base, ModifiedDose):
+                base = DoseResult(base.slot, base.measurement, base.bsa, base.age_years)
+            r[4] = ModifiedDose(base, percent, why)
+            r[7] = _join(r[7], f"dose {percent:g} % of standard ({ev.reason})")
 
     def length_of(self, el: Any, start: int) -> int | None:
         if el.open_ended:
@@ -776,8 +1266,7 @@ class _Builder:
                 status = "in_progress"
             else:
                 status = "planned"
-            end = self.span_end(el, cur)
-            self.close(cur, status, branch, stop=cur.actual_end)
+            end = self.close(cur, status, branch, stop=cur.actual_end)
             if el.final:
                 return
             edges = p.table[cur.id]
@@ -802,7 +1291,7 @@ class _Builder:
                 edge = chosen[0][0]
                 if len(edges) > 1 or edge.guard is not None:
                     self.decide(edges, edge, "decided", dt.date.fromordinal(when), facts, branch)
-                cur = _Open(edge.dest, when + p.elements[edge.dest].gap)
+                cur = self.gated(edge.dest, end)
                 continue
             self.decide(edges, None, "pending", dt.date.fromordinal(when), facts, branch)
             if depth >= 8:  # pragma: no cover - a protocol with more than 8 nested pending decisions
@@ -810,7 +1299,7 @@ class _Builder:
                 return
             for edge, _ in chosen:
                 label = f"{edge.decision}→{edge.dest}"
-                self.project(_Open(edge.dest, when + p.elements[edge.dest].gap), facts,
+                self.project(self.gated(edge.dest, end), facts,
                              label if branch is None else f"{branch} / {label}", depth + 1)
             return
 
@@ -822,13 +1311,38 @@ class _Builder:
 class _Open:
     """The element a replay or projection is in."""
 
-    __slots__ = ("actual_end", "actual_start", "id", "planned_start")
+    __slots__ = ("actual_end", "actual_start", "id", "note", "planned_start")
 
-    def __init__(self, element: str, planned_start: int) -> None:
+    def __init__(self, element: str, planned_start: int, note: str | None = None) -> None:
         self.id = element
         self.planned_start = planned_start
         self.actual_start: int | None = None
         self.actual_end: int | None = None
+        self.note = note
+
+
+#: Events that change items of an element rather than move through the protocol.
+_ADJUSTING = frozenset({"item_given", "item_omitted", "item_delayed", "dose_modified", "element_held",
+                        "element_resumed", "infusion_interrupted", "infusion_resumed"})
+
+
+def _join(a: str | None, b: str) -> str:
+    return b if not a else f"{a}; {b}"
+
+
+def _recovered(gate: Any, count: Any) -> bool:
+    if gate.anc_min is not None and (count.anc is None or count.anc < gate.anc_min):
+        return False
+    return not (gate.platelets_min is not None and (count.platelets is None or count.platelets < gate.platelets_min))
+
+
+def _count_text(count: Any) -> str:
+    parts = []
+    if count.anc is not None:
+        parts.append(f"ANC {count.anc:g}")
+    if count.platelets is not None:
+        parts.append(f"platelets {count.platelets:g}")
+    return ", ".join(parts) + " ×10⁹/L"
 
 
 def _eligibility_field(cond: Any) -> str:

@@ -226,7 +226,13 @@ def test_item_status_follows_elements_and_results(as_of: dt.date) -> None:
     p = plan_example("hr-to-hsct", as_of)
     assert {i.status for i in p.items if i.element == "induction"} == {"done"}
     blina = {i.slot.key: i.status for i in p.items if i.element == "blinatumomab" and i.kind == "assessment"}
-    assert blina == {"blina_day15_marrow": "done", "blina_day29_marrow": "planned"}  # day-15 result recorded
+    # The day-15 result is recorded; the day-29 marrow was due on 2026-09-24 and nothing is
+    # recorded as of 2026-11-21: overdue, and listed as a deviation.
+    assert blina == {"blina_day15_marrow": "done", "blina_day29_marrow": "overdue"}
+    assert {"blinatumomab:blina_day29_marrow@29"} == {d["item"] for d in p.deviations if d["kind"] == "overdue"}
+    # Past administrations of the element under way are unrecorded, later ones planned.
+    infusion = {i.status for i in p.items if i.element == "blinatumomab" and i.slot.key == "blinatumomab"}
+    assert infusion == {"unrecorded"}
     assert {i.status for i in p.items if i.element in ("ib", "marma")} == {"planned"}
 
 
@@ -772,7 +778,8 @@ def test_to_json_documented_keys(example_patient: Path, as_of: dt.date) -> None:
         assert got["date"] == item.date.isoformat()
         assert (got["element"], got["element_day"], got["study_day"]) == (item.element, item.element_day,
                                                                           item.study_day)
-        assert got["kind"] in ("administration", "assessment")
+        assert got["kind"] in ("administration", "assessment", "bag_change")
+        assert got["ref"] == item.ref == f"{item.element}:{item.slot.key}@{item.element_day}"
         assert got["evidence"] in ("published", "derived", "placeholder")
         assert (got["dose"] is None) == (item.dose is None)
     assert len(data["decisions"]) == len(p.decisions)
@@ -798,7 +805,8 @@ def test_to_csv(example_patient: Path, as_of: dt.date) -> None:
     rows = list(csv.DictReader(io.StringIO(p.to_csv())))
     assert len(rows) == len(p.items)
     assert list(rows[0]) == ["date", "element", "element_day", "study_day", "kind", "name", "route", "dose",
-                             "dose_amount", "dose_unit", "dose_working", "status", "evidence", "branch"]
+                             "dose_amount", "dose_unit", "dose_working", "status", "evidence", "branch", "ref",
+                             "note"]
     for row, item in zip(rows, p.items, strict=True):
         assert row["date"] == item.date.isoformat()
         assert row["element"] == item.element
