@@ -154,7 +154,7 @@ def patient_schema() -> dict[str, Any]:
 def placeholder_rows(protocol: Protocol) -> list[dict[str, Any]]:
     """Every placeholder value of a protocol: where it is, its value, and the note."""
     rows = []
-    for loc, label, value in walk_values(protocol.definition):
+    for loc, label, value in walk_values(protocol.source):
         if value.evidence == "placeholder":
             shown: Any = value.value
             if hasattr(value, "text"):
@@ -169,7 +169,7 @@ def placeholder_rows(protocol: Protocol) -> list[dict[str, Any]]:
 def evidence_counts(protocol: Protocol) -> dict[str, int]:
     """How many values of each evidence level the definition holds."""
     counts = {"published": 0, "derived": 0, "placeholder": 0}
-    for _, _, value in walk_values(protocol.definition):
+    for _, _, value in walk_values(protocol.source):
         counts[value.evidence] += 1
     return counts
 

@@ -34,6 +34,9 @@ from ._models import (
     ProtocolDefinition,
     SourcedDays,
     SourcedNumber,
+    StartRule,
+    TimePoint,
+    Transition,
 )
 from ._rules import FACTS, Guard, RuleSet, compile_condition, depends_on, describe
 
@@ -553,8 +556,13 @@ class Protocol:
     ``eot_days`` and ``eot_anchor`` (end of therapy), ``machine`` (the transitions Machine).
     """
 
-    def __init__(self, defn: ProtocolDefinition) -> None:
-        self.definition = defn
+    def __init__(self, defn: ProtocolDefinition, core: ProtocolDefinition | None = None) -> None:
+        #: The definition as written (what validation reports and site amendments address).
+        self.source = defn
+        if core is None:
+            core = expand(defn)[0]
+        #: The core definition the machine runs on: repeats and replacements expanded.
+        self.definition = defn = core
         self.path: str | None = None
         self.id = defn.id
         self.version = defn.version
@@ -617,6 +625,7 @@ class Protocol:
         self.eot_anchor = eot.anchor if eot else None
         self.eot_days = None if eot is None or eot.weeks.value is None else round(eot.weeks.value * 7)
         self.eot_element = eot.element if eot else None
+        self.eot_anchor_element = eot.anchor_element if eot else None
         self.machine = self._build_machine()
 
     # -- the transitions machine ------------------------------------------------------
@@ -684,9 +693,146 @@ def _named_true(text: str) -> Any:
     return cond
 
 
+# --------------------------------------------------------------------------- format sugar
+
+Loc = tuple[Any, ...]
+
+
+def check_sugar(defn: ProtocolDefinition) -> list[tuple[Loc, str]]:
+    """Checks of the constructs that :func:`expand` rewrites (repeats, replacements, an
+    element-anchored end of therapy), against the file as written."""
+    problems: list[tuple[Loc, str]] = []
+    add = problems.append
+    ids = [e.id for e in defn.elements]
+    tps = {t.id for t in defn.timepoints}
+    initial = defn.initial or (ids[0] if ids else None)
+    for i, e in enumerate(defn.elements):
+        loc = ("elements", i)
+        if e.repeat is not None and e.repeat.count.value is not None:
+            if e.final:
+                add(((*loc, "repeat"), "a final element cannot repeat"))
+            for k in range(2, int(e.repeat.count.value) + 1):
+                if f"{e.id}_{k}" in ids:
+                    add(((*loc, "repeat"), f"cycle {k} would be {e.id}_{k!s}, which is already an element id"))
+                for a in e.assessments:
+                    if a.timepoint is not None and f"{a.timepoint}_{k}" in tps:
+                        add(((*loc, "repeat"), f"cycle {k} samples time point {a.timepoint}_{k}, which is already "
+                             f"declared: leave cycle time points to the repeat"))
+            if e.repeat.gap_days is not None and _whole(e.repeat.gap_days, 0) is None:
+                add(((*loc, "repeat", "gap_days", "value"), "expected a whole number of days >= 0"))
+        r = e.replaces
+        if r is None:
+            continue
+        if r.element not in ids:
+            add(((*loc, "replaces", "element"), f"expected an element id ({', '.join(ids)}), got {r.element!r}"))
+        elif r.element == e.id:
+            add(((*loc, "replaces", "element"), "an element cannot replace itself"))
+        elif r.element == initial:
+            add(((*loc, "replaces", "element"), f"the first element {initial!r} cannot be replaced"))
+        if e.id == initial:
+            add(((*loc, "replaces"), "the first element cannot replace another"))
+        for j, t in enumerate(defn.transitions):
+            if e.id in (t.source, t.to):
+                add((("transitions", j), f"{e.id!r} replaces {r.element!r} and takes its transitions from it: "
+                     f"remove this transition"))
+    eot = defn.end_of_therapy
+    if eot is not None and eot.anchor_element is not None and eot.anchor_element not in ids:
+        add((("end_of_therapy", "anchor_element"), f"expected an element id ({', '.join(ids)}), got "
+             f"{eot.anchor_element!r}"))
+    return problems
+
+
+def expand(defn: ProtocolDefinition) -> tuple[ProtocolDefinition, list[Loc], list[Loc]]:
+    """Rewrite repeats and replacements into plain elements and transitions.
+
+    Returns the core definition the machine runs on, and for each of its elements and
+    transitions the place in the file it comes from (to point errors at the right line).
+    Cycle 1 of a repeated element keeps its id (events recorded before a second cycle was
+    added stay valid); cycle k is ``<id>_<k>``. A replacement is entered by a copy of each
+    transition into the element it replaces, tried first, guarded by both conditions, and
+    leaves by copies of that element's transitions out.
+    """
+    elements = list(defn.elements)
+    eloc: list[Loc] = [("elements", i) for i in range(len(elements))]
+    transitions = list(defn.transitions)
+    tloc: list[Loc] = [("transitions", i) for i in range(len(transitions))]
+    if not any(e.repeat is not None or e.replaces is not None for e in elements):
+        return defn, eloc, tloc
+    timepoints = list(defn.timepoints)
+    for r_i, e in enumerate(defn.elements):
+        r = e.replaces
+        if r is None:
+            continue
+        new_t: list[Transition] = []
+        new_loc: list[Loc] = []
+        for t, loc in zip(transitions, tloc, strict=True):
+            if t.to == r.element:
+                when = r.when if t.when is None else Condition.model_validate({"all": [t.when, r.when]})
+                new_t.append(Transition.model_validate({
+                    "from": t.source, "to": e.id, "when": when, "decision": t.decision,
+                    "label": f"replaces {r.element}", "rule_source": r.rule_source, "rule_evidence": r.rule_evidence}))
+                new_loc.append(("elements", r_i, "replaces"))
+            new_t.append(t)
+            new_loc.append(loc)
+        for t in list(new_t):
+            if t.source == r.element:
+                new_t.append(t.model_copy(update={"source": e.id}))
+                new_loc.append(("elements", r_i, "replaces"))
+        transitions, tloc = new_t, new_loc
+        elements[r_i] = elements[r_i].model_copy(update={
+            "replaces": None, "notes": [*e.notes, f"Replaces {r.element} when {describe(r.when)}."]})
+    for i, e in enumerate(defn.elements):
+        rep = e.repeat
+        if rep is None or rep.count.value is None:
+            continue
+        n = int(rep.count.value)
+        last = f"{e.id}_{n}"
+        transitions = [t.model_copy(update={"source": last}) if t.source == e.id else t for t in transitions]
+        base = elements[i]
+        prev = e.id
+        for k in range(2, n + 1):
+            cid = f"{e.id}_{k}"
+            assessments = []
+            for a in base.assessments:
+                if a.timepoint is not None:
+                    label = next((t.label for t in defn.timepoints if t.id == a.timepoint), a.timepoint)
+                    timepoints.append(TimePoint(id=f"{a.timepoint}_{k}", label=f"{label} (cycle {k})"))
+                    a = a.model_copy(update={"timepoint": f"{a.timepoint}_{k}", "name": f"{a.name} (cycle {k})"})
+                assessments.append(a)
+            start = StartRule(gap_days=rep.gap_days, counts=None if base.start is None else base.start.counts)
+            elements.append(base.model_copy(update={
+                "id": cid, "title": f"{e.title} (cycle {k} of {n})", "repeat": None, "start": start,
+                "assessments": assessments, "notes": [*base.notes, f"Cycle {k} of {n} of {e.id}."]}))
+            eloc.append(("elements", i))
+            transitions.append(Transition.model_validate({"from": prev, "to": cid}))
+            tloc.append(("elements", i, "repeat"))
+            prev = cid
+        elements[i] = base.model_copy(update={"title": f"{e.title} (cycle 1 of {n})", "repeat": None})
+    core = defn.model_copy(update={"elements": elements, "transitions": transitions, "timepoints": timepoints})
+    return core, eloc, tloc
+
+
+def _remap(loc: Loc, eloc: list[Loc], tloc: list[Loc]) -> Loc:
+    if len(loc) >= 2 and loc[0] == "elements" and isinstance(loc[1], int) and loc[1] < len(eloc):
+        origin = eloc[loc[1]]
+        return origin if origin[:2] != loc[:2] and len(origin) > 2 else (*origin, *loc[2:])
+    if len(loc) >= 2 and loc[0] == "transitions" and isinstance(loc[1], int) and loc[1] < len(tloc):
+        origin = tloc[loc[1]]
+        return origin if origin[0] != "transitions" else (*origin, *loc[2:])
+    return loc
+
+
 def compile_definition(defn: ProtocolDefinition) -> tuple[Protocol | None, list[tuple[tuple[Any, ...], str]]]:
-    """Check and compile; returns ``(compiled, [])`` or ``(None, problems)``."""
-    problems = check_definition(defn)
+    """Check and compile; returns ``(compiled, [])`` or ``(None, problems)``.
+
+    Repeats and replacements are checked as written, then expanded (:func:`expand`) and the
+    core definition is checked; its problems point back at the file's lines.
+    """
+    problems = check_sugar(defn)
     if problems:
         return None, problems
-    return Protocol(defn), []
+    core, eloc, tloc = expand(defn)
+    problems = [(_remap(loc, eloc, tloc), msg) for loc, msg in check_definition(core)]
+    if problems:
+        return None, problems
+    return Protocol(defn, core), []

@@ -36,6 +36,9 @@ from pydantic import (
 __all__ = [
     "AgeBand",
     "Administration",
+    "Repeat",
+    "Replacement",
+    "Verification",
     "BagOption",
     "BloodCount",
     "CountGate",
@@ -65,9 +68,11 @@ __all__ = [
     "parse_days",
 ]
 
-Evidence = Literal["published", "derived", "placeholder"]
-#: Weakest first: an item's evidence is the weakest of the numbers it depends on.
-EVIDENCE_RANK: dict[str, int] = {"placeholder": 0, "derived": 1, "published": 2}
+Evidence = Literal["published", "derived", "site", "placeholder"]
+#: Weakest first: an item's evidence is the weakest of the numbers it depends on. A ``site``
+#: value was checked against the official protocol document by a named person at a site (a
+#: site amendment): stronger than a placeholder, but not a public source.
+EVIDENCE_RANK: dict[str, int] = {"placeholder": 0, "site": 1, "derived": 2, "published": 3}
 
 Ident = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 SourceKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$", max_length=64)]
@@ -104,15 +109,28 @@ class _Strict(BaseModel):
 # --------------------------------------------------------------------------- provenance
 
 
+class Verification(_Strict):
+    """Who checked a value against the official protocol document, when, and where it is."""
+
+    site: Text
+    by: Text
+    on: IsoDate
+    section: Text = Field(description="The protocol document and section, e.g. 'Interfant-06 v1.3 §6.2.1'.")
+    file: str | None = Field(None, description="The site amendment file it came from (set when applied).")
+
+
 class _Provenance(_Strict):
     evidence: Evidence
     source: SourceKey | None = Field(None, description="Key of an entry in the definition's `sources`.")
     note: Text | None = Field(None, description="Why this value, and how sure: shown beside unverified values.")
+    verified: Verification | None = Field(None, description="Set by a site amendment (evidence: site).")
 
     @model_validator(mode="after")
     def _needs_source(self) -> Any:
-        if self.evidence != "placeholder" and self.source is None:
+        if self.evidence not in ("placeholder", "site") and self.source is None:
             raise ValueError(f"a {self.evidence} value must name its source (the key of an entry in `sources`)")
+        if (self.evidence == "site") != (self.verified is not None):
+            raise ValueError("a site value carries `verified` (site, by, on, section), and only a site value does")
         return self
 
 
@@ -369,12 +387,18 @@ class Window(_Strict):
         return self
 
 
-class BagOption(_Provenance):
-    """A bag duration allowed for a continuous infusion, e.g. ``{hours: 96}``; ``min_weight_kg``
-    restricts it (the blinatumomab 7-day bag is not for patients under 22 kg)."""
+class BagOption(_Strict):
+    """A bag duration allowed for a continuous infusion, e.g. ``{hours: {value: 96, ...}}``;
+    ``min_weight_kg`` restricts it (the blinatumomab 7-day bag is not for patients under 22 kg)."""
 
-    hours: int = Field(ge=1, le=24 * 14)
+    hours: SourcedNumber
     min_weight_kg: SourcedNumber | None = None
+
+    @model_validator(mode="after")
+    def _known_hours(self) -> Any:
+        if self.hours.value is None or not 1 <= self.hours.value <= 24 * 14:
+            raise ValueError(f"expected a bag duration of 1 to 336 hours, got {self.hours.value}")
+        return self
 
 
 class Infusion(_Strict):
@@ -389,11 +413,11 @@ class Infusion(_Strict):
 
     @model_validator(mode="after")
     def _default_is_a_bag(self) -> Any:
-        hours = [b.hours for b in self.bags]
+        hours = [b.hours.value for b in self.bags]
         if len(set(hours)) != len(hours):
             raise ValueError(f"expected each bag duration once, got {hours}")
         if self.default_bag_hours.value not in hours:
-            raise ValueError(f"expected default_bag_hours to be one of the bags ({', '.join(map(str, hours))}), "
+            raise ValueError(f"expected default_bag_hours to be one of the bags ({', '.join(f'{h:g}' for h in hours)}), "
                              f"got {self.default_bag_hours.value}")
         if self.max_interruption_days.value is None or self.max_interruption_days.value < 0:
             raise ValueError("expected max_interruption_days as a number of days >= 0")
@@ -463,6 +487,32 @@ class StartRule(_Strict):
     counts: CountGate | None = None
 
 
+class Repeat(_Strict):
+    """Consecutive cycles of one element: cycle 1 keeps the element's id, cycle k is
+    ``<id>_<k>``; an MRD time point sampled in cycle k > 1 is ``<timepoint>_<k>``."""
+
+    count: SourcedNumber
+    gap_days: SourcedNumber | None = Field(None, description="Days between one cycle's last day and the next "
+                                           "cycle's day 1 (e.g. a treatment-free interval).")
+
+    @model_validator(mode="after")
+    def _count(self) -> Any:
+        v = self.count.value
+        if v is None or v != int(v) or not 2 <= v <= 20:
+            raise ValueError(f"expected a whole number of cycles from 2 to 20, got {v}")
+        return self
+
+
+class Replacement(_Strict):
+    """This element takes the place of ``element`` for patients for whom ``when`` holds: it is
+    entered wherever that element would be, and leaves the way that element does."""
+
+    element: Ident
+    when: Condition
+    rule_source: SourceKey
+    rule_evidence: Evidence
+
+
 class Element(_Strict):
     """A course (an *element* in CDISC terms): induction, a blinatumomab cycle, maintenance..."""
 
@@ -479,6 +529,8 @@ class Element(_Strict):
     administrations: list[Administration] = []
     assessments: list[Assessment] = []
     notes: list[Text] = []
+    repeat: Repeat | None = None
+    replaces: Replacement | None = None
 
     @model_validator(mode="after")
     def _length_shape(self) -> Any:
@@ -566,11 +618,20 @@ class TimePoint(_Strict):
 
 class EndOfTherapy(_Strict):
     """Therapy ends ``weeks`` after the anchor date: the last day of the open-ended element
-    is ``anchor + 7 × weeks - 1`` (the anchor date is day 1)."""
+    is ``anchor + 7 × weeks - 1`` (the anchor date is day 1). The anchor is the diagnosis
+    date, the treatment start, or (``element_start``) the start of ``anchor_element``, e.g.
+    two years from the start of interim maintenance I in AALL1731."""
 
-    anchor: Literal["diagnosis", "treatment_start"]
+    anchor: Literal["diagnosis", "treatment_start", "element_start"]
+    anchor_element: Ident | None = None
     weeks: SourcedNumber
     element: Ident
+
+    @model_validator(mode="after")
+    def _anchor_element(self) -> Any:
+        if (self.anchor == "element_start") != (self.anchor_element is not None):
+            raise ValueError("anchor: element_start needs anchor_element (and only it takes one)")
+        return self
 
 
 class ProtocolDefinition(_Strict):

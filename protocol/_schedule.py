@@ -619,8 +619,12 @@ class _Builder:
         self.rows: list[tuple[Any, ...]] = []
         self.decisions: list[Decision] = []
         self.outcome: tuple[str, dt.date] | None = None
-        eot_anchor = patient.diagnosis_date if protocol.eot_anchor == "diagnosis" else patient.start_date
-        self.eot = None if protocol.eot_days is None else eot_anchor.toordinal() + protocol.eot_days - 1
+        # The end of therapy is fixed from its anchor: the diagnosis date, the treatment start,
+        # or (element_start) the start of an element, set when the plan reaches it.
+        self.eot: int | None = None
+        if protocol.eot_days is not None and protocol.eot_anchor != "element_start":
+            eot_anchor = patient.diagnosis_date if protocol.eot_anchor == "diagnosis" else patient.start_date
+            self.eot = eot_anchor.toordinal() + protocol.eot_days - 1
         horizon = max(self.eot or 0, as_of.toordinal()) + 366
         self.ctx = _Context(protocol, patient, as_of.toordinal(), horizon)
         self.as_of_ord = as_of.toordinal()
@@ -844,6 +848,8 @@ class _Builder:
         """
         el = self.p.elements[cur.id]
         start = cur.actual_start if cur.actual_start is not None else cur.planned_start
+        if el.id == self.p.eot_anchor_element and self.eot is None and self.p.eot_days is not None:
+            self.eot = start + self.p.eot_days - 1
         length = self.length_of(el, start)
         # Items of a completed element count as done; a stopped element's later items are dropped.
         item_status = {"completed": "done", "pending_decision": "pending_decision"}.get(status, "planned")
