@@ -1,0 +1,1051 @@
+"""The patient registry: SQLite in one file, an append-only audit log, and the worklist projection.
+
+A patient is the replay of its log. ``patients add`` writes the patient's base record (the
+scalar fields of a patient file) and each list entry (measurement, MRD result, blood count,
+event) as log entries, each stored as the exact mapping of the patient file. Later entries
+add to the lists; a *correction* is a new entry that supersedes (replaces in place) or
+retracts (removes) an earlier one. Log rows are never updated or deleted: SQLite triggers
+refuse it. Replaying only the entries recorded up to a time gives the patient as it was
+known then (``as_of_recorded``).
+
+Every write is one ``BEGIN IMMEDIATE`` transaction: read the log, replay it with the new
+entry, validate the result exactly as a patient file is validated (``Patient`` model, the
+consistency checks, then ``plan()``, which enforces the protocol), insert, refresh the
+patient's worklist projection, commit. Bad input raises :class:`~protocol.InputError` and
+writes nothing. The file is in WAL mode with ``synchronous=FULL``: a write that returned is
+on disk. It is created readable by its owner only (``0600``): it holds dates of birth.
+
+Schema versions are ``PRAGMA user_version``, upgraded in order by :data:`MIGRATIONS` when a
+database made by an older release is opened; a database made by a newer release is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import hashlib
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ._errors import InputError, PatientError, Problem
+from ._io import Document, format_loc, problems_from_validation
+from ._models import Patient
+
+__all__ = [
+    "DEFAULT_DB",
+    "KINDS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Entry",
+    "PatientSummary",
+    "Registry",
+    "default_db_path",
+    "describe_entry",
+    "open_registry",
+    "parse_recorded",
+    "resolve_patient",
+    "worklist",
+]
+
+#: The registry file used when neither ``--db`` nor ``$PROTOCOL_DB`` names one.
+DEFAULT_DB = "protocol.db"
+ENV_VAR = "PROTOCOL_DB"
+#: Entry kind → the list of the patient file it belongs to (``base``: the scalar fields).
+KINDS: dict[str, str | None] = {"base": None, "measurement": "measurements", "mrd": "mrd", "count": "counts",
+                                "event": "events"}
+_LIST_KIND = {v: k for k, v in KINDS.items() if v is not None}
+#: "PROT": marks a SQLite file as a protocol registry.
+APPLICATION_ID = 0x50524F54
+#: How long a writer waits for another one to commit before giving up (seconds).
+BUSY_TIMEOUT_S = 30.0
+#: Rows of a worklist projection cover at least this many days after the day they were computed for.
+MIN_HORIZON_DAYS = 7
+
+_V1 = """
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE patients (
+    id         TEXT PRIMARY KEY,
+    base       TEXT NOT NULL CHECK (json_valid(base)),
+    created    TEXT NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE TABLE entries (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    patient     TEXT NOT NULL REFERENCES patients(id),
+    kind        TEXT NOT NULL CHECK (kind IN ('base', 'measurement', 'mrd', 'count', 'event')),
+    data        TEXT NOT NULL CHECK (json_valid(data)),
+    recorded_by TEXT NOT NULL CHECK (length(recorded_by) > 0),
+    recorded_at TEXT NOT NULL,
+    reason      TEXT,
+    supersedes  INTEGER REFERENCES entries(seq),
+    retracts    INTEGER REFERENCES entries(seq),
+    CHECK (supersedes IS NULL OR retracts IS NULL),
+    CHECK ((retracts IS NULL) = (data != 'null')),
+    CHECK ((supersedes IS NULL AND retracts IS NULL) OR length(reason) > 0)
+);
+CREATE INDEX entries_by_patient ON entries(patient, seq);
+-- An entry is corrected (superseded or retracted) at most once; correct the correction instead.
+CREATE UNIQUE INDEX entries_corrected_once ON entries(coalesce(supersedes, retracts))
+    WHERE supersedes IS NOT NULL OR retracts IS NOT NULL;
+CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: record a correction instead'); END;
+CREATE TRIGGER entries_no_delete BEFORE DELETE ON entries
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: record a retraction instead'); END;
+CREATE TRIGGER patients_no_update BEFORE UPDATE ON patients
+BEGIN SELECT RAISE(ABORT, 'a registered patient is never changed: correct it with a base entry'); END;
+CREATE TRIGGER patients_no_delete BEFORE DELETE ON patients
+BEGIN SELECT RAISE(ABORT, 'a registered patient is never deleted'); END;
+CREATE TRIGGER entries_correct_own_kind BEFORE INSERT ON entries
+WHEN NEW.supersedes IS NOT NULL OR NEW.retracts IS NOT NULL
+BEGIN
+    SELECT RAISE(ABORT, 'a correction must target an earlier entry of the same patient and kind')
+    WHERE NOT EXISTS (SELECT 1 FROM entries AS e WHERE e.seq = coalesce(NEW.supersedes, NEW.retracts)
+                      AND e.patient = NEW.patient AND e.kind = NEW.kind AND e.retracts IS NULL);
+END;
+"""
+
+# The worklist projection: a cache derived from the log, never part of the audit trail.
+_V2 = """
+CREATE TABLE projection (
+    patient      TEXT PRIMARY KEY REFERENCES patients(id),
+    computed_for TEXT NOT NULL,
+    horizon      INTEGER NOT NULL,
+    protocol     TEXT NOT NULL,
+    definition   TEXT NOT NULL,
+    last_seq     INTEGER NOT NULL,
+    computed_at  TEXT NOT NULL
+);
+CREATE TABLE worklist_rows (
+    patient  TEXT NOT NULL REFERENCES patients(id),
+    date     TEXT NOT NULL,
+    category TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    study    TEXT,
+    element  TEXT,
+    item     TEXT,
+    name     TEXT NOT NULL,
+    detail   TEXT,
+    status   TEXT,
+    branch   TEXT
+);
+CREATE INDEX worklist_rows_by_date ON worklist_rows(date, patient);
+CREATE INDEX worklist_rows_by_patient ON worklist_rows(patient);
+"""
+
+#: ``(version, what it does, SQL)``, applied in order to bring an older database up to date.
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (1, "patients and the append-only entry log", _V1),
+    (2, "worklist projection", _V2),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def default_db_path() -> Path:
+    """The registry file: ``$PROTOCOL_DB`` if set, else ``./protocol.db``."""
+    return Path(os.environ.get(ENV_VAR) or DEFAULT_DB)
+
+
+def _utc_stamp(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_recorded(value: str | dt.date | dt.datetime, field: str = "as_of_recorded") -> str:
+    """A point in recording time as the stored form (UTC, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``).
+
+    A date means the end of that day (UTC): everything recorded on it counts. Text may be a
+    date ``YYYY-MM-DD`` or an ISO 8601 date-time; a time without a zone is UTC.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            try:
+                value = dt.date.fromisoformat(text)
+            except ValueError:
+                value = None  # type: ignore[assignment]
+        elif re.fullmatch(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?", text):
+            try:
+                value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                value = None  # type: ignore[assignment]
+        else:
+            value = None  # type: ignore[assignment]
+        if value is None:
+            raise InputError(Problem("", field, "expected a date YYYY-MM-DD or a date-time YYYY-MM-DDTHH:MM[:SS][Z], "
+                                     f"got {text!r}"))
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return _utc_stamp(value)
+    end = dt.datetime.combine(value, dt.time.max, tzinfo=dt.timezone.utc)
+    return _utc_stamp(end)
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One row of the audit log.
+
+    ``data`` is the mapping exactly as in a patient file (None for a retraction);
+    ``recorded_at`` is UTC (``2026-11-21T15:46:16.123456Z``). In :meth:`Registry.history`,
+    ``superseded_by`` / ``retracted_by`` name the later entry that corrected this one, and
+    ``changes`` says what a base correction changed (``wbc_at_diagnosis 150 → 165``).
+    """
+
+    seq: int
+    patient: str
+    kind: str
+    data: Any
+    recorded_by: str
+    recorded_at: str
+    reason: str | None = None
+    supersedes: int | None = None
+    retracts: int | None = None
+    superseded_by: int | None = None
+    retracted_by: int | None = None
+    changes: str | None = None
+
+    @property
+    def live(self) -> bool:
+        """True when no later entry superseded or retracted this one (and it is not a retraction)."""
+        return self.retracts is None and self.superseded_by is None and self.retracted_by is None
+
+    @property
+    def what(self) -> str:
+        """What was recorded, in words (see :func:`describe_entry`)."""
+        return describe_entry(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``protocol history --json``)."""
+        return {"seq": self.seq, "patient": self.patient, "kind": self.kind, "data": self.data,
+                "recorded_by": self.recorded_by, "recorded_at": self.recorded_at, "reason": self.reason,
+                "supersedes": self.supersedes, "retracts": self.retracts, "superseded_by": self.superseded_by,
+                "retracted_by": self.retracted_by, "live": self.live, "what": self.what}
+
+
+@dataclass(frozen=True, slots=True)
+class PatientSummary:
+    """One registered patient, for ``protocol patients list``."""
+
+    id: str
+    protocol: str
+    diagnosis_date: str
+    entries: int
+    created: str
+    last_recorded_at: str
+    last_recorded_by: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"id": self.id, "protocol": self.protocol, "diagnosis_date": self.diagnosis_date,
+                "entries": self.entries, "created": self.created, "last_recorded_at": self.last_recorded_at,
+                "last_recorded_by": self.last_recorded_by}
+
+
+def describe_entry(entry: Entry) -> str:
+    """An entry in words: ``measurement 2026-05-04: 66 cm, 7.4 kg``, ``retracts #7``..."""
+    if entry.retracts is not None:
+        return f"retracts #{entry.retracts}"
+    d = entry.data if isinstance(entry.data, dict) else {}
+    if entry.kind == "base":
+        text = "base record" + (f": {entry.changes}" if entry.changes else "")
+    elif entry.kind == "measurement":
+        text = f"measurement {d.get('date')}: {d.get('height_cm')} cm, {d.get('weight_kg')} kg"
+    elif entry.kind == "mrd":
+        text = f"MRD {d.get('timepoint')} {d.get('date')}: {d.get('value')}"
+    elif entry.kind == "count":
+        parts = [f"{label} {d[k]}" for k, label in (("anc", "ANC"), ("platelets", "platelets")) if k in d]
+        text = f"counts {d.get('date')}: {', '.join(parts)}"
+    else:
+        rest = " ".join(f"{k}={v}" for k, v in d.items() if k not in ("type", "date", "reason"))
+        text = f"{d.get('type')} {d.get('date')}" + (f" {rest}" if rest else "")
+    if entry.supersedes is not None:
+        text += f" (replaces #{entry.supersedes})"
+    return text
+
+
+# --------------------------------------------------------------------------- replay
+
+
+_NEW = 0  # the seq of an entry not yet written
+
+
+class _State:
+    """A patient assembled from its log: the base record and each list, in log order.
+
+    A superseding entry takes the place of the one it replaces; a retraction removes it.
+    ``where`` maps each live seq to its (list, slot) so corrections find their target.
+    """
+
+    __slots__ = ("base", "base_seq", "lists", "where")
+
+    def __init__(self) -> None:
+        self.base: dict[str, Any] | None = None
+        self.base_seq: int | None = None
+        self.lists: dict[str, dict[int, tuple[int, Any]]] = {name: {} for name in _LIST_KIND}
+        self.where: dict[int, tuple[str | None, int]] = {}
+
+    def apply(self, seq: int, kind: str, data: Any, supersedes: int | None, retracts: int | None) -> None:
+        name = KINDS[kind]
+        target = supersedes if supersedes is not None else retracts
+        if target is not None:
+            _, slot = self.where.pop(target)
+        else:
+            slot = seq
+        if name is None:
+            if retracts is None:
+                self.base, self.base_seq = data, seq
+                self.where[seq] = (None, seq)
+            return
+        if retracts is not None:
+            del self.lists[name][slot]
+            return
+        self.lists[name][slot] = (seq, data)
+        self.where[seq] = (name, slot)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The patient file this state is (lists omitted when empty)."""
+        out = dict(self.base or {})
+        for name, entries in self.lists.items():
+            if entries:
+                out[name] = [data for _, data in entries.values()]
+        return out
+
+    def seqs(self, name: str) -> list[int]:
+        return [seq for seq, _ in self.lists[name].values()]
+
+
+def _replay(rows: Iterable[tuple[Any, ...]]) -> _State:
+    """Rows ``(seq, kind, data, supersedes, retracts)`` in seq order → the state they build."""
+    state = _State()
+    for seq, kind, data, supersedes, retracts in rows:
+        state.apply(seq, kind, data, supersedes, retracts)
+    return state
+
+
+_LIST_REF = re.compile(r"\b(measurements|mrd|counts|events)\[(\d+)\]")
+
+
+class _Names:
+    """Turns list positions in problems (``events[3].date``) into log entries (``#17``)."""
+
+    def __init__(self, patient_id: str, state: _State, new_label: str) -> None:
+        self.pid = patient_id
+        self.state = state
+        self.new_label = new_label
+        self.seqs = {name: state.seqs(name) for name in _LIST_KIND}
+
+    def seq_of(self, name: str, index: int) -> int | None:
+        seqs = self.seqs.get(name, [])
+        return seqs[index] if index < len(seqs) else None
+
+    def _mention(self, m: re.Match[str]) -> str:
+        seq = self.seq_of(m.group(1), int(m.group(2)))
+        if seq is None:
+            return m.group(0)
+        return "this record" if seq == _NEW else f"#{seq}"
+
+    def problem(self, p: Problem) -> Problem:
+        message = _LIST_REF.sub(self._mention, p.message)
+        m = re.match(r"^(measurements|mrd|counts|events)\[(\d+)\]\.?(.*)$", p.field)
+        if m:
+            seq = self.seq_of(m.group(1), int(m.group(2)))
+            if seq is not None:
+                where = self.new_label if seq == _NEW else f"{self.pid} #{seq}"
+                return Problem(where, m.group(3), message)
+        if p.field.split(".")[0].split("[")[0] in _LIST_KIND:
+            return Problem(self.new_label, p.field, message)
+        base_seq = self.state.base_seq
+        where = self.new_label if base_seq == _NEW else f"{self.pid} #{base_seq}" if base_seq else self.pid
+        return Problem(where, p.field, message)
+
+    def rewrite(self, exc: InputError) -> InputError:
+        return type(exc)([self.problem(p) for p in exc.problems])
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def _plan_as_of(patient: Patient, today: dt.date) -> dt.date:
+    """Validate with every entry counted: today, or the latest date recorded if later."""
+    latest = today
+    for name in _LIST_KIND:
+        for entry in getattr(patient, name, ()) or ():
+            for attr in ("date", "to"):
+                day = getattr(entry, attr, None)
+                if isinstance(day, dt.date) and day > latest:
+                    latest = day
+    return latest
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a schema script into statements (triggers hold ``;`` inside BEGIN ... END)."""
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        buf += line
+        if sqlite3.complete_statement(buf):
+            yield buf.strip()
+            buf = ""
+    if buf.strip():
+        yield buf.strip()
+
+
+class Registry:
+    """A patient registry in one SQLite file. Open it with :func:`open_registry`.
+
+    ``today`` and ``now`` may be replaced (tests, simulations): ``today()`` is the local date
+    plans and the worklist projection are computed for, ``now()`` the recording time (UTC).
+
+    >>> with open_registry("protocol.db", create=True) as reg:        # doctest: +SKIP
+    ...     reg.add_patient("examples/patients/mr-on-time.yaml", by="alice")
+    ...     reg.record("INF-0001", "measurement", {"date": "2026-11-20", "height_cm": 72,
+    ...                "weight_kg": 8.9}, by="alice")
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = False,
+                 today: Callable[[], dt.date] | None = None, now: Callable[[], dt.datetime] | None = None) -> None:
+        self.path = Path(path)
+        self.today = today or dt.date.today
+        self.now = now or (lambda: dt.datetime.now(dt.timezone.utc))
+        self._conn = _connect(self.path, create)
+        try:
+            _migrate(self._conn, self.path, self._stamp)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._conn.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _stamp(self) -> str:
+        return _utc_stamp(self.now())
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        conn.execute("BEGIN")  # one snapshot for every SELECT inside
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    def _recorded_at(self, conn: sqlite3.Connection) -> str:
+        # Never earlier than the last entry: the log is ordered in time as well as by seq,
+        # so "as recorded up to T" is always a prefix of the log, even if the clock steps back.
+        stamp = self._stamp()
+        last = conn.execute("SELECT recorded_at FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+        return max(stamp, last[0]) if last else stamp
+
+    def _rows(self, conn: sqlite3.Connection, patient_id: str, upto: str | None = None) -> list[tuple[Any, ...]]:
+        sql = "SELECT seq, kind, data, supersedes, retracts FROM entries WHERE patient = ?"
+        args: tuple[Any, ...] = (patient_id,)
+        if upto is not None:
+            sql += " AND recorded_at <= ?"
+            args += (upto,)
+        rows = conn.execute(sql + " ORDER BY seq", args).fetchall()
+        loads = json.loads
+        return [(seq, kind, loads(data), sup, ret) for seq, kind, data, sup, ret in rows]
+
+    def _unknown(self, conn: sqlite3.Connection, patient_id: str, label: str, upto: str | None = None) -> PatientError:
+        known = [r[0] for r in conn.execute("SELECT id FROM patients ORDER BY id LIMIT 6")]
+        shown = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "") if known else "none yet"
+        if upto is not None and conn.execute("SELECT 1 FROM patients WHERE id = ?", (patient_id,)).fetchone():
+            return PatientError(Problem(label, "", f"{patient_id!r} was not registered yet at {upto}"))
+        return PatientError(Problem(label, "", f"no patient {patient_id!r} in the registry {self.path} "
+                                    f"(registered: {shown}); add one with: protocol patients add FILE"))
+
+    def _state(self, conn: sqlite3.Connection, patient_id: str, label: str, upto: str | None = None) -> _State:
+        rows = self._rows(conn, patient_id, upto)
+        if not rows:
+            raise self._unknown(conn, patient_id, label, upto)
+        return _replay(rows)
+
+    def _validate(self, patient_id: str, state: _State, label: str, *, rename: bool = True) -> tuple[Patient, Any]:
+        """The patient the state describes, validated as a patient file is, and its plan.
+
+        Raises an :class:`InputError`; with ``rename`` its problems name log entries
+        (``INF-0001 #17``) or ``label`` for the entry being written, not list positions.
+        """
+        from ._loading import _check_patient
+
+        names = _Names(patient_id, state, label)
+        data = state.to_dict()
+        try:
+            try:
+                patient = Patient.model_validate(data)
+            except ValidationError as exc:
+                raise PatientError(problems_from_validation(exc, Document(label, data))) from None
+            problems = [Problem(label, format_loc(loc), msg) for loc, msg in _check_patient(patient)]
+            if problems:
+                raise PatientError(problems)
+            patient._source = label
+            return patient, self._plan(patient)
+        except InputError as exc:
+            if not rename:
+                raise
+            raise names.rewrite(exc) from None
+
+    def _plan(self, patient: Patient) -> Any:
+        from ._schedule import plan
+
+        return plan(patient, as_of=_plan_as_of(patient, self.today()))
+
+    # -- writing --------------------------------------------------------------------------
+
+    def add_patient(self, source: str | os.PathLike[str] | dict[str, Any], *, by: str | None = None,
+                    reason: str | None = None) -> list[Entry]:
+        """Register a patient from a patient file (or its parsed mapping).
+
+        The base record and each measurement, MRD result, blood count and event become log
+        entries, in file order. The whole patient is validated first (a file's problems name
+        its lines); raises :class:`InputError` and writes nothing if it is invalid or the id
+        is already registered.
+        """
+        from ._io import read_document
+        from ._loading import load_patient
+
+        by = _who(by)
+        if isinstance(source, dict):
+            data, label, loaded = source, "patient", None
+        else:
+            label = os.fspath(source)
+            loaded = load_patient(source)  # every problem, with the file's line numbers
+            data = read_document(source, error=PatientError).data
+        if not isinstance(data, dict):
+            raise PatientError(Problem(label, "", "expected a mapping of fields at the top level"))
+        base = {k: v for k, v in data.items() if k not in _LIST_KIND}
+        items: list[tuple[str, Any]] = [("base", base)]
+        for name, kind in _LIST_KIND.items():
+            entries = data.get(name) or []
+            if not isinstance(entries, list):
+                raise PatientError(Problem(label, name, f"expected a list, got {type(entries).__name__}"))
+            items.extend((kind, e) for e in entries)
+        state = _State()
+        for i, (kind, entry_data) in enumerate(items):
+            state.apply(-i - 1, kind, entry_data, None, None)
+        if loaded is None:
+            patient, result = self._validate(str(base.get("id")), state, label, rename=False)
+        else:
+            patient, result = loaded, self._plan(loaded)
+        pid = patient.id
+        with self._write() as conn:
+            row = conn.execute("SELECT created, created_by FROM patients WHERE id = ?", (pid,)).fetchone()
+            if row is not None:
+                raise PatientError(Problem(label, "id", f"{pid!r} is already in the registry (added {row[0]} by "
+                                           f"{row[1]}): record new results with `protocol record {pid} ...`"))
+            stamp = self._recorded_at(conn)
+            conn.execute("INSERT INTO patients (id, base, created, created_by) VALUES (?, ?, ?, ?)",
+                         (pid, _dumps(base), stamp, by))
+            written = [self._insert(conn, pid, kind, entry_data, by, stamp, reason if kind == "base" else None)
+                       for kind, entry_data in items]
+            self._project_patient(conn, pid, self.today(), None, (patient, result, written[-1].seq))
+        return written
+
+    def record(self, patient_id: str, kind: str, data: dict[str, Any], *, by: str | None = None,
+               reason: str | None = None, supersedes: int | None = None, label: str = "record") -> Entry:
+        """Append one entry to a patient's log, after validating the patient with it.
+
+        ``kind``: ``measurement``, ``mrd``, ``count``, ``event`` (``data`` as in a patient
+        file's list) or ``base`` (the whole new base record; it supersedes the current one).
+        ``supersedes``: the seq of an entry of the same kind this one corrects (it takes its
+        place); a correction needs a ``reason``. Returns the entry once it is on disk.
+        """
+        by = _who(by)
+        if kind not in KINDS:
+            raise InputError(Problem(label, "kind", f"expected one of {', '.join(KINDS)}, got {kind!r}"))
+        if not isinstance(data, dict):
+            raise InputError(Problem(label, "", f"expected a mapping of fields, got {type(data).__name__}"))
+        with self._write() as conn:
+            state = self._state(conn, patient_id, label)
+            if kind == "base":
+                if data.get("id", patient_id) != patient_id:
+                    raise InputError(Problem(label, "id", f"a patient's id is never changed: expected {patient_id!r}, "
+                                             f"got {data.get('id')!r}"))
+                if supersedes is not None and supersedes != state.base_seq:
+                    raise InputError(Problem(label, "supersedes", f"a base correction replaces the current base "
+                                             f"record #{state.base_seq}, got #{supersedes}"))
+                supersedes = state.base_seq
+                merged = dict(state.base or {})
+                for key, value in data.items():
+                    if value is None:
+                        merged.pop(key, None)
+                    else:
+                        merged[key] = value
+                if merged == state.base:
+                    raise InputError(Problem(label, "", "nothing to correct: the base record already says this"))
+                data = merged
+            if supersedes is not None:
+                self._check_target(conn, state, patient_id, kind, supersedes, reason, label, "supersedes")
+            state.apply(_NEW, kind, data, supersedes, None)
+            patient, result = self._validate(patient_id, state, label)
+            entry = self._insert(conn, patient_id, kind, data, by, self._recorded_at(conn), reason, supersedes)
+            self._project_patient(conn, patient_id, self.today(), None, (patient, result, entry.seq))
+        return entry
+
+    def retract(self, patient_id: str, seq: int, *, by: str | None = None, reason: str | None = None) -> Entry:
+        """Withdraw an entry recorded in error (it stays in the log, marked retracted).
+
+        Needs a ``reason``. The base record cannot be retracted (correct it instead), and
+        the patient without the entry must still be valid (e.g. an element's start cannot
+        be retracted while its completion stands).
+        """
+        by = _who(by)
+        label = "retract"
+        with self._write() as conn:
+            state = self._state(conn, patient_id, label)
+            row = conn.execute("SELECT kind FROM entries WHERE seq = ?", (seq,)).fetchone()
+            kind = row[0] if row else "event"
+            if kind == "base":
+                raise InputError(Problem(label, "", "the base record cannot be retracted: correct it with "
+                                         f"`protocol record {patient_id} base --set FIELD=VALUE --why ...`"))
+            self._check_target(conn, state, patient_id, kind, seq, reason, label, "seq")
+            state.apply(_NEW, kind, None, None, seq)
+            patient, result = self._validate(patient_id, state, label)
+            entry = self._insert(conn, patient_id, kind, None, by, self._recorded_at(conn), reason, None, seq)
+            self._project_patient(conn, patient_id, self.today(), None, (patient, result, entry.seq))
+        return entry
+
+    def _check_target(self, conn: sqlite3.Connection, state: _State, patient_id: str, kind: str, seq: int,
+                      reason: str | None, label: str, field: str) -> None:
+        if not (reason or "").strip():
+            raise InputError(Problem(label, "reason", "a correction needs a reason (why the entry was wrong)"))
+        row = conn.execute("SELECT patient, kind, retracts FROM entries WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            raise InputError(Problem(label, field, f"no entry #{seq} in the log"))
+        if row[0] != patient_id:
+            raise InputError(Problem(label, field, f"#{seq} belongs to patient {row[0]!r}, not {patient_id!r}"))
+        if row[2] is not None:
+            raise InputError(Problem(label, field, f"#{seq} is itself a retraction (of #{row[2]}); it cannot be "
+                                     "corrected"))
+        if row[1] != kind:
+            raise InputError(Problem(label, field, f"#{seq} is a {row[1]} entry, not a {kind} one: retract it and "
+                                     "record the right kind"))
+        if seq not in state.where:
+            later = conn.execute("SELECT seq, retracts FROM entries WHERE supersedes = ? OR retracts = ?",
+                                 (seq, seq)).fetchone()
+            how = "retracted" if later and later[1] == seq else "superseded"
+            raise InputError(Problem(label, field, f"#{seq} was already {how} by #{later[0] if later else '?'}"
+                                     + ("" if how == "retracted" else f": correct #{later[0] if later else '?'}"
+                                        " instead")))
+
+    def _insert(self, conn: sqlite3.Connection, patient_id: str, kind: str, data: Any, by: str, stamp: str,
+                reason: str | None, supersedes: int | None = None, retracts: int | None = None) -> Entry:
+        cur = conn.execute(
+            "INSERT INTO entries (patient, kind, data, recorded_by, recorded_at, reason, supersedes, retracts) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (patient_id, kind, _dumps(data), by, stamp, reason, supersedes, retracts))
+        return Entry(int(cur.lastrowid or 0), patient_id, kind, data, by, stamp, reason, supersedes, retracts)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def patient_data(self, patient_id: str, *, as_of_recorded: str | dt.date | dt.datetime | None = None
+                     ) -> dict[str, Any]:
+        """The patient file the log replays to (optionally as recorded up to a time)."""
+        upto = None if as_of_recorded is None else parse_recorded(as_of_recorded)
+        with self._read() as conn:
+            return self._state(conn, patient_id, patient_id, upto).to_dict()
+
+    def patient(self, patient_id: str, *, as_of_recorded: str | dt.date | dt.datetime | None = None) -> Patient:
+        """The validated :class:`Patient` the log replays to (optionally as recorded up to a time)."""
+        from ._loading import _check_patient
+
+        data = self.patient_data(patient_id, as_of_recorded=as_of_recorded)
+        label = f"{patient_id} in {self.path}"
+        try:
+            patient = Patient.model_validate(data)
+        except ValidationError as exc:  # pragma: no cover - every write was validated
+            raise PatientError(problems_from_validation(exc, Document(label, data))) from None
+        problems = [Problem(label, format_loc(loc), msg) for loc, msg in _check_patient(patient)]
+        if problems:  # pragma: no cover - every write was validated
+            raise PatientError(problems)
+        patient._source = label
+        return patient
+
+    def export(self, patient_id: str, *, format: str = "yaml",
+               as_of_recorded: str | dt.date | dt.datetime | None = None) -> str:
+        """The patient as a patient file (YAML or JSON text) that loads to the same :class:`Patient`."""
+        data = self.patient_data(patient_id, as_of_recorded=as_of_recorded)
+        if format == "json":
+            return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+        head = f"# {patient_id}, exported from the registry {self.path}"
+        if as_of_recorded is not None:
+            head += f" as recorded up to {parse_recorded(as_of_recorded)}"
+        return head + "\n" + _yaml_dump(data)
+
+    def history(self, patient_id: str, *, as_of_recorded: str | dt.date | dt.datetime | None = None) -> list[Entry]:
+        """The patient's audit trail: every entry in order, with what corrected it (up to a time)."""
+        upto = None if as_of_recorded is None else parse_recorded(as_of_recorded)
+        sql = ("SELECT seq, patient, kind, data, recorded_by, recorded_at, reason, supersedes, retracts "
+               "FROM entries WHERE patient = ?")
+        args: tuple[Any, ...] = (patient_id,)
+        if upto is not None:
+            sql += " AND recorded_at <= ?"
+            args += (upto,)
+        with self._read() as conn:
+            rows = conn.execute(sql + " ORDER BY seq", args).fetchall()
+            if not rows:
+                raise self._unknown(conn, patient_id, patient_id, upto)
+        entries = [Entry(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
+        by_sup = {e.supersedes: e.seq for e in entries if e.supersedes is not None}
+        by_ret = {e.retracts: e.seq for e in entries if e.retracts is not None}
+        out = []
+        base: dict[str, Any] | None = None
+        for e in entries:
+            changes = None
+            if e.kind == "base" and isinstance(e.data, dict):
+                changes = "registered" if base is None else _diff(base, e.data)
+                base = e.data
+            out.append(replace(e, superseded_by=by_sup.get(e.seq), retracted_by=by_ret.get(e.seq), changes=changes))
+        return out
+
+    def patients(self) -> list[PatientSummary]:
+        """Every registered patient, by id, with its current base record and log counts."""
+        with self._read() as conn:
+            stats = {r[0]: r[1:] for r in conn.execute(
+                "SELECT patient, count(*), max(seq) FROM entries GROUP BY patient")}
+            last = {seq: (at, by) for seq, at, by in conn.execute(
+                "SELECT seq, recorded_at, recorded_by FROM entries WHERE seq IN "
+                "(SELECT max(seq) FROM entries GROUP BY patient)")}
+            # The live base record is the latest base entry: each one supersedes the one before.
+            bases = {pid: json.loads(data) for pid, data in conn.execute(
+                "SELECT patient, data FROM entries WHERE seq IN "
+                "(SELECT max(seq) FROM entries WHERE kind = 'base' GROUP BY patient)")}
+            created = conn.execute("SELECT id, created FROM patients ORDER BY id").fetchall()
+        out = []
+        for pid, when in created:
+            count, last_seq = stats.get(pid, (0, None))
+            at, by = last.get(last_seq, ("", ""))
+            base = bases.get(pid, {})
+            out.append(PatientSummary(pid, str(base.get("protocol", "")), str(base.get("diagnosis_date", "")),
+                                      count, when, at, by))
+        return out
+
+    def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check`` (``ok`` when the file is sound)."""
+        return "; ".join(r[0] for r in self._conn.execute("PRAGMA integrity_check"))
+
+    # -- the worklist projection ----------------------------------------------------------
+
+    def worklist(self, start: dt.date | None = None, days: int = MIN_HORIZON_DAYS) -> Any:
+        """What is due across all patients in ``[start, start + days)``, what is overdue, which
+        decisions wait for a result, which items are out of window (see :mod:`protocol._worklist`).
+
+        Served from the projection table; patients whose projection is stale (computed for
+        another day, a shorter horizon, or another protocol version) are re-planned first.
+        """
+        from ._worklist import Worklist, query
+
+        if days < 1:
+            raise InputError(Problem("", "--days", f"expected a whole number of days >= 1, got {days}"))
+        start = start or self.today()
+        refreshed = 0
+        for _ in range(3):
+            with self._read() as conn:
+                stale = self._stale(conn, start, days)
+                if not stale:
+                    return Worklist(start, days, query(conn, start, days), refreshed, self.path)
+            refreshed += self._refresh(stale, start, days)
+        # Writers keep changing the projection under us: refresh and read in one transaction.
+        with self._write() as conn:
+            stale = self._stale(conn, start, days)
+            refreshed += len(stale)
+            self._refresh_in(conn, stale, start, days)
+            return Worklist(start, days, query(conn, start, days), refreshed, self.path)
+
+    def _stale(self, conn: sqlite3.Connection, start: dt.date, days: int) -> list[str]:
+        """Patients whose projection cannot serve a worklist from ``start`` for ``days`` days."""
+        current = {ref: _definition_key(ref) for (ref,) in conn.execute("SELECT DISTINCT protocol FROM projection")}
+        rows = conn.execute(
+            "SELECT p.id, j.computed_for, j.horizon, j.protocol, j.definition FROM patients AS p "
+            "LEFT JOIN projection AS j ON j.patient = p.id").fetchall()
+        day = start.isoformat()
+        return [pid for pid, computed_for, horizon, ref, definition in rows
+                if computed_for != day or horizon < days or definition != (current.get(ref) or "")
+                or not definition]
+
+    def _refresh(self, stale: Sequence[str], start: dt.date, days: int, chunk: int = 500) -> int:
+        for i in range(0, len(stale), chunk):
+            with self._write() as conn:
+                self._refresh_in(conn, stale[i:i + chunk], start, days)
+        return len(stale)
+
+    def _refresh_in(self, conn: sqlite3.Connection, patients: Sequence[str], start: dt.date, days: int) -> None:
+        for pid in patients:
+            self._project_patient(conn, pid, start, days)
+
+    def _project_patient(self, conn: sqlite3.Connection, patient_id: str, day: dt.date, days: int | None,
+                         planned: tuple[Patient, Any, int] | None = None) -> None:
+        """Recompute one patient's worklist rows as of ``day`` (inside the caller's transaction).
+
+        ``planned``: the patient, a plan of it and the last seq, when the caller just made
+        them (a write); the plan is reused if it was made as of ``day``.
+        """
+        from ._schedule import plan
+        from ._worklist import problem_row, project
+
+        old = conn.execute("SELECT horizon FROM projection WHERE patient = ?", (patient_id,)).fetchone()
+        horizon = max(days or 0, old[0] if old else 0, MIN_HORIZON_DAYS)
+        try:
+            if planned is None:
+                rows_ = self._rows(conn, patient_id)
+                last_seq = rows_[-1][0]
+                patient = Patient.model_validate(_replay(rows_).to_dict())
+                patient._source = f"{patient_id} in {self.path}"
+                result = None
+            else:
+                patient, result, last_seq = planned
+            ref = patient.protocol
+            if result is None or result.as_of != day:
+                result = plan(patient, as_of=day)
+            rows = project(result, day, horizon)
+        except Exception as exc:  # noqa: BLE001 - a patient that cannot be planned is listed, never dropped
+            rows = [problem_row(day, exc)]
+            ref = str(json.loads(conn.execute("SELECT data FROM entries WHERE patient = ? AND kind = 'base' "
+                                              "ORDER BY seq DESC LIMIT 1", (patient_id,)).fetchone()[0])
+                      .get("protocol", ""))
+            last_seq = conn.execute("SELECT max(seq) FROM entries WHERE patient = ?", (patient_id,)).fetchone()[0]
+        conn.execute("DELETE FROM worklist_rows WHERE patient = ?", (patient_id,))
+        conn.executemany("INSERT INTO worklist_rows (patient, date, category, kind, study, element, item, name, "
+                         "detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         [(patient_id, *r) for r in rows])
+        conn.execute("INSERT OR REPLACE INTO projection (patient, computed_for, horizon, protocol, definition, "
+                     "last_seq, computed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (patient_id, day.isoformat(), horizon, ref, _definition_key(ref) or "", last_seq or 0,
+                      self._stamp()))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _who(by: str | None) -> str:
+    who = (by or "").strip() or os.environ.get("USER", "").strip()
+    if not who:
+        try:
+            who = getpass.getuser().strip()
+        except Exception:  # noqa: BLE001 - no user name from the system: ask for one below
+            who = ""
+    if not who:
+        raise InputError(Problem("", "--by", "who is recording? give --by NAME (or set $USER)"))
+    return who
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``wbc_at_diagnosis 150 → 165, notes removed``: what a base correction changed."""
+    parts = []
+    for key in dict.fromkeys([*old, *new]):
+        if key not in new:
+            parts.append(f"{key} removed")
+        elif key not in old:
+            parts.append(f"{key} = {new[key]}")
+        elif old[key] != new[key]:
+            parts.append(f"{key} {old[key]} → {new[key]}")
+    return ", ".join(parts) or "no change"
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+_KEY_CACHE: dict[int, tuple[Any, str]] = {}
+
+
+def _definition_key(protocol_ref: str) -> str | None:
+    """What a projection was computed with: this release and the protocol file's content.
+
+    A new release or an edited definition makes every projection that used it stale.
+    None when the protocol cannot be loaded.
+    """
+    from . import __version__
+    from ._loading import load_protocol
+
+    try:
+        proto = load_protocol(protocol_ref)  # cached on the file's path, mtime and size
+    except Exception:  # noqa: BLE001 - an unloadable protocol: its patients are projected as problem rows
+        return None
+    cached = _KEY_CACHE.get(id(proto))
+    if cached is None or cached[0] is not proto:
+        digest = hashlib.sha256(Path(str(proto.path)).read_bytes()).hexdigest()[:16] if proto.path else ""
+        cached = (proto, f"{__version__}|{proto.id}@{proto.version}|{digest}")
+        _KEY_CACHE[id(proto)] = cached
+    return cached[1]
+
+
+def _yaml_dump(data: dict[str, Any]) -> str:
+    import yaml
+
+    base = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+    class Dumper(base):  # type: ignore[misc, valid-type]
+        """Dates stay plain ``2026-05-04`` (the package's loader reads them as text, as written)."""
+
+    Dumper.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in base.yaml_implicit_resolvers.items()
+    }
+    scalars = {k: v for k, v in data.items() if k not in _LIST_KIND}
+    out = yaml.dump(scalars, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=10_000)
+    for name in _LIST_KIND:
+        if data.get(name):
+            out += f"{name}:\n"
+            for entry in data[name]:
+                line = yaml.dump([entry], Dumper=Dumper, sort_keys=False, allow_unicode=True, width=10_000,
+                                 default_flow_style=True)
+                out += "  - " + line.strip()[1:-1] + "\n"
+    return out
+
+
+def _connect(path: Path, create: bool) -> sqlite3.Connection:
+    if not path.exists():
+        if not create:
+            raise InputError(Problem(str(path), "", "no registry here: add a patient first with "
+                                     "`protocol patients add FILE` (or give --db / $PROTOCOL_DB)"))
+        if not path.parent.is_dir():
+            raise InputError(Problem(str(path), "", f"cannot create the registry: the folder {str(path.parent)!r} "
+                                     "does not exist"))
+        try:
+            # Owner-only from the first byte, whatever the umask: the file holds dates of birth.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # created by a concurrent process a moment ago
+        except OSError as exc:
+            raise InputError(Problem(str(path), "", f"cannot create the registry: {exc.strerror}")) from None
+        else:
+            os.fchmod(fd, 0o600)
+            os.close(fd)
+    if path.is_dir():
+        raise InputError(Problem(str(path), "", "expected a registry file, got a folder"))
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise InputError(Problem(str(path), "", f"cannot read the registry: {exc.strerror}")) from None
+    if head and head != b"SQLite format 3\x00":
+        raise InputError(Problem(str(path), "", "not a protocol registry (not an SQLite database)"))
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":  # pragma: no cover - e.g. a file system without shared memory
+            raise InputError(Problem(str(path), "", f"cannot use write-ahead logging here (journal mode {mode})"))
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise InputError(Problem(str(path), "", f"not a usable protocol registry: {exc}")) from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path, stamp: Callable[[], str]) -> None:
+    """Bring the schema up to :data:`SCHEMA_VERSION`, one migration at a time, in one transaction."""
+    version, app_id = _version(conn)
+    if version == SCHEMA_VERSION and app_id == APPLICATION_ID:
+        return
+    _check_version(conn, path, version, app_id)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version, app_id = _version(conn)  # another process may have migrated meanwhile
+        _check_version(conn, path, version, app_id)
+        from . import __version__
+
+        for number, what, script in MIGRATIONS:
+            if number <= version:
+                continue
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                         (f"migration.{number}", f"{stamp()} {what} (protocol {__version__})"))
+            conn.execute(f"PRAGMA user_version = {number}")
+        if version == 0:
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute("INSERT INTO meta (key, value) VALUES ('application', 'protocol patient registry')")
+            conn.execute("INSERT INTO meta (key, value) VALUES ('created', ?)", (stamp(),))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _version(conn: sqlite3.Connection) -> tuple[int, int]:
+    return (int(conn.execute("PRAGMA user_version").fetchone()[0]),
+            int(conn.execute("PRAGMA application_id").fetchone()[0]))
+
+
+def _check_version(conn: sqlite3.Connection, path: Path, version: int, app_id: int) -> None:
+    if version == 0:
+        if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise InputError(Problem(str(path), "", "not a protocol registry (an SQLite database with other tables)"))
+        return
+    if app_id != APPLICATION_ID:
+        raise InputError(Problem(str(path), "", "not a protocol registry (another application's SQLite database)"))
+    if version > SCHEMA_VERSION:
+        raise InputError(Problem(str(path), "", f"made by a newer release of protocol (schema {version}; this "
+                                 f"release reads schemas up to {SCHEMA_VERSION}): upgrade protocol"))
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def open_registry(path: str | os.PathLike[str] | None = None, *, create: bool = False) -> Registry:
+    """Open the registry at ``path`` (default: :func:`default_db_path`), migrating an older schema.
+
+    ``create``: make an empty registry (mode 0600) if there is none; otherwise a missing file
+    is an :class:`InputError` that says how to add the first patient.
+    """
+    return Registry(default_db_path() if path is None else path, create=create)
+
+
+def resolve_patient(ref: str, db: str | os.PathLike[str] | None = None) -> Patient:
+    """The registry patient ``ref`` (an id), as a validated :class:`Patient` (what ``plan`` takes).
+
+    Raises :class:`PatientError` when there is no registry or no such patient, naming how to add it.
+    """
+    path = default_db_path() if db is None else Path(db)
+    if not path.exists():
+        raise PatientError(Problem(ref, "", f"no such patient file, and no registry at {path} to look the id up in "
+                                   "(add patients with `protocol patients add FILE`, or give --db)"))
+    with Registry(path) as reg:
+        return reg.patient(ref)
+
+
+def worklist(db: str | os.PathLike[str] | None = None, start: dt.date | None = None, days: int = 7) -> Any:
+    """The worklist of every patient in the registry ``db`` (see :meth:`Registry.worklist`)."""
+    with open_registry(db) as reg:
+        return reg.worklist(start, days)

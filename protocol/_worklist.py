@@ -1,0 +1,189 @@
+"""The worklist: what is due across all patients, what is overdue, which decisions wait for a
+result, which items were done out of window.
+
+Planning every patient on every call would not scale (a plan costs ~0.1-0.3 ms plus loading
+the patient; 10,000 patients is seconds), so the registry keeps a *projection*: for each
+patient, the worklist rows of its plan, computed as of one day (``computed_for``) and
+covering ``horizon`` days from it. It is maintained in the same transaction as every write
+to the patient (as of the day of the write), and a worklist query is plain SQL over an
+indexed date column.
+
+Staleness rule: a patient's rows serve a worklist from ``F`` for ``N`` days only if they were
+computed for exactly ``F``, with a horizon of at least ``N`` days, by this release with the
+same protocol definition (file content). Any other patient is re-planned (and its rows
+stored) before the query. Statuses such as *overdue* depend on the day a plan is made for,
+so rows computed for another day are never reused: the first worklist of a new day
+re-plans every patient (see the README for the figures; a nightly ``protocol worklist``
+keeps the day's first call fast).
+
+Rows (one per line of the worklist), by ``category``:
+
+- ``overdue``: an item whose status on the plan is ``overdue`` (any date before ``F``);
+- ``due``: an item dated in ``[F, F + N)`` not yet done (administrations, assessments such
+  as MRD samples and lumbar punctures, bag changes...), with its dose;
+- ``waiting``: a decision that waits for a result (``Plan.pending``), due before ``F + N``;
+- ``deviation``: an entry of ``Plan.deviations`` (out of window, overdue, weight change...)
+  dated in ``[F - N, F + N)``;
+- ``problem``: a patient that cannot be planned any more (e.g. its protocol file is gone);
+  listed, never dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CATEGORIES", "Worklist", "problem_row", "project", "query"]
+
+#: Row categories, in the order a day's rows are listed.
+CATEGORIES = ("problem", "overdue", "waiting", "deviation", "due")
+#: Item statuses that need nothing more: not listed as due.
+_CLOSED = frozenset({"done", "given", "omitted", "completed", "cancelled", "skipped", "stopped"})
+_FIELDS = ("date", "patient", "category", "kind", "study", "element", "item", "name", "detail", "status", "branch")
+
+
+def _ref(item: Any) -> str:
+    ref = getattr(item, "ref", None)
+    return ref if ref else f"{item.element}:{item.slot.key}@{item.element_day}"
+
+
+def _get(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat() if isinstance(value, dt.date) else str(value)
+
+
+def project(plan: Any, day: dt.date, horizon: int) -> list[tuple[Any, ...]]:
+    """The worklist rows of one patient's plan made as of ``day``, covering ``horizon`` days.
+
+    Each row is ``(date, category, kind, study, element, item, name, detail, status, branch)``.
+    """
+    start = day.toordinal()
+    end = start + horizon
+    out: list[tuple[Any, ...]] = []
+    overdue: set[str] = set()
+    for item in plan.items:
+        ordinal, status = item.ordinal, item.status
+        if status == "overdue":
+            category = "overdue"
+        elif start <= ordinal < end and status not in _CLOSED:
+            category = "due"
+        else:
+            continue
+        slot = item.slot
+        ref = _ref(item)
+        if category == "overdue":
+            overdue.add(ref)
+        dose = item.dose
+        detail = " ".join(p for p in (slot.route, None if dose is None else dose.text) if p)
+        out.append((item.date.isoformat(), category, slot.kind, slot.study, slot.element, ref, slot.name,
+                    detail or None, status, item.branch))
+    for d in plan.pending:
+        if d.date is not None and d.date.toordinal() < end:
+            out.append((d.date.isoformat(), "waiting", "decision", None, d.at, d.id, f"decision {d.id}",
+                        "waits for " + ", ".join(d.waiting_for), d.status, d.branch))
+    back = dt.date.fromordinal(start - horizon).isoformat()
+    last = dt.date.fromordinal(end).isoformat()
+    for dev in getattr(plan, "deviations", None) or ():
+        when = _iso(_get(dev, "date"))
+        kind = str(_get(dev, "kind") or "deviation")
+        ref = _get(dev, "item")
+        if not (back <= when < last) or (kind == "overdue" and ref in overdue):
+            continue
+        out.append((when, "deviation", kind, None, _get(dev, "element"), ref, kind.replace("_", " "),
+                    _get(dev, "message"), None, None))
+    return out
+
+
+def problem_row(day: dt.date, exc: BaseException) -> tuple[Any, ...]:
+    """The row that stands for a patient whose plan cannot be made."""
+    problems = getattr(exc, "problems", None)
+    message = "; ".join(str(p) for p in problems) if problems else f"{type(exc).__name__}: {exc}"
+    return (day.isoformat(), "problem", "error", None, None, None, "cannot plan", message, None, None)
+
+
+def query(conn: sqlite3.Connection, start: dt.date, days: int) -> list[tuple[Any, ...]]:
+    """The worklist rows for ``[start, start + days)`` from a fresh projection, sorted by date."""
+    first = start.isoformat()
+    end = (start + dt.timedelta(days=days)).isoformat()
+    back = (start - dt.timedelta(days=days)).isoformat()
+    order = "CASE category " + " ".join(f"WHEN '{c}' THEN {i}" for i, c in enumerate(CATEGORIES)) + " END"
+    return conn.execute(
+        f"SELECT {', '.join(_FIELDS)} FROM worklist_rows "
+        "WHERE (category IN ('overdue', 'waiting', 'problem') AND date < ?) "
+        "OR (category = 'due' AND date >= ? AND date < ?) "
+        "OR (category = 'deviation' AND date >= ? AND date < ?) "
+        f"ORDER BY date, patient, {order}, element, item",
+        (end, first, end, back, end)).fetchall()
+
+
+class Worklist:
+    """The worklist from ``start`` for ``days`` days: ``rows`` are tuples in :data:`fields`
+    order, sorted by date then patient. ``refreshed`` counts the patients re-planned to serve it.
+    """
+
+    fields = _FIELDS
+
+    def __init__(self, start: dt.date, days: int, rows: list[tuple[Any, ...]], refreshed: int,
+                 db: Path | None = None) -> None:
+        self.start = start
+        self.days = days
+        self.rows = rows
+        self.refreshed = refreshed
+        self.db = db
+
+    @property
+    def end(self) -> dt.date:
+        """The last day covered."""
+        return self.start + dt.timedelta(days=self.days - 1)
+
+    def counts(self) -> dict[str, int]:
+        """Rows per category."""
+        out = dict.fromkeys(CATEGORIES, 0)
+        for row in self.rows:
+            out[row[2]] += 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``protocol worklist --json``)."""
+        fields = self.fields
+        return {"from": self.start.isoformat(), "to": self.end.isoformat(), "days": self.days,
+                "counts": self.counts(), "refreshed": self.refreshed,
+                "rows": [dict(zip(fields, row, strict=True)) for row in self.rows]}
+
+    def to_json(self) -> str:
+        """The worklist as JSON text."""
+        data = self.to_dict()
+        rows = data.pop("rows")
+        head = json.dumps(data, ensure_ascii=False)[:-1]
+        body = ",\n    ".join(json.dumps(r, ensure_ascii=False) for r in rows)
+        return head + (', "rows": [\n    ' + body + "\n]}\n" if rows else ', "rows": []}\n')
+
+    def table(self) -> str:
+        """Plain-text table: one line per row, a summary line first."""
+        c = self.counts()
+        head = (f"worklist {self.start.isoformat()} to {self.end.isoformat()} ({self.days} days): {c['due']} due, "
+                f"{c['overdue']} overdue, {c['waiting']} decisions waiting for a result, {c['deviation']} deviations"
+                + (f", {c['problem']} patients that cannot be planned" if c["problem"] else ""))
+        if not self.rows:
+            return head + "\nnothing to do\n"
+        label = {"due": "due", "overdue": "OVERDUE", "waiting": "WAITING", "deviation": "DEVIATION",
+                 "problem": "PROBLEM"}
+        wp = max(7, *(len(r[1]) for r in self.rows))
+        we = max(7, *(len(r[5] or "") for r in self.rows))
+        wi = max(4, *(len(r[6] or "") for r in self.rows))
+        lines = [head, f"{'date':<10}  {'patient':<{wp}}  {'what':<9}  {'element':<{we}}  {'item':<{wi}}  name / detail"]
+        for date, patient, category, kind, study, element, item, name, detail, status, branch in self.rows:
+            text = name if not detail else f"{name}: {detail}"
+            if study:
+                text += f" [{study}]"
+            if branch:
+                text += f" (if {branch})"
+            lines.append(f"{date}  {patient:<{wp}}  {label[category]:<9}  {element or '':<{we}}  {item or '':<{wi}}  "
+                         f"{text}")
+        return "\n".join(lines) + "\n"
