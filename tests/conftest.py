@@ -32,8 +32,13 @@ import protocol
 ROOT = Path(__file__).resolve().parent.parent
 DEFINITIONS_DIR = ROOT / "protocol" / "definitions"
 SHIPPED_DEFINITIONS = sorted(DEFINITIONS_DIR.glob("*.yaml"))
-EXAMPLE_PATIENTS = sorted((ROOT / "examples" / "patients").glob("*.yaml"))
 SHIPPED_ID = "interfant06-blinatumomab"
+#: Every example patient file, whatever its protocol.
+ALL_EXAMPLE_PATIENTS = sorted((ROOT / "examples" / "patients").glob("*.yaml"))
+#: The example patients of the reference protocol (interfant06-blinatumomab): the tests of
+#: the engine assert its elements, decisions and dates.
+EXAMPLE_PATIENTS = [p for p in ALL_EXAMPLE_PATIENTS
+                    if yaml.safe_load(p.read_text(encoding="utf-8"))["protocol"].split("@")[0] == SHIPPED_ID]
 
 #: The planning date used by every test that plans the examples.
 AS_OF = datetime.date(2026, 11, 21)
