@@ -25,7 +25,8 @@ from ._loading import evidence_counts, placeholder_rows
 from ._machine import Slot
 from ._schedule import Item, Plan, fmt_amount, mosteller
 
-__all__ = ["plan_table", "render_roadmap", "templates_dir"]
+__all__ = ["pathway_svg", "plan_table", "render_pdf", "render_roadmap", "roadmap_context", "templates_dir",
+           "timeline_svg"]
 
 FORMATS = ("html", "md")
 _UNIT = {"per_m2": "/m²", "per_kg": "/kg", "fixed": "", "age_banded": ""}
@@ -56,7 +57,22 @@ def _environment(search: tuple[str, ...]) -> Any:
         keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined,
     )
+    env.filters["css_string"] = _css_string
     return env
+
+
+def _css_string(value: Any) -> Any:
+    """A value as a CSS string literal (for ``content:`` in ``@page`` rules): quotes,
+    backslashes, ``<`` and non-ASCII written as CSS escapes, so no HTML escaping is needed."""
+    from markupsafe import Markup
+
+    out = []
+    for ch in str(value):
+        if ch.isascii() and ch.isprintable() and ch not in '"\\<>&':
+            out.append(ch)
+        else:
+            out.append(f"\\{ord(ch):x} ")
+    return Markup('"' + "".join(out) + '"')
 
 
 def _env(templates: str | os.PathLike[str] | None) -> Any:
@@ -87,6 +103,15 @@ class DrugRow(NamedTuple):
     kind: str
 
 
+class Observation(NamedTuple):
+    """An assessment of an element, lettered as in a TDM's observations list (a., b., ...)."""
+
+    letter: str
+    name: str
+    days: str
+    days_unverified: bool
+
+
 class GridRow(NamedTuple):
     date: str
     weekday: str
@@ -115,6 +140,8 @@ class Section(NamedTuple):
     next_row: str
     notes: tuple[str, ...]
     decision: Any
+    observations: tuple[Observation, ...] = ()
+    decision_row: str = ""
 
 
 def _fmt_date(day: dt.date | None) -> str:
@@ -145,24 +172,41 @@ def _dosage(slot: Slot) -> tuple[str, bool]:
     return text, unverified
 
 
+def _days_unverified(slot: Slot) -> bool:
+    days = getattr(slot.source, "days", None)
+    return (getattr(days, "evidence", None) or slot.evidence) == "placeholder"
+
+
+_ROUTINE = frozenset({"planned", "done", "pending_decision"})
+
+
 def _section(plan: Plan, span: Any, items: list[Item], decision: Any) -> Section:
     p = plan.protocol
     el = p.elements[span.id]
     model = el.model
-    adms = [s for s in el.slots if s.kind == "administration"]
+    # Every slot that is not an assessment (administrations, and any other kind of task such as
+    # infusion-bag changes) gets a column in the day grid; assessments are the observations.
+    adms = [s for s in el.slots if s.kind != "assessment"]
+    assessments = [s for s in el.slots if s.kind == "assessment"]
     drugs = []
     for s in el.slots:
-        if s.kind == "administration":
+        if s.kind == "assessment":
+            drugs.append(DrugRow(s.key, s.name, "", "", False, "", False, s.days_text, _days_unverified(s), "", (),
+                                 "assessment"))
+        elif s.dose is not None:
             dosage, unverified = _dosage(s)
             doses = sorted({i.dose.text for i in items if i.slot is s and i.dose is not None})
             calculated = ", ".join(doses) if doses else "no dates (days not specified)"
             drugs.append(DrugRow(s.key, s.name, s.route or "", dosage, unverified, calculated,
-                                 bool(doses) and s.evidence == "placeholder", s.days_text,
-                                 s.source.days.evidence == "placeholder", _FREQ.get(s.frequency or "", ""),
-                                 s.notes, "administration"))
+                                 bool(doses) and s.evidence == "placeholder", s.days_text, _days_unverified(s),
+                                 _FREQ.get(s.frequency or "", ""), s.notes, s.kind))
         else:
-            drugs.append(DrugRow(s.key, s.name, "", "", False, "", False, s.days_text,
-                                 s.source.days.evidence == "placeholder", "", (), "assessment"))
+            drugs.append(DrugRow(s.key, s.name, s.route or "", str(s.kind).replace("_", " "), False, "", False,
+                                 s.days_text, s.evidence == "placeholder", "", s.notes, s.kind))
+    # Observations are lettered as on a COG Therapy Delivery Map; the day grid cites the letters.
+    observations = tuple(Observation(chr(ord("a") + n % 26) * (1 + n // 26), s.name, s.days_text,
+                                     _days_unverified(s)) for n, s in enumerate(assessments))
+    letters = {s.key: o.letter for s, o in zip(assessments, observations)}
     # Day grid: one row per date with something due; long daily runs on first and last day only.
     run_days: dict[int, tuple[int, int]] = {}
     for s in adms:
@@ -172,7 +216,7 @@ def _section(plan: Plan, span: Any, items: list[Item], decision: Any) -> Section
     by_date: dict[int, list[Item]] = {}
     for i in items:
         run = run_days.get(id(i.slot))
-        if run is not None and i.ordinal not in run:
+        if run is not None and i.ordinal not in run and i.status in _ROUTINE and not getattr(i, "note", None):
             continue
         by_date.setdefault(i.ordinal, []).append(i)
     grid = []
@@ -181,20 +225,27 @@ def _section(plan: Plan, span: Any, items: list[Item], decision: Any) -> Section
         todays = by_date[ordinal]
         for s in adms:
             hit = next((i for i in todays if i.slot is s), None)
-            if hit is None or hit.dose is None:
+            if hit is None:
                 cells.append(("", False))
                 continue
-            text = hit.dose.text
+            text = hit.dose.text if hit.dose is not None else str(s.kind).replace("_", " ")
             run = run_days.get(id(s))
-            if run is not None:
-                text = (f"{text} — start, daily to {dt.date.fromordinal(run[1]).isoformat()}" if ordinal == run[0]
-                        else f"{text} — last day")
+            if run is not None and ordinal == run[0]:
+                text = f"{text} — start, daily to {dt.date.fromordinal(run[1]).isoformat()}"
+            elif run is not None and ordinal == run[1]:
+                text = f"{text} — last day"
             cells.append((text, s.evidence == "placeholder"))
-        studies = "; ".join(i.slot.name for i in todays if i.slot.kind == "assessment")
+        studies = "; ".join(f"{letters[i.slot.key]}. {i.slot.name}" for i in todays if i.slot.key in letters
+                            and i.slot.kind == "assessment")
+        # Anything out of the ordinary recorded for an item (given, omitted, held, moved...) is
+        # printed in the comments, whatever the status is called.
+        comment = "; ".join(f"{i.slot.name}: {str(i.status).replace('_', ' ')}"
+                            + (f" — {i.note}" if getattr(i, "note", None) else "")
+                            for i in todays if i.status not in _ROUTINE or getattr(i, "note", None))
         first = todays[0]
         day = dt.date.fromordinal(ordinal)
         grid.append(GridRow(day.isoformat(), day.strftime("%a"), first.element_day, first.study_day, tuple(cells),
-                            studies, ""))
+                            studies, comment))
     start = span.actual_start or span.planned_start
     next_row = ""
     if el.length is not None and start is not None:
@@ -215,10 +266,24 @@ def _section(plan: Plan, span: Any, items: list[Item], decision: Any) -> Section
     else:
         length, length_unverified, length_note = "", False, ""
     notes = tuple(model.notes) + ((model.description,) if model.description else ())
+    decision_row = "" if decision is None else _decision_text(decision)
     return Section(span.id, span.title, span.status, span.branch, _fmt_date(span.planned_start),
                    _fmt_date(span.planned_end), _fmt_date(span.actual_start), _fmt_date(span.actual_end), length,
                    length_unverified, length_note, tuple(drugs), tuple(s.name for s in adms), tuple(grid), next_row,
-                   notes, decision)
+                   notes, decision, observations, decision_row)
+
+
+def _decision_text(d: Any) -> str:
+    """One line for the end of an element's day grid: what the decision is and where it stands."""
+    rules = "; ".join(f"→ {b['to']} " + ("otherwise" if b["when"] == "otherwise" else f"if {b['when']}")
+                      for b in d.branches)
+    if d.status == "pending":
+        state = f"PENDING: waits for {', '.join(d.waiting_for)}"
+    elif d.outcome:
+        state = f"{str(d.status).replace('_', ' ')}: {d.outcome}"
+    else:
+        state = str(d.status).replace("_", " ")
+    return f"Decision {d.id} ({state}): {rules}"
 
 
 def roadmap_context(plan: Plan, generated: dt.datetime | None = None) -> dict[str, Any]:
@@ -261,7 +326,10 @@ def roadmap_context(plan: Plan, generated: dt.datetime | None = None) -> dict[st
         "placeholders": placeholders,
         "evidence": evidence_counts(p),
         "generated": generated.strftime("%Y-%m-%d %H:%M UTC"),
+        "generated_iso": generated.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "fmt_amount": fmt_amount,
+        "pathway_svg": pathway_svg(plan),
+        "timeline_svg": timeline_svg(plan),
     }
 
 
@@ -287,6 +355,36 @@ def render_roadmap(plan: Plan, format: str = "html", templates: str | os.PathLik
         raise InputError(Problem("", "format", f"expected one of {', '.join(FORMATS)}, got {format!r}"))
     template = _env(templates).get_template(f"roadmap.{format}.j2")
     return template.render(**roadmap_context(plan, generated))
+
+
+def render_pdf(plan: Plan, templates: str | os.PathLike[str] | None = None,
+               generated: dt.datetime | None = None) -> bytes:
+    """Render a patient's printable roadmap as PDF bytes (the HTML roadmap through WeasyPrint).
+
+    The page size, margins, running header and the footer on every page (protocol version,
+    generation date, "check against the official protocol document", page X of Y) come from
+    the HTML template's CSS ``@page`` rules. With ``SOURCE_DATE_EPOCH`` set (or ``generated``
+    given) the output is byte-identical from run to run.
+
+    Needs the Pango library (Debian: ``libpango-1.0-0 libpangoft2-1.0-0``).
+    """
+    if generated is None:
+        generated = _generated_at()
+    html = render_roadmap(plan, "html", templates, generated)
+    try:
+        import weasyprint
+    except OSError as exc:  # pragma: no cover - depends on the machine's libraries
+        raise RuntimeError("PDF output needs the Pango library (Debian/Ubuntu: apt-get install libpango-1.0-0 "
+                           f"libpangoft2-1.0-0 libharfbuzz-subset0): {exc}") from None
+    folders = ([Path(templates)] if templates is not None else []) + [templates_dir()]
+    css = next((f / "roadmap.print.css" for f in folders if (f / "roadmap.print.css").is_file()), None)
+    stylesheets = [] if css is None else [weasyprint.CSS(string=css.read_text(encoding="utf-8"))]
+    document = weasyprint.HTML(string=html, base_url=str(folders[0])).render(stylesheets=stylesheets)
+    # The PDF identifier is otherwise random-ish: derive it from the content for reproducibility.
+    import hashlib
+
+    ident = hashlib.md5(html.encode("utf-8"), usedforsecurity=False).hexdigest().encode("ascii")
+    return document.write_pdf(pdf_identifier=ident)
 
 
 def plan_table(plan: Plan, width: int | None = None) -> str:
@@ -326,3 +424,279 @@ def plan_rows(plan: Plan) -> Sequence[tuple[str, ...]]:
              i.slot.route or "", "" if i.dose is None else i.dose.text, i.status,
              "UNVERIFIED" if i.slot.evidence == "placeholder" else i.slot.evidence, i.branch or "")
             for i in plan.items]
+
+
+# --------------------------------------------------------------------------- pictures (static SVG)
+#
+# Both pictures are plain SVG written here (no JavaScript, no external files), so they look the
+# same in a browser, in print and in the PDF. Every state is written in words as well as in
+# colour, so a black-and-white printout still reads.
+
+_STATE_STYLE = {  # fill, stroke, dash, text colour
+    "completed": ("#d1fae5", "#065f46", "", "#111"),
+    "in_progress": ("#fef3c7", "#92400e", "", "#111"),
+    "planned": ("#ffffff", "#333333", "", "#111"),
+    "pending_decision": ("#eff6ff", "#1d4ed8", "5 3", "#111"),
+    "stopped": ("#fee2e2", "#991b1b", "", "#111"),
+    "not_taken": ("#f3f4f6", "#9ca3af", "2 3", "#6b7280"),
+}
+_OTHER_STYLE = ("#ffffff", "#333333", "", "#111")
+
+
+def _short(title: str) -> str:
+    """``Induction (IA) with 7-day prednisone prephase`` → ``Induction``; ``MARMA`` stays."""
+    return title.split(":")[0].split(" (")[0].strip() or title
+
+
+def _wrap(text: str, width: int = 17, lines: int = 2) -> list[str]:
+    out: list[str] = []
+    for word in text.split():
+        if out and len(out[-1]) + 1 + len(word) <= width:
+            out[-1] += " " + word
+        else:
+            out.append(word)
+    if len(out) > lines:
+        out = out[:lines]
+        out[-1] = out[-1][: width - 1] + "…"
+    return out
+
+
+def _depths(table: dict[str, tuple[Any, ...]], node: str, seen: frozenset[str] = frozenset()) -> int:
+    if node in seen:
+        return 0
+    return 1 + max((_depths(table, e.dest, seen | {node}) for e in table.get(node, ())), default=0)
+
+
+def pathway_svg(plan: Plan) -> str:
+    """The protocol's elements in order as a static SVG flow chart, with this patient's state:
+    each element completed / in progress / planned / pending a decision / not taken, and each
+    decision point as a diamond whose branches are marked taken, pending or not taken."""
+    from markupsafe import Markup, escape
+
+    p = plan.protocol
+    table = p.table
+    pos: dict[str, tuple[int, int]] = {}
+    diamonds: dict[str, tuple[int, int]] = {}
+    rows = [0]
+
+    def place(node: str, col: int, row: int) -> None:
+        if node in pos:
+            return
+        pos[node] = (col, row)
+        edges = sorted(table.get(node, ()), key=lambda e: -_depths(table, e.dest))
+        nxt = col + 1
+        if len(edges) > 1:
+            diamonds[node] = (col + 1, row)
+            nxt = col + 2
+        for k, e in enumerate(edges):
+            if k:
+                rows[0] += 1
+            place(e.dest, nxt, row if k == 0 else rows[0])
+
+    place(p.initial, 0, 0)
+    for eid in p.elements:  # anything unreachable (a validated protocol has none) goes last
+        if eid not in pos:
+            rows[0] += 1
+            place(eid, 0, rows[0])
+    spans: dict[str, Any] = {}
+    for span in plan.elements:
+        spans.setdefault(span.id, span)
+    decisions: dict[str, Any] = {}
+    for d in plan.decisions:
+        if d.at not in decisions or d.branch is None:
+            decisions[d.at] = d
+
+    cw, rh, bw, bh, pad = 150, 78, 128, 58, 10
+    ncols = max(c for c, _ in [*pos.values(), *diamonds.values()]) + 1
+    nrows = rows[0] + 1
+    width, height = ncols * cw + pad, nrows * rh + pad + 34
+
+    def box_xy(col: int, row: int) -> tuple[float, float]:
+        return pad + col * cw, pad + row * rh
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="pathway" viewBox="0 0 {width} {height}" '
+           f'width="{width}" height="{height}" role="img" aria-labelledby="pathway-title">',
+           f'<title id="pathway-title">Treatment pathway of {escape(p.id)} {escape(p.version)} for '
+           f'{escape(plan.patient.id)}</title>',
+           '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+           'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#333"/></marker></defs>']
+
+    def edge_class(src: str, dest: str) -> str:
+        d = decisions.get(src)
+        if d is None:
+            return "taken" if src in spans and dest in spans else "future"
+        if d.status == "pending":
+            return "pending" if dest in spans else "not_taken"
+        return "taken" if d.outcome == dest else "not_taken"
+
+    line_style = {"taken": ('#111', '', '2'), "pending": ('#1d4ed8', '5 3', '1.6'),
+                  "not_taken": ('#9ca3af', '2 3', '1.2'), "future": ('#333', '', '1.2')}
+    for src, edges in table.items():
+        if src not in pos:
+            continue
+        sc, sr = pos[src]
+        sx, sy = box_xy(sc, sr)
+        start = (sx + bw, sy + bh / 2)
+        if src in diamonds:
+            dc, dr = diamonds[src]
+            dx, dy = box_xy(dc, dr)
+            cx, cy = dx + bw / 2, dy + bh / 2
+            colour, dash, stroke = line_style["taken" if src in spans and src in decisions else "future"]
+            out.append(f'<path d="M{start[0]},{start[1]} L{cx - 16},{cy}" stroke="{colour}" stroke-width="{stroke}" '
+                       f'fill="none" marker-end="url(#arrow)"/>')
+            start = (cx + 16, cy)
+        for e in edges:
+            if e.dest not in pos:
+                continue
+            tc, tr = pos[e.dest]
+            tx, ty = box_xy(tc, tr)
+            cls = edge_class(src, e.dest)
+            colour, dash, stroke = line_style[cls]
+            end = (tx, ty + bh / 2)
+            mid = start[0] + 12
+            d = (f"M{start[0]},{start[1]} L{end[0]},{end[1]}" if start[1] == end[1]
+                 else f"M{start[0]},{start[1]} L{mid},{start[1]} L{mid},{end[1]} L{end[0]},{end[1]}")
+            dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+            out.append(f'<path d="{d}" stroke="{colour}" stroke-width="{stroke}" fill="none"{dash_attr} '
+                       f'marker-end="url(#arrow)"><title>{escape(src)} → {escape(e.dest)}: '
+                       f'{escape(cls.replace("_", " "))}</title></path>')
+            if src in diamonds:
+                label = e.label or ("otherwise" if e.condition is None else e.dest)
+                word = {"taken": "taken", "pending": "pending", "not_taken": "not taken"}.get(cls, "")
+                lx = (start[0] + end[0]) / 2 if start[1] == end[1] else (mid + end[0]) / 2
+                out.append(f'<text x="{lx}" y="{end[1] - 4}" font-size="8" text-anchor="middle" '
+                           f'fill="{colour}">{escape(label)}</text>')
+                if word:
+                    out.append(f'<text x="{lx}" y="{end[1] + 10}" font-size="7.5" font-style="italic" '
+                               f'text-anchor="middle" fill="{colour}">{word}</text>')
+    for src, (dc, dr) in diamonds.items():
+        dx, dy = box_xy(dc, dr)
+        cx, cy = dx + bw / 2, dy + bh / 2
+        d = decisions.get(src)
+        state = "not reached" if d is None else str(d.status).replace("_", " ")
+        fill = "#eff6ff" if d is not None and d.status == "pending" else "#fff"
+        name = table[src][0].decision
+        out.append(f'<polygon points="{cx},{cy - 16} {cx + 16},{cy} {cx},{cy + 16} {cx - 16},{cy}" fill="{fill}" '
+                   f'stroke="#1d4ed8" stroke-width="1.5"><title>decision {escape(name)}: {escape(state)}</title>'
+                   f'</polygon>')
+        out.append(f'<text x="{cx}" y="{cy + 28}" font-size="9" text-anchor="middle">{escape(name)}</text>')
+        out.append(f'<text x="{cx}" y="{cy + 38}" font-size="8" text-anchor="middle" fill="#1d4ed8">'
+                   f'{escape(state)}</text>')
+    for eid, (col, row) in pos.items():
+        x, y = box_xy(col, row)
+        span = spans.get(eid)
+        state = "not_taken" if span is None else span.status
+        fill, stroke, dash, ink = _STATE_STYLE.get(state, _OTHER_STYLE)
+        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+        width_ = "2.4" if state == "in_progress" else "1.3"
+        title = p.elements[eid].title
+        out.append(f'<g class="node {escape(state)}"><title>{escape(title)}</title>'
+                   f'<rect x="{x}" y="{y}" width="{bw}" height="{bh}" rx="6" fill="{fill}" stroke="{stroke}" '
+                   f'stroke-width="{width_}"{dash_attr}/>')
+        lines = _wrap(_short(title))
+        for k, line in enumerate(lines):
+            out.append(f'<text x="{x + bw / 2}" y="{y + 15 + k * 12}" font-size="11" font-weight="bold" '
+                       f'text-anchor="middle" fill="{ink}">{escape(line)}</text>')
+        if span is not None:
+            start = span.actual_start or span.planned_start
+            when = "" if start is None else ("from " if span.actual_start else "due ") + start.isoformat()
+        else:
+            when = "—"
+        words = "not taken" if span is None else state.replace("_", " ")
+        out.append(f'<text x="{x + bw / 2}" y="{y + bh - 17}" font-size="8.5" text-anchor="middle" '
+                   f'fill="{ink}">{escape(when)}</text>')
+        out.append(f'<text x="{x + bw / 2}" y="{y + bh - 6}" font-size="8.5" font-style="italic" '
+                   f'text-anchor="middle" fill="{ink}">{escape(words)}</text></g>')
+    # Legend.
+    lx, ly = pad, height - 22
+    for state in ("completed", "in_progress", "planned", "pending_decision", "not_taken"):
+        fill, stroke, dash, _ = _STATE_STYLE[state]
+        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+        out.append(f'<rect x="{lx}" y="{ly}" width="14" height="10" fill="{fill}" stroke="{stroke}"{dash_attr}/>'
+                   f'<text x="{lx + 18}" y="{ly + 9}" font-size="9">{state.replace("_", " ")}</text>')
+        lx += 118
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def timeline_svg(plan: Plan) -> str:
+    """The patient's elements on a date axis as static SVG: per element a hollow bar for the
+    planned dates and a filled bar for the actual ones, branch elements dashed, a line at the
+    plan's as-of date."""
+    from markupsafe import Markup, escape
+
+    spans = plan.elements
+    start = plan.patient.start_date.toordinal()
+    ends = [start + 1, plan.as_of.toordinal()]
+    for s in spans:
+        for day in (s.planned_start, s.planned_end, s.actual_start, s.actual_end):
+            if day is not None:
+                ends.append(day.toordinal())
+        if s.planned_end is None and s.planned_start is not None:
+            ends.append(s.planned_start.toordinal() + 45)  # room for the label of an open element
+    end = max(ends)
+    left, right, top, rh = 200, 990, 24, 26
+    width = 1000
+    height = top + rh * len(spans) + 46
+    scale = (right - left) / max(1, end - start)
+
+    def x(day: dt.date | int) -> float:
+        ordinal = day if isinstance(day, int) else day.toordinal()
+        return round(left + (ordinal - start) * scale, 1)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" viewBox="0 0 {width} {height}" '
+           f'width="{width}" height="{height}" role="img" aria-labelledby="timeline-title">',
+           f'<title id="timeline-title">Timeline of the elements for {escape(plan.patient.id)}: planned and '
+           f'actual dates</title>']
+    # Axis: a tick on the first of every quarter (every year on long plans).
+    first = dt.date.fromordinal(start)
+    months = 3 if (end - start) < 4 * 366 else 12
+    tick = dt.date(first.year, 1, 1)
+    while tick.toordinal() <= end:
+        if tick.toordinal() >= start:
+            tx = x(tick)
+            out.append(f'<line x1="{tx}" y1="{top - 6}" x2="{tx}" y2="{height - 40}" stroke="#e5e7eb"/>'
+                       f'<text x="{tx}" y="{top - 9}" font-size="9" text-anchor="middle" fill="#555">'
+                       f'{tick.year}-{tick.month:02d}</text>')
+        month = tick.month - 1 + months
+        tick = dt.date(tick.year + month // 12, month % 12 + 1, 1)
+    for n, s in enumerate(spans):
+        y = top + n * rh
+        fill, stroke, dash, ink = _STATE_STYLE.get(s.status, _OTHER_STYLE)
+        label = _wrap(_short(s.title), 22, 1)[0] + (f" (if {s.branch.split('→')[-1]})" if s.branch else "")
+        out.append(f'<text x="{left - 6}" y="{y + 15}" font-size="10" text-anchor="end" fill="{ink}">'
+                   f'{escape(label)}</text>')
+        dash_attr = f' stroke-dasharray="{dash or "5 3"}"' if s.branch else ""
+        tip = (f"{s.title}: planned {_fmt_date(s.planned_start)} – {_fmt_date(s.planned_end) or 'open'}; "
+               f"actual {_fmt_date(s.actual_start) or 'not started'} – {_fmt_date(s.actual_end) or 'not ended'}; "
+               f"{s.status.replace('_', ' ')}")
+        out.append(f'<g><title>{escape(tip)}</title>')
+        if s.planned_start is not None and s.planned_end is not None:
+            out.append(f'<rect x="{x(s.planned_start)}" y="{y + 3}" width="{max(1.5, x(s.planned_end.toordinal() + 1) - x(s.planned_start))}" '
+                       f'height="8" fill="#fff" stroke="#333" stroke-width="1"{dash_attr}/>')
+        elif s.planned_start is not None:
+            px = x(s.planned_start)
+            out.append(f'<polygon points="{px},{y + 3} {px + 8},{y + 7} {px},{y + 11}" fill="#fff" stroke="#333"/>'
+                       f'<text x="{px + 12}" y="{y + 11}" font-size="9">from {s.planned_start.isoformat()}</text>')
+        if s.actual_start is not None:
+            stop = s.actual_end or min(plan.as_of, s.planned_end or plan.as_of)
+            if stop >= s.actual_start:
+                ax = x(s.actual_start)
+                out.append(f'<rect x="{ax}" y="{y + 13}" width="{max(1.5, x(stop.toordinal() + 1) - ax)}" height="8" '
+                           f'fill="{stroke}"/>')
+        out.append("</g>")
+    ax = x(plan.as_of)
+    out.append(f'<line x1="{ax}" y1="{top - 4}" x2="{ax}" y2="{height - 40}" stroke="#b91c1c" '
+               f'stroke-dasharray="4 2" stroke-width="1.2"/>')
+    out.append(f'<text x="{ax + 3}" y="{height - 42}" font-size="9" fill="#b91c1c">as of {plan.as_of.isoformat()}</text>')
+    ly = height - 22
+    out.append(f'<rect x="{left}" y="{ly}" width="24" height="8" fill="#fff" stroke="#333"/>'
+               f'<text x="{left + 30}" y="{ly + 8}" font-size="9">planned</text>'
+               f'<rect x="{left + 90}" y="{ly}" width="24" height="8" fill="#065f46"/>'
+               f'<text x="{left + 120}" y="{ly + 8}" font-size="9">actual (so far)</text>'
+               f'<rect x="{left + 220}" y="{ly}" width="24" height="8" fill="#fff" stroke="#333" '
+               f'stroke-dasharray="5 3"/><text x="{left + 250}" y="{ly + 8}" font-size="9">on a pending branch</text>'
+               f'<line x1="{left + 370}" y1="{ly - 2}" x2="{left + 370}" y2="{ly + 10}" stroke="#b91c1c" '
+               f'stroke-dasharray="4 2"/><text x="{left + 376}" y="{ly + 8}" font-size="9">plan as of</text>')
+    out.append("</svg>")
+    return Markup("".join(out))
