@@ -47,8 +47,9 @@ def list_protocols() -> list[Protocol]:
     return [load_protocol(path) for path in _shipped().values()]
 
 
-def load_protocol(id_or_path: str | os.PathLike[str]) -> Protocol:
-    """Load, validate and compile a protocol: a shipped id or a path to a YAML/JSON file.
+def load_protocol(id_or_path: str | os.PathLike[str], site: str | os.PathLike[str] | None = None) -> Protocol:
+    """Load, validate and compile a protocol: a shipped id or a path to a YAML/JSON file;
+    ``site``: a site amendment file whose verified values replace placeholders (see ``_site``).
 
     Raises :class:`~protocol.DefinitionError` listing every problem (file, field, line).
 
@@ -56,6 +57,23 @@ def load_protocol(id_or_path: str | os.PathLike[str]) -> Protocol:
     >>> p.version
     '1.0.0'
     """
+    base = _load(id_or_path)
+    if site is None:
+        return base
+    from ._site import amend
+
+    try:
+        st = os.stat(site)
+    except OSError as exc:
+        raise DefinitionError(Problem(os.fspath(site), "", f"cannot read the site amendment: {exc.strerror}")) from None
+    key = (f"{id(base)}|{os.path.realpath(site)}", st.st_mtime_ns, st.st_size)
+    amended = _CACHE.get(key)
+    if amended is None:
+        amended = _CACHE[key] = amend(base, site)
+    return amended
+
+
+def _load(id_or_path: str | os.PathLike[str]) -> Protocol:
     text = os.fspath(id_or_path)
     shipped = _shipped()
     name, _, version = text.partition("@")
@@ -168,7 +186,7 @@ def placeholder_rows(protocol: Protocol) -> list[dict[str, Any]]:
 
 def evidence_counts(protocol: Protocol) -> dict[str, int]:
     """How many values of each evidence level the definition holds."""
-    counts = {"published": 0, "derived": 0, "placeholder": 0}
+    counts = {"published": 0, "derived": 0, "site": 0, "placeholder": 0}
     for _, _, value in walk_values(protocol.source):
         counts[value.evidence] += 1
     return counts
@@ -202,13 +220,21 @@ def _default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def validation_report(file: str | os.PathLike[str]) -> dict[str, Any]:
-    """Validate a definition and summarise it: counts, evidence levels and every placeholder.
+def validation_report(file: str | os.PathLike[str], site: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Validate a definition (with a site amendment, if given) and summarise it: counts,
+    evidence levels, the site's verified values and every remaining placeholder.
 
     Raises :class:`DefinitionError` listing every problem.
     """
-    protocol = load_protocol(file)
+    protocol = load_protocol(file, site)
     return {
+        "site": None if protocol.site is None else {
+            "site": protocol.site[0], "file": protocol.site[1],
+            "values": [{"field": format_loc(loc), "label": " › ".join(label),
+                        "value": f"{v.value:g}" if isinstance(v.value, float) else v.value,
+                        "verified_by": v.verified.by, "verified_on": v.verified.on.isoformat(),
+                        "section": v.verified.section}
+                       for loc, label, v in walk_values(protocol.source) if v.verified is not None]},
         "id": protocol.id,
         "version": protocol.version,
         "status": protocol.definition.status,

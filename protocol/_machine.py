@@ -563,6 +563,8 @@ class Protocol:
             core = expand(defn)[0]
         #: The core definition the machine runs on: repeats and replacements expanded.
         self.definition = defn = core
+        #: ``(site name, amendment file)`` when a site amendment was applied (see ``_site``).
+        self.site: tuple[str, str] | None = None
         self.path: str | None = None
         self.id = defn.id
         self.version = defn.version

@@ -499,7 +499,7 @@ class Repeat(_Strict):
     def _count(self) -> Any:
         v = self.count.value
         if v is None or v != int(v) or not 2 <= v <= 20:
-            raise ValueError(f"expected a whole number of cycles from 2 to 20, got {v}")
+            raise ValueError(f"expected a whole number of cycles from 2 to 20, got {v:g}" if v is not None else "expected the number of cycles (a placeholder count needs a value)")
         return self
 
 

@@ -38,6 +38,10 @@ Db = Annotated[Path | None, typer.Option(
     "--db", help="The patient registry (SQLite file). Default: $PROTOCOL_DB, else ./protocol.db.",
     metavar="FILE", show_default=False)]
 
+Site = Annotated[Path | None, typer.Option(
+    "--site", help="A site amendment file: verified values replacing placeholders. Default: $PROTOCOL_SITE.",
+    metavar="FILE", show_default=False)]
+
 AsOf = Annotated[str | None, typer.Option("--as-of", help="Only count events and results up to this date "
                                           "(YYYY-MM-DD or 'today'; default today).", metavar="DATE")]
 
@@ -90,3 +94,24 @@ def _patient(ref: str, db: Path | None) -> Any:
     from .._registry import resolve_patient
 
     return resolve_patient(ref, db)
+
+
+def _site(site: Path | None) -> Path | None:
+    """The site amendment: ``--site``, else ``$PROTOCOL_SITE``, else none."""
+    if site is not None:
+        return site
+    env = os.environ.get("PROTOCOL_SITE")
+    return Path(env) if env else None
+
+
+def _protocol_for(patient: Any, site: Path | None) -> Any:
+    """The protocol to plan ``patient`` with: None (the one its file names) unless a site
+    amendment applies, in which case the amended protocol."""
+    site = _site(site)
+    if site is None:
+        return None
+    from .._loading import load_patient, load_protocol
+
+    if not hasattr(patient, "protocol"):
+        patient = load_patient(patient)
+    return load_protocol(patient.protocol.partition("@")[0], site)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import AsOf, Db, PatientRef, PlanFormat, _as_of, _emit, _patient, _run, app
+from ._common import AsOf, Db, PatientRef, PlanFormat, Site, _as_of, _emit, _patient, _protocol_for, _run, _site, app
 
 @app.command("list")
 def list_command() -> None:
@@ -29,8 +29,12 @@ def list_command() -> None:
 def validate_command(
     file: Annotated[str, typer.Argument(help="A definition file (YAML/JSON) or a shipped protocol id.")],
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    site: Site = None,
 ) -> None:
     """Check a protocol definition and list its placeholder (unverified) values.
+
+    With --site, apply a site amendment first: list the values the site verified and what
+    remains placeholder.
 
     Checks the schema, references between elements, days inside element lengths, that
     every source key resolves, that every element is reachable and that only final
@@ -40,7 +44,7 @@ def validate_command(
     """
     from .._loading import validation_report
 
-    report = _run(validation_report, file)
+    report = _run(validation_report, file, _site(site))
     if json_output:
         from .._loading import dumps
 
@@ -49,7 +53,14 @@ def validate_command(
     c = report["evidence"]
     typer.echo(f"ok: {report['id']} {report['version']} ({report['status']}): {report['elements']} elements, "
                f"{report['transitions']} transitions")
-    typer.echo(f"values: {c['published']} published, {c['derived']} derived, {c['placeholder']} placeholder")
+    typer.echo(f"values: {c['published']} published, {c['derived']} derived, "
+               + (f"{c['site']} site-verified, " if c["site"] else "") + f"{c['placeholder']} placeholder")
+    if report["site"] is not None:
+        s = report["site"]
+        typer.echo(f"site amendment {s['file']} ({s['site']}): {len(s['values'])} values verified")
+        for row in s["values"]:
+            typer.echo(f"  {row['field']}  [{row['label']}] = {row['value']}  — verified by {row['verified_by']} on "
+                       f"{row['verified_on']}, {row['section']}")
     typer.echo(f"placeholders ({len(report['placeholders'])}), shown as unverified in every document:")
     for row in report["placeholders"]:
         value = "not specified" if row["value"] is None else row["value"]
@@ -75,6 +86,7 @@ def risk_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     as_of: AsOf = None,
     db: Db = None,
+    site: Site = None,
 ) -> None:
     """Show the patient's risk group and which rule matched, and why.
 
@@ -83,7 +95,8 @@ def risk_command(
     from .._loading import dumps
     from .._schedule import risk as risk_of
 
-    result = _run(risk_of, _run(_patient, patient, db), as_of=_run(_as_of, as_of))
+    who = _run(_patient, patient, db)
+    result = _run(risk_of, who, _run(_protocol_for, who, site), as_of=_run(_as_of, as_of))
     if json_output:
         sys.stdout.write(dumps(result.to_dict()))
         return
@@ -102,6 +115,7 @@ def plan_command(
     as_of: AsOf = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
     db: Db = None,
+    site: Site = None,
 ) -> None:
     """Print the patient's dated plan: every administration and assessment with its dose.
 
@@ -109,7 +123,8 @@ def plan_command(
     """
     from .._schedule import plan
 
-    result = _run(plan, _run(_patient, patient, db), as_of=_run(_as_of, as_of))
+    who = _run(_patient, patient, db)
+    result = _run(plan, who, _run(_protocol_for, who, site), as_of=_run(_as_of, as_of))
     if format is PlanFormat.json:
         _run(_emit, result.to_json(), output)
     elif format is PlanFormat.csv:
