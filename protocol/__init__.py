@@ -5,7 +5,10 @@
 >>> print(p.to_json())                                       # doctest: +SKIP
 """
 
+from ._calendar import to_ics
+from ._documents import render_pdf, render_roadmap
 from ._errors import DefinitionError, IneligibleError, InputError, PatientError, Problem, ProtocolError
+from ._fhir import fhir_json, to_fhir_care_plan, to_fhir_plan_definition
 from ._loading import definition_schema, list_protocols, load_patient, load_protocol, patient_schema
 from ._machine import Protocol
 from ._models import Patient, ProtocolDefinition
@@ -29,12 +32,18 @@ __all__ = [
     "ProtocolError",
     "RiskResult",
     "definition_schema",
+    "fhir_json",
     "list_protocols",
     "load_patient",
     "load_protocol",
     "mosteller",
     "patient_schema",
     "plan",
+    "render_pdf",
+    "render_roadmap",
+    "to_fhir_care_plan",
+    "to_fhir_plan_definition",
+    "to_ics",
 ]
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Document commands: the printable roadmap (and, with issue 4, calendars and FHIR)."""
+"""Document commands: the printable roadmap (HTML, Markdown, PDF), the calendar (ICS) and FHIR."""
 
 from __future__ import annotations
 
@@ -14,28 +14,122 @@ from ._common import AsOf, Db, PatientRef, _as_of, _emit, _patient, _run, app
 class RoadmapFormat(str, Enum):
     html = "html"
     md = "md"
+    pdf = "pdf"
+
+
+def _bad(field: str, message: str) -> None:
+    from .._errors import InputError, Problem
+
+    raise InputError(Problem("", field, message))
+
+
+def _write_bytes(data: bytes, output: Path) -> None:
+    from .._io import write_atomic
+
+    write_atomic(output, lambda fh: fh.write(data), binary=True)
+    typer.echo(f"wrote {output}", err=True)
 
 
 @app.command("roadmap")
 def roadmap_command(
     patient: PatientRef,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout "
+                                                "(required for pdf).")] = None,
     format: Annotated[RoadmapFormat | None, typer.Option(
-        "--format", "-f", help="html or md (default: from the -o file name, else html).")] = None,
+        "--format", "-f", help="html, md or pdf (default: from the -o file name, else html).")] = None,
     as_of: AsOf = None,
     templates: Annotated[Path | None, typer.Option("--templates", help="A folder of templates overriding the "
                                                    "built-in ones.")] = None,
     db: Db = None,
 ) -> None:
-    """Render the printable roadmap (HTML or Markdown) for a patient.
+    """Render the printable roadmap (HTML, Markdown or PDF) for a patient.
 
-    Every placeholder value is marked unverified, with a legend and a list at the end.
+    A cover page (risk group, pathway, timeline) and one page per element in the layout of a
+    Therapy Delivery Map. Every placeholder value is marked unverified, with a legend and a
+    list at the end; every printed page says "check against the official protocol document".
 
-    Example: protocol roadmap examples/patients/mr-on-time.yaml -o roadmap.html
+    Example: protocol roadmap examples/patients/mr-on-time.yaml --format pdf -o roadmap.pdf
     """
-    from .._documents import render_roadmap
+    from .._documents import render_pdf, render_roadmap
     from .._schedule import plan
 
-    fmt = format.value if format else ("md" if output is not None and output.suffix.lower() == ".md" else "html")
+    suffix = output.suffix.lower().lstrip(".") if output is not None else ""
+    fmt = format.value if format else (suffix if suffix in ("md", "pdf") else "html")
+    if fmt == "pdf" and output is None:
+        _run(_bad, "--output", "expected -o FILE.pdf for --format pdf (a PDF is not written to the terminal), "
+             "got no -o")
     result = _run(plan, _run(_patient, patient, db), as_of=_run(_as_of, as_of))
+    if fmt == "pdf":
+        assert output is not None
+        _run(_write_bytes, _run(render_pdf, result, templates), output)
+        return
     _run(_emit, _run(render_roadmap, result, fmt, templates), output)
+
+
+@app.command("calendar")
+def calendar_command(
+    patient: PatientRef,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this .ics file instead of "
+                                                "stdout.")] = None,
+    remind_days: Annotated[int | None, typer.Option(
+        "--remind-days", min=0, max=365, metavar="N",
+        help="Add a reminder at 09:00, N days before each event (0 = on the day).")] = None,
+    previous: Annotated[Path | None, typer.Option(
+        "--previous", metavar="OLD.ics", help="An earlier export of this patient's calendar: changed events get a "
+        "higher SEQUENCE, events no longer planned are sent as cancelled.")] = None,
+    as_of: AsOf = None,
+    db: Db = None,
+) -> None:
+    """Export the patient's plan as an iCalendar (.ics) file to import or subscribe to.
+
+    All-day events per treatment day, long daily runs, assessments, elements and decisions.
+    UIDs do not depend on dates: re-importing after a delay moves the events (SEQUENCE goes
+    up) instead of duplicating them. Placeholder doses are marked UNVERIFIED.
+
+    Example: protocol calendar examples/patients/hr-to-hsct.yaml -o INF-0002.ics --remind-days 1
+    """
+    from .._calendar import to_ics
+    from .._schedule import plan
+
+    result = _run(plan, _run(_patient, patient, db), as_of=_run(_as_of, as_of))
+    data = _run(to_ics, result, remind_days, previous)
+    if output is None:
+        typer.echo(data.decode("utf-8"), nl=False)
+        return
+    _run(_write_bytes, data, output)
+
+
+@app.command("fhir")
+def fhir_command(
+    patient: Annotated[str | None, typer.Argument(
+        help="A patient file (YAML/JSON) or registry id: export the plan as a CarePlan bundle.",
+        metavar="[PATIENT]", show_default=False)] = None,
+    protocol_ref: Annotated[str | None, typer.Option(
+        "--protocol", metavar="ID", help="Export a protocol (shipped id or definition file) as a PlanDefinition "
+        "instead.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of "
+                                                "stdout.")] = None,
+    as_of: AsOf = None,
+    db: Db = None,
+) -> None:
+    """Export FHIR R5 JSON: a patient's plan (Bundle of Patient, CarePlan, RequestOrchestration
+    and PlanDefinition) or, with --protocol, the protocol as a PlanDefinition.
+
+    Every resource is validated by fhir.resources; placeholder values carry an evidence
+    extension and say UNVERIFIED.
+
+    Example: protocol fhir --protocol interfant06-blinatumomab -o plandefinition.json
+    """
+    from .._fhir import fhir_json, to_fhir_care_plan, to_fhir_plan_definition
+
+    if (patient is None) == (protocol_ref is None):
+        _run(_bad, "PATIENT", "expected a patient or --protocol ID (exactly one), got "
+             + ("both" if patient is not None else "neither"))
+    if protocol_ref is not None:
+        resource = _run(to_fhir_plan_definition, protocol_ref)
+    else:
+        from .._schedule import plan
+
+        result = _run(plan, _run(_patient, patient, db), as_of=_run(_as_of, as_of))
+        resource = _run(to_fhir_care_plan, result)
+    _run(_emit, _run(fhir_json, resource), output)
