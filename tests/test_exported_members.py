@@ -12,3 +12,15 @@ def test_all_is_sorted_and_resolvable() -> None:
     assert list(protocol.__all__) == sorted(protocol.__all__)
     for name in protocol.__all__:
         assert getattr(protocol, name) is not None
+
+
+def test_import_is_lazy() -> None:
+    # `import protocol` must not import the heavy modules: `protocol --help` stays fast.
+    import subprocess
+    import sys
+
+    code = ("import sys, protocol; heavy = [m for m in ('protocol._schedule', 'protocol._simulate', 'numpy', "
+            "'icalendar', 'weasyprint') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert protocol.plan is protocol._schedule.plan  # resolved on first use
