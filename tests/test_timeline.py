@@ -1,0 +1,1009 @@
+"""The live plan (issue 3): item events, delays and their scopes, dose modifications, holds,
+blinatumomab interruptions and bag changes, count start gates, windows and deviations, doses
+recomputed on a > 10 % weight change, and the bad input that must be refused.
+
+Everything runs on ``tests/data/timeline/timeline.yaml``, a small made-up definition whose
+numbers make every date and dose computable by hand:
+
+- diagnosis = treatment start = 2026-01-05 (study day 1); end of therapy 20 weeks after
+  diagnosis = 2026-05-24; height 100 cm and weight 9 kg give a BSA of exactly 0.50 m²;
+- ``alpha`` 2026-01-05..01-16 (12 days): Xdrug 100 mg/m² = 50 mg on days 1, 4, 8 (01-05,
+  01-08, 01-12; window -1/+2), Ydrug 10 mg days 1-10 (01-05..01-14), marrow day 10 (01-14);
+- ``blina`` 01-17..02-14 (29 days; count gate ANC ≥ 0.5 and platelets ≥ 50): blinatumomab
+  15 µg/m²/day = 7.5 µg/day days 1-28 (01-17..02-13), 48 h bags by default on days 1, 3, ...
+  27, premedication day 1, marrows day 15 (01-31, window -0/+1) and day 29 (02-14);
+- ``gamma`` 02-15..02-21 (gate with an unknown ANC threshold): Zdrug 5 mg days 1 and 7;
+- ``maint`` 02-22..05-24 (92 days): Mdrug daily, Wdrug weekly (window -1/+1).
+
+Tests marked ``xfail(strict=True, reason="BUG: ...")`` document engine bugs found here: each
+asserts the intended behaviour and fails on the engine as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import protocol
+from protocol import PatientError
+from protocol._cli import app
+from protocol._models import Patient
+
+HERE = Path(__file__).resolve().parent
+DEFINITION = HERE / "data" / "timeline" / "timeline.yaml"
+PROTO = protocol.load_protocol(DEFINITION)
+D = dt.date.fromisoformat
+EOT = D("2026-05-24")
+
+BASE: dict[str, Any] = {
+    "id": "TL-0001", "protocol": "timeline-test", "birth_date": "2025-07-01", "sex": "female",
+    "diagnosis_date": "2026-01-05", "kmt2a": "rearranged", "wbc_at_diagnosis": 10,
+    "measurements": [{"date": "2026-01-05", "height_cm": 100, "weight_kg": 9}],
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make(events: list[dict[str, Any]] = (), **fields: Any) -> Patient:  # type: ignore[assignment]
+    data = copy.deepcopy(BASE)
+    data["events"] = list(events)
+    data.update(fields)
+    return Patient.model_validate(data)
+
+
+def plan(events: list[dict[str, Any]] = (), as_of: str = "2026-01-10", **fields: Any) -> protocol.Plan:  # type: ignore[assignment]
+    return protocol.plan(make(events, **fields), PROTO, as_of=D(as_of))
+
+
+def refused(events: list[dict[str, Any]], as_of: str = "2026-01-10", **fields: Any) -> list[tuple[str, str]]:
+    with pytest.raises(PatientError) as exc:
+        plan(events, as_of, **fields)
+    return [(p.field, p.message) for p in exc.value.problems]
+
+
+def item(p: protocol.Plan, ref: str) -> protocol.Item:
+    found = [i for i in p.items if i.ref == ref]
+    assert len(found) == 1, (ref, found)
+    return found[0]
+
+
+def dates(p: protocol.Plan, element: str, slot: str) -> list[str]:
+    return [i.date.isoformat() for i in p.items if i.element == element and i.slot.key == slot]
+
+
+def span(p: protocol.Plan, element: str) -> protocol.ElementSpan:
+    return next(e for e in p.elements if e.id == element)
+
+
+def spans(p: protocol.Plan) -> dict[str, tuple[str, str]]:
+    return {e.id: (e.planned_start.isoformat(), e.planned_end.isoformat()) for e in p.elements}
+
+
+def kinds(p: protocol.Plan) -> list[tuple[str, str | None, str]]:
+    return [(d["kind"], d["item"], d["date"]) for d in p.deviations]
+
+
+def started(element: str, date: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "element_started", "element": element, "date": date, **extra}
+
+
+def completed(element: str, date: str) -> dict[str, Any]:
+    return {"type": "element_completed", "element": element, "date": date}
+
+
+def given(ref: str, date: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "item_given", "item": ref, "date": date, **extra}
+
+
+def omitted(ref: str, date: str, reason: str = "vomiting") -> dict[str, Any]:
+    return {"type": "item_omitted", "item": ref, "date": date, "reason": reason}
+
+
+def delayed(ref: str, date: str, to: str, scope: str, reason: str = "low counts") -> dict[str, Any]:
+    return {"type": "item_delayed", "item": ref, "date": date, "to": to, "scope": scope, "reason": reason}
+
+
+def modified(ref: str, date: str, percent: float, of: str = "standard", scope: str = "item",
+             reason: str = "toxicity") -> dict[str, Any]:
+    return {"type": "dose_modified", "item": ref, "date": date, "percent": percent, "of": of, "scope": scope,
+            "reason": reason}
+
+
+def held(element: str, date: str) -> dict[str, Any]:
+    return {"type": "element_held", "element": element, "date": date, "reason": "infection"}
+
+
+def resumed(element: str, date: str) -> dict[str, Any]:
+    return {"type": "element_resumed", "element": element, "date": date}
+
+
+def interrupted(date: str) -> dict[str, Any]:
+    return {"type": "infusion_interrupted", "element": "blina", "date": date, "reason": "CRS grade 3"}
+
+
+def infusion_resumed(date: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "infusion_resumed", "element": "blina", "date": date, **extra}
+
+
+def count(date: str, anc: float | None, platelets: float | None) -> dict[str, Any]:
+    return {"date": date, "anc": anc, "platelets": platelets}
+
+
+ALPHA = [started("alpha", "2026-01-05")]
+#: alpha as planned, blina started on its planned day (no counts recorded: earliest date).
+BLINA = [*ALPHA, completed("alpha", "2026-01-16"), started("blina", "2026-01-17")]
+WALK = [*BLINA, completed("blina", "2026-02-14"), started("gamma", "2026-02-15"), completed("gamma", "2026-02-21"),
+        started("maint", "2026-02-22")]
+
+
+def _days(first: str, last: str, step: int = 1) -> list[str]:
+    a, b = D(first).toordinal(), D(last).toordinal()
+    return [dt.date.fromordinal(o).isoformat() for o in range(a, b + 1, step)]
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+def test_baseline_projection_of_the_test_definition() -> None:
+    p = plan([], as_of="2026-01-05")
+    assert spans(p) == {"alpha": ("2026-01-05", "2026-01-16"), "blina": ("2026-01-17", "2026-02-14"),
+                        "gamma": ("2026-02-15", "2026-02-21"), "maint": ("2026-02-22", "2026-05-24")}
+    assert p.end_of_therapy == EOT
+    assert dates(p, "alpha", "xdrug") == ["2026-01-05", "2026-01-08", "2026-01-12"]
+    assert item(p, "alpha:xdrug@1").dose.amount == 50.0
+    assert item(p, "blina:blinatumomab@1").dose.amount == 7.5
+    assert dates(p, "blina", "blinatumomab") == _days("2026-01-17", "2026-02-13")
+    # default 48 h bags from day 1 to the infusion's last day
+    bags = [i for i in p.items if i.slot.key == "blinatumomab_bag"]
+    assert [i.date.isoformat() for i in bags] == _days("2026-01-17", "2026-02-12", 2)
+    assert [i.element_day for i in bags] == list(range(1, 28, 2))
+    assert {i.name for i in bags} == {"Blinatumomab bag (48 h)"}
+    assert {i.kind for i in bags} == {"bag_change"}
+    assert len(dates(p, "maint", "mdrug")) == 92 and dates(p, "maint", "mdrug")[-1] == "2026-05-24"
+    assert dates(p, "maint", "wdrug")[-1] == "2026-05-24"
+    assert {i.status for i in p.items} == {"planned"}
+    assert p.deviations == []
+    assert item(p, "gamma:zdrug@7").study_day == 48  # 2026-02-21 - 2026-01-05 + 1
+
+
+def test_item_ref_and_json_fields() -> None:
+    p = plan(ALPHA, as_of="2026-01-05")
+    x = item(p, "alpha:xdrug@4")
+    d = x.to_dict()
+    assert d["ref"] == "alpha:xdrug@4"
+    assert d["window"] == {"before": 1, "after": 2}
+    assert d["note"] is None
+    assert item(p, "alpha:ydrug@4").to_dict()["window"] is None
+    assert "deviations" in p.to_dict()
+
+
+# --------------------------------------------------------------------------- given / omitted / windows
+
+
+def test_item_given_on_its_day_with_dose() -> None:
+    p = plan([*ALPHA, given("alpha:xdrug@1", "2026-01-05", dose=50)], as_of="2026-01-05")
+    x = item(p, "alpha:xdrug@1")
+    assert (x.status, x.note) == ("given", "given on 2026-01-05: 50 mg")
+    assert p.deviations == []
+
+
+@pytest.mark.parametrize("day", ["2026-01-07", "2026-01-10"])  # due 01-08, window -1/+2: both ends are on time
+def test_item_given_inside_its_window(day: str) -> None:
+    p = plan([*ALPHA, given("alpha:xdrug@4", day)], as_of="2026-01-10")
+    x = item(p, "alpha:xdrug@4")
+    assert x.status == "given"
+    assert x.date == D("2026-01-08")
+    assert x.note == f"given on {day} (due 2026-01-08)"
+    assert "out_of_window" not in [d["kind"] for d in p.deviations]
+
+
+@pytest.mark.parametrize("day", ["2026-01-06", "2026-01-11"])  # one day outside -1/+2
+def test_item_given_outside_its_window_is_a_deviation(day: str) -> None:
+    p = plan([*ALPHA, given("alpha:xdrug@4", day)], as_of="2026-01-11")
+    assert item(p, "alpha:xdrug@4").note == f"given on {day} (out of window)"
+    dev = [d for d in p.deviations if d["kind"] == "out_of_window"]
+    assert dev == [{"date": "2026-01-08", "element": "alpha", "item": "alpha:xdrug@4", "kind": "out_of_window",
+                    "message": f"Xdrug due 2026-01-08 (window -1/+2 days) was given on {day}"}]
+
+
+def test_item_without_window_given_late_is_no_deviation() -> None:
+    p = plan([*ALPHA, given("alpha:ydrug@2", "2026-01-09")], as_of="2026-01-09")
+    assert item(p, "alpha:ydrug@2").note == "given on 2026-01-09 (due 2026-01-06)"
+    assert [d for d in p.deviations if d["item"] == "alpha:ydrug@2"] == []
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: item_omitted accepted for an item already recorded as given")
+def test_item_omitted_after_given_is_refused() -> None:
+    # The reverse (given after omitted) is refused: "already recorded as omitted". Here the
+    # given item silently becomes 'omitted' (note "given on 2026-01-05; omitted on 2026-01-06: x").
+    with pytest.raises(PatientError):
+        plan([*ALPHA, given("alpha:xdrug@1", "2026-01-05"), omitted("alpha:xdrug@1", "2026-01-06")], as_of="2026-01-07")
+
+
+def test_item_given_after_omitted_is_refused() -> None:
+    assert refused([*ALPHA, omitted("alpha:xdrug@1", "2026-01-05"), given("alpha:xdrug@1", "2026-01-06")]) == [
+        ("events[2].item", "alpha:xdrug@1 is already recorded as omitted")]
+
+
+def test_item_omitted() -> None:
+    p = plan([*ALPHA, omitted("alpha:ydrug@2", "2026-01-06", "vomiting")], as_of="2026-01-06")
+    y = item(p, "alpha:ydrug@2")
+    assert (y.status, y.note, y.date) == ("omitted", "omitted on 2026-01-06: vomiting", D("2026-01-06"))
+
+
+def test_overdue_and_unrecorded_in_the_element_under_way() -> None:
+    p = plan(ALPHA, as_of="2026-01-15")
+    status = {i.ref: i.status for i in p.items if i.element == "alpha"}
+    # Xdrug has a window (+2): past it with nothing recorded -> overdue; the marrow is an assessment.
+    assert status["alpha:xdrug@1"] == status["alpha:xdrug@4"] == status["alpha:xdrug@8"] == "overdue"
+    assert status["alpha:marrow@10"] == "overdue"
+    # Ydrug (no window) is only unrecorded
+    assert {status[f"alpha:ydrug@{d}"] for d in range(1, 11)} == {"unrecorded"}
+    assert p.deviations == [
+        {"date": "2026-01-05", "element": "alpha", "item": "alpha:xdrug@1", "kind": "overdue",
+         "message": "Xdrug due 2026-01-05 (window +2 days): nothing recorded"},
+        {"date": "2026-01-08", "element": "alpha", "item": "alpha:xdrug@4", "kind": "overdue",
+         "message": "Xdrug due 2026-01-08 (window +2 days): nothing recorded"},
+        {"date": "2026-01-12", "element": "alpha", "item": "alpha:xdrug@8", "kind": "overdue",
+         "message": "Xdrug due 2026-01-12 (window +2 days): nothing recorded"},
+        {"date": "2026-01-14", "element": "alpha", "item": "alpha:marrow@10", "kind": "overdue",
+         "message": "Alpha marrow due 2026-01-14: nothing recorded"},
+    ]
+
+
+def test_overdue_waits_for_the_end_of_the_window() -> None:
+    p = plan(ALPHA, as_of="2026-01-14")  # xdrug@8 due 01-12, +2 -> on time until 01-14
+    assert item(p, "alpha:xdrug@8").status == "planned"
+    assert item(p, "alpha:marrow@10").status == "planned"  # due today
+    assert item(p, "alpha:ydrug@9").status == "unrecorded"
+    assert [d["item"] for d in p.deviations] == ["alpha:xdrug@1", "alpha:xdrug@4"]
+
+
+def test_assessment_with_window_becomes_overdue_after_it() -> None:
+    assert item(plan(BLINA, as_of="2026-02-01"), "blina:b15@15").status == "planned"  # due 01-31, +1
+    p = plan(BLINA, as_of="2026-02-02")
+    assert item(p, "blina:b15@15").status == "overdue"
+    assert ("overdue", "blina:b15@15", "2026-01-31") in kinds(p)
+
+
+def test_result_recorded_marks_the_sample_done_not_overdue() -> None:
+    p = plan(ALPHA, as_of="2026-01-15", mrd=[{"timepoint": "tp_alpha", "date": "2026-01-14", "value": 0}])
+    assert item(p, "alpha:marrow@10").status == "done"
+    assert "alpha:marrow@10" not in [d["item"] for d in p.deviations]
+
+
+def test_nothing_overdue_once_the_element_is_completed() -> None:
+    p = plan([*ALPHA, completed("alpha", "2026-01-16")], as_of="2026-01-16")
+    assert {i.status for i in p.items if i.element == "alpha"} == {"done"}
+    assert p.deviations == []
+
+
+def test_assessment_given_and_omitted() -> None:
+    p = plan([*ALPHA, given("alpha:marrow@10", "2026-01-14")], as_of="2026-01-15")
+    assert item(p, "alpha:marrow@10").status == "given"
+    p = plan([*ALPHA, omitted("alpha:marrow@10", "2026-01-14", "no theatre slot")], as_of="2026-01-15")
+    assert item(p, "alpha:marrow@10").status == "omitted"
+    assert "alpha:marrow@10" not in [d["item"] for d in p.deviations]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+BAD: list[tuple[str, list[dict[str, Any]], str, str, str]] = [
+    ("unknown day", [*ALPHA, given("alpha:xdrug@2", "2026-01-06")], "events[1].item",
+     "Xdrug is not planned on day 2 of alpha (its days: 1, 4, 8), got 'alpha:xdrug@2'", "2026-01-10"),
+    ("unknown slot", [*ALPHA, given("alpha:nodrug@1", "2026-01-06")], "events[1].item",
+     "expected an item of alpha (xdrug, ydrug, marrow), got 'nodrug' in 'alpha:nodrug@1'", "2026-01-10"),
+    ("unknown element", [*ALPHA, given("nope:xdrug@1", "2026-01-06")], "events[1].item",
+     "expected an element of timeline-test (alpha, blina, gamma, maint), got 'nope' in 'nope:xdrug@1'", "2026-01-10"),
+    ("unknown element to hold", [*ALPHA, held("nope", "2026-01-06")], "events[1].element",
+     "expected an element of timeline-test (alpha, blina, gamma, maint), got 'nope'", "2026-01-10"),
+    ("delay earlier", [*ALPHA, delayed("alpha:xdrug@4", "2026-01-06", "2026-01-07", "item")], "events[1].to",
+     "expected a date after the item's due date 2026-01-08 (a delay moves an item later), got 2026-01-07",
+     "2026-01-10"),
+    ("delay to the due date", [*ALPHA, delayed("alpha:xdrug@4", "2026-01-06", "2026-01-08", "all")], "events[1].to",
+     "expected a date after the item's due date 2026-01-08 (a delay moves an item later), got 2026-01-08",
+     "2026-01-10"),
+    ("given before the element start", [started("alpha", "2026-01-06"), given("alpha:xdrug@1", "2026-01-05")],
+     "events[1].date", "expected a date on or after the start of alpha (2026-01-06), got 2026-01-05", "2026-01-10"),
+    ("dose above standard", [*ALPHA, given("alpha:xdrug@1", "2026-01-05", dose=50.5)], "events[1].dose",
+     "expected at most the standard dose 50.0 mg (100 mg/m² × 0.50 m² = 50.0 mg (BSA Mosteller, 100 cm, 9 kg on "
+     "2026-01-05)), got 50.5", "2026-01-10"),
+    ("dose for an assessment", [*ALPHA, given("alpha:marrow@10", "2026-01-14", dose=1)], "events[1].dose",
+     "Alpha marrow has no dose to record (it is not an administration with a dose)", "2026-01-15"),
+    ("given twice", [*ALPHA, given("alpha:xdrug@1", "2026-01-05"), given("alpha:xdrug@1", "2026-01-06")],
+     "events[2].item", "alpha:xdrug@1 is already recorded as given", "2026-01-10"),
+    ("delay a given item", [*ALPHA, given("alpha:xdrug@1", "2026-01-05"),
+                            delayed("alpha:xdrug@1", "2026-01-06", "2026-01-07", "item")],
+     "events[2].item", "alpha:xdrug@1 is already recorded as given: it cannot be delayed", "2026-01-10"),
+    ("modify an assessment", [*ALPHA, modified("alpha:marrow@10", "2026-01-06", 50)], "events[1].item",
+     "Alpha marrow has no dose to modify", "2026-01-10"),
+    ("168 h bag under 22 kg", [*ALPHA, completed("alpha", "2026-01-16"), started("blina", "2026-01-17", bag_hours=168)],
+     "events[2].bag_hours", "a 168 h bag is not for patients under 22 kg (label), got 9 kg on 2026-01-05",
+     "2026-01-18"),
+    ("168 h bag under 22 kg on resumption", [*BLINA, interrupted("2026-01-20"),
+                                             infusion_resumed("2026-01-22", bag_hours=168)],
+     "events[4].bag_hours", "a 168 h bag is not for patients under 22 kg (label), got 9 kg on 2026-01-05",
+     "2026-01-22"),
+    ("bag not in the definition", [*ALPHA, completed("alpha", "2026-01-16"), started("blina", "2026-01-17", bag_hours=36)],
+     "events[2].bag_hours", "expected a bag duration of the definition (24 h, 48 h, 72 h, 96 h, 168 h), got 36",
+     "2026-01-18"),
+    ("bag for an element without infusion", [started("alpha", "2026-01-05", bag_hours=24)], "events[0].bag_hours",
+     "'alpha' has no continuous infusion with bag rules", "2026-01-10"),
+    ("interruption of an element without infusion", [*ALPHA, {"type": "infusion_interrupted", "element": "alpha",
+                                                             "date": "2026-01-06", "reason": "x"}],
+     "events[1].element", "'alpha' has no continuous infusion with interruption rules: record element_held / "
+     "element_resumed instead", "2026-01-10"),
+    ("resume without hold", [*ALPHA, resumed("alpha", "2026-01-06")], "events[1].type",
+     "element_resumed without an earlier element_held for alpha", "2026-01-10"),
+    ("infusion resumed without interruption", [*BLINA, infusion_resumed("2026-01-20")], "events[3].type",
+     "infusion_resumed without an earlier infusion_interrupted for blina", "2026-01-20"),
+    ("hold resumed as an infusion", [*BLINA, held("blina", "2026-01-19"), infusion_resumed("2026-01-20")],
+     "events[4].type", "infusion_resumed without an earlier infusion_interrupted for blina", "2026-01-20"),
+    ("second hold while held", [*ALPHA, held("alpha", "2026-01-06"), held("alpha", "2026-01-07")], "events[2].type",
+     "alpha is already paused (hold on 2026-01-06); record the resumption first", "2026-01-10"),
+    ("interruption while held", [*BLINA, held("blina", "2026-01-19"), interrupted("2026-01-20")], "events[4].type",
+     "blina is already paused (hold on 2026-01-19); record the resumption first", "2026-01-20"),
+    ("hold before the element start", [started("alpha", "2026-01-06"), held("alpha", "2026-01-05")],
+     "events[1].date", "expected a date on or after the start of alpha (2026-01-06), got 2026-01-05", "2026-01-10"),
+    ("item of an element the patient never reaches",
+     [*ALPHA, {"type": "off_protocol", "date": "2026-01-07", "reason": "parents' choice"},
+      given("blina:premed@1", "2026-01-06")],
+     "events[2].item", "'blina:premed@1' is not on this patient's plan (its element is not reached, or the patient "
+     "left the protocol before it)", "2026-01-20"),
+]
+
+
+@pytest.mark.parametrize(("events", "field", "message", "as_of"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_item_events_are_refused(events: list[dict[str, Any]], field: str, message: str, as_of: str) -> None:
+    assert refused(events, as_of) == [(field, message)]
+
+
+def test_item_given_after_the_start_of_a_projected_element_that_was_not_reached_yet() -> None:
+    # blina is planned from 01-17: recorded on 01-10 as given, it is before its start.
+    assert refused([*ALPHA, given("blina:premed@1", "2026-01-10")], "2026-01-10") == [
+        ("events[1].date", "expected a date on or after the start of blina (2026-01-17), got 2026-01-10")]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: item events and holds accepted for an element that was never started")
+@pytest.mark.parametrize("event", [given("blina:premed@1", "2026-01-17"), held("blina", "2026-01-18")],
+                         ids=["item_given", "element_held"])
+def test_events_in_an_element_never_started_are_refused(event: dict[str, Any]) -> None:
+    # alpha completed; blina (due 01-17) was never recorded as started, yet its premedication
+    # is accepted as given (or the element as held) and the element stays 'planned'.
+    with pytest.raises(PatientError):
+        plan([*ALPHA, completed("alpha", "2026-01-16"), event], as_of="2026-01-19")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: item events dated after off_protocol are accepted (and silently lost)")
+def test_item_event_after_the_patient_left_the_protocol_is_refused() -> None:
+    # Every other event after off_protocol is refused ("comes after the patient left the protocol").
+    with pytest.raises(PatientError):
+        plan([*ALPHA, {"type": "off_protocol", "date": "2026-01-07", "reason": "parents' choice"},
+              given("alpha:xdrug@8", "2026-01-12")], as_of="2026-01-20")
+
+
+@pytest.mark.parametrize(("change", "field", "message"), [
+    ({"percent": 0}, "events[1]", "a 0 % dose is an omission: record an item_omitted event with the reason instead"),
+    ({"percent": 120}, "events[1].percent", "expected a number <= 100, got 120"),
+    ({"scope": "all"}, "events[1]", "a dose modification applies to the item or to the rest of its element "
+                                    "(scope item or element), got all"),
+    ({"of": "last"}, "events[1].of", "expected 'standard' or 'previous', got 'last'"),
+])
+def test_bad_dose_modifications_are_refused_when_loading(tmp_path: Path, change: dict[str, Any], field: str,
+                                                         message: str) -> None:
+    data = copy.deepcopy(BASE)
+    data["events"] = [started("alpha", "2026-01-05"), {**modified("alpha:xdrug@4", "2026-01-06", 50), **change}]
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    with pytest.raises(PatientError) as exc:
+        protocol.load_patient(path)
+    assert [(p.field, p.message) for p in exc.value.problems] == [(field, message)]
+
+
+# --------------------------------------------------------------------------- delays
+
+
+def test_delay_scope_item_moves_only_that_item() -> None:
+    p = plan([*ALPHA, delayed("alpha:xdrug@4", "2026-01-07", "2026-01-10", "item")], as_of="2026-01-07")
+    x = item(p, "alpha:xdrug@4")
+    assert (x.date, x.element_day, x.study_day) == (D("2026-01-10"), 4, 6)  # element day stays, study day follows
+    assert x.note == "delayed 2 days on 2026-01-07: low counts"
+    assert dates(p, "alpha", "xdrug") == ["2026-01-05", "2026-01-10", "2026-01-12"]
+    assert dates(p, "alpha", "ydrug") == _days("2026-01-05", "2026-01-14")
+    assert spans(p)["alpha"] == ("2026-01-05", "2026-01-16")
+    assert spans(p)["blina"] == ("2026-01-17", "2026-02-14")
+
+
+def test_delay_scope_item_beyond_the_element_end_moves_the_end() -> None:
+    p = plan([*ALPHA, delayed("alpha:xdrug@8", "2026-01-07", "2026-01-20", "item")], as_of="2026-01-07")
+    assert item(p, "alpha:xdrug@8").date == D("2026-01-20")
+    assert spans(p)["alpha"] == ("2026-01-05", "2026-01-20")
+    assert spans(p)["blina"] == ("2026-01-21", "2026-02-18")
+
+
+def test_delay_scope_element_that_still_fits_keeps_the_next_element() -> None:
+    # alpha's last items are on day 10 (01-14) and it ends on day 12: a 2-day delay still fits.
+    p = plan([*ALPHA, delayed("alpha:xdrug@8", "2026-01-07", "2026-01-14", "element")], as_of="2026-01-07")
+    assert dates(p, "alpha", "xdrug") == ["2026-01-05", "2026-01-08", "2026-01-14"]
+    assert dates(p, "alpha", "ydrug") == [*_days("2026-01-05", "2026-01-11"), "2026-01-14", "2026-01-15", "2026-01-16"]
+    assert item(p, "alpha:marrow@10").date == D("2026-01-16")
+    assert item(p, "alpha:ydrug@9").note == "moved 2 days with xdrug@8 (low counts)"
+    assert item(p, "alpha:ydrug@7").note is None  # before the delayed item: not moved
+    assert spans(p)["alpha"] == ("2026-01-05", "2026-01-16")
+    assert spans(p)["blina"] == ("2026-01-17", "2026-02-14")
+
+
+def test_delay_scope_element_that_overflows_moves_the_end_only_as_far_as_needed() -> None:
+    p = plan([*ALPHA, delayed("alpha:xdrug@4", "2026-01-07", "2026-01-13", "element")], as_of="2026-01-07")
+    # 5 days: the marrow (day 10, 01-14) moves to 01-19, three days past day 12 (01-16)
+    assert item(p, "alpha:marrow@10").date == D("2026-01-19")
+    assert item(p, "alpha:xdrug@8").date == D("2026-01-17")
+    assert spans(p)["alpha"] == ("2026-01-05", "2026-01-19")
+    assert spans(p)["blina"] == ("2026-01-20", "2026-02-17")
+
+
+def test_delay_scope_all_moves_the_end_and_everything_after() -> None:
+    p = plan([*ALPHA, delayed("alpha:xdrug@8", "2026-01-07", "2026-01-14", "all")], as_of="2026-01-07")
+    assert item(p, "alpha:marrow@10").date == D("2026-01-16")
+    assert spans(p) == {"alpha": ("2026-01-05", "2026-01-18"), "blina": ("2026-01-19", "2026-02-16"),
+                        "gamma": ("2026-02-17", "2026-02-23"), "maint": ("2026-02-24", "2026-05-24")}
+    assert item(p, "blina:blinatumomab@1").study_day == 15
+
+
+def test_delay_all_shortens_maintenance_the_end_of_therapy_stays() -> None:
+    p = plan([*ALPHA, delayed("alpha:xdrug@4", "2026-01-07", "2026-01-11", "all")], as_of="2026-01-07")
+    assert p.end_of_therapy == EOT
+    assert spans(p)["maint"] == ("2026-02-25", "2026-05-24")
+    assert len(dates(p, "maint", "mdrug")) == 89  # 92 - 3
+    assert dates(p, "maint", "wdrug")[-1] == "2026-05-20"  # day 85; day 92 would be 05-27
+    assert max(i.date for i in p.items) == EOT
+
+
+@pytest.mark.parametrize("scope", ["element", "all"])
+def test_delay_in_maintenance_drops_items_past_the_end_of_therapy(scope: str) -> None:
+    p = plan([*WALK, delayed("maint:wdrug@8", "2026-03-01", "2026-03-04", scope)], as_of="2026-03-01")
+    assert p.end_of_therapy == EOT and span(p, "maint").planned_end == EOT
+    assert dates(p, "maint", "mdrug")[-1] == "2026-05-24"
+    assert item(p, "maint:mdrug@89").date == EOT
+    assert [i for i in p.items if i.ref == "maint:mdrug@90"] == []
+    assert dates(p, "maint", "wdrug")[-3:] == ["2026-05-06", "2026-05-13", "2026-05-20"]
+    assert "dropped" in span(p, "maint").note
+    assert max(i.date for i in p.items) == EOT
+
+
+def test_delay_scope_item_in_maintenance_keeps_the_rest() -> None:
+    p = plan([*WALK, delayed("maint:wdrug@8", "2026-03-01", "2026-03-04", "item")], as_of="2026-03-01")
+    assert item(p, "maint:wdrug@8").date == D("2026-03-04")
+    assert len(dates(p, "maint", "mdrug")) == 92 and len(dates(p, "maint", "wdrug")) == 14
+
+
+def test_delay_then_given_is_judged_against_the_new_date() -> None:
+    p = plan([*ALPHA, delayed("alpha:xdrug@4", "2026-01-07", "2026-01-10", "item"), given("alpha:xdrug@4", "2026-01-12")],
+             as_of="2026-01-12")
+    x = item(p, "alpha:xdrug@4")
+    assert x.status == "given" and x.date == D("2026-01-10")
+    assert x.note == "delayed 2 days on 2026-01-07: low counts; given on 2026-01-12 (due 2026-01-10)"
+    assert p.deviations == [d for d in p.deviations if d["kind"] != "out_of_window"]
+
+
+def test_delay_does_not_move_items_already_given() -> None:
+    p = plan([*ALPHA, given("alpha:ydrug@9", "2026-01-07"), delayed("alpha:xdrug@8", "2026-01-07", "2026-01-14", "element")],
+             as_of="2026-01-07")
+    assert item(p, "alpha:ydrug@9").date == D("2026-01-13")
+    assert item(p, "alpha:ydrug@10").date == D("2026-01-16")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a scope-item delay may move an item past the next occurrence of its slot")
+def test_delay_scope_item_past_the_next_occurrence_is_refused() -> None:
+    # xdrug@4 (01-08) delayed to 01-13, after xdrug@8 (01-12): the slot's occurrences swap order.
+    with pytest.raises(PatientError):
+        plan([*ALPHA, delayed("alpha:xdrug@4", "2026-01-07", "2026-01-13", "item")], as_of="2026-01-07")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a delay recorded during a hold lands on `to` + the hold's length")
+def test_delay_during_a_hold_lands_on_its_date() -> None:
+    events = [*ALPHA, held("alpha", "2026-01-08")]
+    # As of 01-09 the hold is projected to end on 01-10: xdrug@8 is shown on 01-14 ...
+    assert item(plan(events, as_of="2026-01-09"), "alpha:xdrug@8").date == D("2026-01-14")
+    # ... the coordinator delays it to 01-15; the plan shows it on 01-17.
+    p = plan([*events, delayed("alpha:xdrug@8", "2026-01-09", "2026-01-15", "item")], as_of="2026-01-09")
+    assert item(p, "alpha:xdrug@8").date == D("2026-01-15")
+
+
+# --------------------------------------------------------------------------- dose modifications
+
+
+def test_dose_modified_item_scope() -> None:
+    p = plan([*ALPHA, modified("alpha:xdrug@4", "2026-01-06", 75)], as_of="2026-01-06")
+    x = item(p, "alpha:xdrug@4")
+    assert x.dose.amount == 37.5 and x.dose.text == "37.5 mg"
+    assert x.note == "dose 75 % of standard (toxicity)"
+    assert x.dose.working.endswith("× 75 % (toxicity, 2026-01-06) = 37.5 mg")
+    assert x.dose.to_dict()["percent"] == 75
+    assert item(p, "alpha:xdrug@8").dose.amount == 50.0
+    assert item(p, "alpha:xdrug@1").dose.amount == 50.0
+
+
+def test_dose_modified_element_scope_applies_to_the_later_doses_of_that_drug_only() -> None:
+    p = plan([*ALPHA, modified("alpha:xdrug@4", "2026-01-06", 75, scope="element")], as_of="2026-01-06")
+    assert [item(p, f"alpha:xdrug@{d}").dose.amount for d in (1, 4, 8)] == [50.0, 37.5, 37.5]
+    assert {i.dose.amount for i in p.items if i.slot.key == "ydrug"} == {10.0}
+    assert item(p, "gamma:zdrug@1").dose.amount == 5.0  # not beyond the element
+
+
+def test_dose_modified_of_previous_compounds() -> None:
+    p = plan([*ALPHA, modified("alpha:xdrug@1", "2026-01-05", 80, scope="element"),
+              modified("alpha:xdrug@4", "2026-01-06", 50, of="previous", scope="element")], as_of="2026-01-06")
+    assert [item(p, f"alpha:xdrug@{d}").dose.amount for d in (1, 4, 8)] == [40.0, 20.0, 20.0]
+    assert item(p, "alpha:xdrug@8").note == "dose 80 % of standard (toxicity); dose 40 % of standard (toxicity)"
+
+
+def test_dose_modified_of_previous_without_earlier_modification_is_of_standard() -> None:
+    p = plan([*ALPHA, modified("alpha:xdrug@4", "2026-01-06", 60, of="previous")], as_of="2026-01-06")
+    assert item(p, "alpha:xdrug@4").dose.amount == 30.0
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: 'of previous' takes the last *modified* dose, not the previous dose")
+def test_dose_modified_of_previous_is_the_immediately_previous_dose() -> None:
+    # xdrug@1 at 80 % (this item only), xdrug@4 at the standard 50 mg: 50 % of the previous dose
+    # of xdrug@8 is 50 % of 50 mg = 25 mg; the engine takes 50 % of xdrug@1's 80 % = 20 mg.
+    p = plan([*ALPHA, modified("alpha:xdrug@1", "2026-01-05", 80),
+              modified("alpha:xdrug@8", "2026-01-06", 50, of="previous")], as_of="2026-01-06")
+    assert item(p, "alpha:xdrug@4").dose.amount == 50.0
+    assert item(p, "alpha:xdrug@8").dose.amount == 25.0
+
+
+def test_given_above_a_modified_dose_is_a_deviation_above_standard_is_refused() -> None:
+    events = [*ALPHA, modified("alpha:xdrug@4", "2026-01-06", 50, scope="element")]
+    p = plan([*events, given("alpha:xdrug@4", "2026-01-08", dose=30)], as_of="2026-01-08")
+    assert item(p, "alpha:xdrug@4").note == "dose 50 % of standard (toxicity); given on 2026-01-08: 30 mg"
+    assert [d for d in p.deviations if d["kind"] == "dose_above_plan"] == [
+        {"date": "2026-01-08", "element": "alpha", "item": "alpha:xdrug@4", "kind": "dose_above_plan",
+         "message": "Xdrug given 30 mg, above the modified dose 25.0 mg"}]
+    # exactly the modified dose: no deviation; exactly the standard: a deviation, not an error
+    p = plan([*events, given("alpha:xdrug@4", "2026-01-08", dose=25)], as_of="2026-01-08")
+    assert [d for d in p.deviations if d["kind"] == "dose_above_plan"] == []
+    p = plan([*events, given("alpha:xdrug@4", "2026-01-08", dose=50)], as_of="2026-01-08")
+    assert [d["item"] for d in p.deviations if d["kind"] == "dose_above_plan"] == ["alpha:xdrug@4"]
+    [(field, message)] = refused([*events, given("alpha:xdrug@4", "2026-01-08", dose=51)], "2026-01-08")
+    assert field == "events[2].dose"
+    assert message.startswith("expected at most the standard dose 50.0 mg (") and message.endswith("got 51")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: dose_modified rewrites the dose of an item already recorded as given")
+def test_dose_modified_on_an_item_already_given_is_refused() -> None:
+    # Given 50 mg on 01-05; a later 50 % modification of that same item changes the plan's dose
+    # of the given item to 25 mg (a delay of a given item is refused; so should this be).
+    with pytest.raises(PatientError):
+        plan([*ALPHA, given("alpha:xdrug@1", "2026-01-05", dose=50), modified("alpha:xdrug@1", "2026-01-06", 50)],
+             as_of="2026-01-06")
+
+
+def test_dose_modified_element_scope_skips_items_already_given() -> None:
+    p = plan([*ALPHA, given("alpha:xdrug@1", "2026-01-05", dose=50),
+              modified("alpha:xdrug@1", "2026-01-06", 50, scope="element")], as_of="2026-01-06")
+    assert [item(p, f"alpha:xdrug@{d}").dose.amount for d in (1, 4, 8)] == [50.0, 25.0, 25.0]
+
+
+# --------------------------------------------------------------------------- holds
+
+
+def test_hold_and_resume_move_later_items_and_the_end() -> None:
+    p = plan([*ALPHA, held("alpha", "2026-01-08"), resumed("alpha", "2026-01-11")], as_of="2026-01-11")
+    assert dates(p, "alpha", "xdrug") == ["2026-01-05", "2026-01-11", "2026-01-15"]
+    assert dates(p, "alpha", "ydrug") == [*_days("2026-01-05", "2026-01-07"), *_days("2026-01-11", "2026-01-17")]
+    x = item(p, "alpha:xdrug@4")
+    assert (x.element_day, x.study_day, x.status) == (4, 7, "planned")
+    assert x.note == "moved 3 days by the hold from 2026-01-08"
+    assert spans(p) == {"alpha": ("2026-01-05", "2026-01-19"), "blina": ("2026-01-20", "2026-02-17"),
+                        "gamma": ("2026-02-18", "2026-02-24"), "maint": ("2026-02-25", "2026-05-24")}
+    assert span(p, "alpha").note == "on hold from 2026-01-08 to 2026-01-11: later items and the end move 3 days"
+    assert p.warnings == []
+
+
+def test_unresumed_hold_is_projected_to_resume_the_day_after_as_of() -> None:
+    p = plan([*ALPHA, held("alpha", "2026-01-08")], as_of="2026-01-10")
+    assert dates(p, "alpha", "xdrug") == ["2026-01-05", "2026-01-11", "2026-01-15"]
+    later = [i for i in p.items if i.element == "alpha" and i.date >= D("2026-01-11")]
+    assert later and {i.status for i in later} == {"held"}
+    assert {i.status for i in p.items if i.element == "blina"} == {"planned"}
+    note = "on hold from 2026-01-08; dates assume it resumes on 2026-01-11: later items and the end move 3 days"
+    assert span(p, "alpha").note == note
+    assert p.warnings == [f"alpha: {note}"]
+    assert spans(p)["blina"] == ("2026-01-20", "2026-02-17")
+    # a day later, still held: everything moves one more day
+    p = plan([*ALPHA, held("alpha", "2026-01-08")], as_of="2026-01-11")
+    assert dates(p, "alpha", "xdrug") == ["2026-01-05", "2026-01-12", "2026-01-16"]
+    assert spans(p)["blina"] == ("2026-01-21", "2026-02-18")
+
+
+def test_hold_in_maintenance_shortens_it() -> None:
+    p = plan([*WALK, held("maint", "2026-03-02"), resumed("maint", "2026-03-12")], as_of="2026-03-12")
+    assert p.end_of_therapy == EOT and span(p, "maint").planned_end == EOT
+    md = dates(p, "maint", "mdrug")
+    assert md[:9] == [*_days("2026-02-22", "2026-03-01"), "2026-03-12"]
+    assert len(md) == 82 and md[-1] == "2026-05-24"  # days 1-8, then 9-82 from 03-12
+    assert dates(p, "maint", "wdrug") == ["2026-02-22", "2026-03-01", *_days("2026-03-18", "2026-05-20", 7)]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: an element completed while on hold is still projected to resume")
+def test_element_completed_while_held_is_no_longer_on_hold() -> None:
+    # Held 01-08, completed 01-16 (never resumed): the plan warns "dates assume it resumes on
+    # 2026-01-21", gives alpha a planned end of 01-29 and drops the items after the hold.
+    p = plan([*ALPHA, held("alpha", "2026-01-08"), completed("alpha", "2026-01-16")], as_of="2026-01-20")
+    assert not any("assume it resumes" in w for w in p.warnings)
+    assert span(p, "alpha").planned_end <= D("2026-01-16")
+
+
+# --------------------------------------------------------------------------- blinatumomab
+
+
+def _infusion_days(p: protocol.Plan) -> list[str]:
+    return dates(p, "blina", "blinatumomab")
+
+
+def test_short_interruption_continues_to_28_infusion_days() -> None:
+    p = plan([*BLINA, interrupted("2026-01-20"), infusion_resumed("2026-01-23")], as_of="2026-01-23")
+    days = _infusion_days(p)
+    assert len(days) == 28
+    assert days == [*_days("2026-01-17", "2026-01-19"), *_days("2026-01-23", "2026-02-16")]
+    assert [i.element_day for i in p.items if i.slot.key == "blinatumomab"] == list(range(1, 29))
+    assert item(p, "blina:blinatumomab@4").study_day == 19
+    assert item(p, "blina:b15@15").date == D("2026-02-03")
+    assert item(p, "blina:b29@29").date == D("2026-02-17")
+    # bag changes restart on the resume day, every 48 h, to the infusion's last day
+    assert dates(p, "blina", "blinatumomab_bag") == ["2026-01-17", "2026-01-19", *_days("2026-01-23", "2026-02-16", 2)]
+    assert spans(p)["blina"] == ("2026-01-17", "2026-02-17")
+    assert spans(p)["gamma"] == ("2026-02-18", "2026-02-24")
+    assert span(p, "blina").note == ("infusion interrupted from 2026-01-20 to 2026-01-23 (3 days, at most 7): the "
+                                     "cycle continues to 28 infusion days; its end moves 3 days")
+
+
+def test_interruption_of_exactly_7_days_still_continues() -> None:
+    p = plan([*BLINA, interrupted("2026-01-20"), infusion_resumed("2026-01-27")], as_of="2026-01-27")
+    assert _infusion_days(p) == [*_days("2026-01-17", "2026-01-19"), *_days("2026-01-27", "2026-02-20")]
+    assert spans(p)["blina"] == ("2026-01-17", "2026-02-21")
+    assert [i for i in p.items if i.slot.key == "premed"] == [item(p, "blina:premed@1")]
+
+
+def test_interruption_over_7_days_starts_a_new_cycle() -> None:
+    p = plan([*BLINA, interrupted("2026-01-20"), infusion_resumed("2026-01-28")], as_of="2026-01-28")
+    days = _infusion_days(p)
+    # the three days given before the interruption stay; a whole new 28-day cycle from 01-28
+    assert days == [*_days("2026-01-17", "2026-01-19"), *_days("2026-01-28", "2026-02-24")]
+    assert [i.element_day for i in p.items if i.slot.key == "blinatumomab"] == [1, 2, 3, *range(1, 29)]
+    assert dates(p, "blina", "premed") == ["2026-01-17", "2026-01-28"]
+    assert dates(p, "blina", "b15") == ["2026-02-11"] and dates(p, "blina", "b29") == ["2026-02-25"]
+    assert dates(p, "blina", "blinatumomab_bag") == ["2026-01-17", "2026-01-19", *_days("2026-01-28", "2026-02-23", 2)]
+    new = [i for i in p.items if i.element == "blina" and i.date >= D("2026-01-28")]
+    assert {i.note for i in new} == {"new cycle after a 8-day interruption"}
+    assert next(i for i in new if i.slot.key == "blinatumomab").study_day == 24
+    assert spans(p)["blina"] == ("2026-01-17", "2026-02-25")
+    assert spans(p)["gamma"] == ("2026-02-26", "2026-03-04")
+    assert span(p, "blina").note == ("infusion interrupted from 2026-01-20 to 2026-01-28 (8 days, more than 7): a new "
+                                     "cycle starts on 2026-01-28")
+
+
+def test_unresumed_interruption_is_projected_to_resume_after_as_of() -> None:
+    p = plan([*BLINA, interrupted("2026-01-20")], as_of="2026-01-22")
+    assert _infusion_days(p) == [*_days("2026-01-17", "2026-01-19"), *_days("2026-01-23", "2026-02-16")]
+    assert p.warnings == ["blina: infusion interrupted from 2026-01-20; dates assume it resumes on 2026-01-23 (3 days, "
+                          "at most 7): the cycle continues to 28 infusion days; its end moves 3 days"]
+    # as of 01-28 the projected resumption (01-29) is 9 days after: a new cycle
+    p = plan([*BLINA, interrupted("2026-01-20")], as_of="2026-01-28")
+    assert _infusion_days(p) == [*_days("2026-01-17", "2026-01-19"), *_days("2026-01-29", "2026-02-25")]
+    assert spans(p)["blina"] == ("2026-01-17", "2026-02-26")
+
+
+def test_two_short_interruptions_add_up() -> None:
+    p = plan([*BLINA, interrupted("2026-01-20"), infusion_resumed("2026-01-22"), interrupted("2026-01-25"),
+              infusion_resumed("2026-01-26")], as_of="2026-01-26")
+    days = _infusion_days(p)
+    assert len(days) == 28
+    assert days[:8] == ["2026-01-17", "2026-01-18", "2026-01-19", "2026-01-22", "2026-01-23", "2026-01-24",
+                        "2026-01-26", "2026-01-27"]
+    assert days[-1] == "2026-02-16"
+    assert spans(p)["blina"] == ("2026-01-17", "2026-02-17")
+
+
+@pytest.mark.parametrize(("hours", "step", "count"), [(24, 1, 28), (48, 2, 14), (72, 3, 10), (96, 4, 7)])
+def test_bag_hours_at_start(hours: int, step: int, count: int) -> None:
+    events = [*ALPHA, completed("alpha", "2026-01-16"), started("blina", "2026-01-17", bag_hours=hours)]
+    p = plan(events, as_of="2026-01-17")
+    bags = [i for i in p.items if i.slot.key == "blinatumomab_bag"]
+    assert [i.date.isoformat() for i in bags] == _days("2026-01-17", "2026-02-13", step)
+    assert len(bags) == count
+    assert [i.element_day for i in bags] == list(range(1, 29, step))
+    assert {i.name for i in bags} == {f"Blinatumomab bag ({hours} h)"}
+    assert {i.status for i in bags} == {"planned"}
+
+
+def test_seven_day_bag_from_22_kg() -> None:
+    events = [*ALPHA, completed("alpha", "2026-01-16"), started("blina", "2026-01-17", bag_hours=168)]
+    p = plan(events, as_of="2026-01-17", measurements=[{"date": "2026-01-05", "height_cm": 100, "weight_kg": 22}])
+    assert dates(p, "blina", "blinatumomab_bag") == ["2026-01-17", "2026-01-24", "2026-01-31", "2026-02-07"]
+
+
+def test_bag_hours_chosen_on_resumption_apply_from_the_resume_day() -> None:
+    events = [*ALPHA, completed("alpha", "2026-01-16"), started("blina", "2026-01-17", bag_hours=72),
+              interrupted("2026-01-20"), infusion_resumed("2026-01-23", bag_hours=24)]
+    p = plan(events, as_of="2026-01-23")
+    assert dates(p, "blina", "blinatumomab_bag") == ["2026-01-17", *_days("2026-01-23", "2026-02-16")]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: bag_hours on infusion_resumed re-plans the bags before the interruption")
+def test_bag_hours_chosen_on_resumption_keep_the_earlier_default_bags() -> None:
+    # Default 48 h bags ran on 01-17 and 01-19; from 01-23, 96 h bags. The 01-19 bag disappears
+    # because the 96 h choice is applied to the whole element first.
+    p = plan([*BLINA, interrupted("2026-01-20"), infusion_resumed("2026-01-23", bag_hours=96)], as_of="2026-01-23")
+    assert dates(p, "blina", "blinatumomab_bag") == ["2026-01-17", "2026-01-19", *_days("2026-01-23", "2026-02-16", 4)]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: re-planned bag changes copy the status of the first bag (given/omitted)")
+def test_rebagged_changes_after_an_interruption_are_planned() -> None:
+    # The first bag is recorded as given; after a 3-day interruption every new bag change,
+    # all in the future, shows as 'given' too.
+    p = plan([*BLINA, given("blina:blinatumomab_bag@1", "2026-01-17"), interrupted("2026-01-20"),
+              infusion_resumed("2026-01-23")], as_of="2026-01-23")
+    future = [i for i in p.items if i.slot.key == "blinatumomab_bag" and i.date >= D("2026-01-23")]
+    assert future and {i.status for i in future} == {"planned"}
+
+
+def test_hold_of_the_blinatumomab_element_moves_its_bags() -> None:
+    p = plan([*BLINA, held("blina", "2026-01-20"), resumed("blina", "2026-01-22")], as_of="2026-01-22")
+    assert dates(p, "blina", "blinatumomab_bag")[:3] == ["2026-01-17", "2026-01-19", "2026-01-23"]
+    assert spans(p)["blina"] == ("2026-01-17", "2026-02-16")
+
+
+# --------------------------------------------------------------------------- count gates
+
+GATE = "ANC ≥ 0.5 ×10⁹/L and platelets ≥ 50 ×10⁹/L"
+
+
+def test_gate_without_counts_projects_the_earliest_date() -> None:
+    p = plan(ALPHA, as_of="2026-01-10")
+    assert spans(p)["blina"] == ("2026-01-17", "2026-02-14")
+    assert span(p, "blina").note == (f"starts when counts recover ({GATE}): projected on the earliest date until "
+                                      "counts are recorded")
+
+
+@pytest.mark.parametrize(("counts", "as_of", "start"), [
+    ([count("2026-01-16", 0.6, 60)], "2026-01-16", "2026-01-17"),  # recovered on alpha's last day
+    ([count("2026-01-16", 0.5, 50)], "2026-01-16", "2026-01-17"),  # thresholds are inclusive
+    ([count("2026-01-16", 0.3, 60), count("2026-01-21", 0.6, 60)], "2026-01-22", "2026-01-21"),
+    ([count("2026-01-18", 0.2, 20), count("2026-01-19", 0.7, 80), count("2026-01-20", 0.1, 5)], "2026-01-22",
+     "2026-01-19"),  # the first recovered count counts
+])
+def test_gate_starts_on_recovery_or_the_planned_day_whichever_is_later(counts: list[dict[str, Any]], as_of: str,
+                                                                       start: str) -> None:
+    p = plan(ALPHA, as_of=as_of, counts=counts)
+    assert span(p, "blina").planned_start == D(start)
+    assert item(p, "blina:blinatumomab@1").date == D(start)
+    first_ok = next(c for c in counts if c["anc"] >= 0.5 and c["platelets"] >= 50)
+    assert span(p, "blina").note == f"counts recovered on {first_ok['date']} ({GATE})"
+
+
+def test_gate_not_recovered_projects_from_the_day_after_as_of() -> None:
+    p = plan(ALPHA, as_of="2026-01-20", counts=[count("2026-01-16", 0.3, 60), count("2026-01-19", 0.6, 40)])
+    assert spans(p)["blina"] == ("2026-01-21", "2026-02-18")
+    assert spans(p)["gamma"] == ("2026-02-19", "2026-02-25")
+    assert span(p, "blina").note == (f"waiting for counts to recover ({GATE}); last count 2026-01-19: ANC 0.6, "
+                                      "platelets 40 ×10⁹/L; projected from the day after 2026-01-20")
+
+
+def test_gate_needs_every_threshold() -> None:
+    p = plan(ALPHA, as_of="2026-01-22", counts=[{"date": "2026-01-21", "anc": 0.9}])
+    assert span(p, "blina").planned_start == D("2026-01-23")
+
+
+def test_gate_ignores_counts_before_the_previous_elements_last_day() -> None:
+    p = plan(ALPHA, as_of="2026-01-16", counts=[count("2026-01-15", 0.9, 90)])
+    assert span(p, "blina").planned_start == D("2026-01-17")
+    assert "until counts are recorded" in span(p, "blina").note
+
+
+def test_gate_ignores_counts_after_as_of() -> None:
+    counts = [count("2026-01-16", 0.3, 60), count("2026-01-25", 0.6, 60)]
+    assert span(plan(ALPHA, as_of="2026-01-20", counts=counts), "blina").planned_start == D("2026-01-21")
+    assert span(plan(ALPHA, as_of="2026-01-25", counts=counts), "blina").planned_start == D("2026-01-25")
+
+
+def test_gate_follows_the_previous_elements_moved_end() -> None:
+    events = [*ALPHA, delayed("alpha:xdrug@8", "2026-01-07", "2026-01-14", "all")]  # alpha ends 01-18
+    p = plan(events, as_of="2026-01-18", counts=[count("2026-01-17", 0.9, 90)])  # before 01-18: ignored
+    assert span(p, "blina").planned_start == D("2026-01-19")
+    assert "until counts are recorded" in span(p, "blina").note
+
+
+def test_start_before_recovery_is_a_count_gate_deviation() -> None:
+    counts = [count("2026-01-16", 0.3, 60), count("2026-01-21", 0.6, 60)]
+    p = plan([*ALPHA, completed("alpha", "2026-01-16"), started("blina", "2026-01-18")], as_of="2026-01-22",
+             counts=counts)
+    assert [d for d in p.deviations if d["kind"] == "count_gate"] == [
+        {"date": "2026-01-18", "element": "blina", "item": None, "kind": "count_gate",
+         "message": f"blina started on 2026-01-18 before counts recovered ({GATE}); last count 2026-01-16: ANC 0.3, "
+                    "platelets 60 ×10⁹/L"}]
+    assert span(p, "blina").actual_start == D("2026-01-18")
+    assert item(p, "blina:blinatumomab@1").date == D("2026-01-18")
+
+
+def test_start_after_recovery_or_without_counts_is_no_deviation() -> None:
+    counts = [count("2026-01-16", 0.3, 60), count("2026-01-21", 0.6, 60)]
+    p = plan([*ALPHA, completed("alpha", "2026-01-16"), started("blina", "2026-01-22")], as_of="2026-01-22",
+             counts=counts)
+    assert p.deviations == []
+    p = plan([*ALPHA, completed("alpha", "2026-01-16"), started("blina", "2026-01-17")], as_of="2026-01-22")
+    assert p.deviations == []
+
+
+def test_gate_with_unknown_threshold_projects_the_earliest_date_with_a_note() -> None:
+    p = plan(BLINA, as_of="2026-01-20", counts=[count("2026-02-14", 0.0, 0.0)])  # counts after as_of anyway
+    assert spans(p)["gamma"] == ("2026-02-15", "2026-02-21")
+    assert span(p, "gamma").note == ("starts when counts recover (ANC ≥ ? ×10⁹/L (not specified)): the thresholds are "
+                                      "not specified in the definition (placeholder); projected on the earliest date")
+    p = plan([*BLINA, completed("blina", "2026-02-14")], as_of="2026-02-20", counts=[count("2026-02-14", 0.0, 0.0)])
+    assert span(p, "gamma").planned_start == D("2026-02-15")
+    p = plan([*BLINA, completed("blina", "2026-02-14"), started("gamma", "2026-02-15")], as_of="2026-02-20",
+             counts=[count("2026-02-14", 0.0, 0.0)])
+    assert p.deviations == []
+
+
+# --------------------------------------------------------------------------- doses and weight
+
+
+M0 = {"date": "2026-01-05", "height_cm": 100, "weight_kg": 9}
+
+
+def _xdoses(p: protocol.Plan) -> list[float]:
+    return [item(p, f"alpha:xdrug@{d}").dose.amount for d in (1, 4, 8)]
+
+
+@pytest.mark.parametrize(("weight", "bsa", "change"), [(10, 0.53, "+11%"), (8, 0.47, "-11%")])
+def test_weight_change_over_10_percent_recomputes_within_the_element(weight: float, bsa: float, change: str) -> None:
+    p = plan(ALPHA, as_of="2026-01-10", measurements=[M0, {"date": "2026-01-07", "height_cm": 100, "weight_kg": weight}])
+    amount = round(100 * bsa, 6)
+    assert _xdoses(p) == [50.0, amount, amount]
+    assert item(p, "alpha:xdrug@4").dose.working == (f"100 mg/m² × {bsa:.2f} m² = {amount:.1f} mg (BSA Mosteller, "
+                                                     f"100 cm, {weight:g} kg on 2026-01-07)")
+    assert [d for d in p.deviations if d["kind"] == "weight_change"] == [
+        {"date": "2026-01-07", "element": "alpha", "item": None, "kind": "weight_change",
+         "message": f"weight {weight:g} kg on 2026-01-07 is {change} from the 9 kg of 2026-01-05 used for the doses: "
+                    "doses recomputed from 2026-01-07"}]
+
+
+def test_weight_change_under_10_percent_keeps_the_doses() -> None:
+    p = plan(ALPHA, as_of="2026-01-10", measurements=[M0, {"date": "2026-01-07", "height_cm": 100, "weight_kg": 9.5}])
+    assert _xdoses(p) == [50.0, 50.0, 50.0]
+    assert p.deviations == [d for d in p.deviations if d["kind"] != "weight_change"]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a weight change of exactly 10 % recomputes the doses (float comparison)")
+@pytest.mark.parametrize("weight", [9.9, 8.1])
+def test_weight_change_of_exactly_10_percent_keeps_the_doses(weight: float) -> None:
+    # 9 kg -> 9.9 kg is +10 %, not more than 10 %: abs(9.9 - 9) = 0.9000000000000004 > 0.9.
+    p = plan(ALPHA, as_of="2026-01-10", measurements=[M0, {"date": "2026-01-07", "height_cm": 100, "weight_kg": weight}])
+    assert _xdoses(p) == [50.0, 50.0, 50.0]
+    assert [d for d in p.deviations if d["kind"] == "weight_change"] == []
+
+
+def test_weight_change_is_measured_from_the_weight_in_use() -> None:
+    # 9 -> 9.8 (+8.9 %, kept) -> 10 (+11 % from the 9 kg in use): recomputed from the third.
+    p = plan(ALPHA, as_of="2026-01-10", measurements=[M0, {"date": "2026-01-06", "height_cm": 100, "weight_kg": 9.8},
+                                                     {"date": "2026-01-09", "height_cm": 100, "weight_kg": 10}])
+    assert _xdoses(p) == [50.0, 50.0, 53.0]
+    assert [d["message"] for d in p.deviations if d["kind"] == "weight_change"] == [
+        "weight 10 kg on 2026-01-09 is +11% from the 9 kg of 2026-01-05 used for the doses: doses recomputed from "
+        "2026-01-09"]
+
+
+def test_doses_are_recomputed_at_each_element_start_from_the_measurement_in_force() -> None:
+    ms = [M0, {"date": "2026-02-01", "height_cm": 100, "weight_kg": 9.5}]  # +5.6 %, during blina
+    p = plan(WALK[:5], as_of="2026-02-15", measurements=ms)
+    assert item(p, "blina:blinatumomab@28").dose.amount == 7.5  # not recomputed within blina
+    z = item(p, "gamma:zdrug@1")
+    assert z.dose.amount == 5.1  # BSA sqrt(950/3600) = 0.5137 -> 0.51
+    assert "9.5 kg on 2026-02-01" in z.dose.working
+    assert p.deviations == []
+
+
+def test_measurements_after_as_of_are_ignored() -> None:
+    ms = [M0, {"date": "2026-01-07", "height_cm": 100, "weight_kg": 10}]
+    assert _xdoses(plan(ALPHA, as_of="2026-01-06", measurements=ms)) == [50.0, 50.0, 50.0]
+
+
+# --------------------------------------------------------------------------- recorded history is kept
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: an item given early disappears when its element is completed before its due date")
+def test_item_given_early_survives_an_early_completion() -> None:
+    # xdrug@8 (due 01-12, window -1) given on 01-11; alpha completed the same day.
+    p = plan([*ALPHA, given("alpha:xdrug@8", "2026-01-11"), completed("alpha", "2026-01-11")], as_of="2026-01-12")
+    assert item(p, "alpha:xdrug@8").status == "given"
+
+
+def test_statuses_are_from_the_documented_set() -> None:
+    documented = {"given", "omitted", "done", "planned", "overdue", "unrecorded", "held", "pending_decision"}
+    p = plan([*BLINA, given("blina:premed@1", "2026-01-17"), omitted("blina:blinatumomab_bag@3", "2026-01-19"),
+              held("blina", "2026-01-21")], as_of="2026-01-22")
+    assert {i.status for i in p.items} <= documented
+    assert {"given", "omitted", "held", "done", "unrecorded"} <= {i.status for i in p.items}
+
+
+# --------------------------------------------------------------------------- through the CLI (shipped protocol)
+
+SHIPPED_PATIENT: dict[str, Any] = {
+    "id": "CLI-0001", "protocol": "interfant06-blinatumomab", "birth_date": "2025-10-20", "sex": "female",
+    "diagnosis_date": "2026-05-04", "kmt2a": "rearranged", "wbc_at_diagnosis": 150, "day8_blasts_per_ul": 300,
+    "measurements": [{"date": "2026-05-04", "height_cm": 66, "weight_kg": 7.4}],
+}
+INDUCTION = [started("induction", "2026-05-04")]
+
+
+def _cli_plan(tmp_path: Path, events: list[dict[str, Any]], as_of: str) -> Any:
+    """Write the patient with one event per line (JSON flow style), so that events[i] is on
+    line ``EVENTS_LINE + i``, and run ``protocol plan --format json``."""
+    lines = [f"{k}: {json.dumps(v)}" for k, v in SHIPPED_PATIENT.items()]
+    assert len(lines) + 2 == EVENTS_LINE
+    lines += ["events:", *(f"  - {json.dumps(e)}" for e in events)]
+    path = tmp_path / "patient.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return CliRunner().invoke(app, ["plan", str(path), "--format", "json", "--as-of", as_of])
+
+
+EVENTS_LINE = 11  # nine fields, then "events:" on line 10
+
+CLI_BAD = [
+    ("168 h bag", [*INDUCTION, completed("induction", "2026-06-07"), started("blinatumomab", "2026-06-08", bag_hours=168)],
+     "2026-06-10", "events[2].bag_hours: a 168 h bag is not for patients under 22 kg (label), got 7.4 kg on "
+     "2026-05-04"),
+    ("unknown item", [*INDUCTION, given("induction:vincristine@9", "2026-05-12")], "2026-05-20",
+     "events[1].item: Vincristine is not planned on day 9 of induction (its days: 8, 15, 22, 29), got "
+     "'induction:vincristine@9'"),
+    ("delay earlier", [*INDUCTION, delayed("induction:vincristine@15", "2026-05-12", "2026-05-17", "all")], "2026-05-20",
+     "events[1].to: expected a date after the item's due date 2026-05-18 (a delay moves an item later), got "
+     "2026-05-17"),
+    ("dose above standard", [*INDUCTION, given("induction:vincristine@8", "2026-05-11", dose=0.6)], "2026-05-20",
+     "events[1].dose: expected at most the standard dose 0.555 mg (1.5 mg/m² × 0.37 m² = 0.555 mg (BSA "
+     "Mosteller, 66 cm, 7.4 kg on 2026-05-04)), got 0.6"),
+    ("resume without hold", [*INDUCTION, resumed("induction", "2026-05-12")], "2026-05-20",
+     "events[1].type: element_resumed without an earlier element_held for induction"),
+    ("zero percent", [*INDUCTION, modified("induction:vincristine@8", "2026-05-10", 0)], "2026-05-20",
+     "events[1]: a 0 % dose is an omission: record an item_omitted event with the reason instead"),
+]
+
+
+@pytest.mark.parametrize(("events", "as_of", "message"), [c[1:] for c in CLI_BAD], ids=[c[0] for c in CLI_BAD])
+def test_cli_bad_item_events_exit_2(tmp_path: Path, events: list[dict[str, Any]], as_of: str, message: str) -> None:
+    result = _cli_plan(tmp_path, events, as_of)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    index = int(message[len("events["):message.index("]")])
+    assert result.stderr.strip() == f"error: {tmp_path / 'patient.yaml'}:{EVENTS_LINE + index}: {message}"
+    assert "Traceback" not in result.output
+
+
+def test_cli_plan_json_shows_a_delay_with_scope_all(tmp_path: Path) -> None:
+    events = [*INDUCTION, delayed("induction:vincristine@8", "2026-05-10", "2026-05-13", "all", "ileus"),
+              given("induction:vincristine@8", "2026-05-13", dose=0.5)]
+    result = _cli_plan(tmp_path, events, "2026-05-20")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    vcr = next(i for i in data["items"] if i["ref"] == "induction:vincristine@8")
+    assert (vcr["date"], vcr["element_day"], vcr["study_day"], vcr["status"]) == ("2026-05-13", 8, 10, "given")
+    assert vcr["note"] == "delayed 2 days on 2026-05-10: ileus; given on 2026-05-13: 0.5 mg"
+    elements = {e["id"]: e for e in data["elements"]}
+    assert elements["induction"]["planned_end"] == "2026-06-09"  # 35 days from 05-04, plus 2
+    assert elements["blinatumomab"]["planned_start"] == "2026-06-10"
+    blina = next(i for i in data["items"] if i["ref"] == "blinatumomab:blinatumomab@1")
+    assert blina["date"] == "2026-06-10"
+    assert data["end_of_therapy"] == "2028-04-30"  # 104 weeks from diagnosis, unchanged
+    assert isinstance(data["deviations"], list)
