@@ -202,3 +202,276 @@ def test_every_printed_dose_from_a_placeholder_is_marked() -> None:
     html = render_roadmap(plan, "html")
     assert "22.2 mg/day <span class=\"unverified\">unverified</span>" in html
     assert "22.2 mg/day ⚠" in render_roadmap(plan, "md")
+
+
+# --------------------------------------------------------------------------- pictures, PDF, validators
+
+import os  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import xml.etree.ElementTree as ET  # noqa: E402
+import zlib  # noqa: E402
+
+from protocol._documents import pathway_svg, render_pdf, timeline_svg  # noqa: E402
+
+IN_CI = bool(os.environ.get("CI"))
+EPOCH = "1790000000"  # 2026-09-21 14:13 UTC
+STAMP = "2026-09-21 14:13 UTC"
+VNU = ROOT / ".ci" / "node" / "node_modules" / "vnu-jar" / "build" / "dist" / "vnu.jar"
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _tool_missing(what: str) -> None:
+    """Skip on a developer machine without the tool; in CI (CI=true) a missing tool fails."""
+    if IN_CI:
+        pytest.fail(f"{what} is missing: .ci/run must install it")
+    pytest.skip(f"{what} is not installed (.ci/run installs it)")
+
+
+def _svg(markup: str) -> ET.Element:
+    return ET.fromstring(str(markup))  # an independent XML parser: the picture is well-formed SVG
+
+
+def test_pathway_shows_the_branch_taken_and_the_branch_not_taken() -> None:
+    plan = protocol.plan(ROOT / "examples/patients/mr-on-time.yaml", as_of=AS_OF)
+    root = _svg(pathway_svg(plan))
+    nodes = {g.findtext(f"{SVG}title"): (g.get("class") or "").split()[-1] for g in root.iter(f"{SVG}g")}
+    by_id = {plan.protocol.elements[e].title: e for e in plan.protocol.elements}
+    states = {by_id[title]: state for title, state in nodes.items() if title in by_id}
+    assert set(states) == set(plan.protocol.elements), "every element of the protocol is drawn"
+    assert states["induction"] == "completed" and states["octadad"] == "in_progress"
+    assert states["maintenance"] == "planned" and states["hsct"] == "not_taken"
+    edges = [t.text for t in root.iter(f"{SVG}title") if t.text and "→" in t.text]
+    assert "marma → octadad: taken" in edges and "marma → hsct: not taken" in edges
+    assert len(list(root.iter(f"{SVG}polygon"))) == 1  # one decision point: pre_octadad
+
+
+def test_pathway_of_a_pending_decision_marks_both_branches_pending() -> None:
+    plan = protocol.plan(ROOT / "examples/patients/mr-pending-mrd.yaml", as_of=AS_OF)
+    root = _svg(pathway_svg(plan))
+    texts = [t.text for t in root.iter(f"{SVG}title") if t.text]
+    assert "marma → hsct: pending" in texts and "marma → octadad: pending" in texts
+    assert any(t.startswith("decision pre_octadad: pending") for t in texts)
+
+
+def test_timeline_draws_planned_and_actual_bars() -> None:
+    plan = protocol.plan(ROOT / "examples/patients/hr-to-hsct.yaml", as_of=AS_OF)
+    root = _svg(timeline_svg(plan))
+    groups = [g for g in root.iter(f"{SVG}g")]
+    assert len(groups) == len(plan.elements)
+    blina = next(g for g in groups if g.findtext(f"{SVG}title", "").startswith("Blinatumomab"))
+    planned, actual = [r for r in blina.iter(f"{SVG}rect")]
+    # Blinatumomab started 3 days late: the actual bar starts to the right of the planned one.
+    assert float(actual.get("x")) > float(planned.get("x"))
+    assert "actual 2026-08-27" in blina.findtext(f"{SVG}title")
+    assert any(t.text == f"as of {AS_OF.isoformat()}" for t in root.iter(f"{SVG}text"))
+
+
+def test_cover_and_sections_follow_the_therapy_delivery_map() -> None:
+    plan = protocol.plan(ROOT / "examples/patients/mr-pending-mrd.yaml", as_of=AS_OF)
+    html = render_roadmap(plan, "html")
+    cover = html[html.index('<header class="cover">'):html.index("</header>")]
+    for text in ("INF-0003", "2025-12-01", "2026-06-15", "interfant06-blinatumomab 1.0.0", "Risk group: MR",
+                 "measured 2026-09-14", '<svg xmlns="http://www.w3.org/2000/svg" class="pathway"',
+                 'class="timeline"'):
+        assert text in cover, text
+    for head in ("Drug", "Route", "Dosage", "Calculated dose", "Days", "Important notes", "Observations",
+                 "Date due", "Date given", "Study day", "Studies due", "Comments"):
+        assert f"<th>{head}" in html, head
+    # MARMA's grid ends with the decision, then "begin next element".
+    marma = html[html.index('id="marma"'):html.index("</section>", html.index('id="marma"'))]
+    assert "Decision pre_octadad (PENDING: waits for mrd:pre_octadad)" in marma
+    assert marma.index("Decision pre_octadad (PENDING") < marma.index("begin next element")
+    assert "a. Bone marrow MRD before OCTADAD" in marma  # observation letter cited in "Studies due"
+
+
+@pytest.fixture(scope="module")
+def pdfs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[protocol.Plan, bytes]]:
+    try:
+        import weasyprint  # noqa: F401
+    except OSError:  # pragma: no cover - the Pango library is missing
+        _tool_missing("the Pango library (WeasyPrint)")
+    old = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = EPOCH
+    try:
+        out = {}
+        for name in ("mr-pending-mrd",):  # every element, both branches of a pending decision
+            plan = protocol.plan(ROOT / f"examples/patients/{name}.yaml", as_of=AS_OF)
+            out[name] = (plan, render_pdf(plan))
+        return out
+    finally:
+        if old is None:
+            os.environ.pop("SOURCE_DATE_EPOCH")
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = old
+
+
+def _pages(data: bytes) -> list[str]:
+    import io
+
+    import pypdf
+
+    return [page.extract_text() or "" for page in pypdf.PdfReader(io.BytesIO(data)).pages]
+
+
+@pytest.mark.parametrize("name", ["mr-pending-mrd"])
+def test_pdf_reads_back_with_every_element_and_dated_item(pdfs: dict[str, tuple[protocol.Plan, bytes]],
+                                                          name: str) -> None:
+    plan, data = pdfs[name]
+    assert data.startswith(b"%PDF-")
+    pages = _pages(data)
+    text = "\n".join(pages)
+    flat = re.sub(r"\s+", " ", text)
+    for span in plan.elements:
+        assert span.title in flat, span.title
+    # Every dated item of the day grids (long daily runs: first and last day) is printed.
+    ctx = roadmap_context(plan)
+    for section in ctx["sections"]:
+        for row in section.grid:
+            assert row.date in flat, (section.id, row.date)
+    # Each element starts on a new page: its title is the first thing on a page.
+    for section in ctx["sections"]:
+        title = section.title + (f" (if {section.branch})" if section.branch else "")
+        assert any(re.sub(r"\s+", " ", p).split("born ")[-1].lstrip("0123456789- ").startswith(title[:30])
+                   or re.sub(r"\s+", " ", p).find(title[:30]) < 120 and title[:30] in p for p in pages), title
+    # Page count: the cover, at least one page per element, the unverified list; every footer
+    # says which page of how many, and agrees with the file.
+    assert len(pages) >= len(plan.elements) + 2
+    for n, page in enumerate(pages, start=1):
+        assert f"page {n} of {len(pages)}" in page, n
+        assert "Check against the official protocol document" in page
+        assert f"interfant06-blinatumomab {plan.protocol.version}" in page and STAMP in page
+        assert f"Patient {plan.patient.id}" in page
+    # Placeholders are marked where they are printed, with the legend and the list at the end.
+    assert flat.count("⚠ unverified") > 20
+    assert "unverified = placeholder value" in flat
+    assert f"Unverified values in interfant06-blinatumomab {plan.protocol.version}" in flat
+
+
+def test_pdf_has_a_bookmark_per_element_in_page_order(pdfs: dict[str, tuple[protocol.Plan, bytes]]) -> None:
+    import io
+
+    import pypdf
+
+    plan, data = pdfs["mr-pending-mrd"]
+    reader = pypdf.PdfReader(io.BytesIO(data))
+
+    def flatten(items: list) -> list:
+        out = []
+        for it in items:
+            out.extend(flatten(it) if isinstance(it, list) else [it])
+        return out
+
+    marks = {m.title: reader.get_destination_page_number(m) for m in flatten(reader.outline)}
+    expected = [s.title + (f" (if {s.branch})" if s.branch else "") for s in plan.elements]
+    assert all(t in marks for t in expected), sorted(marks)
+    pages = [marks[t] for t in expected]
+    assert pages == sorted(pages) and len(set(pages)) == len(pages)  # each on its own page, in order
+    assert marks[f"Unverified values in interfant06-blinatumomab {plan.protocol.version}"] > pages[-1]
+
+
+def test_pdf_is_byte_identical_with_source_date_epoch_and_takes_a_site_stylesheet(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    import pypdf
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    (tmp_path / "roadmap.print.css").write_text('@page { @top-right { content: "SITE BRANDING"; } }\n',
+                                                encoding="utf-8")
+    plan = protocol.plan(ROOT / "examples/patients/hr-to-hsct.yaml", as_of=AS_OF)
+    first = render_pdf(plan, templates=tmp_path)
+    second = render_pdf(protocol.plan(ROOT / "examples/patients/hr-to-hsct.yaml", as_of=AS_OF), templates=tmp_path)
+    assert first == second
+    meta = pypdf.PdfReader(io.BytesIO(first)).metadata
+    assert meta["/CreationDate"] == meta["/ModDate"] == "D:20260921141320Z"  # from SOURCE_DATE_EPOCH
+    assert meta["/Title"].startswith("Roadmap INF-0002")
+    pages = _pages(first)
+    assert all("SITE BRANDING" in p for p in pages)  # the folder's print stylesheet replaced the built-in one
+    assert "Allogeneic stem-cell transplant (HSCT)" in "".join(pages)
+
+
+def test_html_passes_the_nu_html_checker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    java = shutil.which("java")
+    if java is None:
+        _tool_missing("java")
+    if not VNU.is_file():
+        _tool_missing(f"the Nu HTML Checker ({VNU.relative_to(ROOT)})")
+    files = []
+    for path in EXAMPLES:
+        plan = protocol.plan(path, as_of=AS_OF)
+        out = tmp_path / f"{path.stem}.html"
+        out.write_text(render_roadmap(plan, "html"), encoding="utf-8")
+        files.append(str(out))
+    done = subprocess.run([java, "-jar", str(VNU), "--errors-only", "--format", "json", *files],
+                          capture_output=True, text=True, timeout=180)
+    import json
+
+    messages = json.loads(done.stderr or done.stdout or '{"messages": []}')["messages"]
+    errors = [f"{m.get('url', '').rsplit('/', 1)[-1]}:{m.get('lastLine')}: {m.get('message')}"
+              for m in messages if m.get("type") == "error" or m.get("subType") == "fatal"]
+    assert not errors, errors[:5]
+    assert done.returncode == 0
+
+
+def _png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
+    """Decode an 8-bit RGB/RGBA PNG with zlib alone: (width, height, unfiltered rows)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, width = 8, b"", 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, colour = struct.unpack(">IIBB", body[:10])
+            assert depth == 8 and colour in (2, 6), (depth, colour)
+            bpp = 3 if colour == 2 else 4
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    stride = width * bpp
+    rows, prev = [], bytearray(stride)
+    for y in range(height):
+        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b = prev[i]
+            c = prev[i - bpp] if i >= bpp else 0
+            if f == 1:
+                line[i] = (line[i] + a) & 0xFF
+            elif f == 2:
+                line[i] = (line[i] + b) & 0xFF
+            elif f == 3:
+                line[i] = (line[i] + (a + b) // 2) & 0xFF
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+        rows.append(bytes(line[k] for k in range(stride) if k % bpp < 3))
+        prev = line
+    return width, height, rows
+
+
+def test_html_renders_in_headless_chromium_to_a_non_blank_png(tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        _tool_missing("chromium")
+    plan = protocol.plan(ROOT / "examples/patients/mr-pending-mrd.yaml", as_of=AS_OF)
+    page = tmp_path / "roadmap.html"
+    page.write_text(render_roadmap(plan, "html"), encoding="utf-8")
+    png = tmp_path / "roadmap.png"
+    profile = tmp_path / "profile"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+                    f"--user-data-dir={profile}", "--window-size=1100,900", f"--screenshot={png}",
+                    page.as_uri()], capture_output=True, timeout=120, check=False)
+    assert png.is_file(), "chromium wrote no screenshot"
+    width, height, rows = _png_pixels(png.read_bytes())
+    assert (width, height) == (1100, 900)
+    pixels = [row[i:i + 3] for row in rows[::3] for i in range(0, len(row), 9)]
+    dark = sum(1 for p in pixels if sum(p) < 200)  # text and lines
+    coloured = {p for p in pixels if max(p) - min(p) > 40}  # the pathway's state colours
+    assert dark / len(pixels) > 0.01, "the page is blank"
+    assert len(set(pixels)) > 20 and coloured, "no pictures or colours rendered"
