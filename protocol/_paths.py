@@ -361,9 +361,12 @@ class _Reasoner:
         info = self.info(key)
         op, operand = c.op
         if isinstance(info.universe, Categories):
-            values = {"eq": {operand}, "in": set(operand)}.get(op)
-            found = Categories(frozenset(values)) if values is not None else \
-                Categories(frozenset({operand})).complement(info.universe)
+            if op == "in":
+                found = Categories(frozenset(operand))
+            elif op == "eq":
+                found = Categories(frozenset({operand}))
+            else:
+                found = Categories(frozenset({operand})).complement(info.universe)
             return key, found & info.universe
         t = float(operand.value)
         part = {"lt": Interval(-_INF, False, t, False), "lte": Interval(-_INF, False, t, True),

@@ -44,6 +44,15 @@ __all__ = ["CHUNK", "Compiled", "SimulationResult", "Simulator", "Tally", "simul
 #: Patients per chunk. Fixed: the chunk, not the worker, is the unit of randomness.
 CHUNK = 10_000
 
+#: Worker processes start only for runs of at least this many chunks: starting one (a fresh
+#: interpreter that imports the package and rebuilds the protocol) costs about as much as
+#: simulating a few hundred thousand patients in the running process.
+POOL_MIN_CHUNKS = 40
+
+#: With workers, this process simulates chunks too (the tests turn it off so that the spawned
+#: workers compute every chunk).
+MAIN_WORKS = True
+
 F, U, T = 0, 1, 2  # three-valued results as int8: false, unknown, true
 
 #: Diagnosis dates of virtual patients are spread over four years from this day, so that
@@ -642,25 +651,25 @@ class Simulator:
 
 def mrd_cuts(protocol: Protocol, cohort: Cohort, tp: str) -> np.ndarray:
     """Category boundaries for reporting the MRD at ``tp``: the thresholds the protocol's
-    rules compare it with, and the cohort's own bin edges (0 is its own category)."""
+    rules compare it with, and the boundaries between the cohort's own bins (0 is its own
+    category: negative)."""
     cuts: set[float] = set()
 
     def walk(c: Condition) -> None:
-        for x in (c.all_ or ()) + tuple(c.any_ or ()):  # type: ignore[operator]
+        for x in [*(c.all_ or ()), *(c.any_ or ())]:
             walk(x)
         if c.not_ is not None:
             walk(c.not_)
-        if c.mrd is not None:
+        if c.mrd == tp:
             _, operand = c.op
             cuts.add(float(operand.value))
 
     for t in protocol.definition.transitions:
         if t.when is not None:
             walk(t.when)
-    d = cohort.mrd[tp]
-    for b in d.bins or ():
-        cuts.update(x for x in b.bounds if 0 < x < 1)
-    return np.array(sorted(x for x in cuts if x > 0))
+    lows = sorted(b.bounds[0] for b in cohort.mrd[tp].bins or () if b.value is None)
+    cuts.update(lows[1:])  # the lowest interval starts where "positive" does
+    return np.array(sorted(x for x in cuts if 0 < x < 1))
 
 
 def mrd_labels(cuts: Sequence[float]) -> list[str]:
@@ -733,41 +742,71 @@ def simulate(protocol: Protocol | str, cohort: Cohort | str, n: int, *, seed: in
     chunks = [(i, min(CHUNK, n - i * CHUNK)) for i in range(math.ceil(n / CHUNK))]
     tally = sim.empty()
     started = time.perf_counter()
-    workers = min(workers, len(chunks))
+    workers = min(workers, len(chunks)) if len(chunks) >= POOL_MIN_CHUNKS else 1
     if workers == 1:
         for i, size in chunks:
             tally.merge(sim.chunk(i, size, seed))
             if progress is not None:
                 progress(size)
     else:
-        _run_pool(protocol, cohort, chunks, seed, workers, tally, progress)
+        _run_pool(sim, chunks, seed, workers, tally, progress)
     elapsed = time.perf_counter() - started
     return SimulationResult(sim, tally, seed, n, workers, elapsed)
 
 
-def _run_pool(protocol: Protocol, cohort: Cohort, chunks: list[tuple[int, int]], seed: int, workers: int,
-              tally: Tally, progress: Callable[[int], None] | None) -> None:
+def _run_pool(sim: Simulator, chunks: list[tuple[int, int]], seed: int, workers: int, tally: Tally,
+              progress: Callable[[int], None] | None) -> None:
+    """This process and ``workers - 1`` spawned ones share the chunks. This one starts at
+    once; a spawned worker gets chunks only once it has started (a first no-op task came
+    back), so that no chunk waits on a slow start. Tallies are merged as they come: integer
+    sums, so neither the order nor who computed a chunk matters."""
     import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = mp.get_context("spawn")
     # Plain data, validated again in each worker: spawn-safe, no closures or machines pickled.
-    args = (protocol.definition.model_dump(mode="json", by_alias=True), protocol.path,
-            cohort.model_dump(mode="json", by_alias=True))
+    args = (sim.protocol.definition.model_dump(mode="json", by_alias=True), sim.protocol.path,
+            sim.cohort.model_dump(mode="json", by_alias=True))
     todo = list(chunks)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=args) as pool:
-        running: dict[Any, int] = {}
+    others = workers - 1
+
+    def merge(part: Tally, size: int) -> None:
+        tally.merge(part)
+        if progress is not None:
+            progress(size)
+
+    pool = ctx.Pool(others, initializer=_init_worker, initargs=args)
+    try:
+        started = [pool.apply_async(_ready) for _ in range(others)]
+        running: list[tuple[Any, int]] = []
         while todo or running:
-            # At most two chunks per worker in flight: finished tallies are merged as they come.
-            while todo and len(running) < 2 * workers:
+            ready = sum(r.ready() for r in started)
+            # At most two chunks per started worker in flight, so that memory stays flat.
+            while todo and len(running) < 2 * ready:
                 i, size = todo.pop(0)
-                running[pool.submit(_work, i, size, seed)] = size
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for f in finished:
-                size = running.pop(f)
-                tally.merge(f.result())
-                if progress is not None:
-                    progress(size)
+                running.append((pool.apply_async(_work, (i, size, seed)), size))
+            if todo and MAIN_WORKS:
+                i, size = todo.pop()
+                merge(sim.chunk(i, size, seed), size)
+            elif running:
+                running[0][0].wait()
+            else:  # only when this process does not work: wait for a worker to start
+                next(r for r in started if not r.ready()).wait(600)
+                if not any(r.ready() for r in started):
+                    raise RuntimeError("no simulation worker started within 10 minutes")
+            waiting = []
+            for result, size in running:
+                if result.ready():
+                    merge(result.get(), size)
+                else:
+                    waiting.append((result, size))
+            running = waiting
+    finally:
+        pool.terminate()  # workers still starting are not waited for
+        pool.join()
+
+
+def _ready() -> bool:
+    return _WORKER is not None
 
 
 # --------------------------------------------------------------------------- results
@@ -781,7 +820,7 @@ def wilson(k: int, n: int, z: float = _Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
 
 
 def _poisson_upper(mean: float, q: float = 0.95) -> int:
