@@ -334,15 +334,22 @@ class _Walker:
             self._whole("removed", old, at)
         elif isinstance(new, BaseModel) and old is None:
             self._whole("added", new, at)
-        elif (isinstance(old, list) and isinstance(new, list)
-              and any(isinstance(x, BaseModel) for x in (*old, *new))):
-            self._list(old, new, at)
+        elif _model_list(old) and _model_list(new):
+            self._list(old or [], new or [], at)
         else:
             self._leaf(old, new, at)
 
     def _model(self, old: BaseModel, new: BaseModel, at: _At) -> None:
         if isinstance(old, Condition) and at.guard is None:
             at = replace(at, guard=(at.path, old, new))
+        if isinstance(old, Condition) and _shape(old) != _shape(new):
+            # A clause of another kind ({mrd, gte} became {all: [...]}): field by field would
+            # read as noise; the clause is replaced, shown in words.
+            self.changes.append(Change(
+                path=at.path, section=at.section, kind="changed", category="guard", old=_plain(old),
+                new=_plain(new), old_text=_describe(old) or "", new_text=_describe(new) or "",
+                guard=self._guard(at)))
+            return
         if _is_sourced(old):
             leaf = at.fields[-1] if at.fields else ""
             old_dose, new_dose = at.dose if at.dose is not None else (None, None)
@@ -436,6 +443,16 @@ class _Walker:
             return None
         path, old, new = at.guard
         return GuardText(path, _describe(old), _describe(new))
+
+
+def _model_list(value: Any) -> bool:
+    """A list of models, or ``None`` standing for an empty one (``all: null`` beside ``all: [...]``)."""
+    return value is None or (isinstance(value, list) and all(isinstance(x, BaseModel) for x in value))
+
+
+def _shape(condition: Condition) -> tuple[str, ...]:
+    """Which fields of a condition are set: its kind (``all``, ``fact`` + ``gte``...)."""
+    return tuple(name for name in type(condition).model_fields if getattr(condition, name) is not None)
 
 
 def _identities(items: list[Any]) -> list[str] | None:

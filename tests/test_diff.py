@@ -24,6 +24,7 @@ from protocol._diff import CATEGORIES, Change
 
 SHIPPED_ID = "interfant06-blinatumomab"
 SHIPPED_FILE = Path(__file__).resolve().parent.parent / "protocol" / "definitions" / f"{SHIPPED_ID}.yaml"
+SHIPPED = sorted(SHIPPED_FILE.parent.glob("*.yaml"))
 HSCT_MRD = "transitions.marma->hsct.when.any[1].gte"
 DEX_INDUCTION = "elements.induction.administrations.dexamethasone"
 
@@ -294,6 +295,19 @@ def test_clause_added_to_a_guard(shipped_definition: dict[str, Any], against: An
     assert change.guard.new.endswith(" or CNS status = CNS3")
 
 
+def test_clause_replaced_by_another_kind_is_one_change_in_words(shipped_definition: dict[str, Any],
+                                                                 against: Any) -> None:
+    clauses = _transition(shipped_definition, "marma", "hsct")["when"]["any"]
+    mrd = clauses[1]
+    mrd["gte"]["value"] = 1e-4
+    clauses[1] = {"all": [{"fact": "risk_group", "eq": "MR"}, mrd]}
+    change = _only(against(shipped_definition))
+    assert (change.path, change.kind, change.category) == ("transitions.marma->hsct.when.any[1]", "changed", "guard")
+    assert (change.old_text, change.new_text) == ("MRD at pre_octadad ≥ 5e-4",
+                                                  "risk group = MR and MRD at pre_octadad ≥ 1e-4")
+    assert change.new["all"][0] == {"fact": "risk_group", "eq": "MR"}
+
+
 # --------------------------------------------------------------------------- evidence and sources
 
 
@@ -405,6 +419,18 @@ def test_json_round_trip(amendment: Path) -> None:
     assert data["sections"]["transitions.marma->hsct"] == "marma → hsct (HSCT)"
     with pytest.raises(ValueError, match="format"):
         DefinitionDiff.from_dict({**data, "format": 99})
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_definition(path: Path) -> None:
+    """Against itself: nothing; against the reference protocol, both ways: mirror images that
+    survive JSON (whatever fields each definition uses)."""
+    assert diff_protocols(path, path).identical
+    forward, backward = diff_protocols(SHIPPED_FILE, path), diff_protocols(path, SHIPPED_FILE)
+    flip = {"added": "removed", "removed": "added", "changed": "changed", "moved": "moved"}
+    assert sorted((c.path, flip[c.kind], json.dumps(c.new), json.dumps(c.old)) for c in forward.changes) == \
+        sorted((c.path, c.kind, json.dumps(c.old), json.dumps(c.new)) for c in backward.changes)
+    assert DefinitionDiff.from_dict(json.loads(forward.to_json())) == forward
 
 
 # --------------------------------------------------------------------------- command line
