@@ -750,7 +750,8 @@ def _section_lines(section: str, changes: list[Change]) -> Iterator[str]:
         yield f"{head}: {first}" if first else head
         for line in rest:
             yield f"      {line}"
-        if c.guard is not None and c.guard.path not in guards_shown:
+        # The whole guard in words, once per guard, unless the line already is the whole guard.
+        if c.guard is not None and c.guard.path not in guards_shown and c.guard.path != c.path:
             guards_shown.add(c.guard.path)
             yield f"      guard before: {c.guard.old if c.guard.old is not None else '(none)'}"
             yield f"      guard after:  {c.guard.new if c.guard.new is not None else '(none)'}"

@@ -306,6 +306,19 @@ def test_clause_replaced_by_another_kind_is_one_change_in_words(shipped_definiti
     assert (change.old_text, change.new_text) == ("MRD at pre_octadad ≥ 5e-4",
                                                   "risk group = MR and MRD at pre_octadad ≥ 1e-4")
     assert change.new["all"][0] == {"fact": "risk_group", "eq": "MR"}
+    assert change.guard is not None
+    assert change.guard.new == "risk group = HR or (risk group = MR and MRD at pre_octadad ≥ 1e-4)"
+
+
+def test_whole_guard_replaced_is_shown_once(shipped_definition: dict[str, Any], against: Any) -> None:
+    _transition(shipped_definition, "marma", "hsct")["when"] = {"fact": "risk_group", "eq": "HR"}
+    diff = against(shipped_definition)
+    change = _only(diff)
+    assert (change.path, change.category) == ("transitions.marma->hsct.when", "guard")
+    assert (change.old_text, change.new_text) == ("risk group = HR or MRD at pre_octadad ≥ 5e-4", "risk group = HR")
+    text = diff.to_text()
+    assert "  ~ guard     when: risk group = HR or MRD at pre_octadad ≥ 5e-4 → risk group = HR\n" in text
+    assert "guard before" not in text
 
 
 # --------------------------------------------------------------------------- evidence and sources
