@@ -19,16 +19,19 @@ same UIDs with new dates, so a calendar that re-imports it moves the events inst
 copies.
 
 **SEQUENCE without state.** RFC 5545 wants SEQUENCE to grow with every significant revision
-(a moved DTSTART/DTEND). It is derived from the plan alone: the number of *recorded changes*
-that moved the event — recorded element starts that differ from the date the element was due,
-and recorded element ends that differ from the planned end, on the path before the event (plus
-one when an item carries a note of its own: a delay, a hold, a dose change). Recorded history
-only grows, so this count never goes down between exports, and it goes up exactly when a newly
-recorded change moves the event. (The distance moved in days was rejected: an event moved
-forward then back would return to an old SEQUENCE and be ignored.) ``previous=`` additionally
-compares with an earlier export: an event whose dates or text changed gets at least the old
-SEQUENCE + 1, and an event of the old file that is gone (e.g. the branch not taken) is sent
-again as ``STATUS:CANCELLED``.
+(a moved DTSTART/DTEND). It is derived from the plan alone, as the *days the event was moved
+by recorded changes*: the sum, over the recorded element starts and ends on the path up to the
+event, of how many days each differs from the date it was due (plus one when an item carries a
+note of its own: a delay, a hold, a dose change). Recorded history only grows, and every newly
+recorded change that moves an event adds its days, so SEQUENCE goes up exactly when an event
+moves, and an element ending early then the next one starting late (net move zero) still
+counts both moves. The net distance from the original date was rejected (an event moved
+forward then back would return to an old SEQUENCE and be ignored), and so was a plain count of
+changes (correcting a recorded date from the 27th to the 31st moves events without adding a
+change). What no stateless rule can see is a correction that *shortens* a recorded delay: for
+that, ``previous=`` compares with the earlier export: an event whose dates or text changed
+gets at least the old SEQUENCE + 1, and an event of the old file that is gone (e.g. the branch
+not taken) is sent again as ``STATUS:CANCELLED``.
 """
 
 from __future__ import annotations
@@ -101,8 +104,13 @@ def _item_line(item: Item) -> str:
     return line
 
 
+def _shift(actual: dt.date | None, planned: dt.date | None) -> int:
+    return 0 if actual is None or planned is None else abs((actual - planned).days)
+
+
 def _changes(plan: Plan) -> list[tuple[int, int]]:
-    """Per element span: (recorded changes that moved its start, ... that moved its end)."""
+    """Per element span, the days its items and its end were moved by recorded changes:
+    ``(shift of everything before it + its own start, that + its own end)``."""
     out: list[tuple[int, int]] = []
     spans = plan.elements
     for i, span in enumerate(spans):
@@ -110,13 +118,10 @@ def _changes(plan: Plan) -> list[tuple[int, int]]:
         for j in range(i):
             other = spans[j]
             if other.branch is None or (span.branch is not None and span.branch.startswith(other.branch)):
-                before += int(other.actual_start is not None and other.actual_start != other.planned_start)
-                before += int(other.actual_end is not None and other.planned_end is not None
-                              and other.actual_end != other.planned_end)
-        start = before + int(span.actual_start is not None and span.actual_start != span.planned_start)
-        end = start + int(span.actual_end is not None and span.planned_end is not None
-                          and span.actual_end != span.planned_end)
-        out.append((start, end))
+                before += _shift(other.actual_start, other.planned_start) + _shift(other.actual_end,
+                                                                                   other.planned_end)
+        start = before + _shift(span.actual_start, span.planned_start)
+        out.append((start, start + _shift(span.actual_end, span.planned_end)))
     return out
 
 
