@@ -209,9 +209,16 @@ class Finding:
     element: str | None = None
     edge: tuple[str, str] | None = None
 
+    @property
+    def severity(self) -> str:
+        """``note`` for a contradictory path (earlier decisions exclude a branch on that path
+        only, often by design: the same arm read twice, a replacement's copied transitions);
+        ``problem`` for everything else."""
+        return "note" if self.kind == "contradictory_path" else "problem"
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"kind": self.kind, "message": self.message, "element": self.element,
+        return {"kind": self.kind, "severity": self.severity, "message": self.message, "element": self.element,
                 "edge": None if self.edge is None else {"from": self.edge[0], "to": self.edge[1]}}
 
 
@@ -244,9 +251,20 @@ class PathReport:
     findings: list[Finding]
 
     @property
+    def problems(self) -> list[Finding]:
+        """The findings that point at a defect (everything but notes)."""
+        return [f for f in self.findings if f.severity == "problem"]
+
+    @property
+    def notes(self) -> list[Finding]:
+        """Branches that earlier decisions exclude on some path (see :attr:`Finding.severity`)."""
+        return [f for f in self.findings if f.severity == "note"]
+
+    @property
     def ok(self) -> bool:
-        """True when every element is reachable and nothing is contradictory or left open."""
-        return not self.findings
+        """True when every element is reachable and no rule is contradictory, pre-empted or
+        leaves patients without a way on (notes do not count)."""
+        return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what ``protocol paths --json`` prints)."""
@@ -271,11 +289,15 @@ class PathReport:
             lines.append(f"  {'':>{width}}  {' → '.join(p.elements)}")
         if self.unreachable:
             lines.append("unreachable elements: " + ", ".join(self.unreachable))
-        if self.findings:
-            lines.append(f"findings ({len(self.findings)}):")
-            lines.extend(f"  {f.kind}: {f.message}" for f in self.findings)
+        if self.problems:
+            lines.append(f"findings ({len(self.problems)}):")
+            lines.extend(f"  {f.kind}: {f.message}" for f in self.problems)
         else:
             lines.append("every element is reachable; no contradictory or pre-empted rule; every patient has a way on")
+        if self.notes:
+            lines.append(f"notes ({len(self.notes)}): branches that earlier decisions exclude on one path "
+                         "(check that this is intended):")
+            lines.extend(f"  {f.kind}: {f.message}" for f in self.notes)
         return "\n".join(lines) + "\n"
 
     def mermaid(self) -> str:

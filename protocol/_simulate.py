@@ -286,21 +286,12 @@ class Compiled:
         return [np.full(n, T, dtype=np.int8) if e.vector is None else e.vector(cols) for e in self.out[state]]
 
     def horizon(self, delays: Sequence[int]) -> int:
-        """Days covered by the histograms: the longest path (lengths, gaps and ``delays``, a
-        generous allowance per element) or the end of therapy, plus two years, in whole weeks."""
-        latest = [0] * self.E
-        best = 0
-        for i in self.topo:
-            own = int(max(self.length[i], 0)) + int(self.gap[i]) + int(delays[i])
-            end = latest[i] + own
-            if self.open_ended[i] and self.eot_days is not None:
-                end = max(end, self.eot_days + latest[i] * (self.eot_anchor == "treatment_start"))
-            best = max(best, end)
-            for e in self.out[i]:
-                latest[e.dest] = max(latest[e.dest], end + 1)
-        if self.eot_days is not None:
-            best = max(best, self.eot_days)
-        return 7 * math.ceil((best + 730) / 7)
+        """Days covered by the histograms, in whole weeks: every element's length, gap and
+        delay allowance (``delays``) once, plus the end of therapy and four weeks. An element
+        appears at most once on a path, so no patient's last day lies beyond it (a delay
+        drawn above its allowance is counted in the histograms' last, "beyond" bin)."""
+        total = sum(int(max(self.length[i], 0)) + int(self.gap[i]) + int(delays[i]) + 1 for i in range(self.E))
+        return 7 * math.ceil((total + (self.eot_days or 0) + 28) / 7)
 
 
 def _length(cols: Mapping[str, np.ndarray]) -> int:
@@ -564,13 +555,21 @@ class Simulator:
         sample0 = self.delay_samplers[c.initial]
         start[c.initial, eligible] = 0 if sample0 is None else sample0(rng, int(eligible.sum())).astype(np.int64)
         t0 = start[c.initial].copy()
-        if c.eot_days is None:
-            eot = np.full(n, np.iinfo(np.int64).max // 4, dtype=np.int64)
-        elif c.eot_anchor == "treatment_start":
-            eot = t0 + c.eot_days - 1
-        else:
-            eot = np.full(n, c.eot_days - 1, dtype=np.int64)
         big = np.iinfo(np.int64).max // 4
+        anchor = c.index.get(self.protocol.eot_anchor_element or "", -1)
+
+        def end_of_therapy(idx: np.ndarray) -> np.ndarray:
+            # The last day of therapy: anchored to diagnosis (day 0), treatment start, or the
+            # start of an element; a patient who never started the anchor element has none.
+            if c.eot_days is None:
+                return np.full(len(idx), big, dtype=np.int64)
+            if c.eot_anchor == "treatment_start":
+                return t0[idx] + c.eot_days - 1
+            if c.eot_anchor == "element_start" and anchor >= 0:
+                base = start[anchor, idx]
+                return np.where(base >= 0, base + c.eot_days - 1, -1)
+            return np.full(len(idx), c.eot_days - 1, dtype=np.int64)
+
         for e in c.topo:
             idx = np.flatnonzero(start[e] >= 0)
             k = len(idx)
@@ -582,7 +581,7 @@ class Simulator:
             if c.length[e] >= 0:
                 en = s + c.length[e] - 1
             elif c.open_ended[e]:
-                en = np.maximum(eot[idx], s - 1)
+                en = np.maximum(end_of_therapy(idx), s - 1)
             else:
                 en = s - 1  # a final element without days: the path ends when it starts
             days = en - s + 1
@@ -1117,6 +1116,11 @@ class SimulationResult:
             head = f"  {r['path']}." if r["path"] is not None else "   ✗"
             what = r["elements"] if r["kind"] == "path" else f"{r['end']} ({r['elements']})"
             lines.append(f"{head} {_pct(r)}  {what}")
+        by_tp: dict[str, list[str]] = {}
+        for r in self.mrd():
+            by_tp.setdefault(r["timepoint"], []).append(f"{r['category']} {100 * r['proportion']:.1f} %")
+        for tp, parts in by_tp.items():
+            lines.append(f"MRD at {tp} (as drawn): " + ", ".join(parts))
         lines.append("final elements by risk group:")
         for r in self.reached():
             if r["final"]:

@@ -109,6 +109,18 @@ def test_rules_are_checked_against_the_risk_group_rules_and_whole_months() -> No
     assert [p.condition for p in r.paths] == ["always"]
 
 
+def test_a_branch_excluded_on_one_path_only_is_a_note() -> None:
+    """AALL1731 reads the same randomisation twice: after blinatumomab cycle 1 (arms B/D)
+    the branch that skips cycle 2 (arms A/C) cannot be taken. That is by design: a note,
+    not a problem."""
+    r = paths(protocol.load_protocol("aall1731"))
+    assert r.ok and r.problems == [] and r.unreachable == []
+    assert {f.kind for f in r.notes} == {"contradictory_path"}
+    assert "notes (2)" in r.to_text() and "every element is reachable" in r.to_text()
+    assert report("contradictory-path").problems[0].kind == "unreachable"
+    assert not report("contradictory-path").ok
+
+
 def test_gaps_and_patients_without_a_risk_group() -> None:
     r = report("gap")
     assert r.unreachable == []

@@ -517,3 +517,56 @@ def test_simulate_command_json_and_bad_arguments(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "expected a folder" in r.stderr
     other = runner.invoke(app, ["simulate", str(PATHS / "arms.yaml"), "--cohort", str(SHIPPED_COHORT)])
     assert other.exit_code == 2 and "this cohort is for interfant06-blinatumomab" in other.stderr
+
+
+# --------------------------------------------------------------------------- every shipped protocol
+
+
+def _generic_cohort(p: protocol.Protocol) -> Cohort:
+    """A cohort that gives every fact, MRD result and arm the protocol's rules read a broad
+    distribution (not clinical: it only has to reach every branch)."""
+    from protocol._cohort import _reads
+    from protocol._rules import FACTS
+
+    note = {"evidence": "assumption", "note": "test: broad, not clinical"}
+    facts: dict[str, Any] = {}
+    mrd: dict[str, Any] = {}
+    arms: dict[str, Any] = {}
+    for key, _ in _reads(p):
+        if key == "risk_group":
+            continue
+        if key.startswith("mrd:"):
+            mrd[key[4:]] = {"lognormal": {"median": 1e-4, "sigma": 2.0}, "negative": 0.3, **note}
+        elif key.startswith("arm:"):
+            names = p.randomisations[key[4:]]
+            arms[key[4:]] = {"categories": {a: f"1/{len(names)}" for a in names}, **note}
+        elif key.startswith("age_at_diagnosis"):
+            facts["age_at_diagnosis_days"] = {"uniform": {"low": 0, "high": 3650}, **note}
+        elif FACTS[key].kind == "categorical":
+            values = FACTS[key].values
+            facts[key] = {"categories": {v: f"1/{len(values)}" for v in values}, **note}
+        else:
+            facts[key] = {"lognormal": {"median": 100, "sigma": 1.5}, **note}
+    data = {"title": f"generic cohort for {p.id}", "seed": 99, "facts": facts, "mrd": mrd, "arms": arms,
+            "census": {"rate_per_month": 2, "enrolment_months": 24, **note}}
+    return Cohort.model_validate(data)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "protocol" / "definitions").glob("*.yaml")), ids=lambda x: x.stem)
+def test_every_shipped_protocol_simulates_onto_its_enumerated_paths(path: Path) -> None:
+    from protocol._cohort import check_cohort
+
+    p = protocol.load_protocol(path)
+    cohort = _generic_cohort(p)
+    assert check_cohort(cohort, p) == []
+    result = simulate(p, cohort, 20_000)
+    rows = result.paths()
+    assert sum(r["n"] for r in rows) == result.eligible > 0
+    completed = [r for r in rows if r["kind"] == "path"]
+    # Every simulated path to a final element is one the symbolic enumeration found.
+    assert all(r["path"] is not None for r in completed), [r for r in completed if r["path"] is None]
+    assert sum(r["n"] for r in completed) > 0
+    for b in result.branches():
+        assert b["n"] <= b["of"]
+    census = result.census()
+    assert census is not None and census["weeks"] > 0
