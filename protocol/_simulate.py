@@ -1290,7 +1290,9 @@ def figures(result: SimulationResult, data: dict[str, Any]) -> list[tuple[str, A
         padded = np.zeros(weeks_max * 7)
         padded[: hist.shape[1]] = hist[code]
         by_week = padded.reshape(weeks_max, 7).sum(axis=1) / max(result.eligible, 1) * 100
-        ax.bar(np.arange(weeks_max), by_week, bottom=bottom, width=1.0, label=result._end_name(code), align="edge")
+        # One stacked step outline per end (not a bar per week: thousands of patches are slow).
+        ax.stairs(bottom + by_week, np.arange(weeks_max + 1), baseline=bottom.copy(), fill=True,
+                  label=result._end_name(code))
         bottom += by_week
     used = np.flatnonzero(bottom)
     if len(used):
