@@ -23,6 +23,13 @@ def _bad(field: str, message: str) -> None:
     raise InputError(Problem("", field, message))
 
 
+def _check_folder(output: Path) -> None:
+    """Fail before minutes of rendering, with the message the write itself would give."""
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir():
+        _bad("--output", f"{output}: cannot write: the folder {str(folder)!r} does not exist")
+
+
 def _write_bytes(data: bytes, output: Path) -> None:
     from .._io import write_atomic
 
@@ -58,6 +65,8 @@ def roadmap_command(
     if fmt == "pdf" and output is None:
         _run(_bad, "--output", "expected -o FILE.pdf for --format pdf (a PDF is not written to the terminal), "
              "got no -o")
+    if fmt == "pdf" and output is not None:
+        _run(_check_folder, output)
     result = _run(plan, _run(_patient, patient, db), as_of=_run(_as_of, as_of))
     if fmt == "pdf":
         assert output is not None

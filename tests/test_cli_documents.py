@@ -1,0 +1,178 @@
+"""The document commands through the real entry point: ``protocol roadmap`` (HTML, Markdown,
+PDF), ``protocol calendar`` and ``protocol fhir``; good input → files that read back, bad input
+→ exit 2 with a message naming what was wrong, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from protocol._cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "patients"
+HR = EXAMPLES / "hr-to-hsct.yaml"
+PENDING = EXAMPLES / "mr-pending-mrd.yaml"
+AS_OF = "2026-11-21"
+EPOCH = "1790000000"
+
+
+def run(*args: Any, script: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
+    """The real console entry point: the installed ``protocol`` script, or ``python -m protocol``."""
+    if script:
+        exe = Path(sys.executable).parent / "protocol"
+        if not exe.is_file():
+            pytest.skip(f"no `protocol` script next to {sys.executable}")
+        head = [str(exe)]
+    else:
+        head = [sys.executable, "-m", "protocol"]
+    environ = {k: v for k, v in os.environ.items() if k != "PROTOCOL_DEBUG"}
+    environ.update(env)
+    return subprocess.run([*head, *map(str, args)], cwd=ROOT, env=environ, capture_output=True, text=True,
+                          encoding="utf-8", timeout=120)
+
+
+def bad(proc: Any, *needles: str) -> None:
+    """Exit 2, a one-line-per-problem message naming the field, no traceback, nothing on stdout."""
+    stderr = proc.stderr
+    code = proc.returncode if hasattr(proc, "returncode") else proc.exit_code
+    assert code == 2, (code, stderr)
+    assert "Traceback" not in stderr and "internal error" not in stderr
+    for needle in needles:
+        assert needle in stderr, (needle, stderr)
+    assert proc.stdout == ""
+
+
+@pytest.fixture()
+def cli(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.delenv("PROTOCOL_DEBUG", raising=False)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, [str(a) for a in args])
+
+
+# --------------------------------------------------------------------------- roadmap
+
+
+def test_roadmap_pdf_from_the_file_name(tmp_path: Path) -> None:
+    import pypdf
+
+    out = tmp_path / "roadmap.pdf"
+    proc = run("roadmap", HR, "--as-of", AS_OF, "-o", out, script=True, SOURCE_DATE_EPOCH=EPOCH)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and f"wrote {out}" in proc.stderr
+    data = out.read_bytes()
+    assert data.startswith(b"%PDF-")
+    reader = pypdf.PdfReader(io.BytesIO(data))
+    text = "".join(p.extract_text() for p in reader.pages)
+    assert "Allogeneic stem-cell transplant (HSCT)" in text and "INF-0002" in text
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file left behind"
+
+
+def test_roadmap_pdf_needs_an_output_file() -> None:
+    bad(run("roadmap", HR, "--format", "pdf", "--as-of", AS_OF), "--output", "expected -o FILE.pdf")
+
+
+def test_roadmap_bad_input_writes_nothing(tmp_path: Path, cli: Any) -> None:
+    missing = tmp_path / "no-such-folder" / "r.pdf"
+    bad(cli("roadmap", HR, "--format", "pdf", "-o", missing, "--as-of", AS_OF), "does not exist")
+    assert not missing.parent.exists()
+    bad(cli("roadmap", tmp_path / "missing.yaml", "-o", tmp_path / "r.html"), "missing.yaml")
+    bad(cli("roadmap", HR, "--as-of", "21/11/2026", "-o", tmp_path / "r.html"), "--as-of")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_roadmap_html_is_reproducible_through_the_cli(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.html", tmp_path / "b.html"
+    proc = run("roadmap", PENDING, "--as-of", AS_OF, "-o", first, SOURCE_DATE_EPOCH=EPOCH)
+    assert proc.returncode == 0, proc.stderr
+    proc = run("roadmap", PENDING, "--as-of", AS_OF, "-o", second, SOURCE_DATE_EPOCH=EPOCH)
+    assert proc.returncode == 0, proc.stderr
+    assert first.read_bytes() == second.read_bytes()
+    assert b"generated 2026-09-21 14:13 UTC" in first.read_bytes()
+
+
+# --------------------------------------------------------------------------- calendar
+
+
+def test_calendar_to_a_file_with_reminders(tmp_path: Path) -> None:
+    import icalendar
+
+    out = tmp_path / "INF-0002.ics"
+    proc = run("calendar", HR, "-o", out, "--remind-days", "2", "--as-of", AS_OF, script=True)
+    assert proc.returncode == 0, proc.stderr
+    cal = icalendar.Calendar.from_ical(out.read_bytes())
+    events = cal.walk("VEVENT")
+    assert events and len(cal.walk("VALARM")) == len(events)
+    assert str(cal["X-PROTOCOL-PATIENT"]) == "INF-0002"
+    # Re-export against the previous file: nothing moved, so no SEQUENCE changes.
+    again = tmp_path / "again.ics"
+    proc = run("calendar", HR, "-o", again, "--remind-days", "2", "--as-of", AS_OF, "--previous", out)
+    assert proc.returncode == 0, proc.stderr
+    old = {str(e["UID"]): int(e["SEQUENCE"]) for e in events}
+    new = {str(e["UID"]): int(e["SEQUENCE"]) for e in icalendar.Calendar.from_ical(again.read_bytes()).walk("VEVENT")}
+    assert new == old
+
+
+def test_calendar_to_stdout(cli: Any) -> None:
+    import vobject
+
+    result = cli("calendar", PENDING, "--as-of", AS_OF)
+    assert result.exit_code == 0, result.stderr
+    cal = vobject.readOne(result.stdout)
+    assert len(cal.vevent_list) > 50
+    assert result.stdout.startswith("BEGIN:VCALENDAR")
+
+
+def test_calendar_bad_input(tmp_path: Path, cli: Any) -> None:
+    bad(run("calendar", HR, "--remind-days", "-1"), "--remind-days")
+    bad(cli("calendar", HR, "--remind-days", "soon"), "--remind-days")
+    not_ics = tmp_path / "old.ics"
+    not_ics.write_text("hello\n", encoding="utf-8")
+    bad(cli("calendar", HR, "--previous", not_ics, "-o", tmp_path / "new.ics"), str(not_ics), "iCalendar")
+    other = tmp_path / "other.ics"
+    assert cli("calendar", PENDING, "-o", other, "--as-of", AS_OF).exit_code == 0
+    bad(cli("calendar", HR, "--previous", other, "-o", tmp_path / "new.ics"), "expected a calendar exported for "
+        "patient INF-0002")
+    bad(cli("calendar", tmp_path / "nobody.yaml"), "nobody.yaml")
+    assert not (tmp_path / "new.ics").exists()
+
+
+# --------------------------------------------------------------------------- fhir
+
+
+def test_fhir_care_plan_bundle(tmp_path: Path) -> None:
+    from fhir.resources.bundle import Bundle
+
+    proc = run("fhir", HR, "--as-of", AS_OF, script=True)
+    assert proc.returncode == 0, proc.stderr
+    bundle = Bundle.model_validate_json(proc.stdout)
+    kinds = [e.resource.get_resource_type() for e in bundle.entry]
+    assert kinds == ["Patient", "CarePlan", "RequestOrchestration", "PlanDefinition"]
+
+
+def test_fhir_plan_definition_to_a_file(tmp_path: Path) -> None:
+    from fhir.resources.plandefinition import PlanDefinition
+
+    out = tmp_path / "pd.json"
+    proc = run("fhir", "--protocol", "interfant06-blinatumomab", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    pd = PlanDefinition.model_validate_json(out.read_text(encoding="utf-8"))
+    assert [a.linkId for a in pd.action][:2] == ["induction", "blinatumomab"]
+    assert json.loads(out.read_text(encoding="utf-8"))["resourceType"] == "PlanDefinition"
+
+
+def test_fhir_bad_input(tmp_path: Path, cli: Any) -> None:
+    bad(run("fhir"), "expected a patient or --protocol ID (exactly one), got neither")
+    bad(cli("fhir", HR, "--protocol", "interfant06-blinatumomab"), "got both")
+    bad(cli("fhir", "--protocol", "no-such-protocol"), "no-such-protocol")
+    bad(cli("fhir", HR, "--as-of", "yesterday-ish"), "--as-of")
+    bad(cli("fhir", "--protocol", "interfant06-blinatumomab", "-o", tmp_path / "missing" / "pd.json"),
+        "does not exist")
