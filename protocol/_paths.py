@@ -663,7 +663,8 @@ def paths(protocol: Protocol) -> PathReport:
                 if r.satisfiable(taken) and cond != [{}]:
                     findings.append(Finding(
                         "contradictory_path",
-                        f"{' → '.join([*trail, e.dest])}: the branch to {e.dest} needs {r.words(r.satisfiable(taken))}, "
+                        f"{' → '.join([*trail, e.dest])}: the branch to {e.dest} needs "
+                        f"{r.words(r.satisfiable(taken))}, "
                         f"which the conditions so far ({r.words(cond)}) exclude", e.dest, (here, e.dest)))
                 continue
             used.add((here, e.dest))

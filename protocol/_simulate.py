@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ._cohort import AGE_FROM_DAYS, INTEGER_FACTS, Cohort, Distribution
+from ._cohort import INTEGER_FACTS, Cohort, Distribution
 from ._errors import InputError, Problem
 from ._machine import OUTCOMES, Protocol
 from ._models import Condition
@@ -454,14 +454,13 @@ class Simulator:
                         for d in defn.derived_facts if d.id not in cohort.facts]
         self.eligibility = tuple(c.vector(r.when) for r in defn.eligibility)
         self.risk_rules = tuple(None if g.when is None else c.vector(g.when) for g in defn.risk_groups)
-        allowance = [self._delay_allowance(s, cohort.delays.get(n)) for s, n in zip(self.delay_samplers, c.names,
-                                                                                  strict=True)]
+        allowance = [self._delay_allowance(cohort.delays.get(name)) for name in c.names]
         self.H = c.horizon(allowance)
         self.mrd_cuts = {tp: mrd_cuts(protocol, cohort, tp) for tp in cohort.mrd}
         self.ends = c.E + len(STOPS)
 
     @staticmethod
-    def _delay_allowance(sampler: Any, d: Distribution | None) -> int:
+    def _delay_allowance(d: Distribution | None) -> int:
         if d is None:
             return 0
         span = d.numeric_range()
@@ -632,7 +631,8 @@ class Simulator:
                 sampler = self.delay_samplers[edge.dest]
                 delay = 0 if sampler is None else sampler(rng, len(who)).astype(np.int64)
                 start[edge.dest, who] = en[take] + 1 + c.gap[edge.dest] + delay
-            for code, mask in ((E + len(OUTCOMES), go & (chosen < 0) & ~blocked), (E + len(OUTCOMES) + 1, go & blocked)):
+            no_rule, undecided = E + len(OUTCOMES), E + len(OUTCOMES) + 1
+            for code, mask in ((no_rule, go & (chosen < 0) & ~blocked), (undecided, go & blocked)):
                 who = idx[mask]
                 end_code[who] = code
                 last_day[who] = en[mask]
@@ -871,6 +871,7 @@ class SimulationResult:
     n: int
     workers: int
     elapsed: float
+    _report: Any = field(default=None, init=False, repr=False)  # the enumerated paths, built when first needed
 
     @property
     def protocol(self) -> Protocol:
@@ -892,13 +893,11 @@ class SimulationResult:
         return {"n": k, "of": n, "proportion": k / n if n else 0.0, "ci_low": lo, "ci_high": hi}
 
     def _path_report(self) -> Any:
-        cached = getattr(self, "_report", None)
-        if cached is None:
+        if self._report is None:
             from ._paths import paths as enumerate_paths
 
-            cached = enumerate_paths(self.protocol)
-            self._report = cached
-        return cached
+            self._report = enumerate_paths(self.protocol)
+        return self._report
 
     def _sequence(self, visited: int) -> tuple[str, ...]:
         c = self.simulator.compiled
@@ -925,7 +924,6 @@ class SimulationResult:
             else:
                 stops[(seq, STOPS[end - c.E])] = stops.get((seq, STOPS[end - c.E]), 0) + count
         rows = []
-        known = {p.elements: p for p in report.paths}
         for p in report.paths:
             rows.append({"kind": "path", "path": p.index, "elements": " → ".join(p.elements), "end": p.elements[-1],
                          "condition": p.condition, **self._row(by_seq.pop(p.elements, 0), self.eligible)})
@@ -935,7 +933,6 @@ class SimulationResult:
         for (seq, how), count in sorted(stops.items(), key=lambda kv: (kv[0][1], -kv[1])):
             rows.append({"kind": "stopped", "path": None, "elements": " → ".join(seq),
                          "end": f"{how} in {seq[-1]}", "condition": None, **self._row(count, self.eligible)})
-        del known
         return rows
 
     def branches(self) -> list[dict[str, Any]]:
@@ -1081,8 +1078,6 @@ class SimulationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything as JSON-ready data (what ``summary.json`` holds)."""
-        from ._paths import paths as _  # noqa: F401 - the report is built lazily
-
         cohort = self.simulator.cohort
         return {
             "protocol": {"id": self.protocol.id, "version": self.protocol.version},

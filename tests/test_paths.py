@@ -173,20 +173,22 @@ def test_paths_command_bad_definition_is_exit_2(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- value sets
 
 
+def _member(s: Numbers, x: float) -> bool:
+    return any((p.lo < x or (p.lo_closed and p.lo == x)) and (x < p.hi or (p.hi_closed and p.hi == x)) for p in s.parts)
+
+
 @given(st.integers(-5, 20), st.sampled_from(["lt", "lte", "gt", "gte"]), st.booleans(), st.integers(-10, 30))
 def test_integer_and_real_intervals_match_the_comparison(t: int, op: str, integer: bool, x: int) -> None:
     part = {"lt": Interval(-math.inf, False, t, False), "lte": Interval(-math.inf, False, t, True),
             "gt": Interval(t, False, math.inf, False), "gte": Interval(t, True, math.inf, False)}[op]
     s = Numbers.of([part], integer)
     value = x / (1 if integer else 2)
-    inside = any((p.lo < value or (p.lo_closed and p.lo == value)) and (value < p.hi or (p.hi_closed and p.hi == value))
-                 for p in s.parts)
+    inside = _member(s, value)
     expected = {"lt": value < t, "lte": value <= t, "gt": value > t, "gte": value >= t}[op]
     assert inside == expected
     universe = Numbers.of([Interval(-math.inf, False, math.inf, False)], integer)
     rest = s.complement(universe)
-    inside_rest = any((p.lo < value or (p.lo_closed and p.lo == value)) and (value < p.hi or (p.hi_closed and p.hi == value))
-                      for p in rest.parts)
+    inside_rest = _member(rest, value)
     assert inside_rest == (not expected)
     assert (s | rest) == universe and (s & rest).empty()
 
@@ -236,8 +238,7 @@ def _holds(r: _Reasoner, dnf: list[dict[str, Any]], facts: dict[str, Any]) -> bo
         x = facts[key]
         if isinstance(s, Categories):
             return x in s.values
-        return any((p.lo < x or (p.lo_closed and p.lo == x)) and (x < p.hi or (p.hi_closed and p.hi == x))
-                   for p in s.parts)
+        return _member(s, x)
 
     return any(all(member(k, s) for k, s in term.items()) for term in dnf)
 
