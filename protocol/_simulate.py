@@ -1136,7 +1136,7 @@ class SimulationResult:
 
     def write(self, out: str | Any) -> list[str]:
         """Write ``summary.json``, the CSV tables and the figures (PNG and SVG) into the
-        folder ``out`` (created if missing, its parent must exist). Returns the paths."""
+        folder ``out`` (created, with its parents, if missing). Returns the paths written."""
         import csv
         import io
         import json
@@ -1149,10 +1149,10 @@ class SimulationResult:
         if folder.exists() and not folder.is_dir():
             raise InputError(Problem(str(out), "--out", "expected a folder, got a file"))
         if not folder.exists():
-            if not folder.parent.is_dir():
-                raise InputError(Problem(str(out), "--out", f"cannot create it: the folder {str(folder.parent)!r} "
-                                                           "does not exist"))
-            folder.mkdir()
+            try:
+                folder.mkdir(parents=True)
+            except OSError as exc:
+                raise InputError(Problem(str(out), "--out", f"cannot create the folder: {exc.strerror}")) from None
         written: list[str] = []
 
         def put(name: str, text: str) -> None:

@@ -508,13 +508,16 @@ def test_simulate_command_json_and_bad_arguments(tmp_path: Path) -> None:
     for args in (["--n", "0"], ["--workers", "0"], ["--seed", "-1"]):
         bad = runner.invoke(app, ["simulate", SHIPPED, "--cohort", str(SHIPPED_COHORT), *args])
         assert bad.exit_code == 2, args
-    nowhere = runner.invoke(app, ["simulate", SHIPPED, "--cohort", str(SHIPPED_COHORT), "--n", "10",
-                                  "--out", str(tmp_path / "no" / "such" / "dir")])
-    assert nowhere.exit_code == 2 and "does not exist" in nowhere.stderr
     afile = tmp_path / "file.txt"
     afile.write_text("x", encoding="utf-8")
     r = runner.invoke(app, ["simulate", SHIPPED, "--cohort", str(SHIPPED_COHORT), "--n", "10", "--out", str(afile)])
     assert r.exit_code == 2 and "expected a folder" in r.stderr
+    under = runner.invoke(app, ["simulate", SHIPPED, "--cohort", str(SHIPPED_COHORT), "--n", "10",
+                                "--out", str(afile / "sim")])
+    assert under.exit_code == 2 and "cannot create the folder" in under.stderr
+    nested = tmp_path / "new" / "nested"
+    made = runner.invoke(app, ["simulate", SHIPPED, "--cohort", str(SHIPPED_COHORT), "--n", "10", "--out", str(nested)])
+    assert made.exit_code == 0 and (nested / "summary.json").is_file()
     other = runner.invoke(app, ["simulate", str(PATHS / "arms.yaml"), "--cohort", str(SHIPPED_COHORT)])
     assert other.exit_code == 2 and "this cohort is for interfant06-blinatumomab" in other.stderr
 

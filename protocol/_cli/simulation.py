@@ -57,7 +57,7 @@ def simulate_command(
 
     Proportions come with 95 % Wilson intervals. A progress bar shows on the terminal.
 
-    Example: protocol simulate interfant06-blinatumomab --cohort examples/cohorts/interfant06-blinatumomab.yaml -o sim
+    Example: protocol simulate interfant06-blinatumomab --cohort examples/cohorts/interfant06-blinatumomab.yaml -o out
     """
     from .._cohort import load_cohort
     from .._loading import dumps, load_protocol
