@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from ._errors import DefinitionError, Problem
 from ._models import Condition, ProtocolDefinition
 
-__all__ = ["CATEGORIES", "Change", "DefinitionDiff", "GuardText", "diff_definitions", "diff_protocols"]
+__all__ = ["CATEGORIES", "KINDS", "Change", "DefinitionDiff", "GuardText", "diff_definitions", "diff_protocols"]
 
 #: Change categories, the clinically relevant ones first (the order of the text output).
 CATEGORIES = ("dose", "days", "guard", "structure", "evidence", "source", "metadata")
