@@ -110,13 +110,18 @@ def test_rules_are_checked_against_the_risk_group_rules_and_whole_months() -> No
 
 
 def test_a_branch_excluded_on_one_path_only_is_a_note() -> None:
-    """AALL1731 reads the same randomisation twice: after blinatumomab cycle 1 (arms B/D)
-    the branch that skips cycle 2 (arms A/C) cannot be taken. That is by design: a note,
-    not a problem."""
-    r = paths(protocol.load_protocol("aall1731"))
+    """One randomisation read at two decisions (as AALL1731 does): after the arm-B course
+    the arm-A branch cannot be taken on that path. That is by design: a note, not a problem."""
+    r = report("same-arm-twice")
     assert r.ok and r.problems == [] and r.unreachable == []
-    assert {f.kind for f in r.notes} == {"contradictory_path"}
+    assert [(f.kind, f.edge) for f in r.notes] == [("contradictory_path", ("mid", "late")),
+                                                   ("contradictory_path", ("mid", "blina2"))]
+    assert [(p.elements, p.condition) for p in r.paths] == [
+        (("start", "blina1", "mid", "blina2", "late"), "arm of r = b"),
+        (("start", "mid", "late"), "arm of r = a"),
+    ]
     assert "notes (2)" in r.to_text() and "every element is reachable" in r.to_text()
+    assert json.loads(json.dumps(r.to_dict()))["findings"][0]["severity"] == "note"
     assert report("contradictory-path").problems[0].kind == "unreachable"
     assert not report("contradictory-path").ok
 
@@ -254,7 +259,8 @@ def test_normal_form_holds_exactly_when_the_compiled_guard_does(raw: dict[str, A
     assert _holds(r, r.negate(r.dnf(c)), facts) == (not truth)
 
 
-@pytest.mark.parametrize("name", [SHIPPED, "arms", "shadowed", "contradictory-path", "gap"])
+@pytest.mark.parametrize("name", [SHIPPED, "arms", "shadowed", "contradictory-path", "gap", "same-arm-twice",
+                                  "risk-contradiction"])
 @given(facts=st.fixed_dictionaries({
     "kmt2a": st.just("rearranged"),
     "age_at_diagnosis_months": st.integers(0, 11),
@@ -264,6 +270,7 @@ def test_normal_form_holds_exactly_when_the_compiled_guard_does(raw: dict[str, A
     "mrd:pre_octadad": st.sampled_from([0.0, 1e-4, 4.9e-4, 5e-4, 0.02]),
     "mrd:t1": st.sampled_from([0.0, 5e-5, 1e-4, 5e-4, 1e-3, 0.5]),
     "arm:consolidation": st.sampled_from(["standard", "experimental"]),
+    "arm:r": st.sampled_from(["a", "b"]),
 }))
 def test_each_patient_is_on_exactly_the_path_the_guards_walk(name: str, facts: dict[str, Any]) -> None:
     p = protocol.load_protocol(SHIPPED if name == SHIPPED else DATA / f"{name}.yaml")

@@ -157,7 +157,8 @@ def test_durations_and_start_days_follow_the_protocol(calibrated: Any) -> None:
 
 # --------------------------------------------------------------------------- table = machine
 
-DEFINITIONS = [SHIPPED, "arms", "gap", "undecided", "shadowed", "contradictory-path", "risk-contradiction"]
+DEFINITIONS = [SHIPPED, "arms", "gap", "undecided", "shadowed", "contradictory-path", "risk-contradiction",
+               "same-arm-twice"]
 
 
 def _load(name: str) -> protocol.Protocol:
