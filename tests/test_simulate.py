@@ -424,8 +424,10 @@ def test_results_depend_on_seed_and_n_not_on_workers(monkeypatch: pytest.MonkeyP
     assert simulate(p, cohort, n, workers=2).workers == 1  # too short a run to start a worker
     monkeypatch.setattr(_simulate, "POOL_MIN_CHUNKS", 1)
     monkeypatch.setattr(_simulate, "MAIN_WORKS", False)  # the spawned worker computes every chunk
-    two = simulate(p, cohort, n, workers=2)
+    ticks: list[int] = []
+    two = simulate(p, cohort, n, workers=2, progress=ticks.append)
     assert two.workers == 2
+    assert sorted(ticks) == sorted([CHUNK] * 3 + [1234])  # the progress bar hears of every chunk
     assert _stable(one) == _stable(two)
     assert one.tally.trajectories == two.tally.trajectories
     assert np.array_equal(one.tally.occupancy, two.tally.occupancy)
