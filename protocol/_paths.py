@@ -500,8 +500,7 @@ class _Reasoner:
             return False
         groups = term.get("risk_group")
         if groups is None:
-            # Some group must apply (a patient with none has no risk group to decide on).
-            return any(self.conj(base, g) for g in self.group_dnf.values()) or bool(self.conj(base, self.no_group))
+            return True  # the groups and "no group" split the eligible patients: one of them takes these
         assert isinstance(groups, Categories)
         return any(self.conj(base, self.group_dnf[g]) for g in groups.values if g in self.group_dnf)
 
