@@ -130,6 +130,7 @@ CREATE TABLE projection (
 CREATE TABLE worklist_rows (
     patient  TEXT NOT NULL REFERENCES patients(id),
     date     TEXT NOT NULL,
+    rank     INTEGER NOT NULL,
     category TEXT NOT NULL,
     kind     TEXT NOT NULL,
     study    TEXT,
@@ -140,7 +141,8 @@ CREATE TABLE worklist_rows (
     status   TEXT,
     branch   TEXT
 );
-CREATE INDEX worklist_rows_by_date ON worklist_rows(date, patient);
+-- In the worklist's order, so a query streams rows without sorting them.
+CREATE INDEX worklist_rows_by_date ON worklist_rows(date, patient, rank, element, item);
 CREATE INDEX worklist_rows_by_patient ON worklist_rows(patient);
 """
 
@@ -628,9 +630,9 @@ class Registry:
         label = "retract"
         with self._write() as conn:
             state = self._state(conn, patient_id, label)
-            row = conn.execute("SELECT kind FROM entries WHERE seq = ?", (seq,)).fetchone()
+            row = conn.execute("SELECT kind, patient FROM entries WHERE seq = ?", (seq,)).fetchone()
             kind = row[0] if row else "event"
-            if kind == "base":
+            if kind == "base" and row[1] == patient_id:
                 raise InputError(Problem(label, "", "the base record cannot be retracted: correct it with "
                                          f"`protocol record {patient_id} base --set FIELD=VALUE --why ...`"))
             self._check_target(conn, state, patient_id, kind, seq, reason, label, "seq")
@@ -639,6 +641,23 @@ class Registry:
             entry = self._insert(conn, patient_id, kind, None, by, self._recorded_at(conn), reason, None, seq)
             self._project_patient(conn, patient_id, self.today(), None, (patient, result, entry.seq))
         return entry
+
+    def _bulk_insert(self, patients: Iterable[dict[str, Any]], by: str) -> int:
+        """Register many patients in one transaction *without* validating them or projecting
+        their worklist: for benchmarks and tests that build large registries. Patient files go
+        through :meth:`add_patient`. Returns the number of entries written."""
+        count = 0
+        with self._write() as conn:
+            stamp = self._recorded_at(conn)
+            for data in patients:
+                base = {k: v for k, v in data.items() if k not in _LIST_KIND}
+                conn.execute("INSERT INTO patients (id, base, created, created_by) VALUES (?, ?, ?, ?)",
+                             (base["id"], _dumps(base), stamp, by))
+                rows = [("base", base)] + [(kind, e) for name, kind in _LIST_KIND.items() for e in data.get(name) or ()]
+                conn.executemany("INSERT INTO entries (patient, kind, data, recorded_by, recorded_at) "
+                                 "VALUES (?, ?, ?, ?, ?)", [(base["id"], k, _dumps(d), by, stamp) for k, d in rows])
+                count += len(rows)
+        return count
 
     def _check_target(self, conn: sqlite3.Connection, state: _State, patient_id: str, kind: str, seq: int,
                       reason: str | None, label: str, field: str) -> None:
@@ -805,18 +824,21 @@ class Registry:
         return len(stale)
 
     def _refresh_in(self, conn: sqlite3.Connection, patients: Sequence[str], start: dt.date, days: int) -> None:
+        protocols: dict[str, Any] = {}
         for pid in patients:
-            self._project_patient(conn, pid, start, days)
+            self._project_patient(conn, pid, start, days, protocols=protocols)
 
     def _project_patient(self, conn: sqlite3.Connection, patient_id: str, day: dt.date, days: int | None,
-                         planned: tuple[Patient, Any, int] | None = None) -> None:
+                         planned: tuple[Patient, Any, int] | None = None, protocols: dict[str, Any] | None = None
+                         ) -> None:
         """Recompute one patient's worklist rows as of ``day`` (inside the caller's transaction).
 
         ``planned``: the patient, a plan of it and the last seq, when the caller just made
-        them (a write); the plan is reused if it was made as of ``day``.
+        them (a write); the plan is reused if it was made as of ``day``. ``protocols`` caches
+        the loaded protocols across the patients of one refresh.
         """
         from ._schedule import plan
-        from ._worklist import problem_row, project
+        from ._worklist import RANK, problem_row, project
 
         old = conn.execute("SELECT horizon FROM projection WHERE patient = ?", (patient_id,)).fetchone()
         horizon = max(days or 0, old[0] if old else 0, MIN_HORIZON_DAYS)
@@ -831,21 +853,27 @@ class Registry:
                 patient, result, last_seq = planned
             ref = patient.protocol
             if result is None or result.as_of != day:
-                result = plan(patient, as_of=day)
+                cache = {} if protocols is None else protocols
+                if ref not in cache:
+                    cache[ref] = _protocol(ref)
+                result = plan(patient, cache[ref], as_of=day)
             rows = project(result, day, horizon)
+            key = _definition_key(result.protocol)
         except Exception as exc:  # noqa: BLE001 - a patient that cannot be planned is listed, never dropped
             rows = [problem_row(day, exc)]
             ref = str(json.loads(conn.execute("SELECT data FROM entries WHERE patient = ? AND kind = 'base' "
                                               "ORDER BY seq DESC LIMIT 1", (patient_id,)).fetchone()[0])
                       .get("protocol", ""))
             last_seq = conn.execute("SELECT max(seq) FROM entries WHERE patient = ?", (patient_id,)).fetchone()[0]
+            key = _definition_key(ref)
         conn.execute("DELETE FROM worklist_rows WHERE patient = ?", (patient_id,))
-        conn.executemany("INSERT INTO worklist_rows (patient, date, category, kind, study, element, item, name, "
-                         "detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         [(patient_id, *r) for r in rows])
+        rank = RANK
+        conn.executemany("INSERT INTO worklist_rows (patient, date, rank, category, kind, study, element, item, name, "
+                         "detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         [(patient_id, r[0], rank[r[1]], *r[1:]) for r in rows])
         conn.execute("INSERT OR REPLACE INTO projection (patient, computed_for, horizon, protocol, definition, "
                      "last_seq, computed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     (patient_id, day.isoformat(), horizon, ref, _definition_key(ref) or "", last_seq or 0,
+                     (patient_id, day.isoformat(), horizon, ref, key or "", last_seq or 0,
                       self._stamp()))
 
 
@@ -884,19 +912,35 @@ def _dumps(data: Any) -> str:
 _KEY_CACHE: dict[int, tuple[Any, str]] = {}
 
 
-def _definition_key(protocol_ref: str) -> str | None:
+def _protocol(ref: str) -> Any:
+    """The protocol a patient names (or None: ``plan`` then loads it itself, and reports a
+    protocol that cannot be loaded against the patient's field)."""
+    from ._loading import load_protocol
+
+    try:
+        return load_protocol(ref)
+    except Exception:  # noqa: BLE001 - plan() reports it, naming the patient's field
+        return None
+
+
+def _definition_key(protocol_ref: Any) -> str | None:
     """What a projection was computed with: this release and the protocol file's content.
 
-    A new release or an edited definition makes every projection that used it stale.
+    ``protocol_ref``: a loaded :class:`~protocol.Protocol` or the reference a patient file
+    gives. A new release or an edited definition makes every projection that used it stale.
     None when the protocol cannot be loaded.
     """
     from . import __version__
     from ._loading import load_protocol
+    from ._machine import Protocol
 
-    try:
-        proto = load_protocol(protocol_ref)  # cached on the file's path, mtime and size
-    except Exception:  # noqa: BLE001 - an unloadable protocol: its patients are projected as problem rows
-        return None
+    if isinstance(protocol_ref, Protocol):
+        proto = protocol_ref
+    else:
+        try:
+            proto = load_protocol(protocol_ref)  # cached on the file's path, mtime and size
+        except Exception:  # noqa: BLE001 - an unloadable protocol: its patients are projected as problem rows
+            return None
     cached = _KEY_CACHE.get(id(proto))
     if cached is None or cached[0] is not proto:
         digest = hashlib.sha256(Path(str(proto.path)).read_bytes()).hexdigest()[:16] if proto.path else ""

@@ -19,8 +19,9 @@ keeps the day's first call fast).
 Rows (one per line of the worklist), by ``category``:
 
 - ``overdue``: an item whose status on the plan is ``overdue`` (any date before ``F``);
-- ``due``: an item dated in ``[F, F + N)`` not yet done (administrations, assessments such
-  as MRD samples and lumbar punctures, bag changes...), with its dose;
+- ``due``: an item dated in ``[F, F + N)`` still to do (administrations, assessments such
+  as MRD samples and lumbar punctures, bag changes; not those given, omitted, done or held),
+  with its dose and what changed it (a delay, a dose modification);
 - ``waiting``: a decision that waits for a result (``Plan.pending``), due before ``F + N``;
 - ``deviation``: an entry of ``Plan.deviations`` (out of window, overdue, weight change...)
   dated in ``[F - N, F + N)``;
@@ -40,8 +41,10 @@ __all__ = ["CATEGORIES", "Worklist", "problem_row", "project", "query"]
 
 #: Row categories, in the order a day's rows are listed.
 CATEGORIES = ("problem", "overdue", "waiting", "deviation", "due")
-#: Item statuses that need nothing more: not listed as due.
-_CLOSED = frozenset({"done", "given", "omitted", "completed", "cancelled", "skipped", "stopped"})
+RANK = {c: i for i, c in enumerate(CATEGORIES)}
+#: Item statuses not listed as due: recorded (given, omitted, done), held with their element, or
+#: past and counted as done when the element's completion is recorded (unrecorded).
+_NOT_DUE = frozenset({"done", "given", "omitted", "held", "unrecorded"})
 _FIELDS = ("date", "patient", "category", "kind", "study", "element", "item", "name", "detail", "status", "branch")
 
 
@@ -58,6 +61,24 @@ def _iso(value: Any) -> str:
     return value.isoformat() if isinstance(value, dt.date) else str(value)
 
 
+def _selected(plan: Any, start: int, end: int) -> list[Any]:
+    """The items of a plan the worklist lists: overdue ones, and those in ``[start, end)`` still to do.
+
+    Filters the plan's row tuples first (a plan holds hundreds of rows; a worklist needs a few)
+    and makes :class:`~protocol.Item` records only of those kept.
+    """
+    rows = getattr(plan, "rows", None)
+    if rows is None:  # anything with ``items`` (tests use simple stand-ins)
+        return [i for i in plan.items if i.status == "overdue"
+                or (start <= i.ordinal < end and i.status not in _NOT_DUE)]
+    from ._schedule import Item
+
+    ordinal, status = Item._fields.index("ordinal"), Item._fields.index("status")
+    not_due = _NOT_DUE
+    return [Item._make(r) for r in rows
+            if r[status] == "overdue" or (start <= r[ordinal] < end and r[status] not in not_due)]
+
+
 def project(plan: Any, day: dt.date, horizon: int) -> list[tuple[Any, ...]]:
     """The worklist rows of one patient's plan made as of ``day``, covering ``horizon`` days.
 
@@ -67,20 +88,18 @@ def project(plan: Any, day: dt.date, horizon: int) -> list[tuple[Any, ...]]:
     end = start + horizon
     out: list[tuple[Any, ...]] = []
     overdue: set[str] = set()
-    for item in plan.items:
-        ordinal, status = item.ordinal, item.status
-        if status == "overdue":
-            category = "overdue"
-        elif start <= ordinal < end and status not in _CLOSED:
-            category = "due"
-        else:
-            continue
+    for item in _selected(plan, start, end):
+        status = item.status
+        category = "overdue" if status == "overdue" else "due"
         slot = item.slot
         ref = _ref(item)
         if category == "overdue":
             overdue.add(ref)
         dose = item.dose
         detail = " ".join(p for p in (slot.route, None if dose is None else dose.text) if p)
+        note = getattr(item, "note", None)
+        if note:
+            detail = f"{detail} ({note})" if detail else note
         out.append((item.date.isoformat(), category, slot.kind, slot.study, slot.element, ref, slot.name,
                     detail or None, status, item.branch))
     for d in plan.pending:
@@ -112,14 +131,13 @@ def query(conn: sqlite3.Connection, start: dt.date, days: int) -> list[tuple[Any
     first = start.isoformat()
     end = (start + dt.timedelta(days=days)).isoformat()
     back = (start - dt.timedelta(days=days)).isoformat()
-    order = "CASE category " + " ".join(f"WHEN '{c}' THEN {i}" for i, c in enumerate(CATEGORIES)) + " END"
+    # Every row dated before the end, in index order; past 'due' and old deviations are dropped here.
     return conn.execute(
-        f"SELECT {', '.join(_FIELDS)} FROM worklist_rows "
-        "WHERE (category IN ('overdue', 'waiting', 'problem') AND date < ?) "
-        "OR (category = 'due' AND date >= ? AND date < ?) "
-        "OR (category = 'deviation' AND date >= ? AND date < ?) "
-        f"ORDER BY date, patient, {order}, element, item",
-        (end, first, end, back, end)).fetchall()
+        f"SELECT {', '.join(_FIELDS)} FROM worklist_rows WHERE date < ? "
+        "AND (category IN ('overdue', 'waiting', 'problem') OR (category = 'due' AND date >= ?) "
+        "OR (category = 'deviation' AND date >= ?)) "
+        "ORDER BY date, patient, rank, element, item",
+        (end, first, back)).fetchall()
 
 
 class Worklist:
@@ -149,20 +167,28 @@ class Worklist:
             out[row[2]] += 1
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (``protocol worklist --json``)."""
+    def records(self) -> list[dict[str, Any]]:
+        """The rows as mappings ``{"date": ..., "patient": ..., ...}``."""
         fields = self.fields
+        return [dict(zip(fields, row, strict=True)) for row in self.rows]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as :meth:`to_json` writes it (rows as arrays in ``fields`` order)."""
         return {"from": self.start.isoformat(), "to": self.end.isoformat(), "days": self.days,
-                "counts": self.counts(), "refreshed": self.refreshed,
-                "rows": [dict(zip(fields, row, strict=True)) for row in self.rows]}
+                "counts": self.counts(), "refreshed": self.refreshed, "fields": list(self.fields),
+                "rows": [list(row) for row in self.rows]}
 
     def to_json(self) -> str:
-        """The worklist as JSON text."""
-        data = self.to_dict()
-        rows = data.pop("rows")
-        head = json.dumps(data, ensure_ascii=False)[:-1]
-        body = ",\n    ".join(json.dumps(r, ensure_ascii=False) for r in rows)
-        return head + (', "rows": [\n    ' + body + "\n]}\n" if rows else ', "rows": []}\n')
+        """The worklist as JSON text: ``fields`` names the columns, each of ``rows`` is an array
+        of values in that order, one row per line (a 10,000-patient week is ~60,000 rows, and
+        arrays encode 3× faster than objects and are 40 % smaller)."""
+        head = {"from": self.start.isoformat(), "to": self.end.isoformat(), "days": self.days,
+                "counts": self.counts(), "refreshed": self.refreshed, "fields": list(self.fields)}
+        encode = json.JSONEncoder(ensure_ascii=False).encode
+        text = encode(head)[:-1]
+        if not self.rows:
+            return text + ', "rows": []}\n'
+        return text + ', "rows": [\n  ' + ",\n  ".join(map(encode, self.rows)) + "\n]}\n"
 
     def table(self) -> str:
         """Plain-text table: one line per row, a summary line first."""
