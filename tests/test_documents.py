@@ -97,7 +97,7 @@ def test_roadmap_shows_every_dated_item_and_marks_placeholders(path: Path) -> No
             assert item.date.isoformat() in shown, (item.name, item.date)
     # Placeholders: the legend, an inline mark per unverified value, and the appendix listing all.
     assert html.count('class="unverified"') > 10
-    assert "Unverified values in interfant06-blinatumomab" in text
+    assert f"Unverified values in {plan.protocol.id}" in text
     for row in ctx["placeholders"]:
         assert row["label"] in text
     assert len(ctx["placeholders"]) == protocol._loading.evidence_counts(plan.protocol)["placeholder"]
@@ -200,7 +200,7 @@ def test_every_printed_dose_from_a_placeholder_is_marked() -> None:
                 slot = next(s for s in plan.protocol.elements[section.id].slots if s.name == name)
                 assert unverified == (bool(text) and slot.evidence == "placeholder")
     html = render_roadmap(plan, "html")
-    assert "22.2 mg/day <span class=\"unverified\">unverified</span>" in html
+    assert "22.2 mg/day <span class=\"unverified\">⚠ unverified</span>" in html
     assert "22.2 mg/day ⚠" in render_roadmap(plan, "md")
 
 
