@@ -29,8 +29,10 @@ _EXPORTS = {
     "Protocol": "_machine",
     "ProtocolDefinition": "_models",
     "ProtocolError": "_errors",
+    "Registry": "_registry",
     "RiskResult": "_rules",
     "SimulationResult": "_simulate",
+    "Worklist": "_worklist",
     "definition_schema": "_loading",
     "diff_definitions": "_diff",
     "diff_protocols": "_diff",
@@ -40,6 +42,7 @@ _EXPORTS = {
     "load_patient": "_loading",
     "load_protocol": "_loading",
     "mosteller": "_schedule",
+    "open_registry": "_registry",
     "paths": "_paths",
     "patient_schema": "_loading",
     "plan": "_schedule",
@@ -49,6 +52,7 @@ _EXPORTS = {
     "to_fhir_care_plan": "_fhir",
     "to_fhir_plan_definition": "_fhir",
     "to_ics": "_calendar",
+    "worklist": "_registry",
 }
 
 __all__ = [
@@ -70,8 +74,10 @@ __all__ = [
     "Protocol",
     "ProtocolDefinition",
     "ProtocolError",
+    "Registry",
     "RiskResult",
     "SimulationResult",
+    "Worklist",
     "definition_schema",
     "diff_definitions",
     "diff_protocols",
@@ -81,6 +87,7 @@ __all__ = [
     "load_patient",
     "load_protocol",
     "mosteller",
+    "open_registry",
     "paths",
     "patient_schema",
     "plan",
@@ -90,6 +97,7 @@ __all__ = [
     "to_fhir_care_plan",
     "to_fhir_plan_definition",
     "to_ics",
+    "worklist",
 ]
 
 __version__ = "0.1.0"
@@ -121,6 +129,8 @@ if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._machine import Protocol
     from ._models import Patient, ProtocolDefinition
     from ._paths import PathReport, paths
+    from ._registry import Registry, open_registry, worklist
     from ._rules import RiskResult
     from ._schedule import Decision, DoseResult, ElementSpan, Item, Plan, mosteller, plan
     from ._simulate import SimulationResult, simulate
+    from ._worklist import Worklist

@@ -130,6 +130,28 @@ CREATE TABLE projection (
 CREATE TABLE worklist_rows (
     patient  TEXT NOT NULL REFERENCES patients(id),
     date     TEXT NOT NULL,
+    category TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    study    TEXT,
+    element  TEXT,
+    item     TEXT,
+    name     TEXT NOT NULL,
+    detail   TEXT,
+    status   TEXT,
+    branch   TEXT
+);
+CREATE INDEX worklist_rows_by_date ON worklist_rows(date, patient);
+CREATE INDEX worklist_rows_by_patient ON worklist_rows(patient);
+"""
+
+# Worklist rows stored in listing order, so a query streams them from the index without sorting.
+# The projection is a cache: it is dropped and rebuilt lazily (every patient is stale).
+_V3 = """
+DROP TABLE worklist_rows;
+DELETE FROM projection;
+CREATE TABLE worklist_rows (
+    patient  TEXT NOT NULL REFERENCES patients(id),
+    date     TEXT NOT NULL,
     rank     INTEGER NOT NULL,
     category TEXT NOT NULL,
     kind     TEXT NOT NULL,
@@ -141,7 +163,6 @@ CREATE TABLE worklist_rows (
     status   TEXT,
     branch   TEXT
 );
--- In the worklist's order, so a query streams rows without sorting them.
 CREATE INDEX worklist_rows_by_date ON worklist_rows(date, patient, rank, element, item);
 CREATE INDEX worklist_rows_by_patient ON worklist_rows(patient);
 """
@@ -150,6 +171,7 @@ CREATE INDEX worklist_rows_by_patient ON worklist_rows(patient);
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "patients and the append-only entry log", _V1),
     (2, "worklist projection", _V2),
+    (3, "worklist rows in listing order", _V3),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

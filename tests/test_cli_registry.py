@@ -342,3 +342,22 @@ def test_record_through_the_console_entry_point(tmp_path: Path) -> None:
     refused = run("record", "INF-0001", "relapse", "--date", "2026-13-01")
     assert refused.returncode == 2 and refused.stderr.startswith("error: --date:") and "Traceback" not in refused.stderr
     assert dump(tmp_path / "sub.db") == before
+
+
+def test_the_readme_registry_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Registry\n", 1)[1].split("\n## ", 1)[0]
+    commands = [line[len("$ protocol "):] for line in section.split("```text\n", 1)[1].split("```", 1)[0].splitlines()
+                if line.startswith("$ protocol ")]
+    assert len(commands) >= 6
+    monkeypatch.delenv("PROTOCOL_DEBUG", raising=False)
+    monkeypatch.setenv("PROTOCOL_DB", str(tmp_path / "readme.db"))
+    monkeypatch.chdir(ROOT)
+    import shlex
+
+    for command in commands:
+        args = shlex.split(command)
+        if "-o" in args:
+            args[args.index("-o") + 1] = str(tmp_path / args[args.index("-o") + 1])
+        ok(cli(*args))
+    assert "SUPERSEDED by #16" in ok(cli("history", "INF-0003")).stdout

@@ -460,6 +460,24 @@ def test_a_version_1_database_opens_and_migrates(tmp_path: Path) -> None:
     assert after == before
 
 
+def test_a_version_2_projection_is_rebuilt(tmp_path: Path) -> None:
+    """Migration 3 changed the projection's layout: the old cache is dropped, nothing recorded
+    is touched, and every patient is re-planned on the next worklist."""
+    db = tmp_path / "v2.db"
+    v2 = "\n".join(_statements(MIGRATIONS[1][2]))
+    _from_script(db, V1_FIXTURE.read_text(encoding="utf-8") + "\n" + v2 + "\nPRAGMA user_version = 2;\n"
+                 "INSERT INTO projection VALUES ('INF-0003', '2026-11-21', 7, 'interfant06-blinatumomab', 'k', 25, 'x');"
+                 "INSERT INTO worklist_rows VALUES ('INF-0003', '2026-11-21', 'due', 'administration', NULL, 'marma',"
+                 " 'marma:x@1', 'X', NULL, 'planned', NULL);")
+    entries = [r for r in dump(db) if r.startswith('INSERT INTO "entries"')]
+    with open_reg(db, create=False) as reg:
+        assert reg._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert reg._conn.execute("SELECT count(*) FROM projection").fetchone()[0] == 0
+        wl = reg.worklist(TODAY, 7)
+        assert wl.refreshed == 2 and "marma:x@1" not in {r[6] for r in wl.rows}
+    assert [r for r in dump(db) if r.startswith('INSERT INTO "entries"')] == entries
+
+
 def test_migration_1_is_frozen() -> None:
     """Migration 1 must still create exactly the schema the first release wrote: a migration
     is never edited in place (add a new one instead)."""
