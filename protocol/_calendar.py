@@ -53,6 +53,7 @@ _DOMAIN = "protocol.roadmap"
 _CHECK = "Check every dose and day against the official protocol document."
 _UNVERIFIED = "⚠ UNVERIFIED (placeholder: not confirmed from a public source)"
 _PER = {"dose": "", "day": "/day", "week": "/week"}
+_SHARE_VALUES = True  # re-use encoded property values across events (tests compare with False)
 
 
 class _Event(NamedTuple):
@@ -304,6 +305,22 @@ def to_ics(plan: Plan, remind_days: int | None = None, previous: str | os.PathLi
     cal.add("x-protocol-patient", pid)
     cal.add("x-protocol-id", proto)
     trigger = None if remind_days is None else dt.timedelta(hours=9 - 24 * remind_days)
+    shared: dict[tuple[str, Any], Any] = {}
+
+    def put(component: Any, name: str, value: Any) -> None:
+        # Values that repeat across events (the stamp, dates, status, sequence...) are encoded
+        # by icalendar once and the encoded property is re-used: same bytes, less time.
+        if not _SHARE_VALUES:
+            component.add(name, value)
+            return
+        key = (name, tuple(value) if isinstance(value, list) else value)
+        encoded = shared.get(key)
+        if encoded is None:
+            component.add(name, value)
+            shared[key] = component[name]
+        else:
+            component.add(name, encoded, encode=False)
+
     emitted: set[str] = set()
     for ev in _events(plan):
         uid = _uid(pid, proto, ev.key)
@@ -322,20 +339,20 @@ def to_ics(plan: Plan, remind_days: int | None = None, previous: str | os.PathLi
             seq = max(seq, old_seq + 1 if changed else old_seq)
         event = icalendar.Event()
         event.add("uid", uid)
-        event.add("dtstamp", stamp)
-        event.add("dtstart", ev.start)
-        event.add("dtend", ev.end)
+        put(event, "dtstamp", stamp)
+        put(event, "dtstart", ev.start)
+        put(event, "dtend", ev.end)
         event.add("summary", ev.summary)
         event.add("description", ev.description)
-        event.add("sequence", seq)
-        event.add("status", status)
-        event.add("transp", "TRANSPARENT")
-        event.add("categories", [ev.categories])
+        put(event, "sequence", seq)
+        put(event, "status", status)
+        put(event, "transp", "TRANSPARENT")
+        put(event, "categories", [ev.categories])
         if trigger is not None and ev.alarm:
             alarm = icalendar.Alarm()
-            alarm.add("action", "DISPLAY")
+            put(alarm, "action", "DISPLAY")
             alarm.add("description", ev.summary)
-            alarm.add("trigger", trigger)
+            put(alarm, "trigger", trigger)
             event.add_component(alarm)
         cal.add_component(event)
     for uid, before in old.items():

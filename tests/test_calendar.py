@@ -183,10 +183,12 @@ def test_reminders(days: int, trigger: dt.timedelta) -> None:
 
 
 def test_output_is_icalendar_serialisation_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fast serialiser writes exactly what ``Calendar.to_ical()`` writes."""
+    """The fast path (shared encoded values, own folding) writes exactly what a plain
+    icalendar build and ``Calendar.to_ical()`` write."""
     plan = protocol.plan(PENDING, as_of=AS_OF)
     fast = to_ics(plan, remind_days=2, generated=STAMP)
     monkeypatch.setattr(_calendar, "_serialise", lambda cal: cal.to_ical())
+    monkeypatch.setattr(_calendar, "_SHARE_VALUES", False)  # every value encoded by its own add()
     assert to_ics(plan, remind_days=2, generated=STAMP) == fast
     for line in fast.split(b"\r\n"):
         assert len(line) <= 75
