@@ -455,8 +455,9 @@ def _wrap(text: str, width: int = 17, lines: int = 2) -> list[str]:
             out[-1] += " " + word
         else:
             out.append(word)
-    if len(out) > lines:
-        out = out[:lines]
+    cut = len(out) > lines
+    out = [line if len(line) <= width else line[: width - 1] + "…" for line in out[:lines]]
+    if cut and not out[-1].endswith("…"):
         out[-1] = out[-1][: width - 1] + "…"
     return out
 
@@ -561,7 +562,7 @@ def pathway_svg(plan: Plan) -> str:
                        f'marker-end="url(#arrow)"><title>{escape(src)} → {escape(e.dest)}: '
                        f'{escape(cls.replace("_", " "))}</title></path>')
             if src in diamonds:
-                label = e.label or ("otherwise" if e.condition is None else e.dest)
+                label = _wrap(e.label or ("otherwise" if e.condition is None else e.dest), 13, 1)[0]
                 word = {"taken": "taken", "pending": "pending", "not_taken": "not taken"}.get(cls, "")
                 lx = (start[0] + end[0]) / 2 if start[1] == end[1] else (mid + end[0]) / 2
                 out.append(f'<text x="{lx}" y="{end[1] - 4}" font-size="8" text-anchor="middle" '
