@@ -34,8 +34,17 @@ def _definitions_dir() -> Path:
     return Path(str(resources.files("protocol") / "definitions"))
 
 
+_SHIPPED: tuple[int, dict[str, Path]] | None = None
+
+
 def _shipped() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(_definitions_dir().glob("*.yaml"))}
+    # The folder is listed again only when it changes (plan() looks protocols up by id).
+    global _SHIPPED
+    folder = _definitions_dir()
+    stamp = folder.stat().st_mtime_ns
+    if _SHIPPED is None or _SHIPPED[0] != stamp:
+        _SHIPPED = (stamp, {p.stem: p for p in sorted(folder.glob("*.yaml"))})
+    return _SHIPPED[1]
 
 
 def list_protocols() -> list[Protocol]:

@@ -331,11 +331,15 @@ def check_definition(defn: ProtocolDefinition) -> list[tuple[tuple[Any, ...], st
             length = _whole(e.length_days, 1)
             if length is None:
                 add(((*loc, "length_days", "value"),
+                     "a length cannot be unknown (value: null): the plan needs its days; give the planning value "
+                     "as a placeholder with a note" if e.length_days.value is None else
                      f"expected a whole number of days >= 1, got {e.length_days.value:g}"))
         if e.until == "end_of_therapy" and defn.end_of_therapy is None:
             add(((*loc, "until"), "runs until end_of_therapy, but the definition has no `end_of_therapy`"))
         if e.start is not None and e.start.gap_days is not None and _whole(e.start.gap_days, 0) is None:
             add(((*loc, "start", "gap_days", "value"),
+                 "a gap cannot be unknown (value: null): give the planning value as a placeholder with a note"
+                 if e.start.gap_days.value is None else
                  f"expected a whole number of days >= 0, got {e.start.gap_days.value:g}"))
         if e.final and e.length_days is None and e.until is None and (e.administrations or e.assessments):
             add((loc, "a final element without length_days cannot schedule administrations or assessments"))

@@ -544,7 +544,8 @@ class _Context:
         hi = bisect_right(m_ords, last)
         weights = self.weights
         for j in range(used + 1, hi):
-            if used >= 0 and abs(weights[j] - weights[used]) <= WEIGHT_CHANGE * weights[used]:
+            # A small tolerance: 7.4 → 8.14 kg is a change of exactly 10 %, not more.
+            if used >= 0 and abs(weights[j] - weights[used]) <= WEIGHT_CHANGE * weights[used] + 1e-9:
                 continue
             if used >= 0:
                 change = (weights[j] - weights[used]) / weights[used]
@@ -865,9 +866,10 @@ class _Builder:
         bag = self.bag_hours.get(el.id)
         rows = self.rows
         if events or (bag is not None and el.infusion is not None and bag[1] != el.infusion.default_hours):
-            tmp, end, notes = self.adjust(el, start, length, item_status, branch, events or [], bag)
-            if stop is not None:
-                tmp = [r for r in tmp if r[0] <= stop]
+            tmp, end, notes = self.adjust(el, start, length, item_status, branch, events or [], bag,
+                                          cur.actual_start is not None, cur.actual_end)
+            if stop is not None:  # what was recorded stays, even when dated after the element ended
+                tmp = [r for r in tmp if r[0] <= stop or r[5] in ("given", "omitted")]
             if notes:
                 span.note = "; ".join(filter(None, [span.note, *notes]))
             mark = len(rows)
@@ -931,11 +933,12 @@ class _Builder:
                              f"rules: record element_held / element_resumed instead")
                 continue
             if ev.type == "infusion_resumed" and ev.bag_hours is not None:
-                self.choose_bag(i, ev, element)
+                self.choose_bag(i, ev, element, store=False)
             self.by_element.setdefault(element, []).append((i, ev))
 
-    def choose_bag(self, i: int, ev: Event, element: str) -> None:
-        """Check a recorded bag duration against the definition's bags and their weight limits."""
+    def choose_bag(self, i: int, ev: Event, element: str, store: bool = True) -> None:
+        """Check a recorded bag duration against the definition's bags and their weight limits;
+        ``store``: it applies from the element's start (not only from a resumption)."""
         el = self.p.elements.get(element)
         inf = None if el is None else el.infusion
         if inf is None:
@@ -955,7 +958,8 @@ class _Builder:
                 self.problem(("events", i, "bag_hours"), f"a {hours} h bag is not for patients under {min_kg:g} kg "
                              f"(label), got {got}")
                 return
-        self.bag_hours[element] = (i, hours)
+        if store:
+            self.bag_hours[element] = (i, hours)
 
     def gated(self, element: str, prev_end: int) -> _Open:
         """The next element, starting after ``prev_end`` plus its gap, or later when its
@@ -994,14 +998,16 @@ class _Builder:
                                     f"({gate.text}); last count {last.date}: {_count_text(last)}"))
 
     def adjust(self, el: Any, start: int, length: int, status: str, branch: str | None,
-               events: list[tuple[int, Event]], bag: tuple[int, int] | None
-               ) -> tuple[list[list[Any]], int, list[str]]:
+               events: list[tuple[int, Event]], bag: tuple[int, int] | None, started: bool = True,
+               ended: int | None = None) -> tuple[list[list[Any]], int, list[str]]:
         """The items of an element with recorded changes, applied in date order.
 
         Returns the rows (as lists), the element's last day and notes for its span.
         Delay scopes follow chemotherapy order entry (anchors.md §1.9): ``item`` moves one
         item; ``element`` also the element's later items (its end moves only as far as they
         need); ``all`` also moves the element's end, so everything after it moves too.
+        ``started``: the element's start is recorded (what happened in it can be recorded);
+        ``ended``: its recorded last day (a pause still open then ended with it).
         """
         ctx = self.ctx
         tmp: list[tuple[Any, ...]] = []
@@ -1013,12 +1019,24 @@ class _Builder:
         hours = None if inf is None else (bag[1] if bag is not None else inf.default_hours)
         if inf is not None and bag is not None and bag[1] != inf.default_hours:
             self.consumed.add(bag[0])
-            rows = self.rebag(el, rows, start, hours or 24)
+            rows = self.rebag(el, rows, start, hours or 24, status=status)
+        pinned: dict[int, int] = {}  # id(row) -> date a delay set its date (later pauses leave it there)
         pause: tuple[int, int, str] | None = None  # (event index, ordinal, "hold" | "interruption")
         for i, ev in sorted(events, key=lambda ie: (ie[1].date, ie[0])):
             when = ev.date.toordinal()
             t = ev.type
             loc = ("events", i)
+            if not started and t in ("item_given", "element_held", "element_resumed", "infusion_interrupted",
+                                     "infusion_resumed"):
+                self.consumed.add(i)
+                if when < start:
+                    field_, message = "date", (f"expected a date on or after the start of {el.id} "
+                                               f"({dt.date.fromordinal(start)}), got {ev.date}")
+                else:
+                    field_, message = "type", (f"{el.id} has no recorded start: record element_started before "
+                                               f"what happened in it ({t} on {ev.date})")
+                self.problem((*loc, field_), message)
+                continue
             if t in ("element_held", "infusion_interrupted"):
                 kind = "hold" if t == "element_held" else "interruption"
                 if pause is not None:
@@ -1040,7 +1058,7 @@ class _Builder:
                     continue
                 if ev.bag_hours is not None:
                     hours = ev.bag_hours
-                rows, end, note = self.resume(el, rows, start, end, pause, when, status, branch, hours)
+                rows, end, note = self.resume(el, rows, start, end, pause, when, status, branch, hours, pinned)
                 notes.append(note)
                 pause = None
                 continue
@@ -1051,24 +1069,30 @@ class _Builder:
             if t == "item_given":
                 self.given(row, ev, i, start)
             elif t == "item_omitted":
+                if row[5] in ("given", "omitted"):
+                    self.problem((*loc, "item"), f"{_ref(row)} is already recorded as {row[5]}")
+                    continue
                 row[5] = "omitted"
                 row[7] = _join(row[7], f"omitted on {ev.date}: {ev.reason}")
             elif t == "item_delayed":
-                end = self.delay(el, rows, row, ev, i, end)
+                end = self.delay(el, rows, row, ev, i, end, pinned)
             else:
                 self.modify(rows, row, ev, i)
-        if pause is not None:
+        if pause is not None and ended is None:
             # Still paused on the plan's date: project the resumption for tomorrow.
             tomorrow = self.as_of_ord + 1
             kind = pause[2]
             rows, end, note = self.resume(el, rows, start, end, pause, max(tomorrow, pause[1]), status, branch, hours,
-                                          ongoing=True)
+                                          pinned, ongoing=True)
             notes.append(note)
             self.warnings.append(f"{el.id}: {note}")
             if kind == "hold":
                 for r in rows:
                     if r[0] >= tomorrow and r[5] == "planned":
                         r[5] = "held"
+        elif pause is not None:
+            notes.append(f"{'on hold' if pause[2] == 'hold' else 'infusion interrupted'} from "
+                         f"{dt.date.fromordinal(pause[1])} until its recorded end on {dt.date.fromordinal(ended)}")
         rows.sort(key=itemgetter(0))
         if el.open_ended and self.eot is not None:
             if any(r[0] > self.eot for r in rows):
@@ -1081,7 +1105,7 @@ class _Builder:
         return rows, end, notes
 
     def resume(self, el: Any, rows: list[list[Any]], start: int, end: int, pause: tuple[int, int, str], when: int,
-               status: str, branch: str | None, hours: int | None, ongoing: bool = False
+               status: str, branch: str | None, hours: int | None, pinned: dict[int, int], ongoing: bool = False
                ) -> tuple[list[list[Any]], int, str]:
         """Apply a hold or an infusion interruption that ends on ``when``."""
         _, since, kind = pause
@@ -1090,58 +1114,63 @@ class _Builder:
         inf = el.infusion
         what = f"on hold from {d0}" if kind == "hold" else f"infusion interrupted from {d0}"
         until = f"; dates assume it resumes on {d1}" if ongoing else f" to {d1}"
+        recorded = ("given", "omitted")
         if kind == "interruption" and inf is not None and gap > inf.max_interruption_days:
             # Label (clinical-facts §5.1): an interruption of more than 7 days starts a new cycle.
-            kept = [r for r in rows if r[0] < since]
+            kept = [r for r in rows if r[0] < since or r[5] in recorded]
             fresh: list[tuple[Any, ...]] = []
-            self.ctx.emit(el, when, el.length or (end - start + 1), None, status, branch, fresh)
+            cycle = el.length or (end - start + 1)
+            self.ctx.emit(el, when, cycle, None, status, branch, fresh)
+            why = f"new cycle after a {gap}-day interruption"
             new = [list(r) for r in fresh]
             for r in new:
-                r[7] = f"new cycle after a {gap}-day interruption"
+                r[7] = why
             if hours is not None and hours != inf.default_hours:
-                new = self.rebag(el, new, when, hours)
-            return (kept + new, when + (el.length or (end - start + 1)) - 1,
+                new = self.rebag(el, new, when, hours, status=status, note=why)
+            return (kept + new, when + cycle - 1,
                     f"{what}{until} ({gap} days, more than {inf.max_interruption_days}): a new cycle starts on {d1}")
         t0 = self.ctx.t0
         label = f"moved {gap} days by the {'hold' if kind == 'hold' else 'interruption'} from {d0}"
         for r in rows:
-            if r[0] >= since and r[5] not in ("given", "omitted"):
+            if r[0] >= since and r[5] not in recorded and pinned.get(id(r), -1) < since:
                 r[0] += gap
                 r[2] = r[0] - t0 + 1
                 r[7] = _join(r[7], label)
         if kind == "interruption" and inf is not None:
-            rows = self.rebag(el, rows, when, hours or inf.default_hours, from_ord=when)
+            rows = self.rebag(el, rows, when, hours or inf.default_hours, from_ord=when, status=status)
             note = (f"{what}{until} ({gap} days, at most {inf.max_interruption_days}): the cycle continues to "
                     f"{inf.last_day - inf.first_day + 1} infusion days; its end moves {gap} days")
         else:
             note = f"{what}{until}: later items and the end move {gap} days"
         return rows, end + gap, note
 
-    def rebag(self, el: Any, rows: list[list[Any]], start: int, hours: int, from_ord: int | None = None
-              ) -> list[list[Any]]:
-        """Replace the bag changes from ``from_ord`` (default: all) by a new bag every ``hours``,
-        from ``start`` to the infusion's last day."""
+    def rebag(self, el: Any, rows: list[list[Any]], start: int, hours: int, from_ord: int | None = None,
+              status: str = "planned", note: str | None = None) -> list[list[Any]]:
+        """Replace the planned bag changes from ``from_ord`` (default: all) by a new bag every
+        ``hours``, from ``start`` to the infusion's last day. Recorded bag changes stay."""
         inf = el.infusion
         bag_index = inf.bag_slot
         lo = start if from_ord is None else from_ord
-        infusion_rows = [r for r in rows if r[3].index == inf.slot]
-        kept = [r for r in rows if r[3].index != bag_index or (r[0] < lo and r[5] in ("given", "done", "omitted"))
-                or (from_ord is not None and r[0] < lo)]
+        infusion_rows = sorted((r for r in rows if r[3].index == inf.slot), key=itemgetter(0))
+        kept = [r for r in rows if r[3].index != bag_index or r[0] < lo or r[5] in ("given", "omitted")]
         if not infusion_rows:
             return kept
-        last = max(r[0] for r in infusion_rows)
+        last = infusion_rows[-1][0]
         admin = el.slots[inf.slot].source
         slot = bag_slot(el.id, bag_index, admin, hours, inf.first_day, inf.last_day, el.slots[bag_index].evidence)
-        day_of = {r[0]: r[1] for r in infusion_rows}
-        dose_of = None
         t0 = self.ctx.t0
         step = max(1, hours // 24)
-        bags = [[o, day_of.get(o, o - start + el.first_day), o - t0 + 1, slot, dose_of, "planned", None, None]
-                for o in range(lo, last + 1, step)]
-        base = next((r for r in rows if r[3].index == bag_index), None)
-        for b in bags:
-            if base is not None:
-                b[5], b[6] = ("planned" if base[5] == "done" and b[0] >= self.as_of_ord else base[5]), base[6]
+        ords = [r[0] for r in infusion_rows]
+        days = [r[1] for r in infusion_rows]
+        taken = {r[1] for r in kept if r[3].index == bag_index}
+        bags = []
+        prev = max((d for d in taken), default=inf.first_day - 1)
+        for o in range(lo, last + 1, step):
+            # The bag starts the infusion day on or after it (element days stay unique and in order).
+            k = bisect_left(ords, o)
+            day = max(days[k] if k < len(days) else days[-1] + (o - ords[-1]), prev + 1)
+            prev = day
+            bags.append([o, day, o - t0 + 1, slot, None, status, None, note])
         return sorted(kept + bags, key=itemgetter(0))
 
     def find_row(self, rows: list[list[Any]], ev: Event, i: int, el: Any) -> list[Any] | None:
@@ -1166,7 +1195,7 @@ class _Builder:
     def given(self, row: list[Any], ev: Event, i: int, start: int) -> None:
         when = ev.date.toordinal()
         slot = row[3]
-        ref = f"{slot.element}:{slot.key}@{row[1]}"
+        ref = _ref(row)
         if row[5] in ("given", "omitted"):
             self.problem(("events", i, "item"), f"{ref} is already recorded as {row[5]}")
             return
@@ -1181,8 +1210,7 @@ class _Builder:
                 self.problem(("events", i, "dose"), f"{slot.name} has no dose to record (it is not an administration "
                              f"with a dose)")
                 return
-            standard = dose.amount if not isinstance(dose, ModifiedDose) else DoseResult(
-                slot, dose.measurement, dose.bsa, dose.age_years).amount
+            standard = self.standard_on(dose, when)
             if standard is not None and ev.dose > float(fmt_amount(standard)) * (1 + 1e-9):
                 self.problem(("events", i, "dose"), f"expected at most the standard dose {fmt_amount(standard)} "
                              f"{dose.unit} ({dose.working}), got {ev.dose:g}")
@@ -1203,25 +1231,50 @@ class _Builder:
         row[5] = "given"
         row[7] = _join(row[7], text)
 
-    def delay(self, el: Any, rows: list[list[Any]], row: list[Any], ev: Event, i: int, end: int) -> int:
+    def standard_on(self, dose: DoseResult, when: int) -> float | None:
+        """The most that may be given on ``when``: the standard dose (before any modification)
+        from the inputs in use, or from the measurement in force the day before when the child
+        was weighed that same day (the dose was prepared from the earlier weight)."""
+        plain = DoseResult(dose.slot, dose.measurement, dose.bsa, dose.age_years)
+        amount = plain.amount
+        m = dose.measurement
+        if m is not None and m.date.toordinal() >= when:
+            ctx = self.ctx
+            k = bisect_right(ctx.m_ords, when - 1) - 1
+            if k >= 0:
+                before = DoseResult(dose.slot, ctx.measurements[k], ctx.bsa[k], dose.age_years).amount
+                if before is not None and (amount is None or before > amount):
+                    amount = before
+        return amount
+
+    def delay(self, el: Any, rows: list[list[Any]], row: list[Any], ev: Event, i: int, end: int,
+              pinned: dict[int, int]) -> int:
         due, to = row[0], ev.to.toordinal()  # type: ignore[union-attr]
         slot = row[3]
         if row[5] in ("given", "omitted"):
-            self.problem(("events", i, "item"), f"{slot.element}:{slot.key}@{row[1]} is already recorded as "
-                         f"{row[5]}: it cannot be delayed")
+            self.problem(("events", i, "item"), f"{_ref(row)} is already recorded as {row[5]}: it cannot be delayed")
             return end
         if to <= due:
             self.problem(("events", i, "to"), f"expected a date after the item's due date "
                          f"{dt.date.fromordinal(due)} (a delay moves an item later), got {ev.to}")
             return end
+        if ev.scope == "item":
+            later = [r[0] for r in rows if r[3].key == slot.key and r[0] > due and r is not row]
+            if later and to >= min(later):
+                self.problem(("events", i, "to"), f"{ev.to} is on or after the next {slot.name} "
+                             f"({dt.date.fromordinal(min(later))}): delay with scope element to move the later "
+                             f"doses too")
+                return end
         delta = to - due
         t0 = self.ctx.t0
         why = f"delayed {delta} days on {ev.date}: {ev.reason}"
         moved = [row] if ev.scope == "item" else [r for r in rows if r[0] >= due and r[5] not in ("given", "omitted")]
+        stamp = ev.date.toordinal()
         for r in moved:
             r[0] += delta
             r[2] = r[0] - t0 + 1
             r[7] = _join(r[7], why if r is row else f"moved {delta} days with {slot.key}@{row[1]} ({ev.reason})")
+            pinned[id(r)] = stamp
         if ev.scope == "all" and not el.open_ended:
             return end + delta
         return end
@@ -1232,11 +1285,16 @@ class _Builder:
         if dose is None:
             self.problem(("events", i, "item"), f"{slot.name} has no dose to modify")
             return
+        if row[5] in ("given", "omitted") and ev.scope == "item":
+            self.problem(("events", i, "item"), f"{_ref(row)} is already recorded as {row[5]}: its dose cannot be "
+                         f"modified")
+            return
         percent = float(ev.percent or 0)
         if ev.of == "previous":
-            before = [r for r in rows if r[3].key == slot.key and r[0] < row[0] and isinstance(r[4], ModifiedDose)]
-            prev = before[-1][4].percent if before else 100.0
-            percent = prev * percent / 100.0
+            # The dose of this drug immediately before this one (modified or not).
+            before = [r for r in rows if r[3].key == slot.key and r[0] < row[0]]
+            prev = before[-1][4] if before else None
+            percent = (prev.percent if isinstance(prev, ModifiedDose) else 100.0) * percent / 100.0
         why = f"{ev.reason}, {ev.date}"
         targets = [row] if ev.scope == "item" else [
             r for r in rows if r[3].key == slot.key and r[0] >= row[0] and r[5] not in ("given", "omitted")]
@@ -1330,6 +1388,10 @@ class _Open:
 #: Events that change items of an element rather than move through the protocol.
 _ADJUSTING = frozenset({"item_given", "item_omitted", "item_delayed", "dose_modified", "element_held",
                         "element_resumed", "infusion_interrupted", "infusion_resumed"})
+
+
+def _ref(row: list[Any]) -> str:
+    return f"{row[3].element}:{row[3].key}@{row[1]}"
 
 
 def _join(a: str | None, b: str) -> str:

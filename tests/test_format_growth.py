@@ -204,3 +204,14 @@ def test_element_anchor_needs_its_element(shipped_definition: dict[str, Any],
     shipped_definition["end_of_therapy"].pop("anchor_element")
     with pytest.raises(protocol.DefinitionError, match="anchor: element_start needs anchor_element"):
         protocol.load_protocol(write_definition(shipped_definition))
+
+
+def test_an_unknown_length_or_gap_is_a_clear_error_not_a_crash(
+        shipped_definition: dict[str, Any], write_definition: Callable[..., Path]) -> None:
+    _element(shipped_definition, "ib")["length_days"] = {"value": None, **PH}
+    _element(shipped_definition, "marma")["start"] = {"gap_days": {"value": None, **PH}}
+    with pytest.raises(protocol.DefinitionError) as info:
+        protocol.load_protocol(write_definition(shipped_definition))
+    got = {(p.field, p.message.split(":")[0]) for p in info.value.problems}
+    assert got == {("elements[2].length_days.value", "a length cannot be unknown (value"),
+                   ("elements[3].start.gap_days.value", "a gap cannot be unknown (value")}

@@ -40,7 +40,9 @@ def test_unknown_protocol_lists_the_shipped_ones() -> None:
 
 
 def test_list_protocols() -> None:
-    assert [p.id for p in protocol.list_protocols()] == ["interfant06-blinatumomab"]
+    ids = [p.id for p in protocol.list_protocols()]
+    assert ids == sorted(ids) and "interfant06-blinatumomab" in ids
+    assert {"interfant06", "blinatumomab-bridge-hsct", "aall1731", "interfant21"} <= set(ids)
 
 
 def test_schemas_are_json_schema_documents() -> None:
