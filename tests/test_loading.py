@@ -41,7 +41,7 @@ def test_unknown_protocol_lists_the_shipped_ones() -> None:
 
 def test_list_protocols() -> None:
     ids = [p.id for p in protocol.list_protocols()]
-    assert ids == sorted(ids) and "interfant06-blinatumomab" in ids
+    assert len(ids) == len(set(ids)) and "interfant06-blinatumomab" in ids
     assert {"interfant06", "blinatumomab-bridge-hsct", "aall1731", "interfant21"} <= set(ids)
 
 
