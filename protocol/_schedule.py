@@ -1317,9 +1317,19 @@ class _Builder:
             return length
         return el.length
 
-    def project(self, cur: _Open, facts: dict[str, Any], branch: str | None, depth: int = 0) -> None:
+    def project(self, cur: _Open, facts: dict[str, Any], branch: str | None, depth: int = 0,
+                domains: dict[str, frozenset[str]] | None = None) -> None:
+        """Project the rest of the plan from ``cur``.
+
+        ``domains``: the arms still possible for each randomisation not yet recorded. A pending
+        branch narrows them (the branch "randomisation→arm b" assumes arm b), so a later
+        decision on the same randomisation follows that assumption instead of projecting
+        impossible combinations (AALL1731's two non-sequential blinatumomab cycles).
+        """
         p = self.p
         pending = branch is not None
+        if domains is None:
+            domains = {f"arm:{r}": frozenset(arms) for r, arms in p.randomisations.items() if f"arm:{r}" not in facts}
         while True:
             el = p.elements[cur.id]
             if pending:
@@ -1344,6 +1354,10 @@ class _Builder:
                 if r is None:
                     chosen.append((e, None))
                     unknown = True
+            narrowed: dict[int, dict[str, frozenset[str]]] = {}
+            if unknown and domains:
+                chosen, narrowed = _narrow(edges, chosen, facts, domains)
+                unknown = len(chosen) > 1 or (bool(chosen) and chosen[0][1] is None)
             if end is None:  # pragma: no cover - only final elements lack an end
                 return
             when = end + 1
@@ -1355,16 +1369,23 @@ class _Builder:
                 edge = chosen[0][0]
                 if len(edges) > 1 or edge.guard is not None:
                     self.decide(edges, edge, "decided", dt.date.fromordinal(when), facts, branch)
+                domains = narrowed.get(id(edge), domains)
                 cur = self.gated(edge.dest, end)
                 continue
             self.decide(edges, None, "pending", dt.date.fromordinal(when), facts, branch)
             if depth >= 8:  # pragma: no cover - a protocol with more than 8 nested pending decisions
                 self.warnings.append("more than 8 nested pending decisions: projection stops")
                 return
+            # An end of therapy anchored to an element's start belongs to each branch.
+            saved, seen = self.eot, []
             for edge, _ in chosen:
                 label = f"{edge.decision}→{edge.dest}"
+                self.eot = saved
                 self.project(self.gated(edge.dest, end), facts,
-                             label if branch is None else f"{branch} / {label}", depth + 1)
+                             label if branch is None else f"{branch} / {label}", depth + 1,
+                             narrowed.get(id(edge), domains))
+                seen.append(self.eot)
+            self.eot = seen[0] if seen and all(x == seen[0] for x in seen) else saved
             return
 
     def decide(self, edges: tuple[Edge, ...], chosen: Edge | None, status: str, when: dt.date,
@@ -1388,6 +1409,44 @@ class _Open:
 #: Events that change items of an element rather than move through the protocol.
 _ADJUSTING = frozenset({"item_given", "item_omitted", "item_delayed", "dose_modified", "element_held",
                         "element_resumed", "infusion_interrupted", "infusion_resumed"})
+
+
+def _narrow(edges: tuple[Edge, ...], chosen: list[tuple[Edge, bool | None]], facts: dict[str, Any],
+            domains: dict[str, frozenset[str]]) -> tuple[list[tuple[Edge, bool | None]],
+                                                         dict[int, dict[str, frozenset[str]]]]:
+    """Which of a decision's edges are still possible given the arms a branch assumes.
+
+    Enumerates the possible arms of the randomisations the guards read (small finite sets);
+    returns the possible edges (``True`` when only one remains) and, for each, the arms under
+    which it is taken. Other unknown facts (an MRD result) stay unknown.
+    """
+    keys = sorted({k for e in edges for k in e.depends_on if k in domains and k not in facts})
+    if not keys:
+        return chosen, {}
+    combos: list[dict[str, str]] = [{}]
+    for k in keys:
+        combos = [{**c, k: v} for c in combos for v in sorted(domains[k])]
+        if len(combos) > 512:  # pragma: no cover - more arms than any protocol has
+            return chosen, {}
+    possible: dict[int, tuple[Edge, list[dict[str, str]], bool]] = {}
+    for combo in combos:
+        f = {**facts, **combo}
+        for e in edges:
+            r = True if e.guard is None else e.guard(f)
+            if r is False:
+                continue
+            entry = possible.setdefault(id(e), (e, [], True))
+            entry[1].append(combo)
+            if r is None:
+                possible[id(e)] = (e, entry[1], False)
+            if r is True:
+                break
+    order = [e for e in edges if id(e) in possible]
+    narrowed = {id(e): {**domains, **{k: frozenset(c[k] for c in possible[id(e)][1]) for k in keys}}
+                for e in order}
+    if len(order) == 1 and possible[id(order[0])][2]:
+        return [(order[0], True)], narrowed
+    return [(e, None) for e in order], narrowed
 
 
 def _ref(row: list[Any]) -> str:

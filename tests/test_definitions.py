@@ -489,10 +489,6 @@ def test_aall1731_example_end_of_therapy() -> None:
     assert plan.end_of_therapy == D("2028-07-25") == im1.actual_start + dt.timedelta(days=727)
 
 
-@pytest.mark.xfail(strict=True, reason="engine gap: with the randomisation pending, the element-anchored end of "
-                   "therapy is taken from the first branch that reaches interim maintenance I and applied to "
-                   "every branch (_schedule: `self.eot is None`), so the chemotherapy-only branch's maintenance "
-                   "ends 28 days late")
 def test_aall1731_pending_branches_each_end_104_weeks_after_their_own_interim_maintenance_1(write: Write) -> None:
     plan = _plan(write("aall1731", **A17, events=[]), as_of=D("2026-05-10"))
     for branch in ("randomisation→blinatumomab_1", "randomisation→interim_maintenance_1"):
@@ -502,9 +498,6 @@ def test_aall1731_pending_branches_each_end_104_weeks_after_their_own_interim_ma
             assert m.planned_end == im1.planned_start + dt.timedelta(days=727), branch
 
 
-@pytest.mark.xfail(strict=True, reason="engine gap: a pending branch does not carry the arm it assumes, so the "
-                   "plan also projects the impossible combinations (blinatumomab cycle 1 without cycle 2, and "
-                   "cycle 2 without cycle 1)")
 def test_aall1731_pending_plan_shows_only_the_two_real_pathways(write: Write) -> None:
     plan = _plan(write("aall1731", **A17, events=[]), as_of=D("2026-05-10"))
     assert sum(1 for e in plan.elements if e.id == "maintenance") == 2
