@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from ._errors import InputError, Problem
+from ._errors import CohortError, InputError, Problem
 from ._io import Document, format_loc, read_document, validate_document
 from ._machine import OUTCOMES, Protocol
 from ._models import Condition, Source
@@ -42,10 +42,6 @@ INTEGER_FACTS = frozenset({"age_at_diagnosis_days", "age_at_diagnosis_months", "
 
 #: Age facts that follow from the age in days and a diagnosis date (calendar arithmetic).
 AGE_FROM_DAYS = ("age_at_diagnosis_months", "age_at_diagnosis_years")
-
-
-class CohortError(InputError):
-    """A cohort specification file is malformed or does not fit its protocol."""
 
 
 _FRACTION = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")

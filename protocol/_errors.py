@@ -4,7 +4,9 @@
     ├── InputError                bad input; the CLI exits with code 2 and prints the problems
     │   ├── DefinitionError       a protocol definition file is invalid
     │   ├── PatientError          a patient file is invalid, or inconsistent with its protocol
-    │   └── IneligibleError       the patient does not meet the protocol's eligibility rules
+    │   ├── IneligibleError       the patient does not meet the protocol's eligibility rules
+    │   ├── CohortError           a cohort specification file is invalid, or does not fit its protocol
+    │   └── RegistryError         a registry request cannot be done (unknown patient, database in use...)
     └── (any other exception is an internal error: the CLI exits with code 1)
 
 Every ``InputError`` carries one or more :class:`Problem` records, each naming the
@@ -19,12 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "CohortError",
     "DefinitionError",
     "IneligibleError",
     "InputError",
     "PatientError",
     "Problem",
     "ProtocolError",
+    "RegistryError",
 ]
 
 
@@ -78,3 +82,12 @@ class PatientError(InputError):
 
 class IneligibleError(InputError):
     """The patient does not meet the protocol's eligibility rules (reasons in ``problems``)."""
+
+
+class CohortError(InputError):
+    """A cohort specification file is malformed or does not fit its protocol."""
+
+
+class RegistryError(InputError):
+    """A registry request that cannot be done: the database cannot be opened or written
+    (permissions, another writer holding it too long), or a newer release made it."""

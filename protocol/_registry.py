@@ -36,7 +36,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ._errors import InputError, PatientError, Problem
+from ._errors import InputError, PatientError, Problem, RegistryError
 from ._io import Document, format_loc, problems_from_validation
 from ._models import Patient
 
@@ -471,13 +471,22 @@ class Registry:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            # Locked by another writer for longer than the busy timeout, or a read-only file:
+            # bad circumstances, not a bug (exit 2, nothing written).
+            raise RegistryError(Problem(str(self.path), "", f"cannot write the registry: {exc}")) from None
         try:
             yield conn
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:  # pragma: no cover - disk full, I/O error
+            conn.execute("ROLLBACK")
+            raise RegistryError(Problem(str(self.path), "", f"cannot write the registry: {exc}")) from None
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

@@ -794,3 +794,23 @@ class RegistryMachine(RuleBasedStateMachine):
 
 TestRegistryMachine = RegistryMachine.TestCase
 TestRegistryMachine.settings = settings(max_examples=15, stateful_step_count=12, deadline=None)
+
+
+def test_a_registry_locked_too_long_is_bad_input_not_a_crash(tmp_path: Path) -> None:
+    # Another writer holds the registry past the busy timeout: RegistryError (exit 2), not a crash.
+    import protocol._registry as registry_module
+    from protocol._errors import RegistryError
+
+    db = tmp_path / "r.db"
+    registry_module.open_registry(db, create=True).close()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    reg = registry_module.open_registry(db)
+    reg._conn.execute("PRAGMA busy_timeout = 50")
+    try:
+        with pytest.raises(RegistryError, match="cannot write the registry: database is locked"), reg._write():
+            pass
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        reg.close()
