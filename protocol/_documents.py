@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 from ._errors import InputError, Problem
 from ._loading import evidence_counts, placeholder_rows
+from ._machine import walk_values
 from ._machine import Slot
 from ._schedule import Item, Plan, fmt_amount, mosteller
 
@@ -169,6 +170,9 @@ def _dosage(slot: Slot) -> tuple[str, bool]:
     if d.cap is not None:
         unverified |= d.cap.evidence == "placeholder"
         text += f", max {d.cap.value:g} {d.unit}"
+    site = [n for n in (d.amount, d.cap, *(b.amount for b in d.bands or ())) if n is not None and n.evidence == "site"]
+    if site:
+        text += " ✓ site-verified"
     return text, unverified
 
 
@@ -305,6 +309,13 @@ def roadmap_context(plan: Plan, generated: dt.datetime | None = None) -> dict[st
         latest = {"date": m.date.isoformat(), "height_cm": f"{m.height_cm:g}", "weight_kg": f"{m.weight_kg:g}",
                   "bsa": f"{round(mosteller(m.height_cm, m.weight_kg), 2):.2f}"}
     placeholders = placeholder_rows(p)
+    site = None
+    if p.site is not None:
+        site = {"name": p.site[0], "file": p.site[1],
+                "values": [{"label": " › ".join(label), "value": v.value if not isinstance(v.value, float)
+                            else f"{v.value:g}", "by": v.verified.by, "on": v.verified.on.isoformat(),
+                            "section": v.verified.section}
+                           for _, label, v in walk_values(p.source) if v.verified is not None]}
     return {
         "patient": {"id": patient.id, "birth_date": patient.birth_date.isoformat(), "sex": patient.sex,
                     "diagnosis_date": patient.diagnosis_date.isoformat(),
@@ -324,6 +335,7 @@ def roadmap_context(plan: Plan, generated: dt.datetime | None = None) -> dict[st
         "decisions": plan.decisions,
         "warnings": plan.warnings,
         "placeholders": placeholders,
+        "site": site,
         "evidence": evidence_counts(p),
         "generated": generated.strftime("%Y-%m-%d %H:%M UTC"),
         "generated_iso": generated.strftime("%Y-%m-%dT%H:%M:%SZ"),

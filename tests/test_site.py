@@ -125,3 +125,20 @@ def test_cli_bad_site_file_exits_2(tmp_path: Path) -> None:
     assert "values[0].field" in result.stderr and "Traceback" not in result.output
     missing = CliRunner().invoke(app, ["validate", "interfant06-blinatumomab", "--site", str(tmp_path / "no.yaml")])
     assert missing.exit_code == 2 and "cannot read the site amendment" in missing.stderr
+
+
+def test_roadmap_shows_which_values_came_from_the_site(tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(app, ["roadmap", str(ON_TIME), "--as-of", "2026-11-21", "--site", str(AMENDMENT),
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    html = out.read_text(encoding="utf-8")
+    assert "Values verified by Test Children&#39;s Hospital" in html or "Values verified by Test Children's" in html
+    assert "A. Pharmacist" in html and "Interfant-06 protocol v1.3, section 6.2.1 (test fixture)" in html
+    assert "60 mg/m²/day ✓ site-verified" in html  # the prednisone dosage in the induction drug table
+    plain = tmp_path / "plain.html"
+    CliRunner().invoke(app, ["roadmap", str(ON_TIME), "--as-of", "2026-11-21", "-o", str(plain)])
+    assert "site-verified" not in plain.read_text(encoding="utf-8")
+    md = CliRunner().invoke(app, ["roadmap", str(ON_TIME), "--as-of", "2026-11-21", "--site", str(AMENDMENT),
+                                  "--format", "md"]).stdout
+    assert "| induction › prednisone › amount | 60 ✓ | A. Pharmacist | 2026-11-01 |" in md

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import AsOf, Db, PatientRef, _as_of, _emit, _patient, _run, app
+from ._common import app, AsOf, Db, PatientRef, Site, _as_of, _emit, _patient, _protocol_for, _run, _site
 
 
 class RoadmapFormat(str, Enum):
@@ -48,6 +48,7 @@ def roadmap_command(
     templates: Annotated[Path | None, typer.Option("--templates", help="A folder of templates overriding the "
                                                    "built-in ones.")] = None,
     db: Db = None,
+    site: Site = None,
 ) -> None:
     """Render the printable roadmap (HTML, Markdown or PDF) for a patient.
 
@@ -67,7 +68,8 @@ def roadmap_command(
              "got no -o")
     if fmt == "pdf" and output is not None:
         _run(_check_folder, output)
-    result = _run(plan, _run(_patient, patient, db), as_of=_run(_as_of, as_of))
+    who = _run(_patient, patient, db)
+    result = _run(plan, who, _run(_protocol_for, who, site), as_of=_run(_as_of, as_of))
     if fmt == "pdf":
         assert output is not None
         _run(_write_bytes, _run(render_pdf, result, templates), output)
@@ -88,6 +90,7 @@ def calendar_command(
         "higher SEQUENCE, events no longer planned are sent as cancelled.")] = None,
     as_of: AsOf = None,
     db: Db = None,
+    site: Site = None,
 ) -> None:
     """Export the patient's plan as an iCalendar (.ics) file to import or subscribe to.
 
@@ -100,7 +103,8 @@ def calendar_command(
     from .._calendar import to_ics
     from .._schedule import plan
 
-    result = _run(plan, _run(_patient, patient, db), as_of=_run(_as_of, as_of))
+    who = _run(_patient, patient, db)
+    result = _run(plan, who, _run(_protocol_for, who, site), as_of=_run(_as_of, as_of))
     data = _run(to_ics, result, remind_days, previous)
     if output is None:
         typer.echo(data.decode("utf-8"), nl=False)
@@ -120,6 +124,7 @@ def fhir_command(
                                                 "stdout.")] = None,
     as_of: AsOf = None,
     db: Db = None,
+    site: Site = None,
 ) -> None:
     """Export FHIR R5 JSON: a patient's plan (Bundle of Patient, CarePlan, RequestOrchestration
     and PlanDefinition) or, with --protocol, the protocol as a PlanDefinition.
@@ -135,10 +140,13 @@ def fhir_command(
         _run(_bad, "PATIENT", "expected a patient or --protocol ID (exactly one), got "
              + ("both" if patient is not None else "neither"))
     if protocol_ref is not None:
-        resource = _run(to_fhir_plan_definition, protocol_ref)
+        from .._loading import load_protocol
+
+        resource = _run(to_fhir_plan_definition, _run(load_protocol, protocol_ref, _site(site)))
     else:
         from .._schedule import plan
 
-        result = _run(plan, _run(_patient, patient, db), as_of=_run(_as_of, as_of))
+        who = _run(_patient, patient, db)
+        result = _run(plan, who, _run(_protocol_for, who, site), as_of=_run(_as_of, as_of))
         resource = _run(to_fhir_care_plan, result)
     _run(_emit, _run(fhir_json, resource), output)
