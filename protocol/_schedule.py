@@ -763,6 +763,14 @@ class _Builder:
             raise PatientError(self.problems)
         if self.outcome is None:
             self.project(cur, facts, branch=None)
+        if self.outcome is not None:
+            left = self.outcome[1]
+            for events in self.by_element.values():
+                for i, ev in events:
+                    if ev.date > left:
+                        self.consumed.add(i)
+                        self.problem(("events", i, "date"), f"{ev.type} on {ev.date} comes after the patient left "
+                                     f"the protocol ({self.outcome[0]} on {left})")
         for events in self.by_element.values():
             for i, ev in events:
                 if i not in self.consumed:
@@ -1020,9 +1028,11 @@ class _Builder:
         if inf is not None and bag is not None and bag[1] != inf.default_hours:
             self.consumed.add(bag[0])
             rows = self.rebag(el, rows, start, hours or 24, status=status)
-        pinned: dict[int, int] = {}  # id(row) -> date a delay set its date (later pauses leave it there)
-        pause: tuple[int, int, str] | None = None  # (event index, ordinal, "hold" | "interruption")
-        for i, ev in sorted(events, key=lambda ie: (ie[1].date, ie[0])):
+        # id(row) -> position of the delay that set its date: a pause that began before that
+        # delay was recorded leaves the row on its date once it is after the resumption.
+        pinned: dict[int, int] = {}
+        pause: tuple[int, int, str, int] | None = None  # (event index, ordinal, "hold" | "interruption", position)
+        for position, (i, ev) in enumerate(sorted(events, key=lambda ie: (ie[1].date, ie[0]))):
             when = ev.date.toordinal()
             t = ev.type
             loc = ("events", i)
@@ -1046,7 +1056,7 @@ class _Builder:
                     self.problem((*loc, "date"), f"expected a date on or after the start of {el.id} "
                                  f"({dt.date.fromordinal(start)}), got {ev.date}")
                 else:
-                    pause = (i, when, kind)
+                    pause = (i, when, kind, position)
                 self.consumed.add(i)
                 continue
             if t in ("element_resumed", "infusion_resumed"):
@@ -1075,7 +1085,7 @@ class _Builder:
                 row[5] = "omitted"
                 row[7] = _join(row[7], f"omitted on {ev.date}: {ev.reason}")
             elif t == "item_delayed":
-                end = self.delay(el, rows, row, ev, i, end, pinned)
+                end = self.delay(el, rows, row, ev, i, end, pinned, position)
             else:
                 self.modify(rows, row, ev, i)
         if pause is not None and ended is None:
@@ -1104,11 +1114,11 @@ class _Builder:
             end = max(end, rows[-1][0])
         return rows, end, notes
 
-    def resume(self, el: Any, rows: list[list[Any]], start: int, end: int, pause: tuple[int, int, str], when: int,
+    def resume(self, el: Any, rows: list[list[Any]], start: int, end: int, pause: tuple[int, int, str, int], when: int,
                status: str, branch: str | None, hours: int | None, pinned: dict[int, int], ongoing: bool = False
                ) -> tuple[list[list[Any]], int, str]:
         """Apply a hold or an infusion interruption that ends on ``when``."""
-        _, since, kind = pause
+        _, since, kind, began = pause
         gap = when - since
         d0, d1 = dt.date.fromordinal(since), dt.date.fromordinal(when)
         inf = el.infusion
@@ -1132,7 +1142,8 @@ class _Builder:
         t0 = self.ctx.t0
         label = f"moved {gap} days by the {'hold' if kind == 'hold' else 'interruption'} from {d0}"
         for r in rows:
-            if r[0] >= since and r[5] not in recorded and pinned.get(id(r), -1) < since:
+            # A delay recorded during the pause to a date after it keeps its date.
+            if r[0] >= since and r[5] not in recorded and not (pinned.get(id(r), -1) > began and r[0] >= when):
                 r[0] += gap
                 r[2] = r[0] - t0 + 1
                 r[7] = _join(r[7], label)
@@ -1248,7 +1259,7 @@ class _Builder:
         return amount
 
     def delay(self, el: Any, rows: list[list[Any]], row: list[Any], ev: Event, i: int, end: int,
-              pinned: dict[int, int]) -> int:
+              pinned: dict[int, int], position: int) -> int:
         due, to = row[0], ev.to.toordinal()  # type: ignore[union-attr]
         slot = row[3]
         if row[5] in ("given", "omitted"):
@@ -1269,12 +1280,11 @@ class _Builder:
         t0 = self.ctx.t0
         why = f"delayed {delta} days on {ev.date}: {ev.reason}"
         moved = [row] if ev.scope == "item" else [r for r in rows if r[0] >= due and r[5] not in ("given", "omitted")]
-        stamp = ev.date.toordinal()
         for r in moved:
             r[0] += delta
             r[2] = r[0] - t0 + 1
             r[7] = _join(r[7], why if r is row else f"moved {delta} days with {slot.key}@{row[1]} ({ev.reason})")
-            pinned[id(r)] = stamp
+            pinned[id(r)] = position
         if ev.scope == "all" and not el.open_ended:
             return end + delta
         return end
