@@ -23,7 +23,9 @@ with "Regression" were such bugs, since fixed (commit 1a1f0ba).
 from __future__ import annotations
 
 import copy
+import csv
 import datetime as dt
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -833,6 +835,12 @@ def test_bag_hours_at_start(hours: int, step: int, count: int) -> None:
     assert {i.status for i in bags} == {"planned"}
 
 
+def test_seven_day_bag_just_under_22_kg_is_refused() -> None:
+    events = [*ALPHA, completed("alpha", "2026-01-16"), started("blina", "2026-01-17", bag_hours=168)]
+    assert refused(events, "2026-01-17", measurements=[{"date": "2026-01-05", "height_cm": 100, "weight_kg": 21.9}]) == [
+        ("events[2].bag_hours", "a 168 h bag is not for patients under 22 kg (label), got 21.9 kg on 2026-01-05")]
+
+
 def test_seven_day_bag_from_22_kg() -> None:
     events = [*ALPHA, completed("alpha", "2026-01-16"), started("blina", "2026-01-17", bag_hours=168)]
     p = plan(events, as_of="2026-01-17", measurements=[{"date": "2026-01-05", "height_cm": 100, "weight_kg": 22}])
@@ -978,6 +986,18 @@ def test_gate_follows_the_previous_elements_moved_end() -> None:
     assert "until counts are recorded" in span(p, "blina").note
 
 
+def test_gate_after_an_early_completion_reads_counts_from_the_recorded_end() -> None:
+    # alpha completed early on 01-12: blina is due 01-13; the count of 01-11 is before the end
+    events = [*ALPHA, completed("alpha", "2026-01-12")]
+    p = plan(events, as_of="2026-01-12", counts=[count("2026-01-11", 0.9, 90)])
+    assert span(p, "blina").planned_start == D("2026-01-13")
+    assert "until counts are recorded" in span(p, "blina").note
+    p = plan(events, as_of="2026-01-12", counts=[count("2026-01-12", 0.9, 90)])
+    assert span(p, "blina").note == f"counts recovered on 2026-01-12 ({GATE})"
+    p = plan(events, as_of="2026-01-14", counts=[count("2026-01-12", 0.2, 90)])
+    assert spans(p)["blina"] == ("2026-01-15", "2026-02-12")
+
+
 def test_start_before_recovery_is_a_count_gate_deviation() -> None:
     counts = [count("2026-01-16", 0.3, 60), count("2026-01-21", 0.6, 60)]
     p = plan([*ALPHA, completed("alpha", "2026-01-16"), started("blina", "2026-01-18")], as_of="2026-01-22",
@@ -1069,6 +1089,17 @@ def test_doses_are_recomputed_at_each_element_start_from_the_measurement_in_forc
     assert p.deviations == []
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: the exact standard dose is refused when its 3-figure rounding is below it")
+def test_the_exact_standard_dose_may_be_given() -> None:
+    # 17.14 kg, 100 cm: BSA 0.69 m², blinatumomab 15 × 0.69 = 10.35 µg/day, shown as "10.3"
+    # (10.35 is 10.3499999... in binary). Recording 10.35 is refused: "expected at most the
+    # standard dose 10.3 µg (15 µg/m²/day × 0.69 m² = 10.3 µg/day ...), got 10.35".
+    ms = [{"date": "2026-01-05", "height_cm": 100, "weight_kg": 17.14}]
+    p = plan([*BLINA, given("blina:blinatumomab@1", "2026-01-17", dose=10.35)], as_of="2026-01-17", measurements=ms)
+    assert item(p, "blina:blinatumomab@1").dose.amount == 10.35
+    assert item(p, "blina:blinatumomab@1").status == "given"
+
+
 @pytest.mark.parametrize(("events", "weight"), [
     ([*ALPHA, given("alpha:xdrug@4", "2026-01-08", dose=50)], 8),  # a > 10 % change on the day of the dose
     ([started("alpha", "2026-01-06"), given("alpha:xdrug@1", "2026-01-06", dose=50)], 8.5),  # the start day
@@ -1103,6 +1134,26 @@ def test_item_given_early_survives_an_early_completion() -> None:
     day: the given item disappeared from the plan."""
     p = plan([*ALPHA, given("alpha:xdrug@8", "2026-01-11"), completed("alpha", "2026-01-11")], as_of="2026-01-12")
     assert item(p, "alpha:xdrug@8").status == "given"
+
+
+def test_events_after_as_of_do_not_count() -> None:
+    events = [*ALPHA, given("alpha:xdrug@4", "2026-01-08"), delayed("alpha:xdrug@8", "2026-01-09", "2026-01-13", "all"),
+              held("alpha", "2026-01-10")]
+    p = plan(events, as_of="2026-01-07")
+    assert item(p, "alpha:xdrug@4").status == "planned"
+    assert dates(p, "alpha", "xdrug") == ["2026-01-05", "2026-01-08", "2026-01-12"]
+    assert p.warnings == [] and spans(p)["alpha"] == ("2026-01-05", "2026-01-16")
+    p = plan(events, as_of="2026-01-09")
+    assert item(p, "alpha:xdrug@4").status == "given"
+    assert spans(p)["alpha"] == ("2026-01-05", "2026-01-17")
+
+
+def test_csv_has_ref_and_note() -> None:
+    p = plan([*ALPHA, delayed("alpha:xdrug@4", "2026-01-07", "2026-01-10", "item")], as_of="2026-01-07")
+    rows = list(csv.DictReader(io.StringIO(p.to_csv())))
+    x = next(r for r in rows if r["ref"] == "alpha:xdrug@4")
+    assert (x["date"], x["element_day"], x["study_day"], x["note"]) == ("2026-01-10", "4", "6",
+                                                                       "delayed 2 days on 2026-01-07: low counts")
 
 
 def test_statuses_are_from_the_documented_set() -> None:
@@ -1151,6 +1202,12 @@ CLI_BAD = [
      "Mosteller, 66 cm, 7.4 kg on 2026-05-04)), got 0.6"),
     ("resume without hold", [*INDUCTION, resumed("induction", "2026-05-12")], "2026-05-20",
      "events[1].type: element_resumed without an earlier element_held for induction"),
+    ("element never reached", [*INDUCTION, {"type": "off_protocol", "date": "2026-05-20", "reason": "parents' choice"},
+                               given("blinatumomab:dexamethasone_premedication@1", "2026-05-19")], "2026-06-20",
+     "events[2].item: 'blinatumomab:dexamethasone_premedication@1' is not on this patient's plan (its element is not "
+     "reached, or the patient left the protocol before it)"),
+    ("given before start", [started("induction", "2026-05-05"), given("induction:prednisone@1", "2026-05-04")],
+     "2026-05-20", "events[1].date: expected a date on or after the start of induction (2026-05-05), got 2026-05-04"),
     ("zero percent", [*INDUCTION, modified("induction:vincristine@8", "2026-05-10", 0)], "2026-05-20",
      "events[1]: a 0 % dose is an omission: record an item_omitted event with the reason instead"),
 ]
