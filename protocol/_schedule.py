@@ -1031,6 +1031,7 @@ class _Builder:
         # id(row) -> position of the delay that set its date: a pause that began before that
         # delay was recorded leaves the row on its date once it is after the resumption.
         pinned: dict[int, int] = {}
+        deferred: list[tuple[int, int, Event]] = []
         pause: tuple[int, int, str, int] | None = None  # (event index, ordinal, "hold" | "interruption", position)
         for position, (i, ev) in enumerate(sorted(events, key=lambda ie: (ie[1].date, ie[0]))):
             when = ev.date.toordinal()
@@ -1072,9 +1073,12 @@ class _Builder:
                 notes.append(note)
                 pause = None
                 continue
-            row = self.find_row(rows, ev, i, el)
+            row = self.find_row(rows, ev, i, el, report=False)
             self.consumed.add(i)
             if row is None:
+                # Not there yet: an item the plan shows only once a pause is resolved (a bag
+                # change re-planned from the resumption). Tried again at the end.
+                deferred.append((position, i, ev))
                 continue
             if t == "item_given":
                 self.given(row, ev, i, start)
@@ -1103,6 +1107,22 @@ class _Builder:
         elif pause is not None:
             notes.append(f"{'on hold' if pause[2] == 'hold' else 'infusion interrupted'} from "
                          f"{dt.date.fromordinal(pause[1])} until its recorded end on {dt.date.fromordinal(ended)}")
+        for position, i, ev in deferred:
+            row = self.find_row(rows, ev, i, el)
+            if row is None:
+                continue
+            if ev.type == "item_given":
+                self.given(row, ev, i, start)
+            elif ev.type == "item_omitted":
+                if row[5] in ("given", "omitted"):
+                    self.problem(("events", i, "item"), f"{_ref(row)} is already recorded as {row[5]}")
+                    continue
+                row[5] = "omitted"
+                row[7] = _join(row[7], f"omitted on {ev.date}: {ev.reason}")
+            elif ev.type == "item_delayed":
+                end = self.delay(el, rows, row, ev, i, end, pinned, position)
+            else:
+                self.modify(rows, row, ev, i)
         rows.sort(key=itemgetter(0))
         if el.open_ended and self.eot is not None:
             if any(r[0] > self.eot for r in rows):
@@ -1143,7 +1163,7 @@ class _Builder:
         label = f"moved {gap} days by the {'hold' if kind == 'hold' else 'interruption'} from {d0}"
         for r in rows:
             # A delay recorded during the pause to a date after it keeps its date.
-            if r[0] >= since and r[5] not in recorded and not (pinned.get(id(r), -1) > began and r[0] >= when):
+            if r[0] >= since and r[5] != "given" and not (pinned.get(id(r), -1) > began and r[0] >= when):
                 r[0] += gap
                 r[2] = r[0] - t0 + 1
                 r[7] = _join(r[7], label)
@@ -1184,8 +1204,9 @@ class _Builder:
             bags.append([o, day, o - t0 + 1, slot, None, status, None, note])
         return sorted(kept + bags, key=itemgetter(0))
 
-    def find_row(self, rows: list[list[Any]], ev: Event, i: int, el: Any) -> list[Any] | None:
-        """The row an item event names (``ELEMENT:SLOT@DAY``), or a problem saying what exists."""
+    def find_row(self, rows: list[list[Any]], ev: Event, i: int, el: Any, report: bool = True) -> list[Any] | None:
+        """The row an item event names (``ELEMENT:SLOT@DAY``), or (``report``) a problem saying
+        what exists."""
         assert ev.item is not None
         _, _, rest = ev.item.partition(":")
         key, _, day_s = rest.partition("@")
@@ -1195,6 +1216,8 @@ class _Builder:
             open_ = [r for r in matches if r[5] not in ("given", "omitted")]
             return (open_ or matches)[-1]
         slot = next((s for s in el.slots if s.key == key), None)
+        if not report:
+            return None
         if slot is None:
             self.problem(("events", i, "item"), f"expected an item of {el.id} ({', '.join(s.key for s in el.slots)}),"
                          f" got {key!r} in {ev.item!r}")
@@ -1222,12 +1245,12 @@ class _Builder:
                              f"with a dose)")
                 return
             standard = self.standard_on(dose, when)
-            if standard is not None and ev.dose > float(fmt_amount(standard)) * (1 + 1e-9):
+            if standard is not None and ev.dose > max(standard, float(fmt_amount(standard))) * (1 + 1e-9):
                 self.problem(("events", i, "dose"), f"expected at most the standard dose {fmt_amount(standard)} "
                              f"{dose.unit} ({dose.working}), got {ev.dose:g}")
                 return
             text += f": {ev.dose:g} {dose.unit}"
-            if dose.amount is not None and ev.dose > float(fmt_amount(dose.amount)) * (1 + 1e-9):
+            if dose.amount is not None and ev.dose > max(dose.amount, float(fmt_amount(dose.amount))) * (1 + 1e-9):
                 self.deviations.append((row[0], slot.element, ref, "dose_above_plan",
                                         f"{slot.name} given {ev.dose:g} {dose.unit}, above the modified dose "
                                         f"{dose.text}"))
@@ -1270,11 +1293,21 @@ class _Builder:
                          f"{dt.date.fromordinal(due)} (a delay moves an item later), got {ev.to}")
             return end
         if ev.scope == "item":
-            later = [r[0] for r in rows if r[3].key == slot.key and r[0] > due and r is not row]
+            last = self.eot if el.open_ended and self.eot is not None else None
+            later = [r[0] for r in rows if r[3].key == slot.key and r[0] > due and r is not row
+                     and (last is None or r[0] <= last)]
             if later and to >= min(later):
                 self.problem(("events", i, "to"), f"{ev.to} is on or after the next {slot.name} "
                              f"({dt.date.fromordinal(min(later))}): delay with scope element to move the later "
                              f"doses too")
+                return end
+        if ev.scope != "item":
+            passed = [r for r in rows if r[3].key == slot.key and r[1] > row[1] and r[5] in ("given", "omitted")
+                      and r[0] <= to]
+            if passed:
+                self.problem(("events", i, "to"), f"{ev.to} is on or after {_ref(passed[0])}, already recorded as "
+                             f"{passed[0][5]} on {dt.date.fromordinal(passed[0][0])}: a delay cannot move an item "
+                             f"past one already recorded")
                 return end
         delta = to - due
         t0 = self.ctx.t0
