@@ -1428,7 +1428,10 @@ class _Builder:
                              label if branch is None else f"{branch} / {label}", depth + 1,
                              narrowed.get(id(edge), domains))
                 seen.append(self.eot)
-            self.eot = seen[0] if seen and all(x == seen[0] for x in seen) else saved
+            # The plan's end of therapy is the branches' one when they agree (a branch that
+            # never reaches the anchor, e.g. HSCT, has none); else it stays unknown.
+            ends = {x for x in seen if x is not None}
+            self.eot = ends.pop() if len(ends) == 1 else saved
             return
 
     def decide(self, edges: tuple[Edge, ...], chosen: Edge | None, status: str, when: dt.date,
