@@ -301,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     patients = {f.stem: protocol.load_patient(f) for f in files}
     example = EXAMPLE if EXAMPLE in patients else next(iter(patients))
     pr = protocol.load_protocol(patients[example].protocol)
+    # The reference protocol's examples only (the other protocols' examples have their own plans).
+    patients = {name: p for name, p in patients.items() if p.protocol.split("@")[0] == pr.id}
     plans = {name: protocol.plan(p, pr, AS_OF) for name, p in patients.items()}
     n_items = {name: len(p.rows) for name, p in plans.items()}
 
