@@ -407,7 +407,7 @@ def plan_table(plan: Plan, width: int | None = None) -> str:
     from rich.table import Table
 
     buf = io.StringIO()
-    console = Console(file=buf, width=width or int(os.environ.get("COLUMNS", "160")), color_system=None,
+    console = Console(file=buf, width=width or int(os.environ.get("COLUMNS", "220")), color_system=None,
                       highlight=False, soft_wrap=False)
     risk = plan.risk
     console.print(f"{plan.patient.id} · {plan.protocol.id} {plan.protocol.version} · as of {plan.as_of} · "
@@ -419,9 +419,14 @@ def plan_table(plan: Plan, width: int | None = None) -> str:
                                      for b in d.branches))
     for w in plan.warnings:
         console.print(f"warning: {w}")
+    for d in plan.deviations:
+        console.print(f"deviation {d['date']} {d['kind']}: {d['message']}" + (f" [{d['item']}]" if d["item"] else ""))
     table = Table(show_lines=False, pad_edge=False, box=None)
     for head in ("date", "element", "day", "study day", "item", "route", "dose", "status", "evidence", "branch"):
         table.add_column(head, overflow="fold")
+    # The ref is what `protocol record` takes: never folded or cut, so it can be copied whole.
+    table.add_column("ref", no_wrap=True, min_width=max((len(i.ref) for i in plan.items), default=3))
+    table.add_column("note", overflow="fold")
     for row in plan_rows(plan):
         table.add_row(*row)
     console.print(table)
@@ -431,10 +436,12 @@ def plan_table(plan: Plan, width: int | None = None) -> str:
 
 
 def plan_rows(plan: Plan) -> Sequence[tuple[str, ...]]:
-    """The plan's items as text rows for a terminal table."""
+    """The plan's items as text rows for a terminal table (``ref`` is what ``protocol record``
+    takes to name an item; ``note`` says what a recorded event changed)."""
     return [(i.date.isoformat(), i.slot.element, str(i.element_day), str(i.study_day), i.slot.name,
              i.slot.route or "", "" if i.dose is None else i.dose.text, i.status,
-             "UNVERIFIED" if i.slot.evidence == "placeholder" else i.slot.evidence, i.branch or "")
+             "UNVERIFIED" if i.slot.evidence == "placeholder" else i.slot.evidence, i.branch or "", i.ref,
+             i.note or "")
             for i in plan.items]
 
 

@@ -475,3 +475,14 @@ def test_html_renders_in_headless_chromium_to_a_non_blank_png(tmp_path: Path) ->
     coloured = {p for p in pixels if max(p) - min(p) > 40}  # the pathway's state colours
     assert dark / len(pixels) > 0.01, "the page is blank"
     assert len(set(pixels)) > 20 and coloured, "no pictures or colours rendered"
+
+
+def test_plan_table_shows_whole_refs_notes_and_deviations() -> None:
+    # The table is where a coordinator finds the ref to record an event: it must be whole.
+    from protocol._documents import plan_table
+
+    plan = protocol.plan(ROOT / "examples/patients/hr-to-hsct.yaml", as_of=AS_OF)
+    text = plan_table(plan, width=120)
+    assert "deviation 2026-09-24 overdue: Bone marrow MRD (after 4 weeks of blinatumomab)" in text
+    for item in plan.items:
+        assert item.ref in text
