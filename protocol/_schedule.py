@@ -1028,9 +1028,10 @@ class _Builder:
         if inf is not None and bag is not None and bag[1] != inf.default_hours:
             self.consumed.add(bag[0])
             rows = self.rebag(el, rows, start, hours or 24, status=status)
-        # id(row) -> position of the delay that set its date: a pause that began before that
-        # delay was recorded leaves the row on its date once it is after the resumption.
-        pinned: dict[int, int] = {}
+        # id(row) -> (position of the delay that set its date, the pause's length the plan assumed
+        # then): a delay recorded during a pause was relative to the plan as shown (the pause
+        # ending the day after); the pause's resumption moves it only by what it lasted beyond that.
+        pinned: dict[int, tuple[int, int]] = {}
         deferred: list[tuple[int, int, Event]] = []
         pause: tuple[int, int, str, int] | None = None  # (event index, ordinal, "hold" | "interruption", position)
         for position, (i, ev) in enumerate(sorted(events, key=lambda ie: (ie[1].date, ie[0]))):
@@ -1089,7 +1090,7 @@ class _Builder:
                 row[5] = "omitted"
                 row[7] = _join(row[7], f"omitted on {ev.date}: {ev.reason}")
             elif t == "item_delayed":
-                end = self.delay(el, rows, row, ev, i, end, pinned, position)
+                end = self.delay(el, rows, row, ev, i, end, pinned, position, pause)
             else:
                 self.modify(rows, row, ev, i)
         if pause is not None and ended is None:
@@ -1135,7 +1136,8 @@ class _Builder:
         return rows, end, notes
 
     def resume(self, el: Any, rows: list[list[Any]], start: int, end: int, pause: tuple[int, int, str, int], when: int,
-               status: str, branch: str | None, hours: int | None, pinned: dict[int, int], ongoing: bool = False
+               status: str, branch: str | None, hours: int | None, pinned: dict[int, tuple[int, int]],
+               ongoing: bool = False
                ) -> tuple[list[list[Any]], int, str]:
         """Apply a hold or an infusion interruption that ends on ``when``."""
         _, since, kind, began = pause
@@ -1162,8 +1164,16 @@ class _Builder:
         t0 = self.ctx.t0
         label = f"moved {gap} days by the {'hold' if kind == 'hold' else 'interruption'} from {d0}"
         for r in rows:
-            # A delay recorded during the pause to a date after it keeps its date.
-            if r[0] >= since and r[5] != "given" and not (pinned.get(id(r), -1) > began and r[0] >= when):
+            pin = pinned.get(id(r))
+            if pin is not None and pin[0] > began:
+                extra = gap - pin[1]
+                if extra > 0 and r[5] != "given":
+                    r[0] += extra
+                    r[2] = r[0] - t0 + 1
+                    r[7] = _join(r[7], f"moved {extra} more days by the {'hold' if kind == 'hold' else 'interruption'}"
+                                 f" from {d0}")
+                continue
+            if r[0] >= since and r[5] != "given":
                 r[0] += gap
                 r[2] = r[0] - t0 + 1
                 r[7] = _join(r[7], label)
@@ -1282,15 +1292,26 @@ class _Builder:
         return amount
 
     def delay(self, el: Any, rows: list[list[Any]], row: list[Any], ev: Event, i: int, end: int,
-              pinned: dict[int, int], position: int) -> int:
+              pinned: dict[int, tuple[int, int]], position: int,
+              pause: tuple[int, int, str, int] | None = None) -> int:
         due, to = row[0], ev.to.toordinal()  # type: ignore[union-attr]
         slot = row[3]
         if row[5] in ("given", "omitted"):
             self.problem(("events", i, "item"), f"{_ref(row)} is already recorded as {row[5]}: it cannot be delayed")
             return end
-        if to <= due:
-            self.problem(("events", i, "to"), f"expected a date after the item's due date "
-                         f"{dt.date.fromordinal(due)} (a delay moves an item later), got {ev.to}")
+        # While paused, the plan shows the item moved by the pause as if it ended the day after
+        # the delay was recorded: the delay must go later than that.
+        shown = due
+        if pause is not None and due >= pause[1]:
+            shown = due + max(0, ev.date.toordinal() + 1 - pause[1])
+        if to <= shown:
+            if shown == due or pause is None:
+                self.problem(("events", i, "to"), f"expected a date after the item's due date "
+                             f"{dt.date.fromordinal(due)} (a delay moves an item later), got {ev.to}")
+            else:
+                self.problem(("events", i, "to"), f"expected a date after {dt.date.fromordinal(shown)}, the item's "
+                             f"date as the plan showed it during the {pause[2]} from "
+                             f"{dt.date.fromordinal(pause[1])} (a delay moves an item later), got {ev.to}")
             return end
         if ev.scope == "item":
             last = self.eot if el.open_ended and self.eot is not None else None
@@ -1313,11 +1334,12 @@ class _Builder:
         t0 = self.ctx.t0
         why = f"delayed {delta} days on {ev.date}: {ev.reason}"
         moved = [row] if ev.scope == "item" else [r for r in rows if r[0] >= due and r[5] not in ("given", "omitted")]
+        assumed = 0 if pause is None else max(0, ev.date.toordinal() + 1 - pause[1])
         for r in moved:
             r[0] += delta
             r[2] = r[0] - t0 + 1
             r[7] = _join(r[7], why if r is row else f"moved {delta} days with {slot.key}@{row[1]} ({ev.reason})")
-            pinned[id(r)] = position
+            pinned[id(r)] = (position, assumed)
         if ev.scope == "all" and not el.open_ended:
             return end + delta
         return end

@@ -539,18 +539,22 @@ def test_delay_during_a_hold_lands_on_its_date() -> None:
 def test_a_delay_recorded_during_a_hold_does_not_overtake_the_held_items() -> None:
     """Regression: the same delay (xdrug@8 to 01-15, recorded on 01-09) with the hold still open
     on 01-20: xdrug@4 was projected to 01-21 while xdrug@8 stayed pinned on 01-15, inside the
-    hold, before xdrug@4 and 'overdue'. Now a date inside the hold moves with it (01-15 + 13)."""
+    hold, before xdrug@4 and 'overdue'. A delay recorded during a hold is relative to the plan as
+    shown then (the hold ending on 01-10, two days); the hold lasting 13 days moves it 11 more."""
     p = plan([*ALPHA, held("alpha", "2026-01-08"), delayed("alpha:xdrug@8", "2026-01-09", "2026-01-15", "item")],
              as_of="2026-01-20")
-    assert dates(p, "alpha", "xdrug") == ["2026-01-05", "2026-01-21", "2026-01-28"]
+    assert dates(p, "alpha", "xdrug") == ["2026-01-05", "2026-01-21", "2026-01-26"]
     assert item(p, "alpha:xdrug@8").status == "held"
-    # resumed on 01-12, before the delayed date: it keeps its date
+    # Resumed on 01-12 (four days, two more than shown): 01-15 moves two more days.
     p = plan([*ALPHA, held("alpha", "2026-01-08"), delayed("alpha:xdrug@8", "2026-01-09", "2026-01-15", "item"),
               resumed("alpha", "2026-01-12")], as_of="2026-01-12")
-    assert dates(p, "alpha", "xdrug") == ["2026-01-05", "2026-01-12", "2026-01-15"]
+    assert dates(p, "alpha", "xdrug") == ["2026-01-05", "2026-01-12", "2026-01-17"]
+    # Resumed on 01-10, as the plan showed: the delayed date stands.
+    p = plan([*ALPHA, held("alpha", "2026-01-08"), delayed("alpha:xdrug@8", "2026-01-09", "2026-01-15", "item"),
+              resumed("alpha", "2026-01-10")], as_of="2026-01-12")
+    assert dates(p, "alpha", "xdrug") == ["2026-01-05", "2026-01-10", "2026-01-15"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: during a hold a delay is checked against the date before the hold")
 @pytest.mark.parametrize("to", ["2026-01-13", "2026-01-14"])
 def test_a_delay_during_a_hold_must_move_the_item_later_than_shown(to: str) -> None:
     # Held from 01-06; as of 01-07 the plan shows xdrug@8 on 01-14 (resumption projected on
@@ -562,12 +566,12 @@ def test_a_delay_during_a_hold_must_move_the_item_later_than_shown(to: str) -> N
         plan([*events, delayed("alpha:xdrug@8", "2026-01-07", to, "item")], as_of="2026-01-07")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an item delayed during a hold is overtaken by an earlier dose moved by it")
-@pytest.mark.parametrize("to", ["2026-01-14", "2026-01-15"])
+@pytest.mark.parametrize("to", ["2026-01-15", "2026-01-16"])
 def test_a_delay_during_a_hold_keeps_the_slot_order_after_the_resumption(to: str) -> None:
-    # Held from 01-06, xdrug@8 delayed on 01-07 to 01-14/01-15 (the plan showed it on 01-14);
-    # resumed on 01-13 (7 days): xdrug@4 moves 01-08 -> 01-15, xdrug@8 keeps its date (after the
-    # resumption): day 8 on or before day 4 (Xdrug twice on 01-15, or in reverse order).
+    # Held from 01-06, xdrug@8 delayed on 01-07 to 01-15/01-16 (the plan showed it on 01-14);
+    # resumed on 01-13 (7 days, 5 more than shown): xdrug@4 moves 01-08 -> 01-15 and xdrug@8
+    # moves 5 more days, so day 8 stays after day 4 (it used to keep its date: Xdrug twice on
+    # 01-15, or in reverse order).
     p = plan([*ALPHA, held("alpha", "2026-01-06"), delayed("alpha:xdrug@8", "2026-01-07", to, "item"),
               resumed("alpha", "2026-01-13")], as_of="2026-01-13")
     assert item(p, "alpha:xdrug@4").date == D("2026-01-15")
