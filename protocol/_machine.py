@@ -32,6 +32,7 @@ from ._models import (
     Dose,
     Element,
     ProtocolDefinition,
+    Randomisation,
     SourcedDays,
     SourcedNumber,
     StartRule,
@@ -575,6 +576,8 @@ class Protocol:
         self.rules = RuleSet(defn.eligibility, defn.derived_facts, defn.risk_groups)
         self.timepoints = {t.id: t.label for t in defn.timepoints}
         self.randomisations = {r.id: tuple(a.id for a in r.arms) for r in defn.randomisations}
+        #: Clinical choices (``kind: choice``): recording the start they lead to records them.
+        self.choices = frozenset(r.id for r in defn.randomisations if r.kind == "choice")
         self.elements: dict[str, CompiledElement] = {}
         eot = defn.end_of_therapy
         for index, e in enumerate(defn.elements):
@@ -724,6 +727,10 @@ def check_sugar(defn: ProtocolDefinition) -> list[tuple[Loc, str]]:
                     if a.timepoint is not None and f"{a.timepoint}_{k}" in tps:
                         add(((*loc, "repeat"), f"cycle {k} samples time point {a.timepoint}_{k}, which is already "
                              f"declared: leave cycle time points to the repeat"))
+            rids = {r.id for r in defn.randomisations}
+            if e.repeat.up_to and any(f"{e.id}_after_{k}" in rids for k in range(1, int(e.repeat.count.value))):
+                add(((*loc, "repeat", "up_to"), f"the choices {e.id}_after_<k> are made by the repeat: a "
+                     f"randomisation of that name already exists"))
             if e.repeat.gap_days is not None and _whole(e.repeat.gap_days, 0) is None:
                 add(((*loc, "repeat", "gap_days", "value"), "expected a whole number of days >= 0"))
         r = e.replaces
@@ -765,6 +772,7 @@ def expand(defn: ProtocolDefinition) -> tuple[ProtocolDefinition, list[Loc], lis
     if not any(e.repeat is not None or e.replaces is not None for e in elements):
         return defn, eloc, tloc
     timepoints = list(defn.timepoints)
+    randomisations = list(defn.randomisations)
     for r_i, e in enumerate(defn.elements):
         r = e.replaces
         if r is None:
@@ -793,6 +801,7 @@ def expand(defn: ProtocolDefinition) -> tuple[ProtocolDefinition, list[Loc], lis
             continue
         n = int(rep.count.value)
         last = f"{e.id}_{n}"
+        exits = [t for t in transitions if t.source == e.id]
         transitions = [t.model_copy(update={"source": last}) if t.source == e.id else t for t in transitions]
         base = elements[i]
         prev = e.id
@@ -810,11 +819,29 @@ def expand(defn: ProtocolDefinition) -> tuple[ProtocolDefinition, list[Loc], lis
                 "id": cid, "title": f"{e.title} (cycle {k} of {n})", "repeat": None, "start": start,
                 "assessments": assessments, "notes": [*base.notes, f"Cycle {k} of {n} of {e.id}."]}))
             eloc.append(("elements", i))
-            transitions.append(Transition.model_validate({"from": prev, "to": cid}))
-            tloc.append(("elements", i, "repeat"))
+            if not rep.up_to:
+                transitions.append(Transition.model_validate({"from": prev, "to": cid}))
+                tloc.append(("elements", i, "repeat"))
+            else:
+                # Another cycle, or the element's way out: a clinical choice per cycle.
+                rid = f"{e.id}_after_{k - 1}"
+                source = rep.count.source or defn.sources[0].key
+                randomisations.append(Randomisation.model_validate({
+                    "id": rid, "label": f"{e.title}: another cycle after cycle {k - 1}?", "kind": "choice",
+                    "arms": [{"id": "another_cycle", "label": f"cycle {k}"},
+                             {"id": "no_more_cycles", "label": "no more cycles"}],
+                    "source": source, "evidence": rep.count.evidence}))
+                transitions.append(Transition.model_validate({
+                    "from": prev, "to": cid, "when": {"arm": rid, "eq": "another_cycle"},
+                    "decision": rid, "rule_source": source, "rule_evidence": rep.count.evidence}))
+                tloc.append(("elements", i, "repeat"))
+                for t in exits:
+                    transitions.append(t.model_copy(update={"source": prev, "decision": rid}))
+                    tloc.append(("elements", i, "repeat"))
             prev = cid
         elements[i] = base.model_copy(update={"title": f"{e.title} (cycle 1 of {n})", "repeat": None})
-    core = defn.model_copy(update={"elements": elements, "transitions": transitions, "timepoints": timepoints})
+    core = defn.model_copy(update={"elements": elements, "transitions": transitions, "timepoints": timepoints,
+                                   "randomisations": randomisations})
     return core, eloc, tloc
 
 

@@ -489,9 +489,15 @@ class StartRule(_Strict):
 
 class Repeat(_Strict):
     """Consecutive cycles of one element: cycle 1 keeps the element's id, cycle k is
-    ``<id>_<k>``; an MRD time point sampled in cycle k > 1 is ``<timepoint>_<k>``."""
+    ``<id>_<k>``; an MRD time point sampled in cycle k > 1 is ``<timepoint>_<k>``.
+
+    ``up_to: true``: ``count`` is a maximum. After each cycle but the last, a clinical choice
+    (``<id>_after_<k>``: ``another_cycle`` or ``no_more_cycles``) decides whether another cycle
+    follows or the element's way out is taken; recording the next start records the choice,
+    and until then the plan shows both."""
 
     count: SourcedNumber
+    up_to: bool = False
     gap_days: SourcedNumber | None = Field(None, description="Days between one cycle's last day and the next "
                                            "cycle's day 1 (e.g. a treatment-free interval).")
 
@@ -600,13 +606,18 @@ class Arm(_Strict):
 
 class Randomisation(_Strict):
     """A randomisation point: the arm is a recorded event (``randomised``); until it is
-    recorded, guards that read it are unknown and the plan shows every arm."""
+    recorded, guards that read it are unknown and the plan shows every arm.
+
+    ``kind: choice`` is a clinical decision rather than a randomisation (e.g. another cycle
+    while a transplant is arranged): recording the start of the element it leads to records
+    the option too."""
 
     id: Ident
     label: Text
     arms: list[Arm] = Field(min_length=2)
     source: SourceKey
     evidence: Evidence
+    kind: Literal["randomisation", "choice"] = "randomisation"
 
 
 class TimePoint(_Strict):

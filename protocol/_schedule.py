@@ -813,6 +813,16 @@ class _Builder:
                          f"{cur.id!r} {'ended' if cur.actual_end is not None else 'started'} on "
                          f"{dt.date.fromordinal(last)}")
             return None
+        if p.choices:
+            # A clinical choice (another cycle, or not) is recorded by the start it leads to.
+            keys = {k for e in edges for k in e.depends_on
+                    if k.startswith("arm:") and k[4:] in p.choices and k not in facts}
+            if keys:
+                domains = {k: frozenset(p.randomisations[k[4:]]) for k in keys}
+                _, narrowed = _narrow(edges, [(e, None) for e in edges], facts, domains)
+                for k, values in narrowed.get(id(edge), {}).items():
+                    if k in keys and len(values) == 1:
+                        facts[k] = next(iter(values))
         cursor.state = cur.id
         try:
             moved = p.machine.events[f"start_{target}"].trigger(cursor)

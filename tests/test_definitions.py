@@ -297,7 +297,11 @@ BRIDGE = {"birth_date": "2025-07-10", "diagnosis_date": "2026-03-02", "treatment
 def test_bridge_structure() -> None:
     p = protocol.load_protocol("blinatumomab-bridge-hsct")
     assert list(p.elements) == ["blinatumomab", "hsct", "blinatumomab_2"]
-    assert [e.dest for e in p.table["blinatumomab"]] == ["blinatumomab_2"]
+    # Up to two cycles: after cycle 1 a clinical choice, another cycle or HSCT.
+    assert [(e.dest, e.decision) for e in p.table["blinatumomab"]] == [
+        ("blinatumomab_2", "blinatumomab_after_1"), ("hsct", "blinatumomab_after_1")]
+    assert p.choices == {"blinatumomab_after_1"}
+    assert p.randomisations["blinatumomab_after_1"] == ("another_cycle", "no_more_cycles")
     assert [e.dest for e in p.table["blinatumomab_2"]] == ["hsct"]
     assert p.elements["hsct"].final and p.elements["blinatumomab_2"].title.endswith("(cycle 2 of 2)")
     assert _value("blinatumomab-bridge-hsct", "blinatumomab › count").value == 2
@@ -305,8 +309,14 @@ def test_bridge_structure() -> None:
 
 def test_bridge_two_cycles_with_it_mtx_on_days_15_and_29_then_hsct(write: Write) -> None:
     plan = _plan(write("blinatumomab-bridge-hsct", **BRIDGE, events=[]), as_of=D("2026-10-05"))
-    assert _spans(plan) == ["blinatumomab", "blinatumomab_2", "hsct"]
-    one, two, hsct = (_span(plan, e) for e in ("blinatumomab", "blinatumomab_2", "hsct"))
+    # Until the choice is recorded both are shown: a second cycle then HSCT, or HSCT now.
+    assert _spans(plan) == ["blinatumomab", "blinatumomab_2", "hsct", "hsct"]
+    [choice] = plan.pending
+    assert choice.id == "blinatumomab_after_1" and choice.waiting_for == ("arm:blinatumomab_after_1",)
+    one, two = (_span(plan, e) for e in ("blinatumomab", "blinatumomab_2"))
+    hsct = next(e for e in plan.elements if e.id == "hsct" and "blinatumomab_2" in (e.branch or ""))
+    early = next(e for e in plan.elements if e.id == "hsct" and e is not hsct)
+    assert early.planned_start == one.planned_end + dt.timedelta(days=1)
     assert one.planned_start == D("2026-10-05") and one.planned_end == D("2026-11-02")  # 29 days
     assert two.planned_start == one.planned_end + dt.timedelta(days=14)  # 13-day gap (placeholder)
     assert hsct.planned_start == two.planned_end + dt.timedelta(days=1)
@@ -319,6 +329,7 @@ def test_bridge_two_cycles_with_it_mtx_on_days_15_and_29_then_hsct(write: Write)
         assert blina and {i.element_day for i in blina} <= set(range(1, 29))
     # Nothing is planned after transplant starts.
     assert max(i.date for i in plan.items) < hsct.planned_start
+    assert max(i.date for i in plan.items if i.branch is None) < early.planned_start
 
 
 def test_bridge_planning_figure_of_51_days_is_shown(write: Write) -> None:
@@ -344,21 +355,24 @@ def test_bridge_eligibility(write: Write, change: dict[str, Any], phrase: str) -
 BRIDGE_ONE_CYCLE = _started(("blinatumomab", "2026-10-05", "2026-11-02"))
 
 
-@pytest.mark.xfail(strict=True, reason="format gap: `repeat` has a fixed count; 9 of 11 UK infants went to HSCT "
-                   "after one cycle, but no transition leaves cycle 1 (an 'up to n cycles' repeat is needed)")
 def test_bridge_hsct_after_one_cycle_can_be_recorded(write: Write) -> None:
     path = write("blinatumomab-bridge-hsct", **BRIDGE, events=[*BRIDGE_ONE_CYCLE, {"type": "hsct", "date": "2026-11-10"}])
     assert _span(_plan(path), "hsct").actual_start == D("2026-11-10")
 
 
-def test_bridge_one_cycle_is_recorded_as_leaving_the_pathway(write: Write) -> None:
-    # The workaround the definition documents until the format has an "up to" count.
-    note = _value("blinatumomab-bridge-hsct", "blinatumomab › count").note or ""
-    assert "off_protocol" in note
-    leave = {"type": "off_protocol", "date": "2026-11-10", "reason": "HSCT after one cycle"}
-    plan = _plan(write("blinatumomab-bridge-hsct", **BRIDGE, events=[*BRIDGE_ONE_CYCLE, leave]))
-    assert plan.outcome == ("off_protocol", D("2026-11-10"))
-    assert _spans(plan) == ["blinatumomab"]  # no second cycle, no HSCT planned after leaving
+def test_bridge_hsct_after_one_cycle_records_the_choice(write: Write) -> None:
+    # 9 of 11 UK infants went to transplant after one cycle: recording the hsct records the
+    # choice (no second cycle), and recording the second cycle's start records the other.
+    plan = _plan(write("blinatumomab-bridge-hsct", **BRIDGE, events=[*BRIDGE_ONE_CYCLE,
+                                                                       {"type": "hsct", "date": "2026-11-10"}]))
+    assert _spans(plan) == ["blinatumomab", "hsct"]
+    assert plan.facts["arm:blinatumomab_after_1"] == "no_more_cycles"
+    assert [(d.id, d.status, d.outcome) for d in plan.decisions] == [("blinatumomab_after_1", "recorded", "hsct")]
+    assert not plan.warnings
+    second = _started(("blinatumomab", "2026-10-05", "2026-11-02"), ("blinatumomab_2", "2026-11-16", None))
+    plan = _plan(write("blinatumomab-bridge-hsct", **BRIDGE, events=second))
+    assert plan.facts["arm:blinatumomab_after_1"] == "another_cycle"
+    assert _spans(plan) == ["blinatumomab", "blinatumomab_2", "hsct"]
 
 
 def test_bridge_evidence_against_clinical_facts() -> None:

@@ -215,3 +215,34 @@ def test_an_unknown_length_or_gap_is_a_clear_error_not_a_crash(
     got = {(p.field, p.message.split(":")[0]) for p in info.value.problems}
     assert got == {("elements[2].length_days.value", "a length cannot be unknown (value"),
                    ("elements[3].start.gap_days.value", "a gap cannot be unknown (value")}
+
+
+def test_repeat_up_to_makes_later_cycles_a_recorded_choice(
+        shipped_definition: dict[str, Any], write_definition: Callable[..., Path],
+        make_patient: Callable[..., Path], as_of: dt.date) -> None:
+    _repeat_blina(shipped_definition, 3, gap=0)
+    _element(shipped_definition, "blinatumomab")["repeat"]["up_to"] = True
+    p = protocol.load_protocol(write_definition(shipped_definition))
+    assert p.choices == {"blinatumomab_after_1", "blinatumomab_after_2"}
+    assert [e.dest for e in p.table["blinatumomab"]] == ["blinatumomab_2", "ib"]
+    assert [e.dest for e in p.table["blinatumomab_2"]] == ["blinatumomab_3", "ib"]
+    assert [e.dest for e in p.table["blinatumomab_3"]] == ["ib"]
+    # Planned: the choice after cycle 1 is pending, every option projected.
+    plan = protocol.plan(make_patient(events=[]), p, as_of=D(2026, 5, 10))
+    assert plan.pending[0].id == "blinatumomab_after_1" and plan.pending[0].branch is None
+    assert {"blinatumomab_after_1", "blinatumomab_after_2"} <= {d.id for d in plan.pending}
+    # Recorded: starting IB after one cycle records "no more cycles", with no warning.
+    events = [{"type": "element_started", "element": "induction", "date": "2026-05-04"},
+              {"type": "element_completed", "element": "induction", "date": "2026-06-07"},
+              {"type": "element_started", "element": "blinatumomab", "date": "2026-06-08"},
+              {"type": "element_completed", "element": "blinatumomab", "date": "2026-07-06"},
+              {"type": "element_started", "element": "ib", "date": "2026-07-07"}]
+    plan = protocol.plan(make_patient(events=events), p, as_of=as_of)
+    assert plan.facts["arm:blinatumomab_after_1"] == "no_more_cycles"
+    assert "blinatumomab_2" not in {e.id for e in plan.elements}
+    assert not [w for w in plan.warnings if "blinatumomab_after_1" in w]
+    # A recorded randomised event for a choice is refused when it contradicts the start.
+    contradiction = [*events[:4], {"type": "randomised", "randomisation": "blinatumomab_after_1",
+                                   "arm": "another_cycle", "date": "2026-07-06"}, events[4]]
+    with pytest.raises(protocol.PatientError, match="contradicts the protocol's rule"):
+        protocol.plan(make_patient(events=contradiction), p, as_of=as_of)
