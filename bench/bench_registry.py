@@ -34,6 +34,9 @@ from typing import Any
 import protocol
 from protocol._registry import Registry
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import _events_along  # noqa: E402 - the cohort history generator shared with bench.py
+
 ROOT = Path(__file__).resolve().parent.parent
 AS_OF = dt.date(2026, 11, 21)
 SEED = 20261121
@@ -75,22 +78,8 @@ def synthetic_patient(rng: random.Random, index: int, pr: protocol.Protocol) -> 
         "measurements": measurements, "mrd": mrd,
     }
     bare = protocol.plan(protocol.Patient.model_validate(data), pr, AS_OF)
-    events: list[dict[str, Any]] = []
-    shift = 0
-    spans = [s for s in bare.elements if s.branch is None and s.planned_start is not None]
-    for i, span in enumerate(spans):
-        shift += rng.randint(1, 7) if i and rng.random() < 0.3 else 0
-        start = span.planned_start + dt.timedelta(days=shift)
-        if start > AS_OF:
-            break
-        if span.id == "hsct":
-            events.append({"type": "hsct", "date": start.isoformat()})
-            break
-        events.append({"type": "element_started", "element": span.id, "date": start.isoformat()})
-        end = None if span.planned_end is None else span.planned_end + dt.timedelta(days=shift)
-        if i == len(spans) - 1 or end is None or end >= AS_OF:
-            break
-        events.append({"type": "element_completed", "element": span.id, "date": end.isoformat()})
+    # The same recorded history as bench.py's cohort: its certain path, with random late starts.
+    events = _events_along(bare, rng)
     data["events"] = events
     try:
         protocol.plan(protocol.Patient.model_validate(data), pr, AS_OF)
