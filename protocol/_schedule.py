@@ -636,6 +636,7 @@ class _Builder:
         self.adjusted = False
         self.counts = sorted((c for c in patient.counts if c.date.toordinal() <= self.as_of_ord),
                              key=lambda c: c.date)
+        self._row_index: tuple[list[list[Any]] | None, dict[tuple[str, int], list[list[Any]]]] = (None, {})
 
     # -- problems -------------------------------------------------------------------
 
@@ -1231,7 +1232,16 @@ class _Builder:
         _, _, rest = ev.item.partition(":")
         key, _, day_s = rest.partition("@")
         day = int(day_s)
-        matches = [r for r in rows if r[3].key == key and r[1] == day]
+        # Indexed by (slot, element day), rebuilt only when ``rows`` is a new list (a re-bag or
+        # a new cycle): a scan per event made a plan quadratic in what was recorded. Delays
+        # change dates, never element days, so the index stays valid while the list does.
+        indexed, index = self._row_index
+        if indexed is not rows:
+            index = {}
+            for r in rows:
+                index.setdefault((r[3].key, r[1]), []).append(r)
+            self._row_index = (rows, index)
+        matches = index.get((key, day), ())
         if matches:
             open_ = [r for r in matches if r[5] not in ("given", "omitted")]
             return (open_ or matches)[-1]
