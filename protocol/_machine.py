@@ -16,7 +16,7 @@ From one :class:`~protocol._models.ProtocolDefinition` this module derives
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -541,16 +541,26 @@ def _replay_condition(edges: tuple[Edge, ...], index: int) -> Any:
     cannot be recorded as starting OCTADAD when the HSCT rule holds). A move recorded while a
     rule is still unknown is accepted; the plan reports it as a warning.
     """
+    rule = _replay_rule(edges, index)
+
+    def rule_allows(event: Any) -> bool:
+        return rule(event.model.facts)
+
+    return rule_allows
+
+
+def _replay_rule(edges: tuple[Edge, ...], index: int) -> Callable[[dict[str, Any]], bool]:
+    """``_replay_condition`` on the facts alone: what the per-patient replay calls directly
+    (the same predicate the machine checks, so the two cannot disagree)."""
     earlier = tuple(e.guard for e in edges[:index] if e.guard is not None)
     own = edges[index].guard
 
-    def rule_allows(event: Any) -> bool:
-        facts = event.model.facts
+    def allows(facts: dict[str, Any]) -> bool:
         if own is not None and own(facts) is False:
             return False
         return not any(g(facts) is True for g in earlier)
 
-    return rule_allows
+    return allows
 
 
 class Protocol:
@@ -635,7 +645,29 @@ class Protocol:
         self.eot_days = None if eot is None or eot.weeks.value is None else round(eot.weeks.value * 7)
         self.eot_element = eot.element if eot else None
         self.eot_anchor_element = eot.anchor_element if eot else None
+        # (source, dest) -> the rules of the edges between them, in order: the replay takes a
+        # recorded move when one allows it, exactly as the machine's trigger would (it tries
+        # the transitions of a trigger in order). ``None``: no edge, the move is refused.
+        self.moves: dict[tuple[str, str], tuple[Callable[[dict[str, Any]], bool] | None, ...]] = {}
+        for source, edges in self.table.items():
+            for index, edge in enumerate(edges):
+                rule = _replay_rule(edges, index) if edge.guard is not None or index > 0 else None
+                self.moves[(source, edge.dest)] = (*self.moves.get((source, edge.dest), ()), rule)
         self.machine = self._build_machine()
+
+    def allows(self, source: str, dest: str, facts: dict[str, Any]) -> bool:
+        """Whether a recorded start of ``dest`` from ``source`` is accepted by the protocol's
+        rules: the compiled table's answer, equal to triggering ``start_<dest>`` on the
+        ``transitions`` machine (``tests/test_machine.py`` holds the two equal).
+
+        >>> pr = load_protocol("interfant06-blinatumomab")  # doctest: +SKIP
+        >>> pr.allows("marma", "octadad", {"risk_group": "HR"})  # doctest: +SKIP
+        False
+        """
+        rules = self.moves.get((source, dest))
+        if rules is None:
+            return False
+        return any(rule is None or rule(facts) for rule in rules)
 
     # -- the transitions machine ------------------------------------------------------
 

@@ -361,3 +361,87 @@ def test_error_message_reads_file_line_field(shipped_definition: dict[str, Any],
         protocol.load_protocol(path)
     assert str(info.value).startswith(f"{path}:")
     assert ": risk_groups[1].when.fact: expected a known fact" in str(info.value)
+
+
+# --------------------------------------------------------------------------- the table replays as the machine does
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples" / "patients").glob("*.yaml"))
+
+
+def _history(draw: Any, pr: protocol.Protocol, base: dict[str, Any], as_of: dt.date) -> list[dict[str, Any]]:
+    """Element starts and completions along the protocol's table from the first element, with
+    random delays, random (possibly forbidden) branch choices and sometimes an outcome: what
+    a coordinator could record, right or wrong."""
+    from hypothesis import strategies as st
+
+    events: list[dict[str, Any]] = []
+    day = dt.date.fromisoformat(base.get("treatment_start") or base["diagnosis_date"])
+    element = pr.initial
+    for _ in range(len(pr.elements)):
+        if day > as_of:
+            break
+        events.append({"type": "element_started", "element": element, "date": day.isoformat()})
+        el = pr.elements[element]
+        length = el.length or 30
+        day += dt.timedelta(days=length - 1 + draw(st.integers(0, 3)))
+        if draw(st.integers(0, 9)) == 0:
+            events.append({"type": draw(st.sampled_from(sorted(OUTCOMES))), "date": day.isoformat(),
+                           "reason": "generated"})
+            break
+        edges = pr.table.get(element, ())
+        if not edges or el.final or day > as_of:
+            break
+        if draw(st.booleans()):
+            events.append({"type": "element_completed", "element": element, "date": day.isoformat()})
+        day += dt.timedelta(days=1 + draw(st.integers(0, 2)))
+        nxt = draw(st.sampled_from([e.dest for e in edges]))
+        if nxt == "hsct":
+            events.append({"type": "hsct", "date": day.isoformat()})
+            break
+        element = nxt
+    return events
+
+
+def _outcome(patient: protocol.Patient, pr: protocol.Protocol, as_of: dt.date, via_machine: bool) -> str:
+    from protocol import _schedule
+
+    _schedule._Builder.via_machine = via_machine
+    try:
+        return protocol.plan(patient, pr, as_of).to_json()
+    except protocol.ProtocolError as exc:
+        return f"{type(exc).__name__}: {exc.problems}"
+    finally:
+        _schedule._Builder.via_machine = False
+
+
+def test_table_replay_equals_the_machine_replay() -> None:
+    """The per-patient replay runs on the compiled table; the ``transitions`` machine is the
+    reference. On generated histories for every shipped protocol (through every example
+    patient), right and wrong, both give the same plan JSON or the same refusal."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    loaded = [(f.name, protocol.load_patient(f)) for f in EXAMPLES]
+    assert {p.protocol.split("@")[0] for _, p in loaded} == {p.id for p in protocol.list_protocols()}
+    as_of = dt.date(2026, 11, 21)
+
+    @given(st.sampled_from(loaded), st.data())
+    def check(example: tuple[str, protocol.Patient], data: Any) -> None:
+        _, patient = example
+        pr = protocol.load_protocol(patient.protocol)
+        base = patient.model_dump(mode="json")
+        events = [e for e in base["events"] if e["type"] in ("randomised",)]
+        base["events"] = events + _history(data.draw, pr, base, as_of)
+        generated = protocol.Patient.model_validate(base)
+        assert _outcome(generated, pr, as_of, via_machine=False) == _outcome(generated, pr, as_of, via_machine=True)
+
+    check()
+
+
+def test_allows_refuses_a_move_the_table_does_not_have(shipped: protocol.Protocol) -> None:
+    assert shipped.allows("induction", "blinatumomab", {}) is True
+    assert shipped.allows("induction", "maintenance", {}) is False
+    # HR patients go to HSCT after MARMA: OCTADAD is refused, as the machine refuses it.
+    assert shipped.allows("marma", "octadad", {"risk_group": "HR"}) is False
+    assert shipped.allows("marma", "hsct", {"risk_group": "HR"}) is True
