@@ -8,9 +8,11 @@ so that a problem can name the line of the offending value.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -58,11 +60,12 @@ _Loader.yaml_implicit_resolvers = {
 class Document:
     """A parsed input file: its data plus what is needed to point at a line."""
 
-    __slots__ = ("_node", "_text", "data", "name")
+    __slots__ = ("_node", "_text", "data", "name", "sha256")
 
     def __init__(self, name: str, data: Any, text: str | None = None) -> None:
         self.name = name
         self.data = data
+        self.sha256: str | None = None  # of the bytes read (set by read_document)
         self._text = text  # YAML source, composed into a node tree only when a line is needed
         self._node: Any = None
 
@@ -89,21 +92,81 @@ class Document:
         return line
 
 
-def read_document(path: str | os.PathLike[str], *, error: type[InputError] = InputError) -> Document:
-    """Read a YAML or JSON file into a :class:`Document`, or raise ``error`` naming the file."""
-    p = Path(path)
-    name = str(path)
+#: The largest input file read (patient, definition, site amendment, cohort): checked on the
+#: open file before reading, so ``/dev/zero`` or a 2 GB file is refused at once.
+MAX_INPUT_BYTES = 10 * 1024 * 1024
+
+
+def read_input(path: str | os.PathLike[str], *, error: type[InputError] = InputError,
+               limit: int = MAX_INPUT_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, or raise ``error`` naming it.
+
+    A device, pipe or socket is refused before anything is read (``/dev/zero`` would never
+    end), and so is a file larger than ``limit`` (checked with ``fstat`` and again while
+    reading, for files whose size the system does not know).
+
+    >>> read_input("/dev/zero")  # doctest: +SKIP
+    InputError: /dev/zero: expected a regular file, got a character device
+    """
+    name = os.fspath(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        # O_NONBLOCK: opening a FIFO with no writer must not hang (regular files ignore it).
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise error(Problem(name, "", "no such file")) from None
     except IsADirectoryError:
         raise error(Problem(name, "", "expected a file, got a directory")) from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        raise error(Problem(name, "", f"cannot read: {getattr(exc, 'strerror', None) or exc}")) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise error(Problem(name, "", "expected a file, got a directory"))
+        raise error(Problem(name, "", f"expected a regular file, got {_file_kind(st.st_mode)}"))
+    with os.fdopen(fd, "rb") as fh:
+        too_big = f"expected a file of at most {limit // (1024 * 1024)} MB, got "
+        if st.st_size > limit:
+            raise error(Problem(name, "", f"{too_big}{st.st_size:,} bytes"))
+        try:
+            data = fh.read(limit + 1)
+        except OSError as exc:
+            raise error(Problem(name, "", f"cannot read: {exc.strerror}")) from None
+    if len(data) > limit:
+        raise error(Problem(name, "", f"{too_big}more than {limit:,} bytes"))
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    for test, word in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a pipe"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return word
+    return "something that is not a regular file"
+
+
+def decode_text(data: bytes, name: str, *, error: type[InputError] = InputError) -> str:
+    """UTF-8 text (a leading byte-order mark is dropped), or raise ``error`` naming the file."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise error(Problem(name, "", "expected UTF-8 text, got UTF-16 (save the file as UTF-8)"))
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise error(Problem(name, "", f"expected UTF-8 text, got undecodable bytes at offset {exc.start}")) from None
-    except OSError as exc:
-        raise error(Problem(name, "", f"cannot read: {exc.strerror}")) from None
-    return parse_text(text, name, json_only=p.suffix.lower() == ".json", error=error)
+    return text.removeprefix("\ufeff")
+
+
+def read_document(path: str | os.PathLike[str], *, error: type[InputError] = InputError) -> Document:
+    """Read a YAML or JSON file into a :class:`Document`, or raise ``error`` naming the file.
+
+    ``Document.sha256`` is the SHA-256 of the bytes that were parsed.
+    """
+    name = os.fspath(path)
+    data = read_input(path, error=error)
+    doc = parse_text(decode_text(data, name, error=error), name, json_only=Path(name).suffix.lower() == ".json",
+                     error=error)
+    doc.sha256 = hashlib.sha256(data).hexdigest()
+    return doc
 
 
 def parse_text(text: str, name: str, *, json_only: bool = False, error: type[InputError] = InputError) -> Document:
