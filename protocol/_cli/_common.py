@@ -1,6 +1,7 @@
 """Shared pieces of the command line: the typer app, option types, error handling and output.
 
-Exit codes: 0 success, 2 bad input (message on stderr, no traceback), 1 internal error.
+Exit codes: 0 success, 2 bad input (message on stderr, no traceback), 1 internal error,
+141 when the output's reader went away (see ``main``).
 Library modules are imported inside the commands so that ``protocol --help`` stays fast.
 """
 
@@ -53,6 +54,8 @@ def _fail(exc: BaseException) -> NoReturn:
         for problem in exc.problems:
             typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(2)
+    if isinstance(exc, BrokenPipeError):  # the reader went away: main() exits quietly
+        raise exc
     if os.environ.get("PROTOCOL_DEBUG"):
         raise exc
     typer.echo(f"internal error: {type(exc).__name__}: {exc}\n(set PROTOCOL_DEBUG=1 for a traceback; "
