@@ -39,18 +39,23 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
         self.flatten_mapping(node)
         seen: dict[Any, Any] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
+            # A plain key is compared as its resolved tag and text (no object to build); any
+            # other key as the object it makes.
+            if isinstance(key_node, yaml.ScalarNode):
+                key: Any = (key_node.tag, key_node.value)
+            else:
+                key = self.construct_object(key_node, deep=True)
             try:
                 first = seen.get(key)
             except TypeError:  # an unhashable key: let the base class report it
                 break
             if first is not None:
+                shown = key[1] if isinstance(key_node, yaml.ScalarNode) else key
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first given on line {first.start_mark.line + 1})",
+                    None, None, f"duplicate key {shown!r} (first given on line {first.start_mark.line + 1})",
                     key_node.start_mark)
             seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
-
 
     def construct_yaml_int(self, node: Any) -> Any:
         try:
@@ -270,11 +275,16 @@ def _parse_yaml(text: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        _check_nodes(node)
+        aliases = "&" in text  # without an anchor there is no alias, and no copy to count
+        if aliases:
+            _check_nodes(node)
         try:
-            return loader.construct_document(node)
+            data = loader.construct_document(node)
         except RecursionError:
             raise _Refused(f"nested more than {MAX_DEPTH} levels deep") from None
+        if not aliases:
+            _check_data(data)
+        return data
     finally:
         loader.dispose()
 
@@ -443,27 +453,62 @@ def validate_document(
         raise error(problems_from_validation(exc, doc)) from None
 
 
-def write_atomic(path: str | os.PathLike[str], write: Callable[[Any], None], *, binary: bool = False) -> None:
+#: The environment variable that sets the mode of written outputs (octal, e.g. ``640``).
+OUTPUT_MODE_ENV = "PROTOCOL_OUTPUT_MODE"
+#: Outputs are created readable by their owner only, like the registry: a plan, a roadmap,
+#: a calendar or an export names a patient and their treatment.
+DEFAULT_OUTPUT_MODE = 0o600
+_output_mode: int | None = None
+
+
+def parse_mode(text: str, field: str = "--mode") -> int:
+    """``"640"`` or ``"0o640"`` → ``0o640``; raise :class:`InputError` naming ``field`` otherwise."""
+    value = text.strip().lower().removeprefix("0o")
+    if re.fullmatch(r"0?[0-7]{3}", value):
+        return int(value, 8)
+    raise InputError(Problem("", field, f"expected a file mode in octal such as 600 or 640, got {text!r}"))
+
+
+def set_output_mode(mode: int | None) -> None:
+    """Set the mode of the files :func:`write_atomic` creates (None: back to the default)."""
+    global _output_mode
+    _output_mode = mode
+
+
+def output_mode() -> int:
+    """The mode written outputs get: :func:`set_output_mode` (the CLI's ``--mode``), else
+    ``$PROTOCOL_OUTPUT_MODE``, else ``0600``."""
+    if _output_mode is not None:
+        return _output_mode
+    env = os.environ.get(OUTPUT_MODE_ENV)
+    return parse_mode(env, f"${OUTPUT_MODE_ENV}") if env else DEFAULT_OUTPUT_MODE
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Any], None], *, binary: bool = False,
+                 mode: int | None = None) -> None:
     """Write a file so that it is either complete or absent: temp file, then rename.
 
-    ``write`` receives the open temporary file. Nothing is left behind if it raises.
+    ``write`` receives the open temporary file. Nothing is left behind if it raises. The file
+    is created with ``mode`` (default :func:`output_mode`: ``0600`` unless asked otherwise),
+    whatever the umask; an existing file is replaced, never opened for writing.
+
+    >>> write_atomic("plan.txt", lambda fh: fh.write("..."))  # doctest: +SKIP
     """
     target = Path(path)
+    chosen = output_mode() if mode is None else mode
     directory = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise InputError(Problem(str(path), "", "expected a file to write, got a folder"))
-    if not directory.is_dir():
-        raise InputError(Problem(str(path), "", f"cannot write: the folder {str(directory)!r} does not exist"))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+        if target.is_dir():
+            raise InputError(Problem(str(path), "", "expected a file to write, got a folder"))
+        if not directory.is_dir():
+            raise InputError(Problem(str(path), "", f"cannot write: the folder {str(directory)!r} does not exist"))
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:100]}.", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise InputError(Problem(str(path), "", f"cannot write: {exc.strerror}")) from None
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as fh:
             write(fh)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual mode
+            os.fchmod(fh.fileno(), chosen)  # mkstemp creates 0600; only a mode asked for widens it
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -485,7 +530,14 @@ def parse_date(text: str, field: str) -> Any:
         return pendulum.today().date()
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
         try:
-            return dt.date.fromisoformat(value)
+            day = dt.date.fromisoformat(value)
         except ValueError:
             pass
+        else:
+            from ._models import DATE_RANGE
+
+            if not DATE_RANGE[0] <= day <= DATE_RANGE[1]:
+                raise InputError(Problem("", field, f"expected a date from {DATE_RANGE[0]} to {DATE_RANGE[1]}, "
+                                         f"got {day}"))
+            return day
     raise InputError(Problem("", field, f"expected a date YYYY-MM-DD or 'today', got {text!r}"))

@@ -40,6 +40,13 @@ def main(argv: list[str] | None = None) -> None:
         code = 130
     except BrokenPipeError:
         code = BROKEN_PIPE
+    except Exception as exc:  # noqa: BLE001 - what a command let through: still exit 2 or 1, no traceback
+        from ._common import _fail
+
+        try:
+            _fail(exc)
+        except typer.Exit as done:
+            code = done.exit_code
     # click answers a broken pipe itself (exit 1, stdout replaced by a wrapper that ignores
     # the final flush); tell it apart from an internal error.
     if type(sys.stdout).__name__ == "PacifyFlushWrapper":

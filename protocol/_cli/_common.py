@@ -27,6 +27,19 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _options(
+    mode: Annotated[str | None, typer.Option(
+        "--mode", help="File mode (octal) of the outputs written with -o / --out, e.g. 640. Default: "
+        "$PROTOCOL_OUTPUT_MODE, else 600 (owner only, like the registry).", metavar="MODE",
+        show_default=False)] = None,
+) -> None:
+    """Options of every command (before the command: ``protocol --mode 640 plan ...``)."""
+    from .._io import parse_mode, set_output_mode
+
+    set_output_mode(None if mode is None else _run(parse_mode, mode, "--mode"))
+
+
 class PlanFormat(str, Enum):
     table = "table"
     json = "json"
