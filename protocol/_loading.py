@@ -7,8 +7,11 @@ resolved path, modification time and size); planning a cohort re-uses it.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
+import re
+import sys
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -34,17 +37,53 @@ def _definitions_dir() -> Path:
     return Path(str(resources.files("protocol") / "definitions"))
 
 
-_SHIPPED: tuple[int, dict[str, Path]] | None = None
+#: The release manifest of the shipped definitions, in ``sha256sum`` format (``cd
+#: protocol/definitions && sha256sum -c SHA256SUMS`` checks it by hand).
+MANIFEST = "SHA256SUMS"
+
+_SHIPPED: tuple[tuple[int, int], dict[str, Path], dict[str, str]] | None = None
+
+#: A protocol id as a patient file or the command line names it (optionally ``@version``).
+#: Such a name only ever means a shipped definition: a file is loaded only when given as a
+#: path, with a slash or a suffix (``./x.yaml``, ``defs/x``, ``x.yaml``), so that a file
+#: lying in the working directory can never stand in for a shipped protocol.
+_ID_REF = re.compile(r"(?P<id>[a-z0-9][a-z0-9-]{0,63})(?:@(?P<version>[0-9A-Za-z.+-]{1,64}))?")
 
 
 def _shipped() -> dict[str, Path]:
-    # The folder is listed again only when it changes (plan() looks protocols up by id).
+    return _shipped_index()[1]
+
+
+def _shipped_index() -> tuple[tuple[int, int], dict[str, Path], dict[str, str]]:
+    # The folder is listed again only when it or its manifest changes (plan() looks protocols
+    # up by id on every call).
     global _SHIPPED
     folder = _definitions_dir()
-    stamp = folder.stat().st_mtime_ns
+    manifest = folder / MANIFEST
+    try:
+        mstamp = manifest.stat().st_mtime_ns
+    except OSError:
+        mstamp = 0
+    stamp = (folder.stat().st_mtime_ns, mstamp)
     if _SHIPPED is None or _SHIPPED[0] != stamp:
-        _SHIPPED = (stamp, {p.stem: p for p in sorted(folder.glob("*.yaml"))})
-    return _SHIPPED[1]
+        sums: dict[str, str] = {}
+        if mstamp:
+            for line in manifest.read_text(encoding="utf-8").splitlines():
+                digest, _, fname = line.strip().partition("  ")
+                if digest and fname:
+                    sums[fname.lstrip("*")] = digest.lower()
+        _SHIPPED = (stamp, {p.stem: p for p in sorted(folder.glob("*.yaml"))}, sums)
+    return _SHIPPED
+
+
+def manifest_text() -> str:
+    """The release manifest of the shipped definitions as it should read now (``sha256sum``
+    format). A developer who changed a shipped definition on purpose, and reviewed the change
+    with ``protocol diff``, writes it with ``python -m protocol._loading --write-manifest``."""
+    lines = []
+    for path in sorted(_definitions_dir().glob("*.yaml")):
+        lines.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n")
+    return "".join(lines)
 
 
 def list_protocols() -> list[Protocol]:
@@ -53,18 +92,27 @@ def list_protocols() -> list[Protocol]:
     >>> [p.id for p in list_protocols()]  # doctest: +SKIP
     ['interfant06-blinatumomab']
     """
-    return [load_protocol(path) for path in _shipped().values()]
+    return [load_protocol(name) for name in _shipped()]
 
 
 def load_protocol(id_or_path: str | os.PathLike[str], site: str | os.PathLike[str] | None = None) -> Protocol:
-    """Load, validate and compile a protocol: a shipped id or a path to a YAML/JSON file;
-    ``site``: a site amendment file whose verified values replace placeholders (see ``_site``).
+    """Load, validate and compile a protocol: a shipped id (``id`` or ``id@version``) or a path
+    to a YAML/JSON file; ``site``: a site amendment file whose verified values replace
+    placeholders (see ``_site``).
+
+    A name without a slash or a suffix is a protocol id and only ever means the shipped
+    definition, whose SHA-256 must match the release manifest; a file is read only when given
+    as a path (``./x.yaml``, ``defs/x``). The result says where it came from:
+    ``protocol.origin`` is ``"shipped"`` or the file's absolute path, ``protocol.sha256`` the
+    SHA-256 of the definition's bytes, and ``protocol.provenance`` is None for a shipped
+    definition, else a sentence such as ``"from file /tmp/x.yaml (sha256 1a2b3c4d5e6f), not the
+    shipped definition"`` that every output naming the version shows.
 
     Raises :class:`~protocol.DefinitionError` listing every problem (file, field, line).
 
     >>> p = load_protocol("interfant06-blinatumomab")
-    >>> p.version
-    '1.0.0'
+    >>> p.version, p.origin, p.provenance
+    ('1.0.0', 'shipped', None)
     """
     base = _load(id_or_path)
     if site is None:
@@ -73,8 +121,9 @@ def load_protocol(id_or_path: str | os.PathLike[str], site: str | os.PathLike[st
 
     try:
         st = os.stat(site)
-    except OSError as exc:
-        raise DefinitionError(Problem(os.fspath(site), "", f"cannot read the site amendment: {exc.strerror}")) from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise DefinitionError(Problem(os.fspath(site), "", f"cannot read the site amendment: {reason}")) from None
     key = (f"{id(base)}|{os.path.realpath(site)}", st.st_mtime_ns, st.st_size)
     amended = _CACHE.get(key)
     if amended is None:
@@ -84,29 +133,54 @@ def load_protocol(id_or_path: str | os.PathLike[str], site: str | os.PathLike[st
 
 def _load(id_or_path: str | os.PathLike[str]) -> Protocol:
     text = os.fspath(id_or_path)
-    shipped = _shipped()
-    name, _, version = text.partition("@")
-    if name in shipped and not Path(text).exists():
+    _, shipped, sums = _shipped_index()
+    ref = _ID_REF.fullmatch(text)
+    version = ""
+    if ref is not None:
+        name, version = ref["id"], ref["version"] or ""
+        if name not in shipped:
+            raise DefinitionError(Problem(
+                text, "", "not a shipped protocol id (shipped: " + ", ".join(shipped) + "); to load a definition "
+                f"file, give its path, e.g. ./{name}.yaml"))
         path = shipped[name]
     else:
         path = Path(text)
-        if not path.exists():
-            raise DefinitionError(Problem(
-                text, "", "no such file, and not a shipped protocol id (shipped: " + ", ".join(shipped) + ")"
-            ))
     try:
+        resolved = path.resolve()
         stat = path.stat()
-    except OSError as exc:
-        raise DefinitionError(Problem(text, "", f"cannot read: {exc.strerror}")) from None
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    except (OSError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise DefinitionError(Problem(text, "", "no such file (a protocol id has no slash or suffix; shipped: "
+                                          + ", ".join(shipped) + ")")) from None
+        raise DefinitionError(Problem(text, "", f"cannot read: {getattr(exc, 'strerror', None) or exc}")) from None
+    is_shipped = any(resolved == p.resolve() for p in shipped.values())
+    key = (str(resolved), stat.st_mtime_ns, stat.st_size)
     cached = _CACHE.get(key)
     if cached is None:
         doc = read_document(path, error=DefinitionError)
+        if is_shipped:
+            _verify_shipped(doc, resolved, sums)
         cached = _compile(doc)
+        cached.sha256 = doc.sha256
+        cached.origin = "shipped" if is_shipped else str(resolved)
+        cached.provenance = None if is_shipped else (
+            f"from file {resolved} (sha256 {str(doc.sha256)[:12]}), not the shipped definition")
         _CACHE[key] = cached
     if version and cached.version != version:
         raise DefinitionError(Problem(text, "version", f"expected version {version}, got {cached.version}"))
     return cached
+
+
+def _verify_shipped(doc: Document, path: Path, sums: dict[str, str]) -> None:
+    expected = sums.get(path.name)
+    if expected == doc.sha256:
+        return
+    got = "no entry" if expected is None else f"sha256 {expected[:12]}"
+    raise DefinitionError(Problem(
+        doc.name, "", f"the shipped definition does not match the release manifest {MANIFEST} ({got}, the file has "
+        f"sha256 {str(doc.sha256)[:12]}): it was changed after release, and a shipped id must mean the released "
+        "file; reinstall the package (developers, after reviewing the change with `protocol diff`: "
+        "python -m protocol._loading --write-manifest)"))
 
 
 def _compile(doc: Document) -> Protocol:
@@ -252,3 +326,10 @@ def validation_report(file: str | os.PathLike[str], site: str | os.PathLike[str]
         "evidence": evidence_counts(protocol),
         "placeholders": placeholder_rows(protocol),
     }
+
+
+if __name__ == "__main__":  # python -m protocol._loading --write-manifest
+    if sys.argv[1:] != ["--write-manifest"]:
+        sys.exit("usage: python -m protocol._loading --write-manifest")
+    (_definitions_dir() / MANIFEST).write_text(manifest_text(), encoding="utf-8")
+    print(f"wrote {_definitions_dir() / MANIFEST}")

@@ -23,6 +23,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -32,6 +33,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from ._pseudonym import check_pseudonym
 
 __all__ = [
     "AgeBand",
@@ -80,6 +83,8 @@ Text = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
 
 
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+#: The dates a file may give (issue 16: a plan from 9999-01-01 ran past year 9999).
+DATE_RANGE = (dt.date(1900, 1, 1), dt.date(2199, 12, 31))
 
 
 def _iso_date(value: Any) -> Any:
@@ -87,13 +92,16 @@ def _iso_date(value: Any) -> Any:
     # (diagnosis_date: 0 -> 1970-01-01) or a date-time, which a clinical file must never mean.
     if isinstance(value, dt.datetime):
         raise ValueError(f"expected a date YYYY-MM-DD, got a date and time {value.isoformat()!r}")
-    if isinstance(value, dt.date):
-        return value
     if isinstance(value, str) and _ISO_DATE.match(value.strip()):
         try:
-            return dt.date.fromisoformat(value.strip())
+            value = dt.date.fromisoformat(value.strip())
         except ValueError:
             raise ValueError(f"expected a date YYYY-MM-DD, got {value!r} (no such day)") from None
+    if isinstance(value, dt.date):
+        # A plan runs years past its dates: 9999-01-01 would overflow the calendar mid-plan.
+        if not DATE_RANGE[0] <= value <= DATE_RANGE[1]:
+            raise ValueError(f"expected a date from {DATE_RANGE[0]} to {DATE_RANGE[1]}, got {value}")
+        return value
     shown = repr(value) if isinstance(value, str) else str(value)
     raise ValueError(f"expected a date YYYY-MM-DD, got {shown}")
 
@@ -151,6 +159,24 @@ class SourcedNumber(_Provenance):
     def known(self) -> bool:
         """True when there is a number to compute with."""
         return self.value is not None
+
+
+#: No element, gap or window of a therapy can be longer (issue 16: length_days 3000000 ran
+#: a plan past year 9999).
+MAX_DAYS = 3653
+
+
+def _positive(number: SourcedNumber | None) -> SourcedNumber | None:
+    # A dose amount or cap of 0 or less is impossible, whatever its evidence level.
+    if number is not None and number.value is not None and number.value <= 0:
+        raise ValueError(f"expected an amount > 0, got {number.value:.15g}")
+    return number
+
+
+def _days(number: SourcedNumber | None, low: int, high: int = MAX_DAYS, unit: str = "days") -> SourcedNumber | None:
+    if number is not None and number.value is not None and not low <= number.value <= high:
+        raise ValueError(f"expected a number of {unit} from {low} to {high} (10 years), got {number.value:.15g}")
+    return number
 
 
 DayTerm = tuple[int, int | None, int]  # (first, last or None for "end", step)
@@ -322,6 +348,8 @@ class AgeBand(_Strict):
     below_age_years: int | None = Field(None, ge=1, le=30)
     amount: SourcedNumber
 
+    _possible = field_validator("amount")(classmethod(lambda cls, v: _positive(v)))
+
 
 Unit = Literal["mg", "g", "µg", "IU", "mL"]
 
@@ -341,6 +369,8 @@ class Dose(_Strict):
     per: Literal["dose", "day", "week"] = "dose"
     cap: SourcedNumber | None = None
     bands: list[AgeBand] | None = Field(None, min_length=1)
+
+    _possible = field_validator("amount", "cap")(classmethod(lambda cls, v: _positive(v)))
 
     @field_validator("unit", mode="before")
     @classmethod
@@ -377,6 +407,8 @@ class Window(_Strict):
 
     before: SourcedNumber
     after: SourcedNumber
+
+    _possible = field_validator("before", "after")(classmethod(lambda cls, v: _days(v, 0)))
 
     @model_validator(mode="after")
     def _whole_days(self) -> Any:
@@ -486,6 +518,8 @@ class StartRule(_Strict):
                                            "one's day 1 (0 or omitted: the next day).")
     counts: CountGate | None = None
 
+    _possible = field_validator("gap_days")(classmethod(lambda cls, v: _days(v, 0)))
+
 
 class Repeat(_Strict):
     """Consecutive cycles of one element: cycle 1 keeps the element's id, cycle k is
@@ -500,6 +534,8 @@ class Repeat(_Strict):
     up_to: bool = False
     gap_days: SourcedNumber | None = Field(None, description="Days between one cycle's last day and the next "
                                            "cycle's day 1 (e.g. a treatment-free interval).")
+
+    _possible = field_validator("gap_days")(classmethod(lambda cls, v: _days(v, 0)))
 
     @model_validator(mode="after")
     def _count(self) -> Any:
@@ -546,6 +582,8 @@ class Element(_Strict):
         if not given and not self.final:
             raise ValueError("expected length_days or until (only a final element may have neither)")
         return self
+
+    _length_possible = field_validator("length_days")(classmethod(lambda cls, v: _days(v, 1)))
 
 
 class Transition(_Strict):
@@ -637,6 +675,8 @@ class EndOfTherapy(_Strict):
     anchor_element: Ident | None = None
     weeks: SourcedNumber
     element: Ident
+
+    _possible = field_validator("weeks")(classmethod(lambda cls, v: _days(v, 1, MAX_DAYS // 7, "weeks")))
 
     @model_validator(mode="after")
     def _anchor_element(self) -> Any:
@@ -789,8 +829,8 @@ class Event(_Strict):
 class Patient(_Strict):
     """A patient file. ``id`` is a pseudonym: never put a name or a hospital number here."""
 
-    id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-    protocol: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*(@[0-9A-Za-z.+-]+)?$")]
+    id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"), AfterValidator(check_pseudonym)]
+    protocol: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*(@[0-9A-Za-z.+-]+)?$", max_length=130)]
     birth_date: IsoDate
     sex: Literal["female", "male", "unknown"]
     diagnosis_date: IsoDate

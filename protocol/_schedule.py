@@ -448,7 +448,8 @@ class Plan:
         return {
             "patient": self.patient.id,
             "protocol": {"id": p.id, "version": p.version, "title": p.definition.title,
-                         "status": p.definition.status},
+                         "status": p.definition.status, "sha256": getattr(p, "sha256", None),
+                         "origin": getattr(p, "origin", None), "provenance": getattr(p, "provenance", None)},
             "as_of": self.as_of.isoformat(),
             "risk": self.risk.to_dict(),
             "end_of_therapy": _iso(self.end_of_therapy),

@@ -148,4 +148,10 @@ def amend(base: Protocol, site_path: str | os.PathLike[str]) -> Protocol:
         raise DefinitionError(problems)
     compiled.path = base.path
     compiled.site = (amendment.site, sdoc.name)
+    # Where the amended definition came from is where its base came from (the site file is
+    # in ``site``); the amendment's own hash goes with it.
+    compiled.sha256 = getattr(base, "sha256", None)
+    compiled.origin = getattr(base, "origin", None)
+    compiled.provenance = getattr(base, "provenance", None)
+    compiled.site_sha256 = sdoc.sha256
     return compiled

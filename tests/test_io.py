@@ -11,7 +11,21 @@ import pytest
 from pydantic import ValidationError
 
 from protocol._errors import InputError, PatientError, Problem
-from protocol._io import format_loc, parse_date, parse_text, problems_from_validation, read_document, write_atomic
+from protocol._io import (
+    MAX_DEPTH,
+    MAX_INPUT_BYTES,
+    MAX_NODES,
+    OUTPUT_MODE_ENV,
+    format_loc,
+    parse_date,
+    parse_mode,
+    parse_text,
+    problems_from_validation,
+    read_document,
+    read_input,
+    set_output_mode,
+    write_atomic,
+)
 from protocol._models import Measurement
 
 
@@ -92,13 +106,44 @@ def test_parse_date_accepts_iso_and_today() -> None:
     assert isinstance(parse_date("today", "--as-of"), dt.date)
 
 
-def test_write_atomic_writes_whole_file_with_normal_mode(tmp_path: Path) -> None:
+def test_write_atomic_creates_outputs_owner_only_whatever_the_umask(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 16 §4: outputs followed the umask (0644, or 0666 under umask 000).
+    monkeypatch.delenv(OUTPUT_MODE_ENV, raising=False)
     target = tmp_path / "out.txt"
-    write_atomic(target, lambda fh: fh.write("hello"))
-    assert target.read_text() == "hello"
-    umask = os.umask(0)
-    os.umask(umask)
-    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+    old = os.umask(0)
+    try:
+        write_atomic(target, lambda fh: fh.write("hello"))
+        assert target.read_text() == "hello"
+        assert stat.S_IMODE(target.stat().st_mode) == 0o600
+        write_atomic(target, lambda fh: fh.write("again"), mode=0o640)
+        assert stat.S_IMODE(target.stat().st_mode) == 0o640
+        monkeypatch.setenv(OUTPUT_MODE_ENV, "644")
+        write_atomic(target, lambda fh: fh.write("env"))
+        assert stat.S_IMODE(target.stat().st_mode) == 0o644
+        set_output_mode(0o600)
+        try:
+            write_atomic(target, lambda fh: fh.write("cli"))
+            assert stat.S_IMODE(target.stat().st_mode) == 0o600
+        finally:
+            set_output_mode(None)
+        monkeypatch.setenv(OUTPUT_MODE_ENV, "rw-r--r--")
+        with pytest.raises(InputError, match=r"\$PROTOCOL_OUTPUT_MODE: expected a file mode in octal"):
+            write_atomic(target, lambda fh: fh.write("x"))
+    finally:
+        os.umask(old)
+    assert target.read_text() == "cli"
+
+
+@pytest.mark.parametrize(("text", "mode"), [("600", 0o600), ("0640", 0o640), ("0o644", 0o644)])
+def test_parse_mode(text: str, mode: int) -> None:
+    assert parse_mode(text) == mode
+
+
+@pytest.mark.parametrize("text", ["", "999", "u=rw", "12", "06444"])
+def test_parse_mode_refuses_anything_else(text: str) -> None:
+    with pytest.raises(InputError, match="--mode: expected a file mode in octal"):
+        parse_mode(text)
 
 
 def test_write_atomic_leaves_nothing_when_writing_fails(tmp_path: Path) -> None:
@@ -119,3 +164,104 @@ def test_write_atomic_bad_paths_are_input_errors(tmp_path: Path) -> None:
         write_atomic(tmp_path / "missing" / "out.txt", lambda fh: fh.write("x"))
     with pytest.raises(InputError, match="got a folder"):
         write_atomic(tmp_path, lambda fh: fh.write("x"))
+
+
+# --------------------------------------------------------------------------- hostile input (issue 16 §2)
+
+
+def test_devices_pipes_and_huge_files_are_refused_before_reading(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"^/dev/zero: expected a regular file, got a character device$"):
+        read_document("/dev/zero")
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="expected a regular file, got a pipe"):  # and does not hang
+        read_document(fifo)
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as fh:  # sparse: 2 GB on paper, nothing on disk
+        fh.truncate(2 * 1024 ** 3)
+    with pytest.raises(InputError, match=r"expected a file of at most 10 MB, got 2,147,483,648 bytes"):
+        read_document(big)
+    just = tmp_path / "just.yaml"
+    just.write_bytes(b"a: 1\n" + b"#" * (MAX_INPUT_BYTES - 6) + b"\n")
+    assert read_input(just) and read_document(just).data == {"a": 1}
+    with pytest.raises(InputError, match="File name too long"):
+        read_document("x" * 100_000 + ".yaml")
+
+
+def test_read_document_hashes_what_it_parsed(tmp_path: Path) -> None:
+    import hashlib
+
+    f = tmp_path / "a.yaml"
+    f.write_bytes("\ufeffa: 1\r\nb: 2\r\n".encode())  # a byte-order mark and CRLF are fine
+    doc = read_document(f)
+    assert doc.data == {"a": 1, "b": 2} and doc.sha256 == hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def test_utf16_is_named() -> None:
+    with pytest.raises(InputError, match="expected UTF-8 text, got UTF-16"):
+        from protocol._io import decode_text
+
+        decode_text("a: 1".encode("utf-16"), "u.yaml")
+
+
+@pytest.mark.parametrize("json_only", [False, True])
+def test_numbers_of_more_than_4300_digits_are_refused(json_only: bool) -> None:
+    text = ('{"a": ' if json_only else "a: ") + "9" * 5000 + ("}" if json_only else "\n")
+    with pytest.raises(InputError, match="4,300 digits"):
+        parse_text(text, "n.json" if json_only else "n.yaml", json_only=json_only)
+
+
+@pytest.mark.parametrize("json_only", [False, True])
+def test_deep_nesting_is_refused(json_only: bool) -> None:
+    for depth in (MAX_DEPTH + 1, 100_000):
+        with pytest.raises(InputError, match=r"nested more than 50 levels deep|maximum nesting depth"):
+            parse_text("[" * depth + "]" * depth, "d.json", json_only=json_only)
+    assert parse_text("[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1), "d.json", json_only=json_only).data
+
+
+def test_json_duplicate_keys_are_refused_like_yaml() -> None:
+    with pytest.raises(InputError, match=r"d.json: invalid JSON: duplicate key 'id'"):
+        parse_text('{"id": "A-1", "x": {"k": 1}, "id": "B-2"}', "d.json", json_only=True)
+    with pytest.raises(InputError, match=r"duplicate key 'k'"):
+        parse_text('{"x": {"k": 1, "k": 2}}', "d.json", json_only=True)
+
+
+def test_alias_bombs_and_recursive_aliases_are_refused_at_once() -> None:
+    import time
+
+    bomb = "a0: &a0 [x, x]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}]\n" for i in range(1, 40))
+    start = time.perf_counter()
+    with pytest.raises(InputError, match=r"b.yaml:\d+: more than 200,000 values once aliases are expanded"):
+        parse_text(bomb, "b.yaml")
+    assert time.perf_counter() - start < 2
+    with pytest.raises(InputError, match="a recursive alias"):
+        parse_text("a: &x [1, *x]\n", "r.yaml")
+    # Aliases within the budget are fine (a definition may share a condition).
+    assert parse_text("c: &c {fact: kmt2a}\nd: [*c, *c]\n", "ok.yaml").data["d"][1] == {"fact": "kmt2a"}
+    wide = "a: [" + ", ".join(["1"] * MAX_NODES) + "]\n"
+    with pytest.raises(InputError, match="more than 200,000 values"):
+        parse_text(wide, "w.yaml")
+
+
+def test_at_most_50_problems_are_listed() -> None:
+    doc = parse_text("[" + ", ".join(["{}"] * 80) + "]", "m.json", json_only=True)
+    from pydantic import TypeAdapter
+
+    with pytest.raises(ValidationError) as info:
+        TypeAdapter(list[Measurement]).validate_python(doc.data)
+    problems = problems_from_validation(info.value, doc)
+    assert len(problems) == 51 and problems[-1].message == "... and 190 more problems not listed"
+
+
+def test_long_values_are_cut_in_messages() -> None:
+    doc = parse_text('{"date": "2026-01-01", "height_cm": "' + "x" * 10_000 + '", "weight_kg": 1}', "l.json",
+                     json_only=True)
+    with pytest.raises(ValidationError) as info:
+        Measurement.model_validate(doc.data)
+    (problem,) = problems_from_validation(info.value, doc)
+    assert problem.message.endswith("... (10,000 characters)") and len(problem.message) < 200
+
+
+def test_dates_after_2199_are_refused_on_the_command_line() -> None:
+    with pytest.raises(InputError, match="--as-of: expected a date from 1900-01-01 to 2199-12-31, got 9999-12-31"):
+        parse_date("9999-12-31", "--as-of")

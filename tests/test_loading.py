@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 import protocol
-from protocol._loading import dumps, evidence_counts, placeholder_rows, validation_report
+from protocol import _loading as loading
+from protocol._loading import MANIFEST, dumps, evidence_counts, manifest_text, placeholder_rows, validation_report
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "protocol" / "definitions" / "interfant06-blinatumomab.yaml"
@@ -78,3 +82,117 @@ def test_dumps_is_json_with_one_list_element_per_line() -> None:
     text = dumps({"a": [{"x": 1}, {"y": dt.date(2026, 1, 2)}], "b": None, "c": []})
     assert json.loads(text) == {"a": [{"x": 1}, {"y": "2026-01-02"}], "b": None, "c": []}
     assert text.splitlines()[2] == '    {"x": 1},'
+
+
+# --------------------------------------------------------------------------- a shipped id is the shipped file
+
+
+def _tampered(tmp_path: Path, name: str) -> Path:
+    """A copy of the shipped definition with prednisone 600 instead of 60 mg/m²/day, under ``name``."""
+    text = SHIPPED.read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    dose = data["elements"][0]["administrations"][0]["dose"]["amount"]
+    assert dose["value"] == 60  # the prephase prednisone
+    dose["value"] = 600
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_a_file_named_like_a_shipped_id_in_the_working_directory_is_never_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_patient: Any) -> None:
+    # The defect of issue 16 §1: ./interfant06-blinatumomab with prednisone 600 gave a plan
+    # of 222 mg/day under the header "interfant06-blinatumomab 1.0.0".
+    _tampered(tmp_path, "interfant06-blinatumomab")
+    _tampered(tmp_path, "interfant06-blinatumomab@1.0.0")
+    monkeypatch.chdir(tmp_path)
+    shipped = protocol.load_protocol(SHIPPED)
+    for ref in ("interfant06-blinatumomab", "interfant06-blinatumomab@1.0.0"):
+        p = protocol.load_protocol(ref)
+        assert p is shipped and p.origin == "shipped" and p.provenance is None
+        assert p.definition.elements[0].administrations[0].dose.amount.value == 60
+    plan = protocol.plan(make_patient(), as_of=dt.date(2026, 5, 5))
+    first = plan.items[0]
+    assert first.slot.name.startswith("Prednisone") and "60 mg/m²/day" in first.dose.working
+    assert plan.to_dict()["protocol"]["origin"] == "shipped"
+
+
+def test_a_folder_named_like_a_shipped_id_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "interfant06-blinatumomab").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert protocol.load_protocol("interfant06-blinatumomab").origin == "shipped"
+
+
+def test_a_file_is_used_only_when_given_as_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _tampered(tmp_path, "mydef")
+    _tampered(tmp_path, "mydef.yaml")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(protocol.DefinitionError, match=r"not a shipped protocol id .*give its path, e\.g\. ./mydef"):
+        protocol.load_protocol("mydef")
+    for ref in ("./mydef", "mydef.yaml", str(tmp_path / "mydef"), Path("mydef.yaml")):
+        p = protocol.load_protocol(ref)
+        assert p.id == "interfant06-blinatumomab" and p.origin != "shipped"
+        assert p.definition.elements[0].administrations[0].dose.amount.value == 600
+
+
+def test_a_plan_from_a_file_says_it_is_not_the_shipped_definition(tmp_path: Path, make_patient: Any) -> None:
+    path = _tampered(tmp_path, "x.yaml")
+    p = protocol.load_protocol(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert p.sha256 == digest and p.origin == str(path.resolve())
+    assert p.provenance == f"from file {path.resolve()} (sha256 {digest[:12]}), not the shipped definition"
+    shown = protocol.plan(make_patient(), protocol=p, as_of=dt.date(2026, 5, 5)).to_dict()["protocol"]
+    assert shown["provenance"] == p.provenance and shown["sha256"] == digest
+
+
+def test_the_shipped_definitions_match_the_release_manifest() -> None:
+    manifest = (ROOT / "protocol" / "definitions" / MANIFEST).read_text(encoding="utf-8")
+    assert manifest == manifest_text(), (
+        "a shipped definition changed: review it with `protocol diff`, then bump its version and run "
+        "`python -m protocol._loading --write-manifest`")
+    for p in protocol.list_protocols():
+        assert p.origin == "shipped" and p.provenance is None
+        assert f"{p.sha256}  {Path(str(p.path)).name}" in manifest
+
+
+def test_a_shipped_file_changed_after_release_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "definitions"
+    folder.mkdir()
+    for f in (ROOT / "protocol" / "definitions").iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setattr(loading, "_definitions_dir", lambda: folder)
+    monkeypatch.setattr(loading, "_SHIPPED", None)
+    assert protocol.load_protocol("interfant06-blinatumomab").origin == "shipped"  # an identical copy
+    target = folder / "interfant06-blinatumomab.yaml"
+    target.write_text(target.read_text(encoding="utf-8").replace("value: 60,", "value: 600,", 1)
+                      if "value: 60," in target.read_text(encoding="utf-8")
+                      else target.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
+    with pytest.raises(protocol.DefinitionError, match=r"does not match the release manifest SHA256SUMS"):
+        protocol.load_protocol("interfant06-blinatumomab")
+    (folder / MANIFEST).unlink()
+    monkeypatch.setattr(loading, "_SHIPPED", None)
+    with pytest.raises(protocol.DefinitionError, match=r"no entry"):
+        protocol.load_protocol("interfant06")
+
+
+def test_a_site_amendment_keeps_the_origin_of_its_base() -> None:
+    amended = protocol.load_protocol("interfant06-blinatumomab", ROOT / "tests" / "data" / "site" / "amendment.yaml")
+    base = protocol.load_protocol("interfant06-blinatumomab")
+    assert amended is not base and amended.origin == "shipped" and amended.sha256 == base.sha256
+    assert amended.site_sha256 is not None
+
+
+def test_the_command_line_plans_with_the_shipped_file_whatever_lies_in_the_working_directory(
+        tmp_path: Path, make_patient: Any) -> None:
+    import subprocess
+    import sys
+
+    patient = make_patient()
+    _tampered(tmp_path, "interfant06-blinatumomab")
+    run = subprocess.run([sys.executable, "-m", "protocol", "plan", str(patient), "--as-of", "2026-05-05",
+                          "--format", "json"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    data = json.loads(run.stdout)
+    assert data["protocol"]["origin"] == "shipped" and data["protocol"]["provenance"] is None
+    assert data["protocol"]["sha256"] == hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
+    assert "60 mg/m²/day" in json.dumps(data["items"][0], ensure_ascii=False)

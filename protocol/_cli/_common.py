@@ -1,6 +1,7 @@
 """Shared pieces of the command line: the typer app, option types, error handling and output.
 
-Exit codes: 0 success, 2 bad input (message on stderr, no traceback), 1 internal error.
+Exit codes: 0 success, 2 bad input (message on stderr, no traceback), 1 internal error,
+141 when the output's reader went away (see ``main``).
 Library modules are imported inside the commands so that ``protocol --help`` stays fast.
 """
 
@@ -24,6 +25,19 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback()
+def _options(
+    mode: Annotated[str | None, typer.Option(
+        "--mode", help="File mode (octal) of the outputs written with -o / --out, e.g. 640. Default: "
+        "$PROTOCOL_OUTPUT_MODE, else 600 (owner only, like the registry).", metavar="MODE",
+        show_default=False)] = None,
+) -> None:
+    """Options of every command (before the command: ``protocol --mode 640 plan ...``)."""
+    from .._io import parse_mode, set_output_mode
+
+    set_output_mode(None if mode is None else _run(parse_mode, mode, "--mode"))
 
 
 class PlanFormat(str, Enum):
@@ -53,6 +67,8 @@ def _fail(exc: BaseException) -> NoReturn:
         for problem in exc.problems:
             typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(2)
+    if isinstance(exc, BrokenPipeError):  # the reader went away: main() exits quietly
+        raise exc
     if os.environ.get("PROTOCOL_DEBUG"):
         raise exc
     typer.echo(f"internal error: {type(exc).__name__}: {exc}\n(set PROTOCOL_DEBUG=1 for a traceback; "
