@@ -25,25 +25,60 @@ Every value's evidence level is an extension (``EXT_EVIDENCE``: published, deriv
 placeholder) and placeholder values also say "UNVERIFIED" in their text. Statuses that FHIR
 has no field for (an item done, planned, pending a decision, or any status the engine adds
 later) go in ``EXT_STATUS`` as text.
+
+**Unverified, in the structure as well as the text.** An item whose date or dose depends on a
+placeholder (decided in one place, :func:`protocol._calendar.item_unverified`) says UNVERIFIED
+in its ``description`` and carries ``EXT_UNVERIFIED`` (``valueBoolean: true``, with a
+``valueString`` reason per cause); an element action with a placeholder length or dates does
+too. The computed dose of an item is the complex extension ``EXT_DOSE``: ``dose``
+(``valueQuantity``, the amount of one administration, or of the day or week when the
+definition doses per day or week), ``timing`` (``valueTiming``: ``repeat.frequency``/
+``period``/``periodUnit``, e.g. 2 per 1 d for q12h; absent for a continuous infusion),
+``perAdministration`` (``valueBoolean``), ``text`` and ``unverified`` (``valueBoolean``);
+the ``dose`` quantity itself also carries ``EXT_UNVERIFIED`` when it is unverified, so a
+reader of the quantity alone sees the flag. In the PlanDefinition, the ``doseQuantity`` of
+each ActivityDefinition carries ``EXT_EVIDENCE`` and its ``timing`` says how many a day. A
+plan with any unverified item or element is a ``draft`` CarePlan and RequestOrchestration,
+never ``active`` (a completed or stopped plan keeps ``completed``/``revoked``).
+
+**Ids.** FHIR ``id`` values (``relatedAction.targetId`` and every resource id) allow only
+``[A-Za-z0-9-.]{1,64}``. :func:`fhir_id` maps this tool's ids to them stably and without
+collisions: each part of an id (element, item) written with ``-`` for ``_`` (``blinatumomab_1``
+→ ``blinatumomab-1``; element and item ids have no ``-`` of their own, so the mapping is
+one-to-one) and parts joined with ``.``; anything else (other characters, too long) becomes a
+digest that starts with a digit, which a mapped id never does. Element actions keep the
+element id as written in ``EXT_ELEMENT``.
+
+**Validated once.** Each resource is validated by ``fhir.resources`` exactly once (the
+PlanDefinition once per loaded protocol); the JSON text is written from the very data that was
+validated, so the output is what the validator accepted.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
+import re
 import uuid
+import weakref
 from typing import Any
 
+from ._calendar import administrations, dose_line, item_unverified
 from ._machine import Protocol
 from ._schedule import Plan
 
-__all__ = ["EXT_EVIDENCE", "EXT_STATUS", "fhir_json", "to_fhir_care_plan", "to_fhir_plan_definition"]
+__all__ = ["EXT_DOSE", "EXT_ELEMENT", "EXT_EVIDENCE", "EXT_STATUS", "EXT_UNVERIFIED", "care_plan_json", "fhir_id",
+           "fhir_json", "plan_definition_json", "to_fhir_care_plan", "to_fhir_plan_definition"]
 
 _BASE = "http://example.org/fhir/protocol"  # a site publishing these resources sets its own base
 EXT_EVIDENCE = f"{_BASE}/StructureDefinition/evidence"
 EXT_EVIDENCE_NOTE = f"{_BASE}/StructureDefinition/evidence-note"
 EXT_STATUS = f"{_BASE}/StructureDefinition/status"
+EXT_UNVERIFIED = f"{_BASE}/StructureDefinition/unverified"
+EXT_DOSE = f"{_BASE}/StructureDefinition/computed-dose"
+EXT_ELEMENT = f"{_BASE}/StructureDefinition/element-id"
 EXT_DAYS_OF_CYCLE = "http://hl7.org/fhir/StructureDefinition/timing-daysOfCycle"
 UCUM = "http://unitsofmeasure.org"
 RULE_LANGUAGE = "application/json"  # the rule as data, in the definition format's rule shape
@@ -65,6 +100,41 @@ def _ext_evidence(level: str | None, note: str | None = None) -> list[dict[str, 
     if note:
         out.append({"url": EXT_EVIDENCE_NOTE, "valueString": note})
     return out
+
+
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_PART = re.compile(r"[a-z][a-z0-9_]*")
+_PER_DAY_TIMING = {1: {"frequency": 1, "period": 1, "periodUnit": "d"},
+                   2: {"frequency": 2, "period": 1, "periodUnit": "d"}}
+
+
+def fhir_id(*parts: str) -> str:
+    """This tool's id (one part or several, e.g. element and item) as a FHIR ``id``.
+
+    Stable and one-to-one: lower-case parts of letters, digits and ``_`` are written with
+    ``-`` for ``_`` and joined with ``.``; anything else becomes a digest starting with a digit.
+
+    >>> fhir_id("blinatumomab_1"), fhir_id("maintenance", "methotrexate_po")
+    ('blinatumomab-1', 'maintenance.methotrexate-po')
+    """
+    if parts and all(_PART.fullmatch(p) for p in parts):
+        out = ".".join(parts).replace("_", "-")
+        if len(out) <= 64:
+            return out
+    return "0" + hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:40]
+
+
+_UNVERIFIED_FLAG = [{"url": EXT_UNVERIFIED, "valueBoolean": True}]
+
+
+def _ext_unverified(reasons: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
+    """The unverified flag; the reasons (joined, one string) when they say more than the default."""
+    from ._calendar import _PLACEHOLDER_REASON
+
+    shown = [r for r in reasons if r != _PLACEHOLDER_REASON]
+    if not shown:
+        return _UNVERIFIED_FLAG
+    return [*_UNVERIFIED_FLAG, {"url": EXT_UNVERIFIED + "-reason", "valueString": "; ".join(shown)}]
 
 
 def _rid(*parts: str) -> str:
@@ -125,6 +195,7 @@ def _activity_definition(protocol: Protocol, el: Any, slot: Any) -> dict[str, An
     if dose.basis != "age_banded":
         q = _dose_quantity(dose, dose.amount.value)
         if q is not None:
+            q["extension"] = _ext_evidence(dose.amount.evidence)
             dosage["doseAndRate"] = [{"doseQuantity": q}]
     if dose.cap is not None and dose.cap.value is not None:
         dosage["maxDosePerAdministration"] = {"value": dose.cap.value, "unit": dose.unit,
@@ -133,11 +204,15 @@ def _activity_definition(protocol: Protocol, el: Any, slot: Any) -> dict[str, An
     if slot.frequency == "continuous":
         dosage["additionalInstruction"] = [{"text": "continuous infusion"}]
     elif slot.frequency == "q12h":
-        dosage["timing"] = {"repeat": {"frequency": 2, "period": 1, "periodUnit": "d"}}
+        dosage["text"] += " per dose, every 12 h (2 doses a day)" if dose.per == "dose" else \
+            ", given as 2 administrations a day, every 12 h"
+        dosage["timing"] = {"repeat": dict(_PER_DAY_TIMING[2])}
+    elif slot.frequency == "once_per_day":
+        dosage["timing"] = {"repeat": dict(_PER_DAY_TIMING[1])}
     note = getattr(dose.amount, "note", None) if dose.basis != "age_banded" else None
     return {
         "resourceType": "ActivityDefinition",
-        "id": f"{el.id}.{slot.key}".replace("_", "-")[:64],
+        "id": fhir_id(el.id, slot.key),
         "extension": _ext_evidence(level, note),
         "status": "draft",
         "title": f"{slot.name} ({el.title})",
@@ -173,15 +248,48 @@ def to_fhir_plan_definition(protocol: Protocol | str | os.PathLike[str]) -> Any:
     One action per element, ordered with ``relatedAction``; a sub-action per administration
     and assessment with its days; branch conditions as ``applicability`` conditions. Placeholder
     values carry the ``EXT_EVIDENCE`` extension and say UNVERIFIED in their text.
-    Serialise with :func:`fhir_json`.
-    """
-    from fhir.resources.plandefinition import PlanDefinition
+    Serialise with :func:`fhir_json`, or get the text directly with :func:`plan_definition_json`.
 
+    >>> to_fhir_plan_definition("interfant06-blinatumomab").version  # doctest: +SKIP
+    '1.0.0'
+    """
+    return _validated_plan_definition(_as_protocol(protocol))[1]
+
+
+def plan_definition_json(protocol: Protocol | str | os.PathLike[str]) -> str:
+    """A protocol as FHIR R5 ``PlanDefinition`` JSON text, validated by ``fhir.resources``.
+
+    >>> text = plan_definition_json("interfant06-blinatumomab")  # doctest: +SKIP
+    """
+    return _dumps(_validated_plan_definition(_as_protocol(protocol))[0])
+
+
+def _as_protocol(protocol: Protocol | str | os.PathLike[str]) -> Protocol:
+    if isinstance(protocol, Protocol):
+        return protocol
     from ._loading import load_protocol
 
-    if not isinstance(protocol, Protocol):
-        protocol = load_protocol(protocol)
-    return PlanDefinition.model_validate(_plan_definition(protocol))
+    return load_protocol(protocol)
+
+
+# One validation per loaded protocol: the PlanDefinition of a protocol never changes, and every
+# CarePlan bundle of a patient on it carries it.
+_PD_CACHE: weakref.WeakKeyDictionary[Protocol, tuple[dict[str, Any], Any]] = weakref.WeakKeyDictionary()
+
+
+def _validated_plan_definition(p: Protocol) -> tuple[dict[str, Any], Any]:
+    """``(data, validated model)`` of a protocol's PlanDefinition (validated once per protocol)."""
+    hit = _PD_CACHE.get(p)
+    if hit is None:
+        from fhir.resources.plandefinition import PlanDefinition
+
+        data = _plan_definition(p)
+        hit = _PD_CACHE[p] = (data, PlanDefinition.model_validate(data))
+    return hit
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
 def _plan_definition(p: Protocol) -> dict[str, Any]:
@@ -197,17 +305,18 @@ def _plan_definition(p: Protocol) -> dict[str, Any]:
     actions = []
     for el in p.elements.values():
         model = el.model
-        action: dict[str, Any] = {"linkId": el.id, "title": el.title}
+        action: dict[str, Any] = {"linkId": fhir_id(el.id), "title": el.title,
+                                  "extension": [{"url": EXT_ELEMENT, "valueString": el.id}]}
         desc = [model.description] if model.description else []
         if el.open_ended and d.end_of_therapy is not None:
             eot = d.end_of_therapy
             desc.append(f"Until the end of therapy: {eot.weeks.value:g} weeks after {eot.anchor}"
                         + (f" {_UNVERIFIED}" if eot.weeks.evidence == "placeholder" else ""))
-            action["extension"] = _ext_evidence(eot.weeks.evidence, eot.weeks.note)
+            action["extension"].extend(_ext_evidence(eot.weeks.evidence, eot.weeks.note))
         elif el.length is not None:
             action["timingDuration"] = _days(el.length)
             ld = model.length_days
-            action["extension"] = _ext_evidence(ld.evidence, ld.note)
+            action["extension"].extend(_ext_evidence(ld.evidence, ld.note))
             if ld.evidence == "placeholder":
                 desc.append(f"Length {el.length} days {_UNVERIFIED}")
             if el.first_day != 1:
@@ -217,7 +326,7 @@ def _plan_definition(p: Protocol) -> dict[str, Any]:
             action["description"] = "\n".join(desc)
         related, conditions = [], []
         for src, edge, before in incoming.get(el.id, []):
-            rel: dict[str, Any] = {"targetId": src, "relationship": "after-end"}
+            rel: dict[str, Any] = {"targetId": fhir_id(src), "relationship": "after-end"}
             if el.gap:
                 rel["offsetDuration"] = _days(el.gap)
             related.append(rel)
@@ -238,7 +347,7 @@ def _plan_definition(p: Protocol) -> dict[str, Any]:
             action["relatedAction"] = related
         subs = []
         for slot in el.slots:
-            sub: dict[str, Any] = {"linkId": f"{el.id}.{slot.key}", "title": slot.name}
+            sub: dict[str, Any] = {"linkId": fhir_id(el.id, slot.key), "title": slot.name}
             text = f"days {slot.days_text}" + (f" (element days; from {el.first_day})" if el.first_day != 1 else "")
             days_ev = getattr(getattr(slot.source, "days", None), "evidence", slot.evidence)
             if days_ev == "placeholder":
@@ -251,7 +360,9 @@ def _plan_definition(p: Protocol) -> dict[str, Any]:
             else:
                 sub["description"] = f"{str(slot.kind).replace('_', ' ')}; {text}"
             timing = _slot_timing(el, slot)
-            sub["extension"] = [*_ext_evidence(slot.evidence), *timing.pop("extension", [])]
+            ext = [*_ext_evidence(slot.evidence), *timing.pop("extension", [])]
+            if ext:
+                sub["extension"] = ext
             sub.update(timing)
             subs.append(sub)
         if subs:
@@ -278,8 +389,8 @@ def _plan_definition(p: Protocol) -> dict[str, Any]:
         "experimental": d.status != "active",
         "description": (d.description or d.title) + "\n\nPlaceholder values are marked UNVERIFIED: check every "
                                                      "dose and day against the official protocol document.",
-        "relatedArtifact": related_artifacts,
-        "contained": contained,
+        **({"relatedArtifact": related_artifacts} if related_artifacts else {}),
+        **({"contained": contained} if contained else {}),
         "action": actions,
     }
 
@@ -287,15 +398,38 @@ def _plan_definition(p: Protocol) -> dict[str, Any]:
 def to_fhir_care_plan(plan: Plan, generated: dt.datetime | None = None) -> Any:
     """A patient's plan as a FHIR R5 ``Bundle`` (collection): the ``Patient`` (pseudonym),
     a ``CarePlan`` and its ``RequestOrchestration`` with every dated item, and the
-    ``PlanDefinition`` they instantiate — each validated by ``fhir.resources``.
+    ``PlanDefinition`` they instantiate — each validated once by ``fhir.resources``.
 
-    Serialise with :func:`fhir_json`. ``generated``: the bundle timestamp (default now, or
-    ``SOURCE_DATE_EPOCH``).
+    Serialise with :func:`fhir_json`, or get the text directly (faster: no second pass
+    through the models) with :func:`care_plan_json`. ``generated``: the bundle timestamp
+    (default now, or ``SOURCE_DATE_EPOCH``).
+
+    >>> bundle = to_fhir_care_plan(plan("examples/patients/mr-on-time.yaml"))  # doctest: +SKIP
     """
+    return _care_plan_bundle(plan, generated)[1]
+
+
+def care_plan_json(plan: Plan, generated: dt.datetime | None = None) -> str:
+    """A patient's plan as FHIR R5 Bundle JSON text (see :func:`to_fhir_care_plan`): every
+    resource validated once by ``fhir.resources``, the text written from the validated data.
+
+    >>> text = care_plan_json(plan("examples/patients/mr-on-time.yaml"))  # doctest: +SKIP
+    """
+    return _dumps(_care_plan_bundle(plan, generated)[0])
+
+
+def plan_unverified(plan: Plan) -> bool:
+    """True when any item or element of the plan depends on a placeholder."""
+    return (any(item_unverified(i)[0] for i in plan.items)
+            or any(s.evidence == "placeholder" or getattr(s, "unverified", False) for s in plan.elements))
+
+
+def _care_plan_bundle(plan: Plan, generated: dt.datetime | None) -> tuple[dict[str, Any], Any]:
+    """``(data, validated Bundle)``: each resource validated once, the bundle around them
+    assembled from the validated models (pydantic does not validate a model instance again)."""
     from fhir.resources.bundle import Bundle
     from fhir.resources.careplan import CarePlan
     from fhir.resources.patient import Patient
-    from fhir.resources.plandefinition import PlanDefinition
     from fhir.resources.requestorchestration import RequestOrchestration
 
     from ._documents import _generated_at
@@ -306,18 +440,23 @@ def to_fhir_care_plan(plan: Plan, generated: dt.datetime | None = None) -> Any:
     ids = {k: _rid(pat.id, p.id, k) for k in ("patient", "careplan", "orchestration")}
     ref = {k: f"urn:uuid:{v}" for k, v in ids.items()}
     canonical = f"{_canonical(p)}|{p.version}"
-    patient = Patient.model_validate({
+    unverified = plan_unverified(plan)
+    patient = {
         "resourceType": "Patient", "id": ids["patient"],
         "identifier": [{"type": {"text": "pseudonym"}, "value": pat.id}],
         "gender": pat.sex if pat.sex in ("female", "male", "other", "unknown") else "unknown",
         "birthDate": pat.birth_date.isoformat(),
-    })
-    orchestration = RequestOrchestration.model_validate(_orchestration(plan, ids["orchestration"], ref["patient"],
-                                                                       canonical, stamp))
+    }
     finished = all(s.status in ("completed", "stopped") for s in plan.elements)
-    status = "revoked" if plan.outcome is not None else ("completed" if finished and plan.elements else "active")
+    status = ("revoked" if plan.outcome is not None else "completed" if finished and plan.elements
+              else "draft" if unverified else "active")
+    orchestration = _orchestration(plan, ids["orchestration"], ref["patient"], canonical, stamp,
+                                   "draft" if status == "draft" else "revoked" if status == "revoked" else "active")
     notes = [{"text": "Placeholder values (dose, day, length) are marked UNVERIFIED: they were not confirmed from a "
                       "public source. Check every dose and day against the official protocol document."}]
+    if unverified:
+        notes.insert(0, {"text": "DRAFT: this plan depends on unverified (placeholder) values; it is not an "
+                                 "active order until a site verifies them."})
     if plan.outcome is not None:
         notes.append({"text": f"{plan.outcome[0].replace('_', ' ')} on {plan.outcome[1].isoformat()}"})
     notes.extend({"text": f"warning: {w}"} for w in plan.warnings)
@@ -325,31 +464,84 @@ def to_fhir_care_plan(plan: Plan, generated: dt.datetime | None = None) -> Any:
     if plan.end_of_therapy is not None:
         period["end"] = plan.end_of_therapy.isoformat()
     risk = plan.risk
-    care_plan = CarePlan.model_validate({
+    care_plan = {
         "resourceType": "CarePlan", "id": ids["careplan"],
         "instantiatesCanonical": [canonical],
         "status": status, "intent": "plan",
         "title": f"{p.definition.title}: plan of {pat.id}",
-        "description": f"Risk group {risk.group or risk.status}; plan as of {plan.as_of.isoformat()}.",
+        "description": f"Risk group {risk.group or risk.status}; plan as of {plan.as_of.isoformat()}."
+                       + (" Draft: depends on unverified values." if unverified else ""),
         "subject": {"reference": ref["patient"], "display": pat.id},
         "period": period,
         "created": stamp.isoformat().replace("+00:00", "Z"),
         "activity": [{"plannedActivityReference": {"reference": ref["orchestration"]}}],
         "note": notes,
-    })
-    plan_definition = PlanDefinition.model_validate(_plan_definition(p))
-    entries = [(ref["patient"], patient), (ref["careplan"], care_plan), (ref["orchestration"], orchestration),
-               (canonical.split("|")[0], plan_definition)]
-    bundle = Bundle.model_validate({
-        "resourceType": "Bundle", "id": _rid(pat.id, p.id, "bundle", plan.as_of.isoformat()), "type": "collection",
-        "timestamp": stamp.isoformat().replace("+00:00", "Z"),
-        "entry": [{"fullUrl": url, "resource": r.model_dump(mode="json", exclude_none=True)} for url, r in entries],
-    })
-    return bundle
+    }
+    if unverified:
+        care_plan["extension"] = _ext_unverified(["the plan depends on placeholder values"])
+    pd_data, pd_model = _validated_plan_definition(p)
+    parts = [(ref["patient"], patient, Patient), (ref["careplan"], care_plan, CarePlan),
+             (ref["orchestration"], orchestration, RequestOrchestration)]
+    models = [(url, kind.model_validate(_validate_shared(data))) for url, data, kind in parts]
+    models.append((canonical.split("|")[0], pd_model))
+    head = {"resourceType": "Bundle", "id": _rid(pat.id, p.id, "bundle", plan.as_of.isoformat()),
+            "type": "collection", "timestamp": stamp.isoformat().replace("+00:00", "Z")}
+    bundle = Bundle.model_validate({**head, "entry": [{"fullUrl": url, "resource": m} for url, m in models]})
+    datas = [patient, care_plan, orchestration, pd_data]
+    data = {**head, "entry": [{"fullUrl": url, "resource": d} for (url, _), d in zip(models, datas, strict=True)]}
+    return data, bundle
 
 
-def _orchestration(plan: Plan, rid: str, subject: str, canonical: str, stamp: dt.datetime) -> dict[str, Any]:
+def _validate_shared(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with every ``extension`` list of its actions replaced by validated
+    ``Extension`` models, each distinct list object validated once: the thousand items of a
+    plan share a few dozen extension lists (status, evidence, dose of their segment), and
+    pydantic accepts a validated model instance without validating it again."""
+    actions = data.get("action")
+    if not actions:
+        return data
+    from fhir.resources.extension import Extension
+
+    done: dict[int, list[Any]] = {}
+
+    def walk(action: dict[str, Any]) -> dict[str, Any]:
+        out = dict(action)
+        ext = action.get("extension")
+        if ext:
+            models = done.get(id(ext))
+            if models is None:
+                models = done[id(ext)] = [Extension.model_validate(e) for e in ext]
+            out["extension"] = models
+        if action.get("action"):
+            out["action"] = [walk(a) for a in action["action"]]
+        return out
+
+    return {**data, "action": [walk(a) for a in actions]}
+
+
+def _item_dose(item: Any, unverified: bool) -> dict[str, Any] | None:
+    """The computed dose of an item as the ``EXT_DOSE`` complex extension (None without an amount)."""
+    dose = item.dose
+    if dose is None or dose.amount is None:
+        return None
+    q: dict[str, Any] = {"value": dose.amount, "unit": f"{dose.unit}{_SHOW_PER[dose.per]}"}
+    base = _UCUM_UNIT.get(dose.unit)
+    if base is not None:
+        q.update(system=UCUM, code=f"{base}{_UCUM_PER[dose.per]}")
+    if unverified:
+        q["extension"] = _UNVERIFIED_FLAG
+    parts: list[dict[str, Any]] = [{"url": "dose", "valueQuantity": q}]
+    frequency, per_day = administrations(item)
+    if per_day is not None and per_day > 1 and frequency != "continuous":
+        parts.append({"url": "timing", "valueTiming": {"repeat": _PER_DAY_TIMING.get(
+            per_day, {"frequency": per_day, "period": 1, "periodUnit": "d"})}})
+    return {"url": EXT_DOSE, "extension": parts}
+
+
+def _orchestration(plan: Plan, rid: str, subject: str, canonical: str, stamp: dt.datetime,
+                   status: str = "active") -> dict[str, Any]:
     p = plan.protocol
+    shared: dict[Any, list[dict[str, Any]]] = {}
     by_span: dict[tuple[str, str | None], list[Any]] = {}
     for item in plan.items:
         by_span.setdefault((item.slot.element, item.branch), []).append(item)
@@ -359,10 +551,15 @@ def _orchestration(plan: Plan, rid: str, subject: str, canonical: str, stamp: dt
     decisions = {d.id: d for d in plan.decisions if d.branch is None}
     previous: str | None = None
     for span in plan.elements:
-        link = span.id if span.branch is None else f"{span.id}@{span.branch}"
+        # Certain elements are the targets of relatedAction: their linkId is a FHIR id.
+        link = fhir_id(span.id) if span.branch is None else f"{span.id}@{span.branch}"
+        span_unverified = span.evidence == "placeholder" or bool(getattr(span, "unverified", False))
         action: dict[str, Any] = {"linkId": link, "title": span.title,
-                                  "extension": [{"url": EXT_STATUS, "valueString": str(span.status)},
+                                  "extension": [{"url": EXT_ELEMENT, "valueString": span.id},
+                                                {"url": EXT_STATUS, "valueString": str(span.status)},
                                                 *_ext_evidence(span.evidence)]}
+        if span_unverified:
+            action["extension"].extend(_ext_unverified(["its length or dates depend on a placeholder value"]))
         start = span.actual_start or span.planned_start
         end = span.actual_end or span.planned_end
         period: dict[str, Any] = {}
@@ -377,20 +574,35 @@ def _orchestration(plan: Plan, rid: str, subject: str, canonical: str, stamp: dt
                 f"{str(span.status).replace('_', ' ')}"]
         if getattr(span, "note", None):
             desc.append(str(span.note))
+        if span_unverified:
+            desc.append(f"Length or dates {_UNVERIFIED}")
         action["description"] = "\n".join(desc)
         subs = []
         for item in by_span.get((span.id, span.branch), []):
             slot = item.slot
+            flag, reasons = item_unverified(item)
+            # Identical extensions are one shared object (validated once, see _validate_shared).
+            key = (item.status, slot.evidence, flag, reasons, id(item.dose), item.dose is not None and
+                   administrations(item))
+            ext = shared.get(key)
+            if ext is None:
+                ext = [{"url": EXT_STATUS, "valueString": str(item.status)}, *_ext_evidence(slot.evidence)]
+                if flag:
+                    ext.extend(_ext_unverified(reasons))
+                dose = _item_dose(item, flag)
+                if dose is not None:
+                    ext.append(dose)
+                shared[key] = ext
             sub: dict[str, Any] = {"linkId": f"{link}:{slot.key}@{item.element_day}", "title": slot.name,
-                                   "timingDateTime": item.date.isoformat(),
-                                   "extension": [{"url": EXT_STATUS, "valueString": str(item.status)},
-                                                 *_ext_evidence(slot.evidence)]}
+                                   "timingDateTime": item.date.isoformat(), "extension": ext}
             text = [f"day {item.element_day}, study day {item.study_day}"]
             if item.dose is not None:
-                text.insert(0, f"{item.dose.text} ({item.dose.working})")
+                text.insert(0, f"{dose_line(item)} ({item.dose.working})")
+            elif slot.kind == "bag_change":
+                text.insert(0, "infusion bag change")
             if slot.route:
                 text.insert(0, slot.route)
-            if slot.evidence == "placeholder":
+            if flag:
                 text.append(_UNVERIFIED)
             if getattr(item, "note", None):
                 text.append(str(item.note))
@@ -437,7 +649,7 @@ def _orchestration(plan: Plan, rid: str, subject: str, canonical: str, stamp: dt
     return {
         "resourceType": "RequestOrchestration", "id": rid,
         "instantiatesCanonical": [canonical],
-        "status": "revoked" if plan.outcome is not None else "active", "intent": "plan",
+        "status": status, "intent": "plan",
         "subject": {"reference": subject, "display": plan.patient.id},
         "authoredOn": stamp.isoformat().replace("+00:00", "Z"),
         "note": [{"text": f"Plan as of {plan.as_of.isoformat()}; item and element status in the {EXT_STATUS} "
@@ -447,5 +659,9 @@ def _orchestration(plan: Plan, rid: str, subject: str, canonical: str, stamp: dt
 
 
 def fhir_json(resource: Any) -> str:
-    """A ``fhir.resources`` resource as FHIR JSON text (indented, no empty fields)."""
+    """A ``fhir.resources`` resource as FHIR JSON text (indented, no empty fields).
+
+    >>> fhir_json(to_fhir_plan_definition("interfant06"))[:1]  # doctest: +SKIP
+    '{'
+    """
     return resource.model_dump_json(indent=2) + "\n"

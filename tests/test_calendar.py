@@ -1,5 +1,7 @@
 """Calendars: the ICS export read back by two independent parsers (icalendar and vobject);
-UIDs stable across exports, SEQUENCE bumped on moved events, reminders, cancellations."""
+UIDs stable across exports, SEQUENCE bumped on moved events (from the registry's history
+without an earlier file, or against ``--previous``), reminders, cancellations, unverified marks
+in titles and alarms, doses per administration."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import yaml
 
 import protocol
 from protocol import _calendar
-from protocol._calendar import to_ics
+from protocol._calendar import calendar_for, dose_line, item_unverified, to_ics
+from protocol._registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples" / "patients").glob("*.yaml"))
@@ -75,7 +78,8 @@ def test_placeholders_are_marked_and_branches_are_tentative() -> None:
     plan = protocol.plan(PENDING, as_of=AS_OF)
     events = _events(to_ics(plan, generated=STAMP))
     by_summary = {str(e["SUMMARY"]): e for e in events.values()}
-    day8 = next(e for s, e in by_summary.items() if s.startswith("INF-0003 · Induction day 8:"))
+    day8 = next(e for s, e in by_summary.items() if s.startswith("INF-0003 · ⚠ Induction day 8:"))
+    assert str(day8["SUMMARY"]).endswith("(unverified)")
     text = str(day8["DESCRIPTION"])
     assert "Vincristine" in text and "⚠ UNVERIFIED" in text and "against the official protocol document" in text
     assert "1.5 mg/m² × " in text  # the dose with its working
@@ -183,12 +187,11 @@ def test_reminders(days: int, trigger: dt.timedelta) -> None:
 
 
 def test_output_is_icalendar_serialisation_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fast path (shared encoded values, own folding) writes exactly what a plain
-    icalendar build and ``Calendar.to_ical()`` write."""
+    """The fast path (VEVENTs written line by line) writes exactly what a plain icalendar
+    build and ``Calendar.to_ical()`` write."""
     plan = protocol.plan(PENDING, as_of=AS_OF)
     fast = to_ics(plan, remind_days=2, generated=STAMP)
-    monkeypatch.setattr(_calendar, "_serialise", lambda cal: cal.to_ical())
-    monkeypatch.setattr(_calendar, "_SHARE_VALUES", False)  # every value encoded by its own add()
+    monkeypatch.setattr(_calendar, "_FAST", False)  # every component built and serialised by icalendar
     assert to_ics(plan, remind_days=2, generated=STAMP) == fast
     for line in fast.split(b"\r\n"):
         assert len(line) <= 75
@@ -220,4 +223,197 @@ def test_ics_time_is_within_budget() -> None:
         start = time.perf_counter()
         to_ics(plan)
         times.append(time.perf_counter() - start)
-    assert sorted(times)[2] < 0.3  # loose: bench/bench_documents.py checks the 30 ms budget
+    assert sorted(times)[2] < 0.3  # loose: bench/bench_calendar_fhir.py checks the 30 ms budget
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_fast_writer_is_icalendar_byte_for_byte_on_every_example(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = protocol.plan(path, as_of=AS_OF)
+    for days in (None, 0, 7):
+        fast = to_ics(plan, remind_days=days, generated=STAMP)
+        with monkeypatch.context() as m:
+            m.setattr(_calendar, "_FAST", False)
+            assert to_ics(plan, remind_days=days, generated=STAMP) == fast, (path.stem, days)
+
+
+# --------------------------------------------------------------------------- unverified marks, frequencies
+
+
+def test_unverified_mark_in_titles_alarms_and_descriptions() -> None:
+    """Every event that holds an unverified item says so in its title, its alarm and its
+    description; an event with nothing unverified carries no mark."""
+    import icalendar
+
+    plan = protocol.plan(PENDING, as_of=AS_OF)
+    cal = icalendar.Calendar.from_ical(to_ics(plan, remind_days=1, generated=STAMP))
+    marked = unmarked = 0
+    for ev in cal.walk("VEVENT"):
+        start, end = ev.decoded("DTSTART"), ev.decoded("DTEND")
+        summary = str(ev["SUMMARY"])
+        alarm = str(ev.walk("VALARM")[0]["DESCRIPTION"])
+        covered = [i for i in plan.items if start <= i.date < end and i.slot.name in summary]
+        if str(ev["CATEGORIES"].cats[0]) in ("treatment", "assessment") and any(item_unverified(i)[0]
+                                                                                for i in covered):
+            assert "⚠" in summary and summary.endswith("(unverified)"), summary
+            assert "⚠ UNVERIFIED" in alarm and summary in alarm
+            assert "⚠ UNVERIFIED" in str(ev["DESCRIPTION"])
+            marked += 1
+        if "⚠" not in summary:
+            assert "UNVERIFIED" not in alarm
+            unmarked += 1
+    assert marked > 20 and unmarked > 0
+
+
+def test_unverified_comes_from_the_item_when_the_plan_provides_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Item.unverified`` (a date that follows a placeholder) wins over the slot's evidence."""
+    plan = protocol.plan(PENDING, as_of=AS_OF)
+    published = next(i for i in plan.items if i.slot.evidence == "published")
+    assert item_unverified(published) == (False, ())
+
+    class Marked(type(published)):  # type: ignore[misc]
+        unverified = True
+        unverified_reasons = ("date follows the placeholder length of induction",)
+
+    flagged = Marked(*published)
+    assert item_unverified(flagged) == (True, ("date follows the placeholder length of induction",))
+    assert "date follows the placeholder length of induction" in _calendar._item_line(flagged)
+
+
+def test_q12h_dose_says_per_dose_and_how_many_a_day() -> None:
+    """High-dose cytarabine q12h in MARMA: '... mg per dose, every 12 h (2 doses a day)' in the
+    event, never a bare amount that reads as the daily dose."""
+    import icalendar
+
+    plan = protocol.plan(ROOT / "examples/patients/mr-on-time.yaml", as_of=AS_OF)
+    q12h = [i for i in plan.items if i.slot.frequency == "q12h" and i.dose is not None and i.dose.amount]
+    assert q12h
+    line = dose_line(q12h[0])
+    assert line == f"{q12h[0].dose.text} per dose, every 12 h (2 doses a day)"
+    cal = icalendar.Calendar.from_ical(to_ics(plan, generated=STAMP))
+    texts = [str(e["DESCRIPTION"]) for e in cal.walk("VEVENT")]
+    for item in q12h:
+        assert any(f"{item.slot.name} {item.slot.route} {item.dose.text} per dose, every 12 h (2 doses a day)" in t
+                   for t in texts), item.ref
+    once = next(i for i in plan.items if i.slot.frequency == "once_per_day" and i.dose is not None
+                and i.dose.per == "dose" and i.dose.amount)
+    assert dose_line(once) == f"{once.dose.text} per dose, once a day"
+
+
+# --------------------------------------------------------------------------- SEQUENCE from the registry
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = dt.datetime(2026, 10, 1, 9, 0, tzinfo=dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        self.t += dt.timedelta(minutes=1)
+        return self.t
+
+
+def _parsed(data: bytes) -> dict[str, tuple[dt.date, dt.date, int, str, str]]:
+    """UID → (start, end, SEQUENCE, STATUS, SUMMARY), read by icalendar and checked against vobject."""
+    import vobject
+
+    events = _events(data)
+    other = {v.uid.value: v for v in vobject.readOne(data.decode("utf-8")).vevent_list}
+    assert set(other) == set(events)
+    out = {}
+    for uid, ev in events.items():
+        v = other[uid]
+        assert int(v.sequence.value) == int(ev["SEQUENCE"]) and v.dtstart.value == ev.decoded("DTSTART")
+        out[uid] = (ev.decoded("DTSTART"), ev.decoded("DTEND"), int(ev["SEQUENCE"]), str(ev["STATUS"]),
+                    str(ev["SUMMARY"]))
+    return out
+
+
+def test_registry_calendar_updates_in_place_without_previous(tmp_path: Path) -> None:
+    """Record a delay in a registry and export again without --previous: every moved event
+    keeps its UID and has a higher SEQUENCE (icalendar and vobject agree); nothing else
+    changes SEQUENCE; correcting the delay away moves them back with a higher SEQUENCE still."""
+    as_of = dt.date(2026, 10, 1)
+    reg = Registry(tmp_path / "r.db", create=True, today=lambda: as_of, now=_Clock())
+    try:
+        reg.add_patient(ROOT / "examples/patients/mr-on-time.yaml", by="test")
+        pid = "INF-0001"
+        first = calendar_for(reg, pid, as_of=as_of, generated=STAMP)
+        assert calendar_for(reg, pid, as_of=as_of, generated=STAMP) == first  # nothing new: same bytes
+        before = _parsed(first)
+        assert {seq for _, _, seq, _, _ in before.values()} == {0}  # one revision: nothing changed yet
+        delay = reg.record(pid, "event", {"type": "item_delayed", "item": "octadad:dexamethasone@10",
+                                          "date": "2026-10-01", "to": "2026-10-04", "scope": "all",
+                                          "reason": "neutropenic fever"}, by="test")
+        after = _parsed(calendar_for(reg, pid, as_of=as_of, generated=STAMP))
+        moved = [u for u in before if u in after and after[u][:2] != before[u][:2]]
+        assert len(moved) > 20
+        for uid in moved:
+            assert after[uid][2] > before[uid][2], after[uid][4]
+        for uid in set(before) & set(after):
+            if after[uid] [:2] == before[uid][:2] and after[uid][4] == before[uid][4]:
+                continue
+            assert after[uid][2] > before[uid][2], after[uid][4]  # changed in any way: higher
+        untouched = [u for u in before if after.get(u) == before[u]]
+        assert untouched, "events the delay did not touch keep SEQUENCE 0"
+        # The plain file export cannot see a delay inside an element: most moved events would
+        # keep their SEQUENCE there (the defect this replaces).
+        plain = _parsed(to_ics(protocol.plan(reg.patient(pid), as_of=as_of), generated=STAMP))
+        assert sum(plain[u][2] <= before[u][2] for u in moved if u in plain) > len(moved) // 2
+        # Correct the delay away: back to the old dates, and SEQUENCE higher again, never old.
+        reg.retract(pid, delay.seq, by="test", reason="recorded on the wrong patient")
+        back = _parsed(calendar_for(reg, pid, as_of=as_of, generated=STAMP))
+        for uid in moved:
+            if uid in back:
+                assert back[uid][:2] == before[uid][:2]
+                assert back[uid][2] > after[uid][2]
+    finally:
+        reg.close()
+
+
+def test_registry_calendar_cancels_what_is_gone(tmp_path: Path) -> None:
+    """A branch that waited for a result and is not taken is sent as cancelled by the feed,
+    without an earlier file, and its SEQUENCE counts the disappearance."""
+    as_of = AS_OF
+    reg = Registry(tmp_path / "r.db", create=True, today=lambda: as_of, now=_Clock())
+    try:
+        reg.add_patient(PENDING, by="test")
+        pid = "INF-0003"
+        before = _parsed(calendar_for(reg, pid, as_of=as_of, generated=STAMP))
+        hsct = {u for u, v in before.items() if "(if pre_octadad→hsct)" in v[4]}
+        assert hsct
+        reg.record(pid, "mrd", {"timepoint": "pre_octadad", "date": "2026-11-02", "value": 0.0}, by="test")
+        after = _parsed(calendar_for(reg, pid, as_of=as_of, generated=STAMP))
+        for uid in hsct:
+            assert after[uid][3] == "CANCELLED" and after[uid][2] > before[uid][2]
+        assert all(v[3] != "CANCELLED" for u, v in after.items() if u not in hsct)
+    finally:
+        reg.close()
+
+
+def test_calendar_for_takes_a_registry_path(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    with Registry(path, create=True, today=lambda: AS_OF, now=_Clock()) as reg:
+        reg.add_patient(HR, by="test")
+    data = calendar_for(path, "INF-0002", as_of=AS_OF, generated=STAMP)
+    assert data == to_ics(protocol.plan(HR, as_of=AS_OF), generated=STAMP, history=[])
+
+
+def test_previous_never_echoes_a_file_that_is_not_a_calendar(tmp_path: Path) -> None:
+    """``--previous /etc/shadow``: the message names the file and what was expected, never
+    a word of what is in it."""
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$S3CRETHASH:19000:0:99999:7:::\n", encoding="utf-8")
+    calendarish = tmp_path / "broken.ics"
+    calendarish.write_text("BEGIN:VCALENDAR\nS3CRETHASH;;;:::\n\x00\x01garbage\n", encoding="utf-8")
+    plan = protocol.plan(HR, as_of=AS_OF)
+    for path in (secret, calendarish):
+        with pytest.raises(protocol.InputError) as info:
+            to_ics(plan, previous=path)
+        text = str(info.value)
+        assert str(path) in text and "expected an iCalendar" in text
+        assert "S3CRET" not in text and "19000" not in text
+    other = tmp_path / "other.ics"
+    other.write_bytes(to_ics(protocol.plan(PENDING, as_of=AS_OF)).replace(b"X-PROTOCOL-PATIENT:INF-0003",
+                                                                           b"X-PROTOCOL-PATIENT:root:S3CRET x"))
+    with pytest.raises(protocol.InputError) as info:
+        to_ics(plan, previous=other)
+    assert "S3CRET" not in str(info.value) and "got one for ?" in str(info.value)

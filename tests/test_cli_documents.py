@@ -1,6 +1,10 @@
 """The document commands through the real entry point: ``protocol roadmap`` (HTML, Markdown,
 PDF), ``protocol calendar`` and ``protocol fhir``; good input → files that read back, bad input
-→ exit 2 with a message naming what was wrong, no traceback, nothing written."""
+→ exit 2 with a message naming what was wrong, no traceback, nothing written.
+
+Every document command runs on every example patient and every shipped protocol (the
+``protocol`` app the console script runs, in-process for time, and each command once more as a
+real process), so no output can be missing for any of them."""
 
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ from protocol._cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "patients"
+ALL_EXAMPLES = sorted(EXAMPLES.glob("*.yaml"))
+PROTOCOLS = sorted(p.stem for p in (ROOT / "protocol" / "definitions").glob("*.yaml"))
 HR = EXAMPLES / "hr-to-hsct.yaml"
 PENDING = EXAMPLES / "mr-pending-mrd.yaml"
 AS_OF = "2026-11-21"
@@ -176,3 +182,142 @@ def test_fhir_bad_input(tmp_path: Path, cli: Any) -> None:
     bad(cli("fhir", HR, "--as-of", "yesterday-ish"), "--as-of")
     bad(cli("fhir", "--protocol", "interfant06-blinatumomab", "-o", tmp_path / "missing" / "pd.json"),
         "does not exist")
+
+
+# --------------------------------------------------------------------------- every output for every example
+
+
+def _read_back(kind: str, data: bytes, patient: str) -> None:
+    """Each document parsed by an independent reader, with the patient in it."""
+    text = data.decode("utf-8") if kind != "pdf" else ""
+    if kind == "json":
+        assert json.loads(text)["patient"] == patient
+    elif kind == "csv":
+        import csv
+
+        rows = list(csv.DictReader(io.StringIO(text)))
+        assert rows and rows[0]["date"]
+    elif kind == "table":
+        assert patient in text
+    elif kind in ("html", "md"):
+        assert patient in text and "UNVERIFIED" in text.upper()
+    elif kind == "pdf":
+        import pypdf
+
+        reader = pypdf.PdfReader(io.BytesIO(data))
+        assert patient in "".join(p.extract_text() for p in reader.pages[:2])
+    elif kind == "ics":
+        import icalendar
+        import vobject
+
+        cal = icalendar.Calendar.from_ical(data)
+        assert str(cal["X-PROTOCOL-PATIENT"]) == patient and cal.walk("VEVENT")
+        assert len(vobject.readOne(text).vevent_list) == len(cal.walk("VEVENT"))
+    elif kind == "fhir":
+        from fhir.resources.bundle import Bundle
+
+        bundle = Bundle.model_validate_json(text)
+        assert [e.resource.get_resource_type() for e in bundle.entry] == [
+            "Patient", "CarePlan", "RequestOrchestration", "PlanDefinition"]
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+
+
+DOCUMENTS: list[tuple[str, tuple[str, ...], str]] = [
+    ("table", ("plan", "--format", "table"), ""),
+    ("json", ("plan", "--format", "json"), ""),
+    ("csv", ("plan", "--format", "csv"), ""),
+    ("html", ("roadmap", "--format", "html"), "roadmap.html"),
+    ("md", ("roadmap", "--format", "md"), "roadmap.md"),
+    ("pdf", ("roadmap", "--format", "pdf"), "roadmap.pdf"),
+    ("ics", ("calendar", "--remind-days", "1"), "plan.ics"),
+    ("fhir", ("fhir",), "bundle.json"),
+]
+
+
+@pytest.mark.parametrize("path", ALL_EXAMPLES, ids=lambda p: p.stem)
+def test_every_document_command_on_every_example(path: Path, tmp_path: Path, cli: Any) -> None:
+    """Every plan format, roadmap format, the calendar and FHIR: exit 0 and a document that
+    reads back, for every example patient (``protocol fhir`` exited 1 for 5 of them)."""
+    import yaml
+
+    patient = yaml.safe_load(path.read_text(encoding="utf-8"))["id"]
+    for kind, (command, *options), name in DOCUMENTS:
+        out = tmp_path / name if name else None
+        args = [command, path, *options, "--as-of", AS_OF, *(["-o", out] if out else [])]
+        result = cli(*args)
+        assert result.exit_code == 0, (kind, result.stderr or result.output)
+        assert "internal error" not in (result.stderr or "")
+        data = out.read_bytes() if out else result.stdout.encode("utf-8")
+        assert data, kind
+        _read_back(kind, data, patient)
+
+
+@pytest.mark.parametrize("name", PROTOCOLS)
+def test_fhir_plan_definition_of_every_shipped_protocol(name: str, tmp_path: Path, cli: Any) -> None:
+    from fhir.resources.plandefinition import PlanDefinition
+
+    out = tmp_path / "pd.json"
+    result = cli("fhir", "--protocol", name, "-o", out)
+    assert result.exit_code == 0, result.stderr
+    pd = PlanDefinition.model_validate_json(out.read_text(encoding="utf-8"))
+    assert pd.id == name and pd.action
+
+
+@pytest.mark.parametrize("kind", [k for k, _, _ in DOCUMENTS if k != "pdf"])
+def test_each_document_command_as_a_real_process(kind: str, tmp_path: Path) -> None:
+    """Each command once more through the installed console script (the PDF has its own test
+    above), on an example of another protocol than the reference one."""
+    path = EXAMPLES / "aall1731-sr-average.yaml"
+    _, (command, *options), name = next(d for d in DOCUMENTS if d[0] == kind)
+    out = tmp_path / name if name else None
+    proc = run(command, path, *options, "--as-of", AS_OF, *(["-o", out] if out else []), script=True)
+    assert proc.returncode == 0, proc.stderr
+    data = out.read_bytes() if out else proc.stdout.encode("utf-8")
+    import yaml
+
+    _read_back(kind, data, yaml.safe_load(path.read_text(encoding="utf-8"))["id"])
+
+
+# --------------------------------------------------------------------------- calendar of a registry patient
+
+
+def test_registry_calendar_sequence_goes_up_without_previous(tmp_path: Path) -> None:
+    """Through the real script: register, export, record a delay, export again without
+    --previous: every moved event keeps its UID and has a higher SEQUENCE."""
+    import icalendar
+
+    db = tmp_path / "r.db"
+    env = {"PROTOCOL_DB": str(db), "USER": "tester"}
+    assert run("patients", "add", EXAMPLES / "mr-on-time.yaml", "--by", "alice", **env).returncode == 0
+
+    def export(name: str) -> dict[str, tuple[Any, int]]:
+        out = tmp_path / name
+        proc = run("calendar", "INF-0001", "--as-of", "2026-10-01", "-o", out, script=True, **env)
+        assert proc.returncode == 0, proc.stderr
+        cal = icalendar.Calendar.from_ical(out.read_bytes())
+        return {str(e["UID"]): (e.decoded("DTSTART"), int(e["SEQUENCE"])) for e in cal.walk("VEVENT")}
+
+    before = export("before.ics")
+    proc = run("record", "INF-0001", "delayed", "octadad:dexamethasone@10", "--to", "2026-10-04", "--scope", "all",
+               "--reason", "neutropenic fever", "--date", "2026-10-01", **env)
+    assert proc.returncode == 0, proc.stderr
+    after = export("after.ics")
+    moved = [u for u in before if u in after and after[u][0] != before[u][0]]
+    assert len(moved) > 20
+    assert all(after[u][1] > before[u][1] for u in moved)
+
+
+def test_calendar_previous_never_echoes_the_file(tmp_path: Path, cli: Any) -> None:
+    """``--previous /etc/shadow``: exit 2, the file named and what was expected, nothing of it shown."""
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$S3CRETHASH:19000:0:99999:7:::\n", encoding="utf-8")
+    targets = [secret] + [Path(p) for p in ("/etc/shadow", "/etc/passwd") if Path(p).is_file()]
+    for target in targets:
+        result = cli("calendar", HR, "--previous", target, "-o", tmp_path / "new.ics")
+        bad(result, str(target), "expected an iCalendar")
+        first = target.read_bytes().split(b":")[0].decode("utf-8", "replace") if os.access(target, os.R_OK) else ""
+        assert "S3CRET" not in result.stderr
+        if first:
+            assert first not in result.stderr.replace(str(target), ""), target
+    assert not (tmp_path / "new.ics").exists()

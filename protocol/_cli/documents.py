@@ -87,7 +87,8 @@ def calendar_command(
         help="Add a reminder at 09:00, N days before each event (0 = on the day).")] = None,
     previous: Annotated[Path | None, typer.Option(
         "--previous", metavar="OLD.ics", help="An earlier export of this patient's calendar: changed events get a "
-        "higher SEQUENCE, events no longer planned are sent as cancelled.")] = None,
+        "higher SEQUENCE, events no longer planned are sent as cancelled (not needed for a registry patient: "
+        "its SEQUENCE comes from the registry's history).")] = None,
     as_of: AsOf = None,
     db: Db = None,
     site: Site = None,
@@ -96,16 +97,23 @@ def calendar_command(
 
     All-day events per treatment day, long daily runs, assessments, elements and decisions.
     UIDs do not depend on dates: re-importing after a delay moves the events (SEQUENCE goes
-    up) instead of duplicating them. Placeholder doses are marked UNVERIFIED.
+    up) instead of duplicating them. For a registry patient SEQUENCE is the number of recorded
+    changes that moved or changed each event, so every export updates in place by itself.
+    Placeholder doses are marked UNVERIFIED in titles, alarms and descriptions.
 
     Example: protocol calendar examples/patients/hr-to-hsct.yaml -o INF-0002.ics --remind-days 1
     """
-    from .._calendar import to_ics
+    from .._calendar import calendar_for, to_ics
     from .._schedule import plan
 
     who = _run(_patient, patient, db)
-    result = _run(plan, who, _run(_protocol_for, who, site), as_of=_run(_as_of, as_of))
-    data = _run(to_ics, result, remind_days, previous)
+    protocol = _run(_protocol_for, who, site)
+    day = _run(_as_of, as_of)
+    if isinstance(who, str):  # a patient file: no history, SEQUENCE from the plan (and --previous)
+        data = _run(to_ics, _run(plan, who, protocol, as_of=day), remind_days, previous)
+    else:
+        data = _run(calendar_for, db, who.id, protocol=protocol, as_of=day, remind_days=remind_days,
+                    previous=previous)
     if output is None:
         typer.echo(data.decode("utf-8"), nl=False)
         return
@@ -129,12 +137,13 @@ def fhir_command(
     """Export FHIR R5 JSON: a patient's plan (Bundle of Patient, CarePlan, RequestOrchestration
     and PlanDefinition) or, with --protocol, the protocol as a PlanDefinition.
 
-    Every resource is validated by fhir.resources; placeholder values carry an evidence
-    extension and say UNVERIFIED.
+    Every resource is validated by fhir.resources (once); placeholder values carry an evidence
+    extension and say UNVERIFIED, items that depend on them carry an unverified flag, and a
+    plan with unverified values is a draft CarePlan.
 
     Example: protocol fhir --protocol interfant06-blinatumomab -o plandefinition.json
     """
-    from .._fhir import fhir_json, to_fhir_care_plan, to_fhir_plan_definition
+    from .._fhir import care_plan_json, plan_definition_json
 
     if (patient is None) == (protocol_ref is None):
         _run(_bad, "PATIENT", "expected a patient or --protocol ID (exactly one), got "
@@ -142,11 +151,11 @@ def fhir_command(
     if protocol_ref is not None:
         from .._loading import load_protocol
 
-        resource = _run(to_fhir_plan_definition, _run(load_protocol, protocol_ref, _site(site)))
+        text = _run(plan_definition_json, _run(load_protocol, protocol_ref, _site(site)))
     else:
         from .._schedule import plan
 
         who = _run(_patient, patient, db)
         result = _run(plan, who, _run(_protocol_for, who, site), as_of=_run(_as_of, as_of))
-        resource = _run(to_fhir_care_plan, result)
-    _run(_emit, _run(fhir_json, resource), output)
+        text = _run(care_plan_json, result)
+    _run(_emit, text, output)
