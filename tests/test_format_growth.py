@@ -75,7 +75,7 @@ def test_repeated_cycles_are_planned_one_after_another(
 
 @pytest.mark.parametrize(("mutate", "field", "phrase"), [
     (lambda d: _repeat_blina(d, 1), "elements[1].repeat", "expected a whole number of cycles from 2 to 20"),
-    (lambda d: _repeat_blina(d, 2, gap=-1), "elements[1].repeat.gap_days.value", "whole number of days"),
+    (lambda d: _repeat_blina(d, 2, gap=-1), "elements[1].repeat.gap_days", "number of days from 0 to 3653"),
     (lambda d: (_repeat_blina(d), d["elements"].append({**copy.deepcopy(_element(d, "ib")),
                                                         "id": "blinatumomab_2"}))[0],
      "elements[1].repeat", "already an element id"),

@@ -126,7 +126,7 @@ def patients(draw: st.DrawFn) -> dict[str, Any]:
     birth = draw(st.dates(dt.date(2024, 1, 1), dt.date(2026, 6, 1)))
     diagnosis = birth + dt.timedelta(days=draw(st.integers(0, 360)))
     data: dict[str, Any] = {
-        "id": draw(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", fullmatch=True)),
+        "id": "RT-" + draw(st.from_regex(r"[A-Z]{2}[0-9]{1,4}", fullmatch=True)),
         "protocol": "interfant06-blinatumomab", "birth_date": birth.isoformat(),
         "sex": draw(st.sampled_from(["female", "male", "unknown"])), "diagnosis_date": diagnosis.isoformat(),
         "kmt2a": "rearranged",
