@@ -167,11 +167,92 @@ CREATE INDEX worklist_rows_by_date ON worklist_rows(date, patient, rank, element
 CREATE INDEX worklist_rows_by_patient ON worklist_rows(patient);
 """
 
+# Sites, users, sessions, sign-in audit, calendar feeds and signatures (the web application).
+# Every patient belongs to one site (patient_sites; patients registered before this migration,
+# and any written without one, are in 'default'). A separate table, so the append-only
+# patients rows stay exactly as an older release wrote them.
+_V4 = """
+CREATE TABLE sites (
+    id      TEXT PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 64),
+    created TEXT NOT NULL
+);
+INSERT INTO sites (id, created) VALUES ('default', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+CREATE TABLE patient_sites (
+    patient TEXT PRIMARY KEY REFERENCES patients(id),
+    site    TEXT NOT NULL REFERENCES sites(id)
+);
+INSERT INTO patient_sites (patient, site) SELECT id, 'default' FROM patients;
+CREATE INDEX patient_sites_by_site ON patient_sites(site, patient);
+CREATE TRIGGER patient_sites_no_update BEFORE UPDATE ON patient_sites
+BEGIN SELECT RAISE(ABORT, 'a patient never changes site'); END;
+CREATE TRIGGER patient_sites_no_delete BEFORE DELETE ON patient_sites
+BEGIN SELECT RAISE(ABORT, 'a patient never changes site'); END;
+CREATE TABLE users (
+    name     TEXT PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 64),
+    role     TEXT NOT NULL CHECK (role IN ('coordinator', 'pharmacist', 'investigator', 'monitor', 'admin')),
+    password TEXT NOT NULL,
+    created  TEXT NOT NULL,
+    disabled TEXT
+);
+CREATE TABLE user_sites (
+    user TEXT NOT NULL REFERENCES users(name),
+    site TEXT NOT NULL REFERENCES sites(id),
+    PRIMARY KEY (user, site)
+);
+CREATE TABLE sessions (
+    id_hash   TEXT PRIMARY KEY,
+    user      TEXT NOT NULL REFERENCES users(name),
+    created   TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    address   TEXT,
+    agent     TEXT,
+    ended     TEXT
+);
+CREATE INDEX sessions_by_user ON sessions(user);
+CREATE TABLE signins (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      TEXT NOT NULL,
+    user    TEXT NOT NULL,
+    address TEXT,
+    outcome TEXT NOT NULL
+);
+CREATE TRIGGER signins_no_update BEFORE UPDATE ON signins
+BEGIN SELECT RAISE(ABORT, 'the sign-in audit is append-only'); END;
+CREATE TRIGGER signins_no_delete BEFORE DELETE ON signins
+BEGIN SELECT RAISE(ABORT, 'the sign-in audit is append-only'); END;
+CREATE TABLE feeds (
+    token_hash TEXT PRIMARY KEY,
+    patient    TEXT NOT NULL REFERENCES patients(id),
+    created    TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked    TEXT
+);
+CREATE TABLE signatures (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    entry     INTEGER NOT NULL REFERENCES entries(seq),
+    meaning   TEXT NOT NULL,
+    signer    TEXT NOT NULL REFERENCES users(name),
+    signed_at TEXT NOT NULL
+);
+CREATE INDEX signatures_by_entry ON signatures(entry);
+-- Entries that wait for a second person's verification, and what the signature will mean.
+CREATE TABLE signoff_required (
+    entry   INTEGER PRIMARY KEY REFERENCES entries(seq),
+    meaning TEXT NOT NULL,
+    why     TEXT NOT NULL
+);
+CREATE TRIGGER signatures_no_update BEFORE UPDATE ON signatures
+BEGIN SELECT RAISE(ABORT, 'a signature is never changed: a correction of its entry voids it'); END;
+CREATE TRIGGER signatures_no_delete BEFORE DELETE ON signatures
+BEGIN SELECT RAISE(ABORT, 'a signature is never deleted'); END;
+"""
+
 #: ``(version, what it does, SQL)``, applied in order to bring an older database up to date.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "patients and the append-only entry log", _V1),
     (2, "worklist projection", _V2),
     (3, "worklist rows in listing order", _V3),
+    (4, "sites, users, sessions, sign-in audit, feeds and signatures", _V4),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -561,13 +642,13 @@ class Registry:
     # -- writing --------------------------------------------------------------------------
 
     def add_patient(self, source: str | os.PathLike[str] | dict[str, Any], *, by: str | None = None,
-                    reason: str | None = None) -> list[Entry]:
+                    reason: str | None = None, site: str = "default") -> list[Entry]:
         """Register a patient from a patient file (or its parsed mapping).
 
         The base record and each measurement, MRD result, blood count and event become log
         entries, in file order. The whole patient is validated first (a file's problems name
         its lines); raises :class:`InputError` and writes nothing if it is invalid or the id
-        is already registered.
+        is already registered. ``site``: the trial site the patient belongs to (``protocol sites add``).
         """
         from ._io import read_document
         from ._loading import load_patient
@@ -601,9 +682,14 @@ class Registry:
             if row is not None:
                 raise PatientError(Problem(label, "id", f"{pid!r} is already in the registry (added {row[0]} by "
                                            f"{row[1]}): record new results with `protocol record {pid} ...`"))
+            if conn.execute("SELECT 1 FROM sites WHERE id = ?", (site,)).fetchone() is None:
+                known = ", ".join(r[0] for r in conn.execute("SELECT id FROM sites ORDER BY id"))
+                raise InputError(Problem(label, "site", f"no site {site!r} (sites: {known}); add it with "
+                                         f"`protocol sites add {site}`"))
             stamp = self._recorded_at(conn)
             conn.execute("INSERT INTO patients (id, base, created, created_by) VALUES (?, ?, ?, ?)",
                          (pid, _dumps(base), stamp, by))
+            conn.execute("INSERT INTO patient_sites (patient, site) VALUES (?, ?)", (pid, site))
             written = [self._insert(conn, pid, kind, entry_data, by, stamp, reason if kind == "base" else None)
                        for kind, entry_data in items]
             self._project_patient(conn, pid, self.today(), None, (patient, result, written[-1].seq))

@@ -1,0 +1,163 @@
+"""Sign-off of dose-critical entries by a second person (21 CFR 11.50/11.70, EU Annex 11 §14).
+
+A dose-critical entry waits for verification by a pharmacist or an investigator who did not
+record it:
+
+- a dose modification (``dose_modified``): the signature means "dose verified";
+- a given dose that differs from the planned dose as the plan shows it (3 significant
+  figures, the precision printed on the plan): "dose verified";
+- an element started before the counts recovered (the plan's ``count_gate`` deviation):
+  "decision approved";
+- an HSCT (``hsct``): "decision approved".
+
+Signing asks for the signer's password again. The signature stores the meaning, the signer
+and the time (UTC) and is linked to the entry: a later correction (supersession or
+retraction) voids it, and the correcting entry, if dose-critical, waits for its own.
+
+>>> required_meaning({"type": "dose_modified", "item": "ib:mercaptopurine@1", "percent": 50})
+('dose verified', 'a dose modification')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import InputError, Problem
+
+__all__ = ["SignOff", "note_required", "required_meaning", "sign", "signoffs", "unsigned"]
+
+DOSE = "dose verified"
+DECISION = "decision approved"
+
+
+@dataclass(frozen=True, slots=True)
+class SignOff:
+    """An entry's sign-off: what it waits for, and the signature if there is one.
+
+    ``state``: ``unsigned`` (waits), ``signed``, or ``void`` (signed, then corrected).
+    """
+
+    entry: int
+    meaning: str
+    why: str
+    signer: str | None
+    signed_at: str | None
+    state: str
+
+
+def required_meaning(data: Any, planned: str | None = None, deviations: Any = ()) -> tuple[str, str] | None:
+    """``(meaning, why)`` when an event needs a second person's sign-off, else None.
+
+    ``planned``: the planned dose of the item as the plan shows it (for ``item_given``);
+    ``deviations``: the plan's deviations after the entry (for ``element_started``).
+    """
+    from ._schedule import fmt_amount
+
+    if not isinstance(data, dict):
+        return None
+    kind = data.get("type")
+    if kind == "dose_modified":
+        return DOSE, "a dose modification"
+    if kind == "hsct":
+        return DECISION, "an HSCT decision"
+    if kind == "item_given" and data.get("dose") is not None and planned is not None:
+        given = fmt_amount(float(data["dose"]))
+        if given != planned:
+            return DOSE, f"dose given {given} differs from the planned {planned}"
+    if kind == "element_started":
+        for dev in deviations or ():
+            if dev.get("kind") == "count_gate" and dev.get("element") == data.get("element"):
+                return DECISION, "started before the counts recovered"
+    return None
+
+
+def _planned_amount(plan: Any, ref: str) -> str | None:
+    from ._schedule import fmt_amount
+
+    for item in plan.items:
+        if item.ref == ref and item.dose is not None and item.dose.amount is not None:
+            return fmt_amount(item.dose.amount)
+    return None
+
+
+def note_required(reg: Any, entry: Any, before: Any = None) -> SignOff | None:
+    """After ``entry`` was recorded: store that it waits for sign-off, if it is dose-critical.
+
+    ``before``: the patient's plan just before the entry (needed for ``item_given``).
+    """
+    if entry.kind != "event" or not isinstance(entry.data, dict):
+        return None
+    data = entry.data
+    planned = _planned_amount(before, data.get("item", "")) if before is not None and "item" in data else None
+    deviations: Any = ()
+    if data.get("type") == "element_started":
+        from ._schedule import plan
+
+        deviations = plan(reg.patient(entry.patient), as_of=reg.today()).deviations
+    need = required_meaning(data, planned, deviations)
+    if need is None:
+        return None
+    with reg._write() as conn:
+        conn.execute("INSERT INTO signoff_required (entry, meaning, why) VALUES (?, ?, ?)", (entry.seq, *need))
+    return SignOff(entry.seq, need[0], need[1], None, None, "unsigned")
+
+
+def signoffs(reg: Any, patient_id: str) -> dict[int, SignOff]:
+    """Entry seq → its sign-off, for every entry of the patient that needs one."""
+    with reg._read() as conn:
+        rows = conn.execute(
+            "SELECT r.entry, r.meaning, r.why, g.signer, g.signed_at, "
+            "EXISTS (SELECT 1 FROM entries AS c WHERE c.supersedes = r.entry OR c.retracts = r.entry) "
+            "FROM signoff_required AS r JOIN entries AS e ON e.seq = r.entry "
+            "LEFT JOIN signatures AS g ON g.entry = r.entry WHERE e.patient = ? ORDER BY r.entry",
+            (patient_id,)).fetchall()
+    out = {}
+    for seq, meaning, why, signer, at, corrected in rows:
+        state = "void" if corrected and signer else ("signed" if signer else ("corrected" if corrected else "unsigned"))
+        out[seq] = SignOff(seq, meaning, why, signer, at, state)
+    return out
+
+
+def unsigned(reg: Any, patients: Any) -> list[tuple[str, int, str, str, str]]:
+    """``(patient, seq, meaning, why, recorded_at)`` of live entries still waiting, for the worklist."""
+    wanted = set(patients)
+    with reg._read() as conn:
+        rows = conn.execute(
+            "SELECT e.patient, r.entry, r.meaning, r.why, e.recorded_at FROM signoff_required AS r "
+            "JOIN entries AS e ON e.seq = r.entry "
+            "WHERE NOT EXISTS (SELECT 1 FROM signatures AS g WHERE g.entry = r.entry) "
+            "AND NOT EXISTS (SELECT 1 FROM entries AS c WHERE c.supersedes = r.entry OR c.retracts = r.entry) "
+            "ORDER BY e.recorded_at").fetchall()
+    return [r for r in rows if r[0] in wanted]
+
+
+def sign(reg: Any, actor: Any, seq: int, password: str) -> SignOff:
+    """Sign entry ``seq`` as ``actor`` after checking the password again.
+
+    Refused (:class:`InputError`, field ``password`` or ``entry``) when the password is wrong,
+    the signer recorded the entry, the entry needs no sign-off, is already signed, or was
+    corrected. The role check is the caller's (:class:`protocol._access.Scoped`).
+    """
+    from ._auth import get_user, verify_password
+
+    found = get_user(reg, actor.name)
+    if found is None or found[0].disabled or not verify_password(found[1], password):
+        raise InputError(Problem("sign", "password", "the password is wrong: the signature was not recorded"))
+    with reg._write() as conn:
+        row = conn.execute("SELECT r.meaning, r.why, e.recorded_by FROM signoff_required AS r JOIN entries AS e "
+                           "ON e.seq = r.entry WHERE r.entry = ?", (seq,)).fetchone()
+        if row is None:
+            raise InputError(Problem("sign", "entry", f"#{seq} needs no sign-off"))
+        meaning, why, recorder = row
+        if recorder == actor.name:
+            raise InputError(Problem("sign", "entry", f"#{seq} was recorded by you: a second person verifies it"))
+        if conn.execute("SELECT 1 FROM entries WHERE supersedes = ? OR retracts = ?", (seq, seq)).fetchone():
+            raise InputError(Problem("sign", "entry", f"#{seq} was corrected: sign the entry that corrected it"))
+        signed = conn.execute("SELECT signer, signed_at FROM signatures WHERE entry = ?", (seq,)).fetchone()
+        if signed:
+            raise InputError(Problem("sign", "entry", f"#{seq} was already signed by {signed[0]} at {signed[1]}"))
+        stamp = reg._stamp()
+        conn.execute("INSERT INTO signatures (entry, meaning, signer, signed_at) VALUES (?, ?, ?, ?)",
+                     (seq, meaning, actor.name, stamp))
+    return SignOff(seq, meaning, why, actor.name, stamp, "signed")

@@ -1,0 +1,121 @@
+"""Documents of a patient (roadmap HTML and PDF, plan CSV, FHIR JSON) and calendar feeds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from .app import in_registry, not_found, page, web_of
+
+#: The roadmap is a document with its own inline styles, and no script: its own policy.
+ROADMAP_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
+               "form-action 'none'; frame-ancestors 'none'")
+
+
+def _attachment(name: str) -> str:
+    return f'attachment; filename="{name}"'
+
+
+@page("read")
+async def roadmap(request: Request) -> Response:
+    """``GET /patients/{pid}/roadmap``: the printable roadmap (HTML), as ``protocol roadmap``."""
+    from .._documents import render_roadmap
+
+    pid = request.path_params["pid"]
+    html = await in_registry(request, lambda s: render_roadmap(s.plan(pid), "html"))
+    return Response(html, media_type="text/html; charset=utf-8",
+                    headers={"content-security-policy": ROADMAP_CSP})
+
+
+@page("read")
+async def roadmap_pdf(request: Request) -> Response:
+    """``GET /patients/{pid}/roadmap.pdf``: the roadmap as PDF (WeasyPrint)."""
+    from .._documents import render_pdf
+
+    pid = request.path_params["pid"]
+    data = await in_registry(request, lambda s: render_pdf(s.plan(pid)))
+    return Response(data, media_type="application/pdf",
+                    headers={"content-disposition": _attachment(f"{pid}-roadmap.pdf")})
+
+
+@page("read")
+async def plan_csv(request: Request) -> Response:
+    """``GET /patients/{pid}/plan.csv``: one row per item, as ``protocol plan --format csv``."""
+    pid = request.path_params["pid"]
+    text = await in_registry(request, lambda s: s.plan(pid).to_csv())
+    return Response(text, media_type="text/csv; charset=utf-8",
+                    headers={"content-disposition": _attachment(f"{pid}-plan.csv")})
+
+
+@page("read")
+async def fhir(request: Request) -> Response:
+    """``GET /patients/{pid}/fhir.json``: the FHIR R5 CarePlan bundle, as ``protocol fhir``."""
+    from .._fhir import care_plan_json
+
+    pid = request.path_params["pid"]
+    text = await in_registry(request, lambda s: care_plan_json(s.plan(pid)))
+    return Response(text, media_type="application/fhir+json",
+                    headers={"content-disposition": _attachment(f"{pid}-careplan.json")})
+
+
+@page("read")
+async def calendar(request: Request) -> Response:
+    """``GET /patients/{pid}/calendar.ics``: the calendar file, as ``protocol calendar``."""
+    pid = request.path_params["pid"]
+    data = await in_registry(request, lambda s: s.calendar(pid))
+    return Response(data, media_type="text/calendar; charset=utf-8",
+                    headers={"content-disposition": _attachment(f"{pid}.ics")})
+
+
+@page("feed")
+async def new_feed(request: Request) -> Response:
+    """``POST /patients/{pid}/feeds``: a new subscription URL (shown once; stored hashed)."""
+    pid = request.path_params["pid"]
+    token = await in_registry(request, lambda s: s.new_feed(pid))
+    return RedirectResponse(f"/patients/{pid}?feed={token}#feeds", status_code=303)
+
+
+@page("feed")
+async def revoke_feed(request: Request) -> Response:
+    """``POST /patients/{pid}/feeds/revoke``: revoke a feed; its URL answers 404 from now on."""
+    pid = request.path_params["pid"]
+    form = await request.form()
+    key = str(form.get("key", ""))
+    await in_registry(request, lambda s: s.revoke_feed(pid, key))
+    return RedirectResponse(f"/patients/{pid}#feeds", status_code=303)
+
+
+async def feed(request: Request) -> Response:
+    """``GET /feeds/{token}.ics``: a patient's calendar for a calendar application that
+    subscribes; no session (the random token is the credential), read-only, revocable."""
+    from .._access import feed_patient
+    from .._calendar import calendar_for
+
+    web = web_of(request)
+    token = request.path_params["token"]
+
+    def load() -> Any:
+        with web.registry() as reg:
+            pid = feed_patient(reg, token)
+            return None if pid is None else calendar_for(reg, pid)
+
+    data = await run_in_threadpool(load)
+    if data is None:
+        return not_found(request)
+    return Response(data, media_type="text/calendar; charset=utf-8")
+
+
+routes = [
+    Route("/patients/{pid}/roadmap", roadmap, methods=["GET"]),
+    Route("/patients/{pid}/roadmap.pdf", roadmap_pdf, methods=["GET"]),
+    Route("/patients/{pid}/plan.csv", plan_csv, methods=["GET"]),
+    Route("/patients/{pid}/fhir.json", fhir, methods=["GET"]),
+    Route("/patients/{pid}/calendar.ics", calendar, methods=["GET"]),
+    Route("/patients/{pid}/feeds", new_feed, methods=["POST"]),
+    Route("/patients/{pid}/feeds/revoke", revoke_feed, methods=["POST"]),
+    Route("/feeds/{token}.ics", feed, methods=["GET"]),
+]

@@ -1,0 +1,274 @@
+"""Patient pages: the list (search, filter), registration (form or file), a patient, its history."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from .._errors import InputError
+from .app import field_errors, in_registry, page, web_of
+
+#: The base fields of a patient file, as the registration form asks for them.
+NUMBERS = ("wbc_at_diagnosis", "day8_blasts_per_ul", "height_cm", "weight_kg", "dose", "percent", "value", "anc",
+           "platelets")
+INTEGERS = ("bag_hours",)
+BASE_FIELDS = ("id", "protocol", "birth_date", "sex", "diagnosis_date", "treatment_start", "kmt2a",
+               "wbc_at_diagnosis", "prednisone_response", "day8_blasts_per_ul", "cns_status", "notes")
+
+
+def typed(name: str, value: str) -> Any:
+    """A form value as the patient file would hold it: numbers as numbers when they read as
+    one (otherwise the text, which the library refuses with its own message), empty as None."""
+    value = value.strip()
+    if value == "":
+        return None
+    if name in NUMBERS:
+        try:
+            return float(value) if not value.lstrip("-").isdigit() else int(value)
+        except ValueError:
+            return value
+    if name in INTEGERS:
+        try:
+            return int(value)
+        except ValueError:
+            return value
+    return value
+
+
+# --------------------------------------------------------------------------- the list
+
+
+@page("read")
+async def patient_list(request: Request) -> Response:
+    """``GET /patients``: the patients of the user's sites; ``q`` searches the pseudonym,
+    ``protocol`` and ``site`` filter."""
+    q = request.query_params.get("q", "").strip()
+    protocol = request.query_params.get("protocol", "").strip()
+    site = request.query_params.get("site", "").strip()
+
+    def load(scoped: Any) -> Any:
+        sites = scoped.visible()
+        rows = [p for p in scoped.patients()
+                if (not q or q.lower() in p.id.lower()) and (not protocol or p.protocol.split("@")[0] == protocol)
+                and (not site or sites.get(p.id) == site)]
+        protocols = sorted({p.protocol.split("@")[0] for p in scoped.patients()})
+        return rows, sites, protocols
+
+    rows, sites, protocols = await in_registry(request, load)
+    return web_of(request).render(request, "patients.html.j2", title="Patients", patients=rows, sites=sites,
+                                  protocols=protocols, form={"q": q, "protocol": protocol, "site": site},
+                                  all_sites=sorted(set(sites.values())))
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def _protocol_ids() -> list[str]:
+    from .._loading import list_protocols
+
+    return [p.id for p in list_protocols()]
+
+
+@page("register")
+async def new_form(request: Request) -> Response:
+    """``GET /patients/new``: the registration form (and the patient-file import)."""
+    actor = request.state.actor
+    return web_of(request).render(request, "new.html.j2", title="Register a patient", protocols=_protocol_ids(),
+                                  sites=sorted(actor.sites), form={"site": sorted(actor.sites)[0]})
+
+
+def _register_errors(exc: InputError) -> dict[str, list[str]]:
+    """Problems by registration field: ``measurements[0].date`` is the measured-on field."""
+    out: dict[str, list[str]] = {}
+    for p in exc.problems:
+        field = p.field or ""
+        if field.startswith("measurements"):
+            rest = field.partition(".")[2]
+            field = {"date": "m_date", "": "height_cm"}.get(rest, rest)
+        else:
+            field = field.split(".")[0].split("[")[0]
+        out.setdefault(field if field in (*BASE_FIELDS, "site", "m_date", "height_cm", "weight_kg") else "",
+                       []).append(p.message if field else str(p))
+    return out
+
+
+@page("register")
+async def register(request: Request) -> Response:
+    """``POST /patients/new``: register from the form; every problem is shown beside its field
+    and nothing is stored until the whole patient is valid."""
+    actor = request.state.actor
+    form = await request.form()
+    values = {k: str(form.get(k, "")) for k in (*BASE_FIELDS, "site", "m_date", "height_cm", "weight_kg")}
+    data: dict[str, Any] = {}
+    for name in BASE_FIELDS:
+        value = typed(name, values[name])
+        if value is not None:
+            data[name] = value
+    m = {k: typed(k, values[k]) for k in ("height_cm", "weight_kg")}
+    m_date = values["m_date"].strip()
+    if m_date or any(v is not None for v in m.values()):
+        data["measurements"] = [{"date": m_date or None, **m}]
+    site = values["site"] or None
+
+    def add(scoped: Any) -> Any:
+        return scoped.add_patient(data, site)
+
+    try:
+        entries = await in_registry(request, add)
+    except InputError as exc:
+        errors = _register_errors(exc)
+        return web_of(request).render(request, "new.html.j2", status=400, title="Register a patient",
+                                      protocols=_protocol_ids(), sites=sorted(actor.sites), form=values,
+                                      errors=errors)
+    return RedirectResponse(f"/patients/{entries[0].patient}?registered=1", status_code=303)
+
+
+@page("register")
+async def import_file(request: Request) -> Response:
+    """``POST /patients/import``: register a patient file (YAML or JSON), validated as on the
+    command line (problems name the file's lines)."""
+    actor = request.state.actor
+    form = await request.form()
+    upload = form.get("file")
+    site = str(form.get("site", "")) or None
+    name = getattr(upload, "filename", "") or ""
+    suffix = os.path.splitext(name)[1].lower()
+    errors: dict[str, list[str]] = {}
+    if upload is None or not hasattr(upload, "read") or not name:
+        errors = {"file": ["choose a patient file (.yaml, .yml or .json)"]}
+    elif suffix not in (".yaml", ".yml", ".json"):
+        errors = {"file": [f"expected a .yaml, .yml or .json file, got {name!r}"]}
+    else:
+        content = await upload.read(2_000_001)
+        if len(content) > 2_000_000:
+            errors = {"file": ["expected a patient file of at most 2 MB"]}
+    if errors:
+        return web_of(request).render(request, "new.html.j2", status=400, title="Register a patient",
+                                      protocols=_protocol_ids(), sites=sorted(actor.sites), form={"site": site},
+                                      errors=errors)
+
+    def add(scoped: Any) -> Any:
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, os.path.basename(name))
+            with open(path, "wb") as fh:
+                fh.write(content)
+            try:
+                return scoped.add_patient(path, site)
+            except InputError as exc:
+                # Name the uploaded file, not the temporary folder.
+                from .._errors import Problem
+
+                raise type(exc)([Problem(name if p.file == path else p.file, p.field, p.message, p.line)
+                                 for p in exc.problems]) from None
+
+    try:
+        entries = await in_registry(request, add)
+    except InputError as exc:
+        messages = [str(p) for p in exc.problems]
+        return web_of(request).render(request, "new.html.j2", status=400, title="Register a patient",
+                                      protocols=_protocol_ids(), sites=sorted(actor.sites), form={"site": site},
+                                      errors={"file": messages})
+    return RedirectResponse(f"/patients/{entries[0].patient}?registered=1", status_code=303)
+
+
+# --------------------------------------------------------------------------- a patient
+
+
+def patient_view(scoped: Any, pid: str, days: int) -> dict[str, Any]:
+    """What the patient page shows, read from the library's plan (no rule is applied here)."""
+    from .._calendar import dose_line, item_unverified
+
+    site = scoped.site_of(pid)
+    p = scoped.plan(pid)
+    today = p.as_of
+    end = today + dt.timedelta(days=days)
+    current = next((e for e in reversed(p.elements) if e.status == "in_progress"), None)
+    current_day = None if current is None or current.actual_start is None else (today - current.actual_start).days + 1
+    coming: dict[dt.date, list[dict[str, Any]]] = {}
+    for item in p.items:
+        if item.status == "overdue" or (today <= item.date < end):
+            flag, why = item_unverified(item)
+            coming.setdefault(item.date, []).append({
+                "ref": item.ref, "name": item.name, "route": item.route, "kind": item.kind,
+                "dose": None if item.dose is None else item.dose.text,
+                "dose_line": dose_line(item),
+                "working": None if item.dose is None else item.dose.working,
+                "amount": None if item.dose is None else item.dose.amount,
+                "status": item.status, "branch": item.branch, "note": item.note,
+                "unverified": flag, "unverified_why": "; ".join(why), "element_day": item.element_day})
+    signoffs = scoped.signoffs(pid)
+    history = scoped.history(pid)
+    by_seq = {e.seq: e for e in history}
+    waiting = [(by_seq[s], so) for s, so in signoffs.items() if so.state == "unsigned" and s in by_seq]
+    return {"pid": pid, "site": site, "plan": p, "today": today, "days": days, "current": current,
+            "current_day": current_day, "coming": sorted(coming.items()), "waiting": waiting,
+            "feeds": scoped.feeds(pid), "timepoints": p.protocol.definition.timepoints,
+            "randomisations": p.protocol.definition.randomisations}
+
+
+@page("read")
+async def patient_page(request: Request) -> Response:
+    """``GET /patients/{pid}``: header, pending decisions, timeline, the coming days' plan
+    (dose, working, unverified mark) with a record link on each item, sign-offs, documents."""
+    pid = request.path_params["pid"]
+    try:
+        days = max(1, min(int(request.query_params.get("days", "14")), 366))
+    except ValueError:
+        days = 14
+    view = await in_registry(request, lambda scoped: patient_view(scoped, pid, days))
+    notice = None
+    if request.query_params.get("registered"):
+        notice = f"Registered {pid}."
+    elif request.query_params.get("recorded"):
+        notice = f"Recorded entry #{request.query_params['recorded']}; the plan below is re-planned."
+    elif request.query_params.get("signed"):
+        notice = f"Signed entry #{request.query_params['signed']}."
+    feed = request.query_params.get("feed")
+    return web_of(request).render(request, "patient.html.j2", title=f"Patient {pid}", notice=notice,
+                                  new_feed=feed, **view)
+
+
+def _local(stamp: str) -> str:
+    moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone()
+    return moment.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+@page("read")
+async def history_page(request: Request) -> Response:
+    """``GET /patients/{pid}/history``: every entry with who, when (UTC and local), why and
+    what corrected it; ``as_of`` shows the record as it was known then. Printable."""
+    pid = request.path_params["pid"]
+    as_of = request.query_params.get("as_of", "").strip() or None
+
+    def load(scoped: Any) -> Any:
+        return scoped.history(pid, as_of_recorded=as_of), scoped.signoffs(pid)
+
+    errors: dict[str, list[str]] = {}
+    try:
+        entries, signoffs = await in_registry(request, load)
+    except InputError as exc:
+        if "as_of" not in str(exc) and not any(p.field == "as_of_recorded" for p in exc.problems):
+            raise
+        errors = {"as_of": [p.message for p in exc.problems]}
+        entries, signoffs = await in_registry(request, lambda s: (s.history(pid), s.signoffs(pid)))
+        as_of = None
+    rows = [{"e": e, "local": _local(e.recorded_at), "signoff": signoffs.get(e.seq)} for e in entries]
+    return web_of(request).render(request, "history.html.j2", status=400 if errors else 200,
+                                  title=f"History of {pid}", pid=pid, rows=rows, form={"as_of": as_of or ""},
+                                  errors=errors)
+
+
+routes = [
+    Route("/patients", patient_list, methods=["GET"]),
+    Route("/patients/new", new_form, methods=["GET"]),
+    Route("/patients/new", register, methods=["POST"]),
+    Route("/patients/import", import_file, methods=["POST"]),
+    Route("/patients/{pid}", patient_page, methods=["GET"]),
+    Route("/patients/{pid}/history", history_page, methods=["GET"]),
+]

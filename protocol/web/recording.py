@@ -1,0 +1,186 @@
+"""Recording from the item itself: the forms of an item, an element, or the patient's results,
+and the sign-off of dose-critical entries. Each form builds the same entry the command line's
+``protocol record`` builds and calls the same :meth:`Registry.record` (through the access
+layer); the library's checks are the only checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from .._errors import InputError, Problem
+from .app import field_errors, in_registry, page, web_of
+from .patients import typed
+
+#: action → (entry kind, event type or None, the form fields it takes). The same mapping as
+#: the ``protocol record`` subcommands (protocol/_cli/registry.py).
+ACTIONS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
+    "given": ("event", "item_given", ("item", "date", "dose", "note")),
+    "omitted": ("event", "item_omitted", ("item", "date", "reason", "note")),
+    "delayed": ("event", "item_delayed", ("item", "date", "to", "scope", "reason", "note")),
+    "dose-modified": ("event", "dose_modified", ("item", "date", "percent", "of", "scope", "reason", "note")),
+    "started": ("event", "element_started", ("element", "date", "bag_hours", "note")),
+    "completed": ("event", "element_completed", ("element", "date", "note")),
+    "hold": ("event", "element_held", ("element", "date", "reason", "note")),
+    "resume": ("event", "element_resumed", ("element", "date", "note")),
+    "interrupted": ("event", "infusion_interrupted", ("element", "date", "reason", "note")),
+    "infusion-resumed": ("event", "infusion_resumed", ("element", "date", "bag_hours", "note")),
+    "randomised": ("event", "randomised", ("randomisation", "arm", "date", "note")),
+    "hsct": ("event", "hsct", ("date", "reason", "note")),
+    "relapse": ("event", "relapse", ("date", "reason", "note")),
+    "death": ("event", "death", ("date", "reason", "note")),
+    "off-protocol": ("event", "off_protocol", ("date", "reason", "note")),
+    "measurement": ("measurement", None, ("date", "height_cm", "weight_kg")),
+    "mrd": ("mrd", None, ("timepoint", "date", "value")),
+    "counts": ("count", None, ("date", "anc", "platelets")),
+}
+
+
+def build_entry(action: str, form: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """``(kind, data)`` for ``Registry.record`` from a submitted form: the fields the action
+    takes, typed as in a patient file, empty ones left out (the library says what is missing)."""
+    if action not in ACTIONS:
+        raise InputError(Problem("record", "action", f"expected one of {', '.join(ACTIONS)}, got {action!r}"))
+    kind, event_type, fields = ACTIONS[action]
+    data: dict[str, Any] = {} if event_type is None else {"type": event_type}
+    for name in fields:
+        value = typed(name, form.get(name, ""))
+        if value is not None:
+            data[name] = value
+    if "date" not in data:
+        raise InputError(Problem("record", "date", "expected the date it happened (YYYY-MM-DD)"))
+    return kind, data
+
+
+def _context(scoped: Any, pid: str, item: str | None, element: str | None) -> dict[str, Any]:
+    from .patients import patient_view
+
+    view = patient_view(scoped, pid, 14)
+    plan = view["plan"]
+    found = None
+    if item:
+        found = next((i for i in plan.items if i.ref == item), None)
+        if found is None:
+            raise InputError(Problem("record", "item", f"no item {item!r} in {pid}'s plan"))
+    if element and element not in {e.id for e in plan.elements}:
+        raise InputError(Problem("record", "element", f"no element {element!r} in {pid}'s plan"))
+    return {**view, "item": found, "element": element}
+
+
+@page("read")
+async def record_form(request: Request) -> Response:
+    """``GET /patients/{pid}/record``: with ``item=REF`` the item's forms (given, omitted,
+    delayed with its scope explained, dose modified); with ``element=ID`` the element's
+    (started, completed, hold, resume, infusion interrupted/resumed); else the results
+    (measurement, counts, MRD, randomisation, HSCT, relapse, death, off protocol)."""
+    pid = request.path_params["pid"]
+    item = request.query_params.get("item") or None
+    element = request.query_params.get("element") or None
+    ctx = await in_registry(request, lambda scoped: _context(scoped, pid, item, element))
+    form = {"date": ctx["today"].isoformat()}
+    if ctx["item"] is not None and ctx["item"].dose is not None and ctx["item"].dose.amount is not None:
+        from .._schedule import fmt_amount
+
+        form["dose"] = fmt_amount(ctx["item"].dose.amount)  # prefilled with the planned dose as shown
+    return web_of(request).render(request, "record.html.j2", title=f"Record for {pid}", form=form, action=None,
+                                  **ctx)
+
+
+@page("record")
+async def record(request: Request) -> Response:
+    """``POST /patients/{pid}/record``: record one entry; on a refusal the form again, with the
+    library's message beside the field and nothing stored."""
+    pid = request.path_params["pid"]
+    raw = await request.form()
+    form = {k: str(v) for k, v in raw.items() if isinstance(v, str)}
+    action = form.get("action", "")
+
+    def write(scoped: Any) -> Any:
+        kind, data = build_entry(action, form)
+        return scoped.record(pid, kind, data)
+
+    try:
+        entry = await in_registry(request, write)
+    except InputError as exc:
+        from .._access import NotFound
+
+        if isinstance(exc, NotFound):
+            raise
+        item = form.get("item") if action in ("given", "omitted", "delayed", "dose-modified") else None
+        element = form.get("element") if ACTIONS.get(action, ("", "", ()))[2][:1] == ("element",) else None
+        ctx = await in_registry(request, lambda scoped: _context(scoped, pid, item or None, element or None))
+        return web_of(request).render(request, "record.html.j2", status=400, title=f"Record for {pid}",
+                                      form=form, action=action, errors=field_errors(exc), **ctx)
+    return RedirectResponse(f"/patients/{pid}?recorded={entry.seq}", status_code=303)
+
+
+@page("record")
+async def retract(request: Request) -> Response:
+    """``POST /patients/{pid}/retract``: withdraw an entry recorded in error, with a reason."""
+    pid = request.path_params["pid"]
+    form = await request.form()
+    try:
+        seq = int(str(form.get("seq", "")))
+    except ValueError:
+        seq = -1
+    reason = str(form.get("reason", "")).strip() or None
+    try:
+        entry = await in_registry(request, lambda scoped: scoped.retract(pid, seq, reason=reason))
+    except InputError as exc:
+        from .._access import NotFound
+
+        if isinstance(exc, NotFound):
+            raise
+        from .patients import _local
+
+        def load(scoped: Any) -> Any:
+            return scoped.history(pid), scoped.signoffs(pid)
+
+        entries, signoffs = await in_registry(request, load)
+        rows = [{"e": e, "local": _local(e.recorded_at), "signoff": signoffs.get(e.seq)} for e in entries]
+        return web_of(request).render(request, "history.html.j2", status=400, title=f"History of {pid}", pid=pid,
+                                      rows=rows, form={"as_of": ""}, errors={f"retract-{seq}": [
+                                          p.message for p in exc.problems]})
+    return RedirectResponse(f"/patients/{pid}/history?retracted={entry.seq}", status_code=303)
+
+
+@page("sign")
+async def sign(request: Request) -> Response:
+    """``POST /entries/{seq}/sign``: a pharmacist or investigator (never the recorder) signs a
+    dose-critical entry after entering the password again."""
+    try:
+        seq = int(request.path_params["seq"])
+    except ValueError:
+        from .app import not_found
+
+        return not_found(request)
+    form = await request.form()
+    password = str(form.get("password", ""))[:1024]
+
+    def do(scoped: Any) -> Any:
+        pid = scoped.entry_patient(seq)
+        try:
+            scoped.sign(seq, password)
+        except InputError as exc:
+            from .patients import patient_view
+
+            return pid, exc, patient_view(scoped, pid, 14)
+        return pid, None, None
+
+    pid, exc, view = await in_registry(request, do)
+    if exc is not None:
+        return web_of(request).render(request, "patient.html.j2", status=400, title=f"Patient {pid}",
+                                      errors={f"sign-{seq}": [p.message for p in exc.problems]}, new_feed=None,
+                                      **view)
+    return RedirectResponse(f"/patients/{pid}?signed={seq}", status_code=303)
+
+
+routes = [
+    Route("/patients/{pid}/record", record_form, methods=["GET"]),
+    Route("/patients/{pid}/record", record, methods=["POST"]),
+    Route("/patients/{pid}/retract", retract, methods=["POST"]),
+    Route("/entries/{seq}/sign", sign, methods=["POST"]),
+]
