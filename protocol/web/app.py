@@ -230,7 +230,26 @@ def create_app(db: str | Path, host: str = "127.0.0.1", csrf_secret: str | None 
     protected = asgi_csrf(app, cookie_name=web.csrf_cookie, signing_secret=csrf_secret or secrets.token_urlsafe(32),
                           always_protect={"/signin"}, always_set_cookie=True, cookie_secure=web.secure,
                           send_csrf_failed=_csrf_failed)
-    return SecurityHeaders(protected)
+    return SecurityHeaders(NoMultipart(protected))
+
+
+class NoMultipart:
+    """Refuses multipart bodies (415) before the CSRF check: no form here uploads a file, and
+    asgi-csrf's multipart reader does not work with the current python-multipart."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
+            if content_type.split(b";")[0].strip().lower() == b"multipart/form-data":
+                await send({"type": "http.response.start", "status": 415,
+                            "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+                await send({"type": "http.response.body", "body": b"multipart bodies are not accepted: "
+                            b"paste a patient file's text instead"})
+                return
+        await self.app(scope, receive, send)
 
 
 async def _csrf_failed(scope: Any, send: Any, message_id: Any) -> None:

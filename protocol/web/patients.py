@@ -131,37 +131,32 @@ async def register(request: Request) -> Response:
 
 @page("register")
 async def import_file(request: Request) -> Response:
-    """``POST /patients/import``: register a patient file (YAML or JSON), validated as on the
-    command line (problems name the file's lines)."""
+    """``POST /patients/import``: register a patient file (YAML or JSON text, pasted), validated
+    as on the command line (problems name the file's lines)."""
     actor = request.state.actor
     form = await request.form()
-    upload = form.get("file")
+    text = str(form.get("file", ""))
     site = str(form.get("site", "")) or None
-    name = getattr(upload, "filename", "") or ""
-    suffix = os.path.splitext(name)[1].lower()
     errors: dict[str, list[str]] = {}
-    if upload is None or not hasattr(upload, "read") or not name:
-        errors = {"file": ["choose a patient file (.yaml, .yml or .json)"]}
-    elif suffix not in (".yaml", ".yml", ".json"):
-        errors = {"file": [f"expected a .yaml, .yml or .json file, got {name!r}"]}
-    else:
-        content = await upload.read(2_000_001)
-        if len(content) > 2_000_000:
-            errors = {"file": ["expected a patient file of at most 2 MB"]}
+    if not text.strip():
+        errors = {"file": ["paste the text of a patient file (YAML or JSON)"]}
+    elif len(text) > 2_000_000:
+        errors = {"file": ["expected a patient file of at most 2 MB"]}
     if errors:
         return web_of(request).render(request, "new.html.j2", status=400, title="Register a patient",
                                       protocols=_protocol_ids(), sites=sorted(actor.sites), form={"site": site},
                                       errors=errors)
+    name = "pasted.json" if text.lstrip().startswith("{") else "pasted.yaml"
 
     def add(scoped: Any) -> Any:
         with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, os.path.basename(name))
-            with open(path, "wb") as fh:
-                fh.write(content)
+            path = os.path.join(folder, name)
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text)
             try:
                 return scoped.add_patient(path, site)
             except InputError as exc:
-                # Name the uploaded file, not the temporary folder.
+                # Name the pasted file, not the temporary folder.
                 from .._errors import Problem
 
                 raise type(exc)([Problem(name if p.file == path else p.file, p.field, p.message, p.line)
@@ -170,10 +165,9 @@ async def import_file(request: Request) -> Response:
     try:
         entries = await in_registry(request, add)
     except InputError as exc:
-        messages = [str(p) for p in exc.problems]
         return web_of(request).render(request, "new.html.j2", status=400, title="Register a patient",
-                                      protocols=_protocol_ids(), sites=sorted(actor.sites), form={"site": site},
-                                      errors={"file": messages})
+                                      protocols=_protocol_ids(), sites=sorted(actor.sites),
+                                      form={"site": site, "file": text}, errors={"file": [str(p) for p in exc.problems]})
     return RedirectResponse(f"/patients/{entries[0].patient}?registered=1", status_code=303)
 
 
@@ -192,7 +186,9 @@ def patient_view(scoped: Any, pid: str, days: int) -> dict[str, Any]:
     current_day = None if current is None or current.actual_start is None else (today - current.actual_start).days + 1
     coming: dict[dt.date, list[dict[str, Any]]] = {}
     for item in p.items:
-        if item.status == "overdue" or (today <= item.date < end):
+        # Also the past fortnight's items still to record (the element under way), to record late.
+        if item.status == "overdue" or (today <= item.date < end) or (
+                item.status == "unrecorded" and item.date >= today - dt.timedelta(days=14)):
             flag, why = item_unverified(item)
             coming.setdefault(item.date, []).append({
                 "ref": item.ref, "name": item.name, "route": item.route, "kind": item.kind,

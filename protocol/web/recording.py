@@ -70,6 +70,23 @@ def _context(scoped: Any, pid: str, item: str | None, element: str | None) -> di
     return {**view, "item": found, "element": element}
 
 
+def _beside(exc: InputError, action: str, form: dict[str, str]) -> dict[str, list[str]]:
+    """Problems by field; one about the whole entry that names a field left empty (``needs a
+    reason``) is shown beside that field."""
+    import re
+
+    errors = field_errors(exc)
+    fields = ACTIONS.get(action, ("", None, ()))[2]
+    for message in list(errors.get("", [])):
+        empty = [f for f in fields if not form.get(f, "").strip() and re.search(rf"\b{f}\b", message)]
+        if empty:
+            errors[""].remove(message)
+            errors.setdefault(empty[0], []).append(message)
+    if not errors.get(""):
+        errors.pop("", None)
+    return errors
+
+
 @page("read")
 async def record_form(request: Request) -> Response:
     """``GET /patients/{pid}/record``: with ``item=REF`` the item's forms (given, omitted,
@@ -113,7 +130,7 @@ async def record(request: Request) -> Response:
         element = form.get("element") if ACTIONS.get(action, ("", "", ()))[2][:1] == ("element",) else None
         ctx = await in_registry(request, lambda scoped: _context(scoped, pid, item or None, element or None))
         return web_of(request).render(request, "record.html.j2", status=400, title=f"Record for {pid}",
-                                      form=form, action=action, errors=field_errors(exc), **ctx)
+                                      form=form, action=action, errors=_beside(exc, action, form), **ctx)
     return RedirectResponse(f"/patients/{pid}?recorded={entry.seq}", status_code=303)
 
 
