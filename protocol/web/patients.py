@@ -48,22 +48,52 @@ def typed(name: str, value: str) -> Any:
 async def patient_list(request: Request) -> Response:
     """``GET /patients``: the patients of the user's sites; ``q`` searches the pseudonym,
     ``protocol`` and ``site`` filter."""
-    q = request.query_params.get("q", "").strip()
-    protocol = request.query_params.get("protocol", "").strip()
-    site = request.query_params.get("site", "").strip()
+    params = {k: request.query_params.get(k, "").strip()[:100]
+              for k in ("q", "protocol", "site", "risk", "element", "status")}
+    q, protocol, site = params["q"], params["protocol"], params["site"]
+    planned = any(params[k] for k in ("risk", "element", "status"))
 
     def load(scoped: Any) -> Any:
         sites = scoped.visible()
-        rows = [p for p in scoped.patients()
+        every = scoped.patients()
+        rows = [p for p in every
                 if (not q or q.lower() in p.id.lower()) and (not protocol or p.protocol.split("@")[0] == protocol)
                 and (not site or sites.get(p.id) == site)]
-        protocols = sorted({p.protocol.split("@")[0] for p in scoped.patients()})
-        return rows, sites, protocols
+        facts: dict[str, dict[str, str]] = {}
+        if planned:  # risk, element and status come from each patient's plan: only when asked for
+            for p in rows:
+                facts[p.id] = plan_facts(scoped, p.id)
+            rows = [p for p in rows if all(not params[k] or facts[p.id][k] == params[k]
+                                           for k in ("risk", "element", "status"))]
+        protocols = sorted({p.protocol.split("@")[0] for p in every})
+        return rows, sites, protocols, facts
 
-    rows, sites, protocols = await in_registry(request, load)
+    rows, sites, protocols, facts = await in_registry(request, load)
     return web_of(request).render(request, "patients.html.j2", title="Patients", patients=rows, sites=sites,
-                                  protocols=protocols, form={"q": q, "protocol": protocol, "site": site},
+                                  protocols=protocols, form=params, facts=facts, statuses=STATUSES,
                                   all_sites=sorted(set(sites.values())))
+
+
+#: The patient statuses the list filters on, from the plan (its outcome, or its elements).
+STATUSES = ("in treatment", "not started", "completed", "hsct", "relapse", "death", "off_protocol", "cannot plan")
+
+
+def plan_facts(scoped: Any, pid: str) -> dict[str, str]:
+    """``{"risk", "element", "status"}`` of a patient from its plan, for the list filters."""
+    try:
+        p = scoped.plan(pid)
+    except InputError:
+        return {"risk": "", "element": "", "status": "cannot plan"}
+    current = next((e for e in reversed(p.elements) if e.status == "in_progress"), None)
+    if p.outcome is not None:
+        status = p.outcome[0]
+    elif current is not None:
+        status = "in treatment"
+    elif all(e.actual_start is None for e in p.elements):
+        status = "not started"
+    else:
+        status = "completed"
+    return {"risk": p.risk.group or "pending", "element": current.id if current else "", "status": status}
 
 
 # --------------------------------------------------------------------------- registration

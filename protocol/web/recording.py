@@ -39,6 +39,22 @@ ACTIONS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
 }
 
 
+#: entry kind or event type → the action whose form records it (to correct an entry).
+_ACTION_OF = {(kind if event is None else event): action for action, (kind, event, _) in ACTIONS.items()}
+
+
+def correction_of(entry: Any) -> dict[str, Any]:
+    """What the form needs to correct ``entry``: its action, item or element, and its values."""
+    data = entry.data if isinstance(entry.data, dict) else {}
+    action = _ACTION_OF.get(data.get("type") if entry.kind == "event" else entry.kind)
+    if action is None or not entry.live or entry.kind == "base":
+        raise InputError(Problem("record", "supersedes", f"#{entry.seq} cannot be corrected from a form"
+                                 + ("" if entry.live else " (it was already corrected)")))
+    values = {k: ("" if v is None else str(v)) for k, v in data.items() if k != "type"}
+    return {"seq": entry.seq, "action": action, "what": entry.what, "values": values,
+            "item": data.get("item"), "element": data.get("element")}
+
+
 def build_entry(action: str, form: dict[str, str]) -> tuple[str, dict[str, Any]]:
     """``(kind, data)`` for ``Registry.record`` from a submitted form: the fields the action
     takes, typed as in a patient file, empty ones left out (the library says what is missing)."""
@@ -96,14 +112,30 @@ async def record_form(request: Request) -> Response:
     pid = request.path_params["pid"]
     item = request.query_params.get("item") or None
     element = request.query_params.get("element") or None
+    correct = request.query_params.get("correct", "")
+    correcting = None
+    if correct.isdigit():
+        def find(scoped: Any) -> Any:
+            entry = next((e for e in scoped.history(pid) if e.seq == int(correct)), None)
+            if entry is None:
+                from .._access import NotFound
+
+                raise NotFound(Problem(pid, "", f"no entry #{correct}"))
+            return correction_of(entry)
+
+        correcting = await in_registry(request, find)
+        item, element = correcting["item"], correcting["element"] if not correcting["item"] else None
     ctx = await in_registry(request, lambda scoped: _context(scoped, pid, item, element))
+    if correcting is not None:
+        return web_of(request).render(request, "record.html.j2", title=f"Correct #{correct} of {pid}",
+                                      form=correcting["values"], action=correcting["action"], correcting=correcting, **ctx)
     form = {"date": ctx["today"].isoformat()}
     if ctx["item"] is not None and ctx["item"].dose is not None and ctx["item"].dose.amount is not None:
         from .._schedule import fmt_amount
 
         form["dose"] = fmt_amount(ctx["item"].dose.amount)  # prefilled with the planned dose as shown
     return web_of(request).render(request, "record.html.j2", title=f"Record for {pid}", form=form, action=None,
-                                  **ctx)
+                                  correcting=None, **ctx)
 
 
 @page("record")
@@ -115,9 +147,14 @@ async def record(request: Request) -> Response:
     form = {k: str(v) for k, v in raw.items() if isinstance(v, str)}
     action = form.get("action", "")
 
+    supersedes = int(form["supersedes"]) if form.get("supersedes", "").isdigit() else None
+    why = form.get("why", "").strip() or None
+
     def write(scoped: Any) -> Any:
         kind, data = build_entry(action, form)
-        return scoped.record(pid, kind, data)
+        if supersedes is not None and not why:
+            raise InputError(Problem("record", "why", "a correction needs a reason (why the entry was wrong)"))
+        return scoped.record(pid, kind, data, reason=why, supersedes=supersedes)
 
     try:
         entry = await in_registry(request, write)
@@ -129,8 +166,17 @@ async def record(request: Request) -> Response:
         item = form.get("item") if action in ("given", "omitted", "delayed", "dose-modified") else None
         element = form.get("element") if ACTIONS.get(action, ("", "", ()))[2][:1] == ("element",) else None
         ctx = await in_registry(request, lambda scoped: _context(scoped, pid, item or None, element or None))
+        errors = _beside(exc, action, form)
+        correcting = None
+        if supersedes is not None:
+            correcting = {"seq": supersedes, "action": action, "what": f"entry #{supersedes}"}
+            for message in [m for m in errors.get("reason", []) if "correction" in m]:
+                errors["reason"].remove(message)
+                errors.setdefault("why", []).append(message)
+            if not errors.get("reason"):
+                errors.pop("reason", None)
         return web_of(request).render(request, "record.html.j2", status=400, title=f"Record for {pid}",
-                                      form=form, action=action, errors=_beside(exc, action, form), **ctx)
+                                      form=form, action=action, errors=errors, correcting=correcting, **ctx)
     return RedirectResponse(f"/patients/{pid}?recorded={entry.seq}", status_code=303)
 
 

@@ -197,3 +197,12 @@ def test_no_page_has_a_server_error(live: Live, name: str) -> None:
         r = c.get(url)
         assert r.status_code < 500, url
         assert "<script>" not in r.text and "Traceback" not in r.text
+
+
+def test_the_patient_list_searches_and_filters(live: Live) -> None:
+    c = live.client("mona")
+    assert "INF-0002" not in c.get("/patients?q=0001").text
+    hr = c.get("/patients?risk=HR").text
+    assert "INF-0002" in hr and 'href="/patients/INF-0001"' not in hr
+    assert 'href="/patients/INF-0002"' not in c.get("/patients?site=site-a").text
+    assert "No patients found" in c.get("/patients?status=death&element=nowhere").text
