@@ -206,3 +206,22 @@ def test_the_patient_list_searches_and_filters(live: Live) -> None:
     assert "INF-0002" in hr and 'href="/patients/INF-0001"' not in hr
     assert 'href="/patients/INF-0002"' not in c.get("/patients?site=site-a").text
     assert "No patients found" in c.get("/patients?status=death&element=nowhere").text
+
+
+def test_hsts_is_sent_over_https_only(live: Live) -> None:
+    import asyncio
+
+    import httpx
+
+    from protocol.web import create_app
+
+    app = create_app(live.db, host="0.0.0.0")
+
+    async def fetch() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://testserver") as c:
+            return await c.get("/signin")
+
+    r = asyncio.run(fetch())
+    assert r.headers["strict-transport-security"].startswith("max-age=31536000")
+    assert "__Host-protocol-csrf=" in r.headers["set-cookie"] and "Secure" in r.headers["set-cookie"]
+    assert "strict-transport-security" not in live.client().get("/signin").headers

@@ -146,7 +146,7 @@ def test_the_coordinator_journey(page: Page, live: Live) -> None:
     expect(page.get_by_role("heading", name="Waiting for sign-off")).to_be_visible()
     expect(page.get_by_text(re.compile("UNSIGNED"))).to_be_visible()
     page.goto("/worklist")
-    expect(page.get_by_text("a dose modification")).to_be_visible()
+    expect(page.get_by_text(re.compile(r"WEB-0001 #\d+: a dose modification"))).to_be_visible()
 
     # The roadmap PDF, read back.
     page.goto("/patients/WEB-0001")
