@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PASSWORDS, Live, csrf_of, start_server
+from .conftest import PASSWORDS, Live, start_server
 
 PATIENT_GETS = ["/patients/{pid}", "/patients/{pid}/history", "/patients/{pid}/record",
                 "/patients/{pid}/record?item=induction:prednisone@1", "/patients/{pid}/record?element=induction",

@@ -11,7 +11,6 @@ import datetime as dt
 import io
 import re
 
-import pytest
 from playwright.sync_api import Page, expect
 
 from .conftest import EXAMPLES, PASSWORDS, Live
