@@ -234,15 +234,23 @@ def create_app(db: str | Path, host: str = "127.0.0.1", csrf_secret: str | None 
 
 
 class NoMultipart:
-    """Refuses multipart bodies (415) before the CSRF check: no form here uploads a file, and
-    asgi-csrf's multipart reader does not work with the current python-multipart."""
+    """Before the CSRF check: refuses a state change the browser says came from another site
+    (``Sec-Fetch-Site: cross-site``, 403; a second wall behind the token), and multipart bodies
+    (415): no form here uploads a file, and asgi-csrf's multipart reader does not work with the
+    current python-multipart."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
-            content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
+            headers = dict(scope.get("headers") or [])
+            if headers.get(b"sec-fetch-site", b"").lower() == b"cross-site":
+                await send({"type": "http.response.start", "status": 403,
+                            "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+                await send({"type": "http.response.body", "body": b"a request from another site is not accepted"})
+                return
+            content_type = headers.get(b"content-type", b"")
             if content_type.split(b";")[0].strip().lower() == b"multipart/form-data":
                 await send({"type": "http.response.start", "status": 415,
                             "headers": [(b"content-type", b"text/plain; charset=utf-8")]})

@@ -89,6 +89,11 @@ def test_a_post_without_or_with_a_wrong_csrf_token_is_403_and_stores_nothing(liv
     data = {"action": "measurement", "date": "2026-11-20", "height_cm": "70", "weight_kg": "8.4"}
     assert c.post("/patients/INF-0001/record", data=data).status_code == 403
     assert c.post("/patients/INF-0001/record", data={**data, "csrftoken": "forged"}).status_code == 403
+    cross = c.post("/patients/INF-0001/record", data={**data, "csrftoken": c.csrf},
+                   headers={"sec-fetch-site": "cross-site"})
+    assert cross.status_code == 403
+    assert c.post("/patients/INF-0001/record", files={"file": ("x.yaml", b"id: X")},
+                  data={"csrftoken": c.csrf}).status_code == 415
     c.cookies.delete("protocol-csrf")
     assert c.post("/patients/INF-0001/record", data={**data, "csrftoken": c.csrf}).status_code == 403
     assert live_entry(live, "INF-0001") == before
