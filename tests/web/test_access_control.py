@@ -196,7 +196,7 @@ def test_the_sign_in_form_is_csrf_protected_and_redirects_only_locally(live: Liv
 @pytest.mark.parametrize("name", ["alice", "mona"])
 def test_no_page_has_a_server_error(live: Live, name: str) -> None:
     c = live.client(name)
-    for url in ["/patients?q=%3Cscript%3E", "/patients?protocol=x", "/worklist?days=abc", "/worklist?days=-4",
+    for url in ["/patients?q=%3Cscript%3E", "/patients?protocol=x", "/worklist?days=abc", "/worklist?days=-4", "/worklist?page=999", "/worklist?page=x",
                 "/patients/INF-0001?days=zz", "/patients/INF-0001/history?as_of=garbage",
                 "/patients/INF-0001/record?item=nonsense", "/patients/%3Cb%3E", "/nowhere"]:
         r = c.get(url)
@@ -230,3 +230,14 @@ def test_hsts_is_sent_over_https_only(live: Live) -> None:
     assert r.headers["strict-transport-security"].startswith("max-age=31536000")
     assert "__Host-protocol-csrf=" in r.headers["set-cookie"] and "Secure" in r.headers["set-cookie"]
     assert "strict-transport-security" not in live.client().get("/signin").headers
+
+
+def test_the_worklist_pages_through_its_rows(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    import protocol.web.worklist as module
+
+    monkeypatch.setattr(module, "PAGE", 2)  # the server runs in this process
+    c = live.client("alice")
+    first = c.get("/worklist?days=28").text
+    assert "Rows 1–2 of" in first and "Next page" in first and "Previous page" not in first
+    second = c.get("/worklist?days=28&page=2").text
+    assert "Rows 3–4 of" in second and "Previous page" in second
