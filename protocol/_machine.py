@@ -25,12 +25,14 @@ from pydantic import BaseModel
 
 from ._models import (
     EVIDENCE_RANK,
+    AgeFraction,
     Administration,
     Assessment,
     Condition,
     DayTerm,
     Dose,
     Element,
+    InfantFullDose,
     ProtocolDefinition,
     Randomisation,
     SourcedDays,
@@ -223,7 +225,7 @@ def walk_values(model: Any, loc: tuple[Any, ...] = (), label: tuple[str, ...] = 
 
     ``loc`` is the field path; ``label`` a readable path of ids (``induction › prednisone``).
     """
-    if isinstance(model, (SourcedNumber, SourcedDays)):
+    if isinstance(model, (SourcedNumber, SourcedDays, AgeFraction, InfantFullDose)):
         yield loc, label, model
         return
     if isinstance(model, BaseModel):
@@ -236,7 +238,7 @@ def walk_values(model: Any, loc: tuple[Any, ...] = (), label: tuple[str, ...] = 
             if value is None:
                 continue
             alias = info.alias or name
-            leaf = isinstance(value, (SourcedNumber, SourcedDays))
+            leaf = isinstance(value, (SourcedNumber, SourcedDays, AgeFraction, InfantFullDose))
             yield from walk_values(value, (*loc, alias), (*label, alias) if leaf else label)
     elif isinstance(model, (list, tuple)):
         for i, item in enumerate(model):
@@ -641,6 +643,9 @@ class Protocol:
         self.table: dict[str, tuple[Edge, ...]] = {k: tuple(v) for k, v in table.items()}
         self.age_banded = any(s.dose is not None and s.dose.basis == "age_banded"
                               for e in self.elements.values() for s in e.slots)
+        #: Ages in completed months at which an age-fraction dose changes (issue 11), sorted.
+        self.age_months = tuple(sorted({a.below_age_months for e in self.elements.values() for s in e.slots
+                                        if s.dose is not None for a in (s.dose.age_fractions or ())}))
         self.eot_anchor = eot.anchor if eot else None
         self.eot_days = None if eot is None or eot.weeks.value is None else round(eot.weeks.value * 7)
         self.eot_element = eot.element if eot else None

@@ -51,7 +51,11 @@ __all__ = [
     "Assessment",
     "Condition",
     "DerivedFact",
+    "AgeFraction",
     "Dose",
+    "InfantFullDose",
+    "WeightBand",
+    "WeightSwitch",
     "EligibilityRule",
     "Element",
     "EndOfTherapy",
@@ -354,6 +358,71 @@ class AgeBand(_Strict):
 Unit = Literal["mg", "g", "µg", "IU", "mL"]
 
 
+class WeightBand(_Strict):
+    """From ``min_weight_kg`` up, a fixed dose replaces the computed one (in the dose's unit and
+    ``per``): blinatumomab is 28 µg/day fixed at 45 kg or more (BLINCYTO label)."""
+
+    min_weight_kg: SourcedNumber
+    amount: SourcedNumber
+
+    _possible = field_validator("min_weight_kg", "amount")(classmethod(lambda cls, v: _positive(v)))
+
+
+class WeightSwitch(_Strict):
+    """Below ``below_weight_kg`` the dose is ``amount_per_kg`` × weight instead of per m² (the
+    infant rule of protocols that dose small children by weight)."""
+
+    below_weight_kg: SourcedNumber
+    amount_per_kg: SourcedNumber
+
+    _possible = field_validator("below_weight_kg", "amount_per_kg")(classmethod(lambda cls, v: _positive(v)))
+
+
+class AgeFraction(_Provenance):
+    """A fraction of the computed dose for children younger than ``below_age_months`` (completed
+    months on the day of administration), e.g. ``{below_age_months: 6, fraction: "2/3"}``:
+    Interfant-99 gave two thirds of the BSA dose of high-dose methotrexate under 6 months and
+    three quarters from 6 to 12 months (Lönnerholm 2009, doi:10.1002/pbc.21925)."""
+
+    below_age_months: int = Field(ge=1, le=36)
+    fraction: str = Field(pattern=r"^[1-9][0-9]*/[1-9][0-9]*$", description="A fraction such as 2/3.")
+
+    @field_validator("fraction")
+    @classmethod
+    def _proper(cls, v: str) -> str:
+        num, den = (int(x) for x in v.split("/"))
+        if not 0 < num < den:
+            raise ValueError(f"expected a fraction below 1 such as 2/3, got {v}")
+        return v
+
+    @property
+    def value(self) -> float:
+        """The fraction as a number (2/3 → 0.666…), never rounded."""
+        num, den = (int(x) for x in self.fraction.split("/"))
+        return num / den
+
+    @property
+    def text(self) -> str:
+        """The rule in words: ``2/3 of the dose under 6 months``."""
+        return f"{self.fraction} of the dose under {self.below_age_months} months"
+
+
+class InfantFullDose(_Provenance):
+    """The definition's statement, with its source, that a per-m² dose is given unreduced to
+    infants (blinatumomab: "infants are always BSA-dosed", label). Without it, or an age or
+    weight rule, a per-m² dose planned for a child under 12 months carries a warning."""
+
+    @property
+    def value(self) -> bool:
+        """Always True: the statement holds (what ``protocol validate`` lists)."""
+        return True
+
+    @property
+    def text(self) -> str:
+        """The statement in words."""
+        return "full per-m² dose in infants (no age reduction)"
+
+
 class Dose(_Strict):
     """How a dose is computed.
 
@@ -369,8 +438,14 @@ class Dose(_Strict):
     per: Literal["dose", "day", "week"] = "dose"
     cap: SourcedNumber | None = None
     bands: list[AgeBand] | None = Field(None, min_length=1)
+    round_to: SourcedNumber | None = Field(None, description="The measurable increment the final dose is rounded "
+                                           "to (e.g. 0.1 mg); without it, 3 significant figures.")
+    weight_bands: list[WeightBand] | None = Field(None, min_length=1)
+    weight_switch: WeightSwitch | None = None
+    age_fractions: list[AgeFraction] | None = Field(None, min_length=1)
+    infant_full_dose: InfantFullDose | None = None
 
-    _possible = field_validator("amount", "cap")(classmethod(lambda cls, v: _positive(v)))
+    _possible = field_validator("amount", "cap", "round_to")(classmethod(lambda cls, v: _positive(v)))
 
     @field_validator("unit", mode="before")
     @classmethod
@@ -394,6 +469,20 @@ class Dose(_Strict):
                 raise ValueError(f"a {self.basis} dose needs `amount`")
             if self.bands is not None:
                 raise ValueError("only an age_banded dose has `bands`")
+        if self.weight_switch is not None and self.basis != "per_m2":
+            raise ValueError("a weight_switch (per kg below a weight) applies only to a per_m2 dose")
+        if self.age_fractions is not None:
+            if self.basis not in ("per_m2", "per_kg"):
+                raise ValueError("age_fractions reduce a computed dose: only per_m2 or per_kg")
+            months = [a.below_age_months for a in self.age_fractions]
+            if months != sorted(set(months)):
+                raise ValueError(f"expected age_fractions in increasing order of below_age_months, got {months}")
+        if self.weight_bands is not None:
+            if self.basis not in ("per_m2", "per_kg"):
+                raise ValueError("weight_bands replace a computed dose: only per_m2 or per_kg")
+            kgs = [b.min_weight_kg.value for b in self.weight_bands]
+            if any(k is None for k in kgs) or kgs != sorted(set(kgs)):  # type: ignore[type-var]
+                raise ValueError(f"expected weight_bands in increasing order of min_weight_kg, got {kgs}")
         return self
 
 
