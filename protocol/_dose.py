@@ -49,16 +49,21 @@ def mosteller(height_cm: float, weight_kg: float) -> float:
 
 
 def fmt_amount(x: float) -> str:
-    """Three significant figures, never in exponent form: 18.6, 4.65, 0.465, 3100.
+    """Three significant figures, never in exponent form, never a trailing zero: 18.6, 4.65,
+    0.465, 3100, 4, 10.
 
-    >>> fmt_amount(4.4159), fmt_amount(1170.0)
-    ('4.42', '1170')
+    A trailing zero ("1.0 mg") is on the ISMP list of error-prone dose designations: it is read
+    as 10 mg when the point is missed. A leading zero is always written (0.552, never .552).
+
+    >>> fmt_amount(4.4159), fmt_amount(1170.0), fmt_amount(4.0), fmt_amount(9.996), fmt_amount(0.5524)
+    ('4.42', '1170', '4', '10', '0.552')
     """
     if x == 0:
         return "0"
     rounded = float(f"{x:.3g}")  # round first: 9.996 becomes 10.0, not 10.00
     digits = max(0, 2 - math.floor(math.log10(abs(rounded))))
-    return f"{rounded:.{digits}f}"
+    text = f"{rounded:.{digits}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def round_dose(x: float, increment: float | None = None) -> float:

@@ -762,16 +762,35 @@ class EndOfTherapy(_Strict):
 
     anchor: Literal["diagnosis", "treatment_start", "element_start"]
     anchor_element: Ident | None = None
-    weeks: SourcedNumber
+    weeks: SourcedNumber | None = None
+    years: SourcedNumber | None = Field(None, description="Calendar years instead of weeks (AALL1731: two years "
+                                        "from interim maintenance I): the anchor's date N years on, minus a day.")
     element: Ident
 
     _possible = field_validator("weeks")(classmethod(lambda cls, v: _days(v, 1, MAX_DAYS // 7, "weeks")))
+    _possible_years = field_validator("years")(classmethod(lambda cls, v: _days(v, 1, 10, "years")))
 
     @model_validator(mode="after")
     def _anchor_element(self) -> Any:
         if (self.anchor == "element_start") != (self.anchor_element is not None):
             raise ValueError("anchor: element_start needs anchor_element (and only it takes one)")
+        if (self.weeks is None) == (self.years is None):
+            raise ValueError("expected the length as `weeks` or as `years` (one of them)")
+        if self.years is not None and self.years.value is not None and self.years.value != int(self.years.value):
+            raise ValueError(f"expected a whole number of years, got {self.years.value:g}")
         return self
+
+    @property
+    def length(self) -> SourcedNumber:
+        """The sourced number that gives the length (``weeks`` or ``years``)."""
+        return self.weeks if self.weeks is not None else self.years  # type: ignore[return-value]
+
+    @property
+    def text(self) -> str:
+        """The length in words: ``104 weeks`` or ``2 years``."""
+        v = self.length.value
+        unit = "weeks" if self.weeks is not None else "years"
+        return f"{'?' if v is None else format(v, 'g')} {unit}"
 
 
 class ProtocolDefinition(_Strict):
@@ -793,6 +812,16 @@ class ProtocolDefinition(_Strict):
     initial: Ident | None = Field(None, description="The first element; defaults to the first listed.")
     transitions: list[Transition] = []
     end_of_therapy: EndOfTherapy | None = None
+    dose_tolerance_percent: SourcedNumber | None = Field(
+        None, description="How far (±%) a given dose may differ from the computed one without a deviation (the "
+        "pharmacy's rounding); default 5 %, a placeholder to verify.")
+
+    @field_validator("dose_tolerance_percent")
+    @classmethod
+    def _tolerance(cls, v: SourcedNumber | None) -> SourcedNumber | None:
+        if v is not None and v.value is not None and not 0 <= v.value <= 25:
+            raise ValueError(f"expected a tolerance of 0 to 25 %, got {v.value:g}")
+        return v
 
 
 # --------------------------------------------------------------------------- patient
@@ -802,8 +831,24 @@ class Measurement(_Strict):
     """Height and weight on a date."""
 
     date: IsoDate
-    height_cm: float = Field(gt=0, lt=250, allow_inf_nan=False)
-    weight_kg: float = Field(gt=0, lt=300, allow_inf_nan=False)
+    height_cm: float = Field(gt=0, allow_inf_nan=False)
+    weight_kg: float = Field(gt=0, allow_inf_nan=False)
+
+    @field_validator("height_cm")
+    @classmethod
+    def _centimetres(cls, v: float) -> float:
+        if v >= 250:
+            hint = f": this looks like millimetres ({v / 10:g} cm)" if 300 <= v <= 2000 else ""
+            raise ValueError(f"expected a height in centimetres below 250, got {v:g}{hint}")
+        return v
+
+    @field_validator("weight_kg")
+    @classmethod
+    def _kilograms(cls, v: float) -> float:
+        if v >= 300:
+            hint = f": this looks like grams ({v / 1000:g} kg)" if 500 <= v <= 150000 else ""
+            raise ValueError(f"expected a weight in kilograms below 300, got {v:g}{hint}")
+        return v
 
 
 class BloodCount(_Strict):

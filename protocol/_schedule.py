@@ -231,6 +231,18 @@ class Decision:
                 "waiting_for": list(self.waiting_for), "explanation": self.explanation, "branch": self.branch}
 
 
+#: What the marks of every output mean (the ``legend`` of the plan JSON).
+LEGEND = {
+    "unverified": "UNVERIFIED: the value, or a value it depends on (a dose factor, an earlier element's length, "
+                  "a threshold), is a placeholder not confirmed from a public source; check it against the "
+                  "official protocol document before use",
+    "evidence": "published: from a cited public source; derived: computed from published values; site: verified "
+                "by the site (who, when, which section); placeholder: not confirmed",
+    "dose": "amount per administration (per dose) or per day, how many administrations a day, and the working "
+            "with every factor; the amount is rounded once, at the end",
+}
+
+
 def _iso(day: dt.date | None) -> str | None:
     return None if day is None else day.isoformat()
 
@@ -265,7 +277,8 @@ class Plan:
         self.outcome = outcome
         self.facts = facts
         #: Protocol deviations and flags, in date order: ``{"date", "element", "item", "kind",
-        #: "message"}`` with kind ``out_of_window``, ``overdue``, ``weight_change`` or ``count_gate``.
+        #: "message"}`` with kind ``out_of_window``, ``overdue``, ``weight_change``, ``count_gate``,
+        #: ``dose_above_plan`` or ``dose_below_plan`` (beyond the dose tolerance).
         self.deviations = deviations or []
         self._items: list[Item] | None = None
 
@@ -293,6 +306,7 @@ class Plan:
             "decisions": [d.to_dict() for d in self.decisions],
             "deviations": list(self.deviations),
             "warnings": list(self.warnings),
+            "legend": LEGEND,
         }
 
     def to_json(self) -> str:
@@ -304,13 +318,18 @@ class Plan:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["date", "element", "element_day", "study_day", "kind", "name", "route", "dose", "dose_amount",
-                    "dose_unit", "dose_working", "status", "evidence", "branch", "ref", "note"])
+                    "dose_unit", "dose_per", "frequency", "administrations_per_day", "dose_working", "status",
+                    "evidence", "unverified", "branch", "ref", "note"])
         for i in self.items:
             d = i.dose
+            why = i.unverified_reasons if i.unverified else ()
             w.writerow([i.date.isoformat(), i.slot.element, i.element_day, i.study_day, i.slot.kind, i.slot.name,
                         i.slot.route or "", "" if d is None else d.text,
                         "" if d is None or d.amount is None else d.amount, "" if d is None else d.unit,
-                        "" if d is None else d.working, i.status, i.slot.evidence, i.branch or "", i.ref,
+                        "" if d is None else d.per, i.slot.frequency or "",
+                        "" if d is None or d.administrations_per_day is None else d.administrations_per_day,
+                        "" if d is None else d.working, i.status, i.evidence,
+                        f"UNVERIFIED: {'; '.join(why)}" if i.unverified else "", i.branch or "", i.ref,
                         i.note or ""])
         return buf.getvalue()
 
@@ -474,7 +493,7 @@ class _Builder:
         self.eot: int | None = None
         if protocol.eot_days is not None and protocol.eot_anchor != "element_start":
             eot_anchor = patient.diagnosis_date if protocol.eot_anchor == "diagnosis" else patient.start_date
-            self.eot = eot_anchor.toordinal() + protocol.eot_days - 1
+            self.eot = self.eot_from(eot_anchor.toordinal())
         horizon = max(self.eot or 0, as_of.toordinal()) + 366
         self.ctx = _Context(protocol, patient, as_of.toordinal(), horizon)
         self.as_of_ord = as_of.toordinal()
@@ -496,6 +515,14 @@ class _Builder:
         self.problems.append(Problem(self.name, format_loc(loc), message, line))
 
     # -- facts ----------------------------------------------------------------------
+
+    def eot_from(self, anchor: int) -> int:
+        """The last day of therapy from the anchor's ordinal: N weeks (anchor + 7N − 1) or N
+        calendar years (the anchor's date N years on, minus a day)."""
+        years = self.p.eot_years
+        if years is not None:
+            return add_months(dt.date.fromordinal(anchor), 12 * years).toordinal() - 1
+        return anchor + self.p.eot_days - 1  # type: ignore[operator]
 
     def check_recorded(self) -> None:
         """Refuse what cannot have happened (a date after today) or cannot be a child's
@@ -774,7 +801,7 @@ class _Builder:
         el = self.p.elements[cur.id]
         start = cur.actual_start if cur.actual_start is not None else cur.planned_start
         if el.id == self.p.eot_anchor_element and self.eot is None and self.p.eot_days is not None:
-            self.eot = start + self.p.eot_days - 1
+            self.eot = self.eot_from(start)
         length = self.length_of(el, start)
         # Provenance of the dates (issue 11): a projected start follows the earlier elements'
         # lengths; a placeholder among them makes this element's dates unverified too.
@@ -1193,15 +1220,25 @@ class _Builder:
                              f"with a dose)")
                 return
             standard = self.standard_on(dose, when)
-            if standard is not None and ev.dose > max(standard, float(fmt_amount(standard))) * (1 + 1e-9):
+            tol, tol_evidence = self.p.dose_tolerance
+            # The pharmacy rounds what it prepares: within ±tolerance of the computed dose is the
+            # dose (issue 11); above the standard dose beyond it, refused; below the plan, a deviation.
+            tolerance = f"{tol * 100:g} % tolerance" + (" (placeholder)" if tol_evidence == "placeholder" else "")
+            if standard is not None and ev.dose > standard * (1 + tol) * (1 + 1e-9):
                 self.problem(("events", i, "dose"), f"expected at most the standard dose {fmt_amount(standard)} "
-                             f"{dose.unit} ({dose.working}), got {ev.dose:g}")
+                             f"{dose.unit} + {tolerance} = {fmt_amount(standard * (1 + tol))} {dose.unit} "
+                             f"({dose.working}), got {ev.dose:g}")
                 return
             text += f": {ev.dose:g} {dose.unit}"
-            if dose.amount is not None and ev.dose > max(dose.amount, float(fmt_amount(dose.amount))) * (1 + 1e-9):
+            planned = dose.amount
+            if planned is not None and ev.dose > planned * (1 + tol) * (1 + 1e-9):
                 self.deviations.append((row[0], slot.element, ref, "dose_above_plan",
                                         f"{slot.name} given {ev.dose:g} {dose.unit}, above the modified dose "
-                                        f"{dose.text}"))
+                                        f"{dose.amount_text} (+{tolerance})"))
+            elif planned is not None and ev.dose < planned * (1 - tol) * (1 - 1e-9):
+                self.deviations.append((row[0], slot.element, ref, "dose_below_plan",
+                                        f"{slot.name} given {ev.dose:g} {dose.unit}, below the planned dose "
+                                        f"{dose.amount_text} (−{tolerance})"))
         window = slot.window
         if window is not None and not row[0] - window[0] <= when <= row[0] + window[1]:
             self.deviations.append((row[0], slot.element, ref, "out_of_window",
