@@ -232,13 +232,13 @@ def _section(plan: Plan, span: Any, items: list[Item], decision: Any) -> Section
             if hit is None:
                 cells.append(("", False))
                 continue
-            text = hit.dose.text if hit.dose is not None else str(s.kind).replace("_", " ")
+            text = hit.dose.short_text if hit.dose is not None else str(s.kind).replace("_", " ")
             run = run_days.get(id(s))
             if run is not None and ordinal == run[0]:
                 text = f"{text} — start, daily to {dt.date.fromordinal(run[1]).isoformat()}"
             elif run is not None and ordinal == run[1]:
                 text = f"{text} — last day"
-            cells.append((text, s.evidence == "placeholder"))
+            cells.append((text, hit.unverified))
         studies = "; ".join(f"{letters[i.slot.key]}. {i.slot.name}" for i in todays if i.slot.key in letters
                             and i.slot.kind == "assessment")
         # Anything out of the ordinary recorded for an item (given, omitted, held, moved...) is

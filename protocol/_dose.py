@@ -319,6 +319,20 @@ class DoseResult:
         return f"{fmt_amount(self.amount)} {self.unit}{_PER_LABEL[self.per]}"
 
     @property
+    def short_text(self) -> str:
+        """The compact form for a day grid whose row is one day: the amount, and how often when
+        it is not once: ``1170 mg ×2 (every 12 h)``, ``4.42 µg/day continuous``, ``0.552 mg``."""
+        amount = self.amount_text
+        if self.amount is None:
+            return amount
+        frequency = self.slot.frequency
+        if frequency == "continuous":
+            return f"{amount} continuous"
+        if frequency == "q12h":
+            return f"{amount} ×2 (every 12 h)" if self.per == "dose" else f"{amount} as 2 doses 12 h apart"
+        return amount
+
+    @property
     def text(self) -> str:
         """The dose as a reader must read it: the amount, per dose or per day, and how often.
 
