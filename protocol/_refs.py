@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from ._errors import InputError, Problem
 
-__all__ = ["STATUSES", "Ref", "canonical", "due_on", "items_of_day", "only", "parse", "resolve", "resolve_all", "select"]
+__all__ = ["STATUSES", "Ref", "canonical", "due_on", "items_of_day", "only", "open_before", "parse", "resolve", "resolve_all", "select"]
 
 #: Statuses of an item that still waits for something to be recorded (see :class:`protocol.Item`).
 OPEN = frozenset({"planned", "overdue", "unrecorded"})
@@ -91,7 +91,7 @@ def _near(ref: Ref, plan: Any) -> list[str]:
     same_slot = sorted({(abs(i.element_day - ref.day), i.ref) for i in items
                         if i.slot.element == ref.element and i.slot.key == ref.slot})
     if same_slot:
-        return [r for _, r in same_slot[:NEAR]]
+        return [r for _, r in sorted(same_slot[:NEAR], key=lambda x: parse(x[1]).day)]
     same_day = sorted({i.ref for i in items if i.slot.element == ref.element and i.element_day == ref.day})
     if same_day:
         return same_day[:NEAR]
@@ -153,10 +153,12 @@ def resolve_all(texts: Iterable[str], plan: Any, label: str = "ITEM") -> list[st
     return out
 
 
-def items_of_day(plan: Any, element: str, day: int, *, open_only: bool = True) -> list[Any]:
-    """The items of ``element`` on element day ``day`` (by default those still to record: not
-    given, omitted, done or held); none raises :class:`~protocol.InputError` saying which days
-    the element has.
+def items_of_day(plan: Any, element: str, day: int, *, open_only: bool = True,
+                 kinds: Sequence[str] = ("administration", "bag_change")) -> list[Any]:
+    """The items of ``element`` on element day ``day`` of the ``kinds`` given (by default what
+    is given: administrations and bag changes, not assessments, which their results record),
+    still to record (not given, omitted, done or held) unless ``open_only`` is False; none
+    raises :class:`~protocol.InputError` saying which days the element has.
 
     >>> [i.ref for i in items_of_day(plan, "induction", 8)]  # doctest: +SKIP
     ['induction:dexamethasone@8', 'induction:vincristine@8', 'induction:daunorubicin@8', ...]
@@ -168,17 +170,30 @@ def items_of_day(plan: Any, element: str, day: int, *, open_only: bool = True) -
         close = difflib.get_close_matches(element, elements, n=NEAR, cutoff=0.5)
         raise InputError(Problem("record", "--element", f"this plan has no element {element!r}; its elements are "
                                  f"{', '.join(elements)}" + (f" (did you mean {' or '.join(close)}?)" if close else "")))
-    on_day = [i for i in items if i.element_day == day]
+    on_day = [i for i in items if i.element_day == day and i.slot.kind in kinds]
     if not on_day:
-        days = sorted({i.element_day for i in items})
+        days = sorted({i.element_day for i in items if i.slot.kind in kinds})
         near = sorted(days, key=lambda d: (abs(d - day), d))[:NEAR]
-        raise InputError(Problem("record", "--day", f"nothing of {element} is planned on day {day}; nearest days: "
+        raise InputError(Problem("record", "--day", f"nothing of {element} to give is planned on day {day}; nearest "
+                                 "days: "
                                  f"{', '.join(map(str, sorted(near)))}"))
     chosen = [i for i in on_day if i.status in OPEN] if open_only else on_day
     if not chosen:
         raise InputError(Problem("record", "--day", f"everything of {element} on day {day} is already recorded or "
                                  f"held: " + ", ".join(f"{i.ref} ({i.status})" for i in on_day)))
     return chosen
+
+
+def open_before(plan: Any, day: dt.date) -> list[Any]:
+    """The items dated before ``day`` still to record (overdue or unrecorded, on the certain
+    path): what a coordinator has to catch up on.
+
+    >>> len(open_before(plan, dt.date(2026, 11, 9)))  # doctest: +SKIP
+    12
+    """
+    ordinal = day.toordinal()
+    return [i for i in plan.items if i.ordinal < ordinal and i.status in OPEN and i.status != "planned"
+            and i.branch is None]
 
 
 def due_on(plan: Any, day: dt.date) -> tuple[list[Any], list[Any]]:

@@ -650,6 +650,48 @@ class Registry:
             self._project_patient(conn, patient_id, self.today(), None, (patient, result, entry.seq))
         return entry
 
+    def record_many(self, patient_id: str, entries: Sequence[tuple[str, dict[str, Any]]], *, by: str | None = None,
+                    labels: Sequence[str] | None = None) -> list[Entry]:
+        """Append several entries (``(kind, data)``, not ``base``) to one patient's log: all of
+        them or none. The patient is validated with all of them; if that fails, the first entry
+        that cannot be added is named (``labels[i]``, e.g. its item) in the problems.
+
+        >>> reg.record_many("INF-0001", [("event", {"type": "item_given", "date": "2026-05-11",  # doctest: +SKIP
+        ...     "item": "induction:vincristine@8"}), ("event", {"type": "item_given", "date": "2026-05-11",
+        ...     "item": "induction:daunorubicin@8"})], by="alice")
+        """
+        by = _who(by)
+        if not entries:
+            raise InputError(Problem("record", "", "nothing to record"))
+        for kind, data in entries:
+            if KINDS.get(kind) is None or not isinstance(data, dict):
+                raise InputError(Problem("record", "kind", f"expected one of measurement, mrd, count, event with a "
+                                         f"mapping of fields, got {kind!r}"))
+        with self._write() as conn:
+            def attempt(upto: int) -> tuple[Patient, Any]:
+                state = self._state(conn, patient_id, "record")
+                for k, (kind, data) in enumerate(entries[:upto]):  # the last one is "this record"
+                    state.apply(_NEW if k == upto - 1 else -1 - k, kind, data, None, None)
+                return self._validate(patient_id, state, "record")
+
+            try:
+                patient, result = attempt(len(entries))
+            except InputError as exc:
+                failing, error = len(entries) - 1, exc
+                for k in range(1, len(entries)):
+                    try:
+                        attempt(k)
+                    except InputError as first:
+                        failing, error = k - 1, first
+                        break
+                label = labels[failing] if labels else f"entry {failing + 1}"
+                raise type(error)([p if label in p.message else Problem(p.file, p.field, f"{label}: {p.message}", p.line)
+                                   for p in error.problems]) from None
+            stamp = self._recorded_at(conn)
+            written = [self._insert(conn, patient_id, kind, data, by, stamp, None) for kind, data in entries]
+            self._project_patient(conn, patient_id, self.today(), None, (patient, result, written[-1].seq))
+        return written
+
     def retract(self, patient_id: str, seq: int, *, by: str | None = None, reason: str | None = None) -> Entry:
         """Withdraw an entry recorded in error (it stays in the log, marked retracted).
 

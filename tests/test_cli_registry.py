@@ -152,13 +152,13 @@ def test_record_date_defaults_to_today(registered: Path) -> None:
 EVENTS: list[tuple[list[str], str, dict[str, Any]]] = [
     (["given", "induction:dexamethasone@8", "--dose", "2.2", "--note", "late evening"], "event",
      {"type": "item_given", "item": "induction:dexamethasone@8", "dose": 2.2, "note": "late evening"}),
-    (["omitted", "ib:vincristine@15", "--reason", "ileus"], "event",
-     {"type": "item_omitted", "item": "ib:vincristine@15", "reason": "ileus"}),
-    (["delayed", "ib:cyclophosphamide@1", "--to", "2026-07-10", "--scope", "element", "--reason", "neutropenia"],
-     "event", {"type": "item_delayed", "item": "ib:cyclophosphamide@1", "to": "2026-07-10", "scope": "element",
+    (["omitted", "Induction:Vincristine@15", "--reason", "ileus"], "event",
+     {"type": "item_omitted", "item": "induction:vincristine@15", "reason": "ileus"}),
+    (["delayed", "ib:cyclophosphamide@36", "--to", "2026-07-10", "--scope", "element", "--reason", "neutropenia"],
+     "event", {"type": "item_delayed", "item": "ib:cyclophosphamide@36", "to": "2026-07-10", "scope": "element",
                "reason": "neutropenia"}),
-    (["dose-modified", "ib:mercaptopurine@1", "--percent", "50", "--of", "previous", "--scope", "item", "--reason",
-      "liver"], "event", {"type": "dose_modified", "item": "ib:mercaptopurine@1", "percent": 50, "of": "previous",
+    (["dose-modified", "ib:mercaptopurine@36", "--percent", "50", "--of", "previous", "--scope", "item", "--reason",
+      "liver"], "event", {"type": "dose_modified", "item": "ib:mercaptopurine@36", "percent": 50, "of": "previous",
                           "scope": "item", "reason": "liver"}),
     (["started", "blinatumomab", "--bag-hours", "96"], "event",
      {"type": "element_started", "element": "blinatumomab", "bag_hours": 96}),
@@ -198,6 +198,9 @@ def test_each_event_becomes_the_right_entry(db: Path, monkeypatch: pytest.Monkey
         def record(self, patient: str, kind: str, data: dict[str, Any], **kw: Any) -> Any:
             calls.append((patient, kind, data, kw))
             return protocol._registry.Entry(7, patient, kind, data, "x", "2026-11-21T00:00:00.000000Z")
+
+        def patient(self, patient: str) -> Any:  # `given` checks its refs against the plan
+            return protocol.load_patient(ON_TIME)
 
     monkeypatch.setattr("protocol._registry.open_registry", lambda path=None, create=False: Fake())
     ok(cli("record", "P-1", *args, "--date", "2026-07-01", "--by", "bob"))
@@ -314,6 +317,84 @@ def test_worklist_table_and_json(registered: Path) -> None:
     dates = [r[0] for r in data["rows"]]
     assert dates == sorted(dates)
     bad(cli("worklist", "--days", "0", "--db", registered))
+
+
+# --------------------------------------------------------------------------- several items at once, due
+
+
+def _written(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [json.loads(d)["item"] for (d,) in conn.execute(
+            "SELECT data FROM entries WHERE patient = 'INF-0003' AND data LIKE '%item_given%' ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def test_given_several_items_at_once_is_all_or_nothing(registered: Path) -> None:
+    before = dump(registered)
+    result = bad(cli("record", "INF-0003", "given", "marma:cytarabine_hd@1", "marma:cytarabine_hd@3", "--date",
+                     "2026-09-16", "--db", registered),
+                 "'marma:cytarabine_hd@3': cytarabine_hd is not planned on day 3 of marma",
+                 "nearest: marma:cytarabine_hd@1, marma:cytarabine_hd@2")
+    assert "[a-z" not in result.stderr and "matching" not in result.stderr
+    assert dump(registered) == before
+    out = ok(cli("record", "INF-0003", "given", "MARMA:Cytarabine_HD@1", "marma:cytarabine_hd@2", "--date",
+                 "2026-09-17", "--db", registered)).stdout
+    assert out.count("recorded #") == 2 and "item=marma:cytarabine_hd@1" in out
+    assert _written(registered) == ["marma:cytarabine_hd@1", "marma:cytarabine_hd@2"]
+    # The library refuses the second (already given): the first is not written either.
+    before = dump(registered)
+    bad(cli("record", "INF-0003", "given", "marma:cytarabine_hd@8", "marma:cytarabine_hd@1", "--date", "2026-09-23",
+            "--db", registered), "ITEM: marma:cytarabine_hd@1 is already recorded as given")
+    assert dump(registered) == before
+
+
+def test_given_an_element_day(registered: Path) -> None:
+    out = ok(cli("record", "INF-0003", "given", "--element", "MARMA", "--day", "8", "--date", "2026-09-23", "--db",
+                 registered)).stdout
+    assert "item=marma:cytarabine_hd@8" in out
+    assert _written(registered) == ["marma:cytarabine_hd@8"]
+    bad(cli("record", "INF-0003", "given", "--element", "marma", "--day", "8", "--date", "2026-09-23", "--db",
+            registered), "--day: everything of marma on day 8 is already recorded")
+    bad(cli("record", "INF-0003", "given", "--element", "marma", "--day", "3", "--db", registered),
+        "--day: nothing of marma to give is planned on day 3; nearest days: 1, 2")
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["marma:cytarabine_hd@1", "--element", "marma", "--day", "1"], "either ITEMs or --element with --day"),
+    ([], "name the items given"),
+    (["--element", "marma"], "name the items given"),
+    (["marma:cytarabine_hd@1", "marma:cytarabine_hd@2", "--dose", "100"], "--dose: a dose given is recorded for one"),
+    (["marma:cytarabine_hd@1", "marma:cytarabine_hd@2", "--supersedes", "30", "--why", "x"],
+     "--supersedes: a correction replaces one entry"),
+    (["marma:cytarabine_hd@1", "Marma:Cytarabine_hd@1"], "marma:cytarabine_hd@1 is named twice"),
+    (["marma-cytarabine-1"], "expected a reference of the form ELEMENT:ITEM@DAY"),
+])
+def test_given_mistakes_are_exit_2(registered: Path, args: list[str], needle: str) -> None:
+    before = dump(registered)
+    bad(cli("record", "INF-0003", "given", *args, "--date", "2026-09-17", "--db", registered), needle)
+    assert dump(registered) == before
+
+
+def test_due_lists_the_refs_ready_to_paste(registered: Path, tmp_path: Path) -> None:
+    import shlex
+
+    out = ok(cli("due", "INF-0003", "--date", "2026-09-23", "--db", registered)).stdout
+    assert out.splitlines()[0].startswith("INF-0003 · interfant06-blinatumomab") and "due on 2026-09-23" in out
+    assert "marma:cytarabine_hd@8" in out and "UNVERIFIED" in out
+    assert "2 earlier items are still unrecorded or overdue (the first on 2026-09-16)" in out
+    paste = next(line.strip() for line in out.splitlines() if line.strip().startswith("protocol record "))
+    assert paste == "protocol record INF-0003 given marma:cytarabine_hd@8 --date 2026-09-23"
+    env = {k: v for k, v in os.environ.items() if k != "PROTOCOL_DEBUG"}
+    env["PROTOCOL_DB"] = str(registered)
+    done = subprocess.run([str(Path(sys.executable).parent / "protocol"), *shlex.split(paste)[1:]], env=env,
+                          capture_output=True, text=True, encoding="utf-8", timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    again = ok(cli("due", "INF-0003", "--date", "2026-09-23", "--db", registered)).stdout
+    assert "nothing due on this day" in again and "also on this day" in again and "given" in again
+    assert "nothing due on this day" in ok(cli("due", ON_TIME, "--date", "2026-05-12", "--as-of", "2026-11-21")).stdout
+    bad(cli("due", "INF-0003", "--date", "someday", "--db", registered), "--date")
 
 
 # --------------------------------------------------------------------------- the real entry point

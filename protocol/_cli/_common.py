@@ -162,7 +162,7 @@ def _shown(text: str, keep: str = "") -> str:
     as typed and cannot steer the terminal; characters in ``keep`` (e.g. a newline) stay."""
     if not any(_is_control(c) and c not in keep for c in text):
         return text
-    return "".join(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+    return "".join((f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
                    if _is_control(c) and c not in keep else c for c in text)
 
 
@@ -176,7 +176,7 @@ def _typed(value: str | None, option: str) -> str | None:
         from .._errors import InputError, Problem
 
         _fail(InputError(Problem("record", option, f"expected plain text, got a control character "
-                                 f"({_shown(value[bad])}) at position {bad + 1} in {_shown(value)!r}: "
+                                 f"({_shown(value[bad])}) at position {bad + 1} in '{_shown(value)}': "
                                  "type the text without it")))
     return value
 
