@@ -853,9 +853,12 @@ class Registry:
 
     # -- the worklist projection ----------------------------------------------------------
 
-    def worklist(self, start: dt.date | None = None, days: int = MIN_HORIZON_DAYS) -> Any:
-        """What is due across all patients in ``[start, start + days)``, what is overdue, which
-        decisions wait for a result, which items are out of window (see :mod:`protocol._worklist`).
+    def worklist(self, start: dt.date | None = None, days: int = MIN_HORIZON_DAYS,
+                 as_of: dt.date | None = None) -> Any:
+        """What is due across all patients in ``[start, start + days)``, what is overdue or
+        unrecorded, which decisions wait for a result, which items are out of window (see
+        :mod:`protocol._worklist`), with the plans made as of ``as_of`` (default today): the
+        window (``start``, default the as-of day) only chooses what is listed as due.
 
         Served from the projection table; patients whose projection is stale (computed for
         another day, a shorter horizon, or another protocol version) are re-planned first.
@@ -864,20 +867,23 @@ class Registry:
 
         if days < 1:
             raise InputError(Problem("", "--days", f"expected a whole number of days >= 1, got {days}"))
-        start = start or self.today()
+        day = as_of or self.today()
+        start = start or day
+        # The projection covers the days from the as-of day to the window's end.
+        horizon = max(days, (start - day).days + days)
         refreshed = 0
         for _ in range(3):
             with self._read() as conn:
-                stale = self._stale(conn, start, days)
+                stale = self._stale(conn, day, horizon)
                 if not stale:
-                    return Worklist(start, days, query(conn, start, days), refreshed, self.path)
-            refreshed += self._refresh(stale, start, days)
+                    return Worklist(start, days, query(conn, start, days, day), refreshed, self.path, day)
+            refreshed += self._refresh(stale, day, horizon)
         # Writers keep changing the projection under us: refresh and read in one transaction.
         with self._write() as conn:
-            stale = self._stale(conn, start, days)
+            stale = self._stale(conn, day, horizon)
             refreshed += len(stale)
-            self._refresh_in(conn, stale, start, days)
-            return Worklist(start, days, query(conn, start, days), refreshed, self.path)
+            self._refresh_in(conn, stale, day, horizon)
+            return Worklist(start, days, query(conn, start, days, day), refreshed, self.path, day)
 
     def _stale(self, conn: sqlite3.Connection, start: dt.date, days: int) -> list[str]:
         """Patients whose projection cannot serve a worklist from ``start`` for ``days`` days."""
@@ -1162,7 +1168,8 @@ def resolve_patient(ref: str, db: str | os.PathLike[str] | None = None) -> Patie
         return reg.patient(ref)
 
 
-def worklist(db: str | os.PathLike[str] | None = None, start: dt.date | None = None, days: int = 7) -> Any:
+def worklist(db: str | os.PathLike[str] | None = None, start: dt.date | None = None, days: int = 7,
+             as_of: dt.date | None = None) -> Any:
     """The worklist of every patient in the registry ``db`` (see :meth:`Registry.worklist`)."""
     with open_registry(db) as reg:
-        return reg.worklist(start, days)
+        return reg.worklist(start, days, as_of)

@@ -308,15 +308,32 @@ def test_plan_risk_and_roadmap_take_a_registry_id(registered: Path, monkeypatch:
 
 
 def test_worklist_table_and_json(registered: Path) -> None:
-    text = ok(cli("worklist", "--from", "2026-11-21", "--days", "7", "--db", registered)).stdout
+    text = ok(cli("worklist", "--from", "2026-11-21", "--as-of", "2026-11-21", "--days", "7", "--db",
+                  registered)).stdout
     assert text.splitlines()[0].startswith("worklist 2026-11-21 to 2026-11-27 (7 days):")
+    assert "UNRECORDED" in text and "days ago, nothing recorded" in text
     assert "WAITING" in text and "waits for mrd:pre_octadad" in text
-    data = json.loads(ok(cli("worklist", "--from", "2026-11-21", "-n", "7", "--json", "--db", registered)).stdout)
-    assert data["days"] == 7 and data["counts"]["waiting"] == 1
+    data = json.loads(ok(cli("worklist", "--from", "2026-11-21", "--as-of", "2026-11-21", "-n", "7", "--json", "--db",
+                             registered)).stdout)
+    assert data["days"] == 7 and data["counts"]["waiting"] == 1 and data["as_of"] == "2026-11-21"
     assert data["fields"][:3] == ["date", "patient", "category"]
     dates = [r[0] for r in data["rows"]]
     assert dates == sorted(dates)
     bad(cli("worklist", "--days", "0", "--db", registered))
+
+
+def test_worklist_from_moves_the_window_and_as_of_stays_today(registered: Path) -> None:
+    today = dt.date.today().isoformat()
+    ahead = json.loads(ok(cli("worklist", "--from", "2030-01-01", "--json", "--db", registered)).stdout)
+    now = json.loads(ok(cli("worklist", "--json", "--db", registered)).stdout)
+    assert ahead["as_of"] == now["as_of"] == now["from"] == today and ahead["from"] == "2030-01-01"
+    fields = now["fields"]
+    cat = fields.index("category")
+    assert [r for r in ahead["rows"] if r[cat] in ("overdue", "unrecorded")] == \
+        [r for r in now["rows"] if r[cat] in ("overdue", "unrecorded")]
+    text = ok(cli("worklist", "--from", "2026-11-28", "--as-of", "2026-11-21", "--db", registered)).stdout
+    assert text.splitlines()[0].startswith("worklist 2026-11-28 to 2026-12-04 (7 days, as of 2026-11-21):")
+    bad(cli("worklist", "--as-of", "2026-02-30", "--db", registered), "--as-of")
 
 
 # --------------------------------------------------------------------------- several items at once, due

@@ -710,23 +710,31 @@ def export_command(
 @app.command("worklist")
 def worklist_command(
     days: Annotated[int, typer.Option("--days", "-n", min=1, max=3660, help="How many days to cover.")] = 7,
-    start: Annotated[str, typer.Option("--from", help="First day: YYYY-MM-DD or 'today'.", metavar="DATE")] = "today",
+    start: Annotated[str | None, typer.Option(
+        "--from", help="First day listed: YYYY-MM-DD or 'today' (default: the as-of day). Moves the listing window "
+        "only.", metavar="DATE", show_default=False)] = None,
+    as_of: AsOf = None,
     json_output: Json = False,
     db: Db = None,
 ) -> None:
-    """Across all registered patients: what is due, what is overdue, which decisions wait for a
-    result and which items were out of window, sorted by date.
+    """Across all registered patients: what is due, what is overdue or unrecorded (past items
+    with nothing recorded, elements that should have started), which decisions and risk groups
+    wait for a result and which items were out of window, sorted by date.
+
+    --from moves the window of what is listed as due; what counts as past is decided by
+    --as-of (default today).
 
     Example: protocol worklist --days 14 --from 2026-11-21
     """
     from .._io import parse_date
     from .._registry import open_registry
 
-    first = _run(parse_date, start, "--from")
+    day = _run(_as_of, as_of)
+    first = None if start is None else _run(parse_date, start, "--from")
 
     def worklist() -> Any:
         with open_registry(db) as reg:
-            return reg.worklist(first, days)
+            return reg.worklist(first, days, day)
 
     result = _run(worklist)
     sys.stdout.write(result.to_json() if json_output else result.table())
