@@ -459,3 +459,85 @@ def test_the_readme_registry_example_runs(tmp_path: Path, monkeypatch: pytest.Mo
             args[args.index("-o") + 1] = str(tmp_path / args[args.index("-o") + 1])
         ok(cli(*args))
     assert "SUPERSEDED by #16" in ok(cli("history", "INF-0003")).stdout
+
+
+# --------------------------------------------------------------------------- what a user typed (issue 16 §3)
+
+MARKUP = "held [/b] per consultant [bold]RED[/bold]"
+CONTROL = ["held \x1b[31mRED", "bell\x07", "bidi \u202eevil", "nul\x00", "csi \x9b31m"]
+
+
+def _every_output(pid: str, db: Path, monkeypatch: pytest.MonkeyPatch, as_of: str) -> dict[str, str]:
+    """Every text a coordinator reads about a patient: plan (narrow and wide, CSV, JSON),
+    history (table, JSON), worklist (table, JSON), export, roadmap (HTML, Markdown)."""
+    outs: dict[str, str] = {}
+    for columns in ("80", "220"):
+        monkeypatch.setenv("COLUMNS", columns)
+        outs[f"plan@{columns}"] = ok(cli("plan", pid, "--as-of", as_of, "--db", db)).stdout
+    monkeypatch.delenv("COLUMNS")
+    outs["plan --wide"] = ok(cli("plan", pid, "--as-of", as_of, "--wide", "--db", db)).stdout
+    for fmt in ("csv", "json"):
+        outs[f"plan {fmt}"] = ok(cli("plan", pid, "--as-of", as_of, "--format", fmt, "--db", db)).stdout
+    outs["history"] = ok(cli("history", pid, "--db", db)).stdout
+    outs["history json"] = ok(cli("history", pid, "--json", "--db", db)).stdout
+    outs["worklist"] = ok(cli("worklist", "--as-of", "2026-09-16", "--db", db)).stdout
+    outs["worklist json"] = ok(cli("worklist", "--as-of", "2026-09-16", "--json", "--db", db)).stdout
+    outs["export"] = ok(cli("export", pid, "--db", db)).stdout
+    for fmt in ("html", "md"):
+        outs[f"roadmap {fmt}"] = ok(cli("roadmap", pid, "--as-of", as_of, "--format", fmt, "--db", db)).stdout
+    return outs
+
+
+def test_markup_in_a_reason_is_shown_as_typed_everywhere(registered: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ok(cli("record", "INF-0003", "omitted", "marma:cytarabine_hd@9", "--reason", MARKUP, "--note", "[bold]RED",
+           "--date", "2026-09-24", "--db", registered))
+    ok(cli("record", "INF-0003", "delayed", "marma:cytarabine_hd@2", "--to", "2026-09-19", "--scope", "item",
+           "--reason", MARKUP, "--date", "2026-09-16", "--db", registered))
+    outs = _every_output("INF-0003", registered, monkeypatch, "2026-12-02")
+    for name in ("plan --wide", "plan csv", "history", "worklist", "export"):
+        assert MARKUP in outs[name], name
+    assert "[bold]RED" in outs["history"]
+    assert json.dumps(MARKUP)[1:-1] in outs["plan json"] and json.dumps(MARKUP)[1:-1] in outs["worklist json"]
+    # Narrow, the note column is hidden, but what is shown is never altered.
+    assert "RED" not in outs["plan@80"].replace("UNVERIFIED", "")
+
+
+def test_control_characters_typed_are_refused(registered: Path) -> None:
+    before = dump(registered)
+    for text in CONTROL:
+        for args in (["omitted", "marma:cytarabine_hd@9", "--reason", text],
+                     ["omitted", "marma:cytarabine_hd@9", "--reason", "ok", "--note", text],
+                     ["hold", "marma", "--reason", text], ["relapse", "--reason", text],
+                     ["given", "marma:cytarabine_hd@9", "--note", text],
+                     ["given", "marma:cytarabine_hd@1", "marma:cytarabine_hd@2", "--note", text]):
+            option = "--note" if "--note" in args else "--reason"
+            result = bad(cli("record", "INF-0003", *args, "--date", "2026-09-24", "--db", registered),
+                         f"record: {option}: expected plain text, got a control character")
+            assert not any(c in result.stderr for c in "\x1b\x07\u202e\x00\x9b"), repr(result.stderr)
+        bad(cli("retract", "INF-0003", "30", "--reason", text, "--db", registered), "--reason: expected plain text")
+        bad(cli("record", "INF-0003", "measurement", "--height-cm", "70", "--weight-kg", "8", "--supersedes", "21",
+                "--why", text, "--db", registered), "--why: expected plain text")
+    assert dump(registered) == before
+
+
+def test_control_characters_from_a_file_are_shown_escaped(db: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    text = PENDING.read_text(encoding="utf-8").replace("id: INF-0003", "id: CTL-0003")
+    text += ('  - {type: item_omitted, item: "marma:cytarabine_hd@9", date: 2026-09-24, '
+             'reason: "held \\e[31mRED\\a [/b]", note: "\\u202eevil"}\n')
+    (tmp_path / "ctl.yaml").write_text(text, encoding="utf-8")
+    ok(cli("patients", "add", tmp_path / "ctl.yaml", "--db", db))
+    outs = _every_output("CTL-0003", db, monkeypatch, "2026-12-02")
+    for name, out in outs.items():
+        if name.startswith("roadmap") or "json" in name or name == "export":
+            continue  # documents and data (JSON, the patient file) keep the text exactly; checked below
+        assert not any(c in out for c in "\x1b\x07\u202e"), name
+    entry = json.loads(outs["history json"])["entries"][-1]
+    assert entry["data"]["reason"] == "held \x1b[31mRED\x07 [/b]" and entry["data"]["note"] == "\u202eevil"
+    import yaml
+
+    exported = yaml.safe_load(outs["export"])["events"][-1]
+    assert exported["reason"] == "held \x1b[31mRED\x07 [/b]"  # nothing recorded is lost or changed
+    for name in ("plan --wide", "plan csv", "history"):
+        assert "held \\x1b[31mRED\\x07 [/b]" in outs[name], name
+    assert "\\u202eevil" in outs["history"]

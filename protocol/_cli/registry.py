@@ -176,7 +176,7 @@ def _record(ctx: typer.Context, kind: str, data: dict[str, Any], *, date: str | 
             raise type(exc)([_option(p, positional, prefix) for p in exc.problems]) from None
 
     entry = _run(write)
-    typer.echo(f"recorded #{entry.seq} for {entry.patient}: {entry.what} (by {entry.recorded_by}, "
+    typer.echo(f"recorded #{entry.seq} for {entry.patient}: {_shown(entry.what)} (by {entry.recorded_by}, "
                f"{_when(entry.recorded_at)} UTC)")
 
 
@@ -294,7 +294,7 @@ def _record_many(ctx: typer.Context, events: list[dict[str, Any]], labels: list[
             raise type(exc)([_option(p, {"item": "ITEM"}) for p in exc.problems]) from None
 
     for entry in _run(write):
-        typer.echo(f"recorded #{entry.seq} for {entry.patient}: {entry.what} (by {entry.recorded_by}, "
+        typer.echo(f"recorded #{entry.seq} for {entry.patient}: {_shown(entry.what)} (by {entry.recorded_by}, "
                    f"{_when(entry.recorded_at)} UTC)")
 
 
@@ -630,7 +630,7 @@ def retract_command(
             raise type(exc)([_option(p, {"seq": "SEQ"}) for p in exc.problems]) from None
 
     entry = _run(retract)
-    typer.echo(f"recorded #{entry.seq} for {entry.patient}: {entry.what} (by {entry.recorded_by}, "
+    typer.echo(f"recorded #{entry.seq} for {entry.patient}: {_shown(entry.what)} (by {entry.recorded_by}, "
                f"{_when(entry.recorded_at)} UTC)")
 
 
@@ -749,6 +749,8 @@ def _when(stamp: str) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> None:
+    """Plain columns; what a person typed is shown with control characters escaped."""
+    rows = [[_shown(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(f"{c:<{w}}" for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
     sys.stdout.write("\n".join(lines) + "\n")
