@@ -543,3 +543,30 @@ def test_bad_output_path_is_bad_input(cli: Any, tmp_path: Path, where: str) -> N
     assert result.exit_code == 2, result.stderr
     assert str(target) in result.stderr
     assert "internal error" not in result.stderr
+
+
+def _readme_blocks(section: str) -> list[list[str]]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = readme.split(f"\n{section}\n", 1)[1]
+    text = re.split(r"\n#{2,3} ", text, maxsplit=1)[0]
+    return [block.split("```", 1)[0].splitlines() for block in text.split("```text\n")[1:]]
+
+
+def test_the_readme_due_example_is_true(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.chdir(ROOT)
+    block = next(b for b in _readme_blocks("### Recording what actually happened") if b[0].startswith("$ protocol due"))
+    out = ok(cli(*shlex.split(block[0])[2:])).stdout.splitlines()
+    assert out[:len(block) - 1] == block[1:]
+
+
+def test_the_readme_bad_ref_example_is_true(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Any) -> None:
+    import shlex
+
+    block = next(b for b in _readme_blocks("## Command line") if "vincristin@8" in b[0])
+    monkeypatch.setenv("PROTOCOL_DB", str(tmp_path / "r.db"))
+    ok(cli("patients", "add", ON_TIME))
+    result = cli(*shlex.split(block[0])[2:])
+    assert result.exit_code == 2 and result.stderr.splitlines() == block[1:]
