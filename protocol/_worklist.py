@@ -26,9 +26,10 @@ Rows (one per line of the worklist), by ``category``:
 - ``overdue``: an item whose status on the plan is ``overdue`` (any date before the as-of
   day), with how many days ago it was due; and an element that should have started (its
   planned start is past, on the certain path) with no start recorded;
-- ``unrecorded``: a past administration or assessment with nothing recorded: of the element
-  under way (status ``unrecorded``), or of an element whose start is not recorded (a patient
-  registered late), with how many days ago;
+- ``unrecorded``: the past administrations or assessments with nothing recorded: of the
+  element under way (status ``unrecorded``), or of an element whose start is not recorded (a
+  patient registered late); one row per drug (or assessment) of an element, dated and named
+  by its first item, with the element days and how many days ago;
 - ``due``: an item dated in ``[F, F + N)`` still to do (administrations, assessments such
   as MRD samples and lumbar punctures, bag changes; not those given, omitted, done or held),
   with its dose and what changed it (a delay, a dose modification);
@@ -119,6 +120,33 @@ def _ago(days: int) -> str:
     return "today" if days == 0 else "1 day ago" if days == 1 else f"{days} days ago"
 
 
+def _days(days: list[int]) -> str:
+    """Element days in words: ``1-7``, ``8, 15, 22``; a long irregular list is cut."""
+    if len(days) > 1 and days[-1] - days[0] == len(days) - 1:
+        return f"{days[0]}-{days[-1]}"
+    text = [str(d) for d in days]
+    return ", ".join(text if len(text) <= 8 else [*text[:3], "...", *text[-3:]])
+
+
+def _unrecorded(group: list[tuple[Any, str]], start: int, not_started: set[str]) -> tuple[Any, ...]:
+    """One row for the past items of one drug (or assessment) of one element with nothing
+    recorded: dated and named by the first, the days, how long ago, the dose of the last."""
+    first, _ = group[0]
+    last, detail = group[-1]
+    slot = first.slot
+    n = len(group)
+    if n == 1:
+        when = f"due {_ago(start - first.ordinal)}, nothing recorded"
+    else:
+        a, b = start - first.ordinal, start - last.ordinal
+        ago = f"{a} to {b} days ago" if b > 1 else f"{a} days ago to {_ago(b)}"
+        when = f"{n} with nothing recorded: days {_days([i.element_day for i, _ in group])} ({ago})"
+    if slot.element in not_started:
+        when += f" ({slot.element} has no start recorded)"
+    return (first.date.isoformat(), "unrecorded", slot.kind, slot.study, slot.element, _ref(first), slot.name,
+            f"{detail}; {when}" if detail else when, first.status, first.branch)
+
+
 def project(plan: Any, day: dt.date, horizon: int) -> list[tuple[Any, ...]]:
     """The worklist rows of one patient's plan made as of ``day``, covering ``horizon`` days.
 
@@ -131,6 +159,7 @@ def project(plan: Any, day: dt.date, horizon: int) -> list[tuple[Any, ...]]:
     end = start + horizon
     out: list[tuple[Any, ...]] = []
     listed: set[str] = set()
+    unrecorded: dict[tuple[str, str], list[tuple[Any, str]]] = {}
     not_started = {e.id for e in getattr(plan, "elements", None) or () if _get(e, "status") == "planned"}
     for item in _selected(plan, start, end):
         status = item.status
@@ -145,11 +174,15 @@ def project(plan: Any, day: dt.date, horizon: int) -> list[tuple[Any, ...]]:
             detail = f"{detail} ({note})" if detail else note
         if past:
             listed.add(ref)
-            late = f"due {_ago(start - item.ordinal)}, nothing recorded" + (
-                f" ({slot.element} has no start recorded)" if slot.element in not_started else "")
+            if category == "unrecorded":  # one row per drug or assessment of an element (see _unrecorded)
+                unrecorded.setdefault((slot.element, slot.key), []).append((item, detail))
+                continue
+            late = f"due {_ago(start - item.ordinal)}, nothing recorded"
             detail = f"{detail}; {late}" if detail else late
         out.append((item.date.isoformat(), category, slot.kind, slot.study, slot.element, ref, slot.name,
                     detail or None, status, item.branch))
+    for group in unrecorded.values():
+        out.append(_unrecorded(group, start, not_started))
     pid = getattr(getattr(plan, "patient", None), "id", None) or "PATIENT"
     for e in getattr(plan, "elements", None) or ():
         begin = _get(e, "planned_start")

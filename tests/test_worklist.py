@@ -42,15 +42,18 @@ def rows_of(p: Any, start: dt.date, days: int, as_of: dt.date) -> set[tuple[str,
     pid = p.patient.id
     out: set[tuple[str, str, str, str | None]] = set()
     listed = set()
+    first: dict[tuple[str, str], tuple[str, str, str, str | None]] = {}
     for item in p.items:
         if item.status == "overdue":
             out.add((item.date.isoformat(), pid, "overdue", item.ref))
             listed.add(item.ref)
         elif item.date < as_of and (item.status == "unrecorded" or (item.status == "planned" and item.branch is None)):
-            out.add((item.date.isoformat(), pid, "unrecorded", item.ref))
+            # One row per drug of an element, dated and named by its first item.
+            first.setdefault((item.slot.element, item.slot.key), (item.date.isoformat(), pid, "unrecorded", item.ref))
             listed.add(item.ref)
         elif max(start, as_of) <= item.date < end and item.status in ("planned", "pending_decision"):
             out.add((item.date.isoformat(), pid, "due", item.ref))
+    out |= set(first.values())
     for e in p.elements:
         if e.status == "planned" and e.branch is None and e.actual_start is None and e.planned_start < as_of:
             out.add((e.planned_start.isoformat(), pid, "overdue", None))
@@ -119,16 +122,24 @@ def test_a_patient_registered_late_shows_every_overdue_item_and_the_missing_star
     p = protocol.plan(protocol.load_patient(late), as_of=today)
     past = [i for i in p.items if i.date < today and i.branch is None]
     assert past  # induction's first month
-    unrecorded = {r[6] for r in wl.rows if r[2] == "unrecorded"}
-    assert unrecorded == {i.ref for i in past}
+    # One row per drug or assessment, naming its first item, saying how many and which days.
+    unrecorded = {r[6]: r for r in wl.rows if r[2] == "unrecorded"}
+    slots: dict[str, list[Any]] = {}
+    for i in past:
+        slots.setdefault(i.slot.key, []).append(i)
+    assert set(unrecorded) == {items[0].ref for items in slots.values()}
+    for items in slots.values():
+        detail = unrecorded[items[0].ref][8]
+        assert (f"{len(items)} with nothing recorded" in detail) if len(items) > 1 else "nothing recorded" in detail
     assert "induction:day8_blasts@8" in unrecorded  # the assessment the risk group waits for
+    assert "7 with nothing recorded: days 1-7 (30 to 24 days ago)" in unrecorded["induction:prednisone@1"][8]
+    assert "days 8, 15, 22, 29 (23 to 2 days ago)" in unrecorded["induction:vincristine@8"][8]
     start = [r for r in wl.rows if r[3] == "element_start"]
     assert [(r[0], r[2], r[5]) for r in start] == [("2026-11-02", "overdue", "induction")]
     assert "30 days ago" in start[0][8] and "protocol record LATE-01 started induction" in start[0][8]
     risk = [r for r in wl.rows if r[2] == "waiting" and r[3] == "risk"]
     assert len(risk) == 1 and "prednisone response" in risk[0][8]
-    day8 = next(r for r in wl.rows if r[6] == "induction:dexamethasone@8")
-    assert "due 23 days ago, nothing recorded" in day8[8]
+    assert "due 23 days ago, nothing recorded" in unrecorded["induction:day8_blasts@8"][8]
     text = wl.table()
     assert "UNRECORDED" in text and f"{len(unrecorded)} unrecorded" in text.splitlines()[0]
 
@@ -138,7 +149,7 @@ def test_due_assessments_waiting_decisions_and_overdue(reg: Registry) -> None:
     waiting = [r for r in rows if r[2] == "waiting"]
     assert [(r[1], r[6], r[8]) for r in waiting] == [("INF-0003", "pre_octadad", "waits for mrd:pre_octadad")]
     unrecorded = [r for r in rows if r[2] == "unrecorded"]
-    assert unrecorded and all(r[0] < TODAY.isoformat() and "ago, nothing recorded" in r[8] for r in unrecorded)
+    assert unrecorded and all(r[0] < TODAY.isoformat() and "nothing recorded" in r[8] and " ago" in r[8] for r in unrecorded)
     overdue = [r for r in rows if r[2] == "overdue"]
     assert overdue and all(r[0] < TODAY.isoformat() for r in overdue)
     assert {r[3] for r in rows} <= {"administration", "assessment", "decision", "bag_change", "infusion_bag", "risk",
@@ -246,11 +257,15 @@ def test_project_selects_by_status_and_window() -> None:
         ],
     )
     rows = project(plan, d, 7)
-    assert [(r[1], r[5]) for r in rows] == [("overdue", "ib:marrow@29"), ("unrecorded", "ib:drug@27"),
-                                            ("due", "ib:lp@30"), ("due", "ib:drug@36"), ("waiting", "soon"),
+    assert [(r[1], r[5]) for r in rows] == [("overdue", "ib:marrow@29"), ("due", "ib:lp@30"), ("due", "ib:drug@36"),
+                                            ("unrecorded", "ib:drug@27"), ("waiting", "soon"),
                                             ("deviation", "ib:drug@25")]
-    assert rows[2][3] == "lumbar_puncture" and rows[4][7] == "waits for mrd:x"
-    assert rows[0][7] == "due 3 days ago, nothing recorded" and rows[1][7] == "IV; due 1 day ago, nothing recorded"
+    assert rows[1][3] == "lumbar_puncture" and rows[4][7] == "waits for mrd:x"
+    assert rows[0][7] == "due 3 days ago, nothing recorded" and rows[3][7] == "IV; due 1 day ago, nothing recorded"
+    several = SimpleNamespace(items=[_item(d - dt.timedelta(days=n), f"ib:drug@{30 - n}", "unrecorded")
+                                     for n in (9, 8, 7, 2)], pending=[], deviations=[])
+    assert [(r[1], r[5], r[7]) for r in project(several, d, 7)] == [
+        ("unrecorded", "ib:drug@21", "IV; 4 with nothing recorded: days 21, 22, 23, 28 (9 to 2 days ago)")]
 
 
 def test_output_forms() -> None:
