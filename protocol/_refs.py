@@ -18,7 +18,8 @@ from typing import Any, NamedTuple
 
 from ._errors import InputError, Problem
 
-__all__ = ["STATUSES", "Ref", "canonical", "due_on", "items_of_day", "only", "open_before", "parse", "resolve", "resolve_all", "select"]
+__all__ = ["STATUSES", "Ref", "canonical", "due_on", "items_of_day", "only", "open_before", "parse", "resolve",
+           "resolve_all", "select"]
 
 #: Statuses of an item that still waits for something to be recorded (see :class:`protocol.Item`).
 OPEN = frozenset({"planned", "overdue", "unrecorded"})

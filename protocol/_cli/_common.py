@@ -240,7 +240,7 @@ def _wrap(text: str, width: int, rest: int | None = None, joins: str = "_/") -> 
 COMFORT = 22
 
 
-def _fit(header: list[str], rows: list[list[str]], width: int | None, *, keep: set[str] = frozenset(),  # type: ignore[assignment]
+def _fit(header: list[str], rows: list[list[str]], width: int | None, *, keep: frozenset[str] | set[str] = frozenset(),
          drop: tuple[str, ...] = (), wrap: tuple[set[str], ...] = ()) -> tuple[str, list[str]]:
     """Rows as fixed-width text fitted to ``width`` columns of terminal, and the names of the
     columns shown.

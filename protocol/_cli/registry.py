@@ -428,7 +428,8 @@ def record_randomised(
 
     Example: protocol record INF-0001 randomised consolidation standard --date 2026-07-20
     """
-    _record(ctx, "event", _event("randomised", randomisation=randomisation, arm=arm, date=None, note=note),
+    _record(ctx, "event", _event("randomised", randomisation=randomisation.strip().lower(),
+                                 arm=arm.strip().lower(), date=None, note=note),
             date=date, by=by, supersedes=supersedes, why=why, db=db,
             positional={"randomisation": "RANDOMISATION", "arm": "ARM"})
 
@@ -487,7 +488,7 @@ def record_mrd(
 
     Example: protocol record INF-0003 mrd pre_octadad --value 3e-4 --date 2026-11-02
     """
-    _record(ctx, "mrd", {"timepoint": timepoint, "date": None, "value": value}, date=date, by=by,
+    _record(ctx, "mrd", {"timepoint": timepoint.strip().lower(), "date": None, "value": value}, date=date, by=by,
             supersedes=supersedes, why=why, db=db, positional={"timepoint": "TIMEPOINT"})
 
 
