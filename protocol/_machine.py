@@ -114,6 +114,8 @@ class CompiledElement:
     fixed: Template | None = field(default=None, repr=False)  # the template for the planned length
     gate: CountGateRule | None = None  # blood counts that must recover before the element starts
     infusion: InfusionRule | None = None  # interruption and bag rules of its continuous infusion
+    #: (guard, rule, condition in words) a patient must meet to be planned into the element.
+    requires: tuple[tuple[Guard, Any, str], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "timepoints", frozenset(s.timepoint for s in self.slots if s.timepoint))
@@ -258,6 +260,9 @@ def _source_refs(defn: ProtocolDefinition) -> Iterator[tuple[tuple[Any, ...], st
     for i, t in enumerate(defn.transitions):
         if t.rule_source is not None:
             yield ("transitions", i, "rule_source"), t.rule_source
+    for i, e in enumerate(defn.elements):
+        for j, r in enumerate(e.requires):
+            yield ("elements", i, "requires", j, "source"), r.source
 
 
 def _conditions(defn: ProtocolDefinition) -> Iterator[tuple[tuple[Any, ...], Condition]]:
@@ -272,6 +277,9 @@ def _conditions(defn: ProtocolDefinition) -> Iterator[tuple[tuple[Any, ...], Con
     for i, t in enumerate(defn.transitions):
         if t.when is not None:
             yield ("transitions", i, "when"), t.when
+    for i, e in enumerate(defn.elements):
+        for j, r in enumerate(e.requires):
+            yield ("elements", i, "requires", j, "when"), r.when
 
 
 def _leaves(c: Condition, loc: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], Condition]]:
@@ -630,6 +638,7 @@ class Protocol:
                 0 if e.start is None or e.start.gap_days is None or e.start.gap_days.value is None
                 else int(e.start.gap_days.value),
                 tuple(slots), evidence, e, gate=_gate(e), infusion=infusion,
+                requires=tuple((compile_condition(r.when), r, describe(r.when)) for r in e.requires),
             )
         self.initial = defn.initial or defn.elements[0].id
         table: dict[str, list[Edge]] = {}

@@ -644,6 +644,16 @@ class Replacement(_Strict):
     rule_evidence: Evidence
 
 
+class EligibilityRule(_Strict):
+    """A condition every patient must meet; ``message`` is shown when it is not met."""
+
+    id: Ident
+    when: Condition
+    message: Text
+    source: SourceKey
+    evidence: Evidence
+
+
 class Element(_Strict):
     """A course (an *element* in CDISC terms): induction, a blinatumomab cycle, maintenance..."""
 
@@ -657,6 +667,9 @@ class Element(_Strict):
     first_day: int = Field(1, ge=-30, le=400, description="Number of the element's first day (1, 0, or e.g. 36 "
                            "for BFM numbering that continues from the previous element).")
     start: StartRule | None = None
+    requires: list[EligibilityRule] = Field([], description="Conditions a patient must meet to be planned into "
+                                            "this element (the blinatumomab cycle: CD19-positive, < 25 % marrow "
+                                            "blasts at the end of induction); a start recorded against them is refused.")
     administrations: list[Administration] = []
     assessments: list[Assessment] = []
     notes: list[Text] = []
@@ -698,16 +711,6 @@ class RiskGroup(_Strict):
     source: SourceKey
     evidence: Evidence
     note: Text | None = None
-
-
-class EligibilityRule(_Strict):
-    """A condition every patient must meet; ``message`` is shown when it is not met."""
-
-    id: Ident
-    when: Condition
-    message: Text
-    source: SourceKey
-    evidence: Evidence
 
 
 class DerivedCase(_Strict):
@@ -974,6 +977,11 @@ class Patient(_Strict):
     prednisone_response: Literal["good", "poor"] | None = None
     day8_blasts_per_ul: float | None = Field(None, ge=0, allow_inf_nan=False)
     cns_status: Literal["CNS1", "CNS2", "CNS3"] | None = None
+    cd19: Literal["positive", "negative"] | None = Field(None, description="CD19 expression of the leukaemic "
+                                                         "blasts (immunophenotype).")
+    eoi_marrow_blasts_percent: float | None = Field(None, ge=0, le=100, allow_inf_nan=False,
+                                                    description="Leukaemic blasts in the bone marrow at the end of "
+                                                    "induction, % (M1 < 5, M2 5-25, M3 > 25).")
     measurements: list[Measurement] = []
     mrd: list[MrdResult] = []
     counts: list[BloodCount] = []

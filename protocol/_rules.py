@@ -58,6 +58,8 @@ FACTS: dict[str, FactSpec] = {
     "risk_group": FactSpec("risk group", "categorical"),
     "wbc_at_diagnosis": FactSpec("WBC at diagnosis", "numeric", unit="×10⁹/L"),
     "day8_blasts_per_ul": FactSpec("day-8 blood blasts", "numeric", unit="/µL"),
+    "cd19": FactSpec("CD19", "categorical", ("positive", "negative")),
+    "eoi_marrow_blasts_percent": FactSpec("marrow blasts at the end of induction", "numeric", unit="%"),
     "age_at_diagnosis_days": FactSpec("age at diagnosis", "numeric", unit="days"),
     "age_at_diagnosis_months": FactSpec("age at diagnosis", "numeric", unit="completed months"),
     "age_at_diagnosis_years": FactSpec("age at diagnosis", "numeric", unit="completed years"),
@@ -119,7 +121,7 @@ def patient_facts(patient: Patient, as_of: dt.date | None = None) -> Facts:
         "age_at_diagnosis_months": completed_months(birth, diag),
         "age_at_diagnosis_years": completed_years(birth, diag),
     }
-    for name in ("cns_status", "prednisone_response", "day8_blasts_per_ul"):
+    for name in ("cns_status", "prednisone_response", "day8_blasts_per_ul", "cd19", "eoi_marrow_blasts_percent"):
         value = getattr(patient, name)
         if value is not None:
             facts[name] = value

@@ -743,6 +743,10 @@ class _Builder:
                          f"{cur.id!r} {'ended' if cur.actual_end is not None else 'started'} on "
                          f"{dt.date.fromordinal(last)}")
             return None
+        failed, _ = self.unmet(target, facts)
+        if failed:
+            self.problem(field, f"the patient may not start {target!r}: {'; '.join(failed)}")
+            return None
         if p.choices:
             # A clinical choice (another cycle, or not) is recorded by the start it leads to.
             keys = {k for e in edges for k in e.depends_on
@@ -1372,6 +1376,16 @@ class _Builder:
             domains = {f"arm:{r}": frozenset(arms) for r, arms in p.randomisations.items() if f"arm:{r}" not in facts}
         while True:
             el = p.elements[cur.id]
+            if cur.actual_start is None and el.requires:
+                failed, waiting = self.unmet(cur.id, facts)
+                if failed:
+                    self.warnings.append(f"{cur.id} is not planned: {'; '.join(failed)}. The definition plans no "
+                                         f"other path for this patient: record what was done instead "
+                                         f"(off_protocol with the reason)")
+                    return
+                if waiting:
+                    self.warnings.append(f"{cur.id} is planned, but whether the patient may have it is not "
+                                         f"recorded yet: waiting for {', '.join(waiting)}")
             if pending:
                 status = "pending_decision"
             elif cur.actual_end is not None:
@@ -1434,6 +1448,20 @@ class _Builder:
             ends = {x for x in seen if x is not None}
             self.eot = ends.pop() if len(ends) == 1 else saved
             return
+
+    def unmet(self, element: str, facts: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """The element's ``requires`` rules against the facts: ``(messages of the rules not
+        met, facts still unknown)`` (clinical-facts §5: an ineligible patient is not planned
+        into the blinatumomab cycle)."""
+        failed: list[str] = []
+        waiting: list[str] = []
+        for guard, rule, text in self.p.elements[element].requires:
+            result = guard(facts)
+            if result is False:
+                failed.append(f"{rule.message} (rule: {text}; {'; '.join(s.strip() for s in explain(rule.when, facts))})")
+            elif result is None:
+                waiting.extend(k for k in depends_on(rule.when) if k not in facts and k not in waiting)
+        return failed, waiting
 
     def decide(self, edges: tuple[Edge, ...], chosen: Edge | None, status: str, when: dt.date,
                facts: dict[str, Any], branch: str | None) -> None:

@@ -57,6 +57,7 @@ DEFAULT_PATIENT: dict[str, Any] = {
     "kmt2a": "rearranged",
     "wbc_at_diagnosis": 150,
     "day8_blasts_per_ul": 300,
+    "cd19": "positive", "eoi_marrow_blasts_percent": 2,  # eligible for the blinatumomab cycle
     "measurements": [{"date": "2026-05-04", "height_cm": 66, "weight_kg": 7.4}],
 }
 

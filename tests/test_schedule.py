@@ -354,7 +354,8 @@ def test_evidence_levels(as_of: dt.date) -> None:
     by_key = {(i.element, i.slot.key): i.evidence for i in p.items}
     assert by_key[("blinatumomab", "blinatumomab")] == "published"
     assert by_key[("induction", "prednisone")] == "placeholder"  # published days, placeholder dose
-    assert by_key[("induction", "day8_blasts")] == "published"
+    # Day 8 is the BFM definition, not re-stated in an Interfant-06 source (clinical-facts §2): placeholder.
+    assert by_key[("induction", "day8_blasts")] == "placeholder"
     assert by_key[("blinatumomab", "blina_day15_marrow")] == "derived"
 
 
@@ -842,3 +843,36 @@ def test_to_csv_first_row(as_of: dt.date) -> None:
                                                                                               "1")
     assert rows[0]["unverified"].startswith("UNVERIFIED: the dose is a placeholder")
     assert rows[0]["branch"] == ""
+
+
+# --------------------------------------------------------------------------- blinatumomab eligibility
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"cd19": "negative"}, "blinatumomab needs CD19-positive disease"),
+    ({"eoi_marrow_blasts_percent": 30}, "blinatumomab needs fewer than 25 % marrow blasts at the end of induction"),
+])
+def test_an_ineligible_patient_is_not_planned_into_blinatumomab(make_patient: Callable[..., Path], as_of: dt.date,
+                                                                 fields: dict[str, Any], reason: str) -> None:
+    """An M3 marrow (or CD19-negative disease) is never silently planned into the cycle
+    (clinical-facts §5 [46]); a recorded start is refused naming the rule."""
+    p = protocol.plan(make_patient(**fields), as_of=D(2026, 5, 10))
+    assert [e.id for e in p.elements] == ["induction"]
+    assert not [i for i in p.items if i.element == "blinatumomab"]
+    [warning] = [w for w in p.warnings if w.startswith("blinatumomab is not planned")]
+    assert reason in warning and "record what was done instead" in warning
+    events = [{"type": "element_started", "element": "induction", "date": "2026-05-04"},
+              {"type": "element_completed", "element": "induction", "date": "2026-06-07"},
+              {"type": "element_started", "element": "blinatumomab", "date": "2026-06-08"}]
+    with pytest.raises(protocol.PatientError) as exc:
+        protocol.plan(make_patient(events=events, **fields), as_of=as_of)
+    [problem] = exc.value.problems
+    assert problem.field == "events[2].element" and problem.message.startswith(
+        "the patient may not start 'blinatumomab': " + reason)
+
+
+def test_unknown_eligibility_plans_the_cycle_and_says_what_it_waits_for(make_patient: Callable[..., Path]) -> None:
+    p = protocol.plan(make_patient(cd19=None, eoi_marrow_blasts_percent=None), as_of=D(2026, 5, 10))
+    assert "blinatumomab" in [e.id for e in p.elements]
+    assert ("blinatumomab is planned, but whether the patient may have it is not recorded yet: waiting for cd19, "
+            "eoi_marrow_blasts_percent") in p.warnings
