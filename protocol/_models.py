@@ -560,6 +560,9 @@ class Administration(_Strict):
     notes: list[Text] = []
     window: Window | None = None
     infusion: Infusion | None = Field(None, description="Only for a continuous infusion: interruption and bag rules.")
+    on_infusion_restart: SourcedNumber | None = Field(
+        None, description="Planned again on the day the element's continuous infusion restarts after an "
+        "interruption of at least this many hours (blinatumomab label: dexamethasone premedication, 4 h).")
 
     @model_validator(mode="after")
     def _infusion_only_continuous(self) -> Any:
@@ -900,10 +903,10 @@ EVENT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "element_held": (frozenset({"element", "reason"}), frozenset({"element", "reason"})),
     "element_resumed": (frozenset({"element"}), frozenset({"element"})),
     "infusion_interrupted": (frozenset({"element", "reason"}), frozenset({"element", "reason"})),
-    "infusion_resumed": (frozenset({"element", "bag_hours"}), frozenset({"element"})),
+    "infusion_resumed": (frozenset({"element", "bag_hours", "interruption_hours"}), frozenset({"element"})),
 }
 _OPTIONAL_FIELDS = ("element", "randomisation", "arm", "reason", "item", "to", "scope", "dose", "percent", "of",
-                    "bag_hours")
+                    "bag_hours", "interruption_hours")
 
 
 class Event(_Strict):
@@ -918,7 +921,9 @@ class Event(_Strict):
     - ``dose_modified``: ``percent`` of the ``standard`` dose or of the ``previous`` dose, for
       this item or (``scope: element``) for it and the element's later doses of that drug; a
       modified dose never exceeds the standard, and 0 % is refused (record ``item_omitted``);
-    - ``element_held`` / ``element_resumed``; ``infusion_interrupted`` / ``infusion_resumed``;
+    - ``element_held`` / ``element_resumed``; ``infusion_interrupted`` / ``infusion_resumed``
+      (``interruption_hours``: how long it was stopped; premedication is planned on the restart
+      day unless it is recorded as shorter than the definition's limit);
     - ``randomised``, ``hsct``, ``relapse``, ``death``, ``off_protocol``.
 
     ``item`` is ``ELEMENT:SLOT@DAY``, e.g. ``induction:dexamethasone@8``.
@@ -936,6 +941,9 @@ class Event(_Strict):
     percent: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
     of: Literal["standard", "previous"] | None = None
     bag_hours: int | None = Field(None, ge=1, le=24 * 14)
+    interruption_hours: float | None = Field(None, gt=0, le=24 * 60, allow_inf_nan=False,
+                                             description="How long the infusion was stopped, in hours (on "
+                                             "infusion_resumed): a restart after 4 h or more needs premedication.")
     reason: Text | None = None
     note: Text | None = None
 

@@ -1030,7 +1030,8 @@ class _Builder:
                     continue
                 if ev.bag_hours is not None:
                     hours = ev.bag_hours
-                rows, end, note = self.resume(el, rows, start, end, pause, when, status, branch, hours, pinned)
+                rows, end, note = self.resume(el, rows, start, end, pause, when, status, branch, hours, pinned,
+                                              interruption_hours=ev.interruption_hours)
                 notes.append(note)
                 pause = None
                 continue
@@ -1097,7 +1098,7 @@ class _Builder:
 
     def resume(self, el: Any, rows: list[list[Any]], start: int, end: int, pause: tuple[int, int, str, int], when: int,
                status: str, branch: str | None, hours: int | None, pinned: dict[int, tuple[int, int]],
-               ongoing: bool = False
+               ongoing: bool = False, interruption_hours: float | None = None
                ) -> tuple[list[list[Any]], int, str]:
         """Apply a hold or an infusion interruption that ends on ``when``."""
         _, since, kind, began = pause
@@ -1141,9 +1142,32 @@ class _Builder:
             rows = self.rebag(el, rows, when, hours or inf.default_hours, from_ord=when, status=status)
             note = (f"{what}{until} ({gap} days, at most {inf.max_interruption_days}): the cycle continues to "
                     f"{inf.last_day - inf.first_day + 1} infusion days; its end moves {gap} days")
+            rows = [*rows, *self.restart_items(el, rows, start, when, status, branch, interruption_hours)]
         else:
             note = f"{what}{until}: later items and the end move {gap} days"
         return rows, end + gap, note
+
+    def restart_items(self, el: Any, rows: list[list[Any]], start: int, when: int, status: str, branch: str | None,
+                      interruption_hours: float | None) -> list[list[Any]]:
+        """Items planned again on the day a continuous infusion restarts: the administrations
+        with ``on_infusion_restart`` (blinatumomab label, clinical-facts §5.1: dexamethasone
+        premedication when restarting after an interruption of 4 h or more in the first cycle).
+        Planned unless the interruption is recorded as shorter than the limit."""
+        out: list[list[Any]] = []
+        for slot in el.slots:
+            limit = getattr(slot.source, "on_infusion_restart", None)
+            if limit is None or limit.value is None:
+                continue
+            if interruption_hours is not None and interruption_hours < limit.value:
+                continue
+            why = (f"restart after a {interruption_hours:g}-hour interruption" if interruption_hours is not None
+                   else "restart after an interruption whose length in hours is not recorded")
+            day = when - start + 1
+            m = bisect_right(self.ctx.m_ords, when) - 1
+            [dose] = self.ctx.doses_at((slot,), when, m)
+            out.append([when, day, when - self.ctx.t0 + 1, slot, dose, status, branch,
+                        f"{why}: planned again before the restart (≥ {limit.value:g} h)", self.dating])
+        return out
 
     def rebag(self, el: Any, rows: list[list[Any]], start: int, hours: int, from_ord: int | None = None,
               status: str = "planned", note: str | None = None) -> list[list[Any]]:

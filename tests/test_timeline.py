@@ -37,7 +37,7 @@ from typer.testing import CliRunner
 import protocol
 from protocol import PatientError
 from protocol._cli import app
-from protocol._models import Patient
+from protocol._models import Event, Patient
 
 HERE = Path(__file__).resolve().parent
 DEFINITION = HERE / "data" / "timeline" / "timeline.yaml"
@@ -1256,3 +1256,48 @@ def test_cli_plan_json_shows_a_delay_with_scope_all(tmp_path: Path) -> None:
     assert blina["date"] == "2026-06-10"
     assert data["end_of_therapy"] == "2028-04-30"  # 104 weeks from diagnosis, unchanged
     assert isinstance(data["deviations"], list)
+
+
+# --------------------------------------------------------------------------- premedication on restart
+
+
+@pytest.fixture(scope="module")
+def restart_proto(tmp_path_factory: pytest.TempPathFactory) -> protocol.Protocol:
+    """The timeline definition with its premedication planned again on an infusion restart
+    after an interruption of 4 h or more (the blinatumomab label's rule)."""
+    import yaml
+
+    data = yaml.safe_load(DEFINITION.read_text(encoding="utf-8"))
+    blina = next(e for e in data["elements"] if e["id"] == "blina")
+    premed = next(a for a in blina["administrations"] if a.get("id") == "premed")
+    premed["on_infusion_restart"] = {"value": 4, "evidence": "published", "source": "test"}
+    path = tmp_path_factory.mktemp("restart") / "timeline-restart.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return protocol.load_protocol(path)
+
+
+@pytest.mark.parametrize(("hours", "planned"), [(None, True), (4, True), (30, True), (3.5, False)])
+def test_premedication_is_planned_on_the_restart_day(restart_proto: protocol.Protocol, hours: float | None,
+                                                      planned: bool) -> None:
+    resume = {"type": "infusion_resumed", "element": "blina", "date": "2026-01-21"}
+    if hours is not None:
+        resume["interruption_hours"] = hours
+    p = protocol.plan(make([*BLINA, interrupted("2026-01-20"), resume]), restart_proto, as_of=D("2026-01-21"))
+    premeds = [i for i in p.items if i.slot.key == "premed"]
+    assert premeds[0].date == D("2026-01-17")
+    restart = [i for i in premeds if i.date == D("2026-01-21")]
+    assert bool(restart) == planned
+    if planned:
+        [item_] = restart
+        assert item_.ref == "blina:premed@5" and item_.dose is not None and item_.dose.amount == 2.5
+        assert item_.note.endswith("planned again before the restart (≥ 4 h)")
+        # It can be recorded like any item.
+        given_ = protocol.plan(make([*BLINA, interrupted("2026-01-20"), resume,
+                                     given("blina:premed@5", "2026-01-21")]), restart_proto, as_of=D("2026-01-21"))
+        assert item(given_, "blina:premed@5").status == "given"
+
+
+def test_interruption_hours_only_on_infusion_resumed() -> None:
+    with pytest.raises(ValueError, match="takes no interruption_hours"):
+        Event.model_validate({"type": "element_resumed", "element": "alpha", "date": "2026-01-21",
+                                       "interruption_hours": 5})
