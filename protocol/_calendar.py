@@ -336,7 +336,8 @@ def _events(plan: Plan) -> list[_Event]:
         rule_unverified = bool(getattr(d, "unverified", False))
         lines = [f"Decision {d.id} at the end of {d.at}: {state}", rules, *d.explanation]
         if rule_unverified:
-            lines.append(f"Rule {_UNVERIFIED}")
+            why = "; ".join(getattr(d, "unverified_reasons", ()) or ())
+            lines.append(f"Rule {_UNVERIFIED}" + (f": {why}" if why else ""))
         events.append(_Event(key, d.date, d.date + dt.timedelta(days=1),
                              _title(pid, f"Decision {d.id} ({state})", rule_unverified),
                              "\n".join([*lines, _CHECK]), seq, d.branch is not None, "decision", rule_unverified))

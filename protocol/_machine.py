@@ -41,7 +41,7 @@ from ._models import (
     TimePoint,
     Transition,
 )
-from ._rules import FACTS, Guard, RuleSet, compile_condition, depends_on, describe
+from ._rules import FACTS, Guard, RuleSet, compile_condition, depends_on, describe, placeholders
 
 __all__ = ["OUTCOMES", "Protocol", "Edge", "Slot", "compile_definition"]
 
@@ -93,6 +93,8 @@ class Edge:
     label: str | None
     depends_on: tuple[str, ...]
     text: str  # the condition in words ("otherwise" for the default edge)
+    #: Why the edge's rule is unverified: a placeholder rule (``rule_evidence``) or threshold.
+    unverified: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -649,6 +651,8 @@ class Protocol:
                 t.source, t.to, None if t.when is None else compile_condition(t.when), t.when, decision, t.label,
                 () if t.when is None else depends_on(t.when),
                 "otherwise" if t.when is None else describe(t.when),
+                (((f"the rule {t.source} → {t.to} is a placeholder",) if t.rule_evidence == "placeholder" else ())
+                 + (() if t.when is None else placeholders(t.when))),
             ))
         self.table: dict[str, tuple[Edge, ...]] = {k: tuple(v) for k, v in table.items()}
         self.age_banded = any(s.dose is not None and s.dose.basis == "age_banded"

@@ -190,12 +190,13 @@ class Decision:
     or None for unknown); ``explanation`` spells the rules out against the patient's facts.
     """
 
-    __slots__ = ("_edges", "_facts", "at", "branch", "date", "depends_on", "id", "outcome", "status",
+    __slots__ = ("_edges", "_facts", "_inherited", "at", "branch", "date", "depends_on", "id", "outcome", "status",
                  "waiting_for")
 
     def __init__(self, edges: tuple[Edge, ...], chosen: Edge | None, status: str, date: dt.date | None,
-                 facts: dict[str, Any], branch: str | None) -> None:
+                 facts: dict[str, Any], branch: str | None, inherited: tuple[str, ...] = ()) -> None:
         self._edges = edges
+        self._inherited = inherited  # placeholders behind the facts it reads (an unverified risk group)
         self._facts = dict(facts)
         self.id = edges[0].decision
         self.at = edges[0].source
@@ -224,9 +225,21 @@ class Decision:
                 lines.extend("  " + line for line in explain(e.condition, self._facts))
         return lines
 
+    @property
+    def unverified_reasons(self) -> tuple[str, ...]:
+        """Why the decision rests on a placeholder (a placeholder rule or threshold of any of
+        its branches); empty when every rule and number is sourced."""
+        return tuple(dict.fromkeys([*(r for e in self._edges for r in e.unverified), *self._inherited]))
+
+    @property
+    def unverified(self) -> bool:
+        """True when a rule or threshold of the decision is a placeholder."""
+        return bool(self.unverified_reasons)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"id": self.id, "at": self.at, "status": self.status, "depends_on": list(self.depends_on),
+        return {"id": self.id, "at": self.at, "status": self.status, "unverified": self.unverified,
+                "unverified_reasons": list(self.unverified_reasons), "depends_on": list(self.depends_on),
                 "outcome": self.outcome, "date": _iso(self.date), "branches": self.branches,
                 "waiting_for": list(self.waiting_for), "explanation": self.explanation, "branch": self.branch}
 
@@ -595,6 +608,7 @@ class _Builder:
 
     def build(self) -> Plan:
         facts, risk = self.facts()
+        self.risk = risk
         if self.problems:
             raise PatientError(self.problems)
         p = self.p
@@ -1489,7 +1503,11 @@ class _Builder:
 
     def decide(self, edges: tuple[Edge, ...], chosen: Edge | None, status: str, when: dt.date,
                facts: dict[str, Any], branch: str | None) -> None:
-        self.decisions.append(Decision(edges, chosen, status, when, facts, branch))
+        risk = getattr(self, "risk", None)
+        inherited: tuple[str, ...] = ()
+        if risk is not None and risk.unverified and any("risk_group" in e.depends_on for e in edges):
+            inherited = tuple(f"{r}, behind the risk group" for r in risk.unverified_reasons)
+        self.decisions.append(Decision(edges, chosen, status, when, facts, branch, inherited))
 
 
 class _Open:

@@ -102,7 +102,10 @@ def risk_command(
         sys.stdout.write(dumps(result.to_dict()))
         return
     head = result.group or result.status
-    typer.echo(f"risk group: {head}" + (f" ({result.label})" if result.label else ""))
+    typer.echo(f"risk group: {head}" + (f" ({result.label})" if result.label else "")
+               + (" ⚠ UNVERIFIED" if result.unverified else ""))
+    for why in result.unverified_reasons:
+        typer.echo(f"  UNVERIFIED: {why}")
     if result.status == "pending":
         typer.echo(f"  still possible: {', '.join(result.candidates)}; waiting for: {', '.join(result.waiting_for)}")
     for line in result.reasons:
@@ -172,16 +175,21 @@ def _plan_text(result: Any, items: list[Any], width: int | None, filtered: bool)
     """The plan as plain fixed-width text: the header lines, the table, the legend."""
     risk = result.risk
     head = [f"{result.patient.id} · {result.protocol.id} {result.protocol.version} · as of {result.as_of} · "
-            f"risk {risk.group or risk.status} · end of therapy "
+            f"risk {risk.group or risk.status}{' ⚠ UNVERIFIED' if risk.unverified else ''} · end of therapy "
             f"{result.end_of_therapy.isoformat() if result.end_of_therapy else '—'}"]
+    if risk.unverified:
+        head.append(f"risk group UNVERIFIED: {'; '.join(risk.unverified_reasons)}")
     provenance = getattr(result.protocol, "provenance", None)
     if provenance:
         head.append(str(provenance))
     for d in result.decisions:
+        mark = f" ⚠ UNVERIFIED ({'; '.join(d.unverified_reasons)})" if d.unverified else ""
         if d.status == "pending":
             head.append(f"PENDING decision {d.id} (after {d.at}, {d.date}): waits for {', '.join(d.waiting_for)}; "
                         + "; ".join(f"→ {b['to']} " + ("otherwise" if b["when"] == "otherwise" else f"if {b['when']}")
-                                   for b in d.branches))
+                                   for b in d.branches) + mark)
+        elif d.unverified:
+            head.append(f"decision {d.id} ({d.status}: {d.outcome}){mark}")
     head.extend(f"warning: {w}" for w in result.warnings)
     head.extend(f"deviation {d['date']} {d['kind']}: {d['message']}" + (f" [{d['item']}]" if d["item"] else "")
                 for d in result.deviations)
