@@ -225,7 +225,7 @@ def record_given(
 ) -> None:
     """Items of the plan were given (with the amount actually given, for one item).
 
-    Several items at once (``given REF REF ...``, or ``--element induction --day 8`` for every
+    Several items at once (`given REF REF ...`, or `--element induction --day 8` for every
     administration of that day still to record) are checked together and recorded all or
     none. `protocol due PATIENT` lists the refs of a day, ready to paste.
 
