@@ -136,29 +136,14 @@ def administrations(item: Item) -> tuple[str | None, int | None]:
 
 
 def dose_line(item: Item) -> str | None:
-    """The dose as what one administration is and how many a day (None without a dose).
+    """The dose as what one administration is and how many a day (None without a dose): the
+    library's own wording (:attr:`DoseResult.text`), so every output says the same.
 
     >>> dose_line(marma_cytarabine_item)  # doctest: +SKIP
-    '1170 mg per dose, every 12 h (2 doses a day)'
+    '1160 mg per dose, every 12 h (2 doses a day)'
     """
     dose = item.dose
-    if dose is None:
-        return None
-    text = dose.text
-    frequency, n = administrations(item)
-    if frequency == "continuous":
-        return f"{text}, continuous infusion"
-    if dose.per == "dose":
-        if frequency == "q12h":
-            return f"{text} per dose, every 12 h ({n} doses a day)"
-        return f"{text} per dose, once a day" if n == 1 else (f"{text} per dose, {n} doses a day" if n
-                                                             else f"{text} per dose")
-    if dose.per == "day":
-        if n and n > 1:
-            every = ", every 12 h" if frequency == "q12h" else ""
-            return f"{text} in total, given as {n} administrations a day{every}"
-        return f"{text}, once a day"
-    return f"{text}, one administration on the day"
+    return None if dose is None else dose.text
 
 
 def _title(pid: str, rest: str, unverified: bool) -> str:

@@ -232,13 +232,13 @@ def _section(plan: Plan, span: Any, items: list[Item], decision: Any) -> Section
             if hit is None:
                 cells.append(("", False))
                 continue
-            text = hit.dose.text if hit.dose is not None else str(s.kind).replace("_", " ")
+            text = hit.dose.short_text if hit.dose is not None else str(s.kind).replace("_", " ")
             run = run_days.get(id(s))
             if run is not None and ordinal == run[0]:
                 text = f"{text} — start, daily to {dt.date.fromordinal(run[1]).isoformat()}"
             elif run is not None and ordinal == run[1]:
                 text = f"{text} — last day"
-            cells.append((text, s.evidence == "placeholder"))
+            cells.append((text, hit.unverified))
         studies = "; ".join(f"{letters[i.slot.key]}. {i.slot.name}" for i in todays if i.slot.key in letters
                             and i.slot.kind == "assessment")
         # Anything out of the ordinary recorded for an item (given, omitted, held, moved...) is
@@ -260,9 +260,9 @@ def _section(plan: Plan, span: Any, items: list[Item], decision: Any) -> Section
     if el.open_ended:
         length = f"until {_fmt_date(plan.end_of_therapy)} (end of therapy)"
         eot = p.definition.end_of_therapy
-        length_unverified = eot is not None and eot.weeks.evidence == "placeholder"
-        length_note = "" if eot is None else (f"{eot.weeks.value:g} weeks after {eot.anchor}"
-                                              + (f" — {eot.weeks.note}" if eot.weeks.note else ""))
+        length_unverified = eot is not None and eot.length.evidence == "placeholder"
+        length_note = "" if eot is None else (f"{eot.text} after {eot.anchor}"
+                                              + (f" — {eot.length.note}" if eot.length.note else ""))
     elif model.length_days is not None:
         length = f"{el.length} days (days {el.first_day}–{el.first_day + (el.length or 1) - 1})"
         length_unverified = model.length_days.evidence == "placeholder"

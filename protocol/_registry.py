@@ -556,7 +556,9 @@ class Registry:
     def _plan(self, patient: Patient) -> Any:
         from ._schedule import plan
 
-        return plan(patient, as_of=_plan_as_of(patient, self.today()))
+        today = self.today()
+        # An entry dated after the day it is recorded is refused (issue 11: a dose given in 2062).
+        return plan(patient, as_of=_plan_as_of(patient, today), today=today)
 
     # -- writing --------------------------------------------------------------------------
 

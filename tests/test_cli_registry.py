@@ -253,7 +253,11 @@ def test_bad_input_exits_2_and_changes_nothing(registered: Path, args: list[str]
 
 
 def test_corrections_and_history(registered: Path) -> None:
-    ok(cli("record", "INF-0001", "measurement", "--date", "2026-11-20", "--height-cm", "72", "--weight-kg", "89",
+    # 89 kg for a 13-month-old (the decimal point missed) is refused outright, with WHO's range.
+    bad(cli("record", "INF-0001", "measurement", "--date", "2026-11-20", "--height-cm", "72", "--weight-kg", "89",
+            "--db", registered, "--by", "bob"), "--weight-kg: 89 kg at 13 months is weight-for-age z = +",
+        "expected z from -6 to +5 (WHO biologically implausible limits)")
+    ok(cli("record", "INF-0001", "measurement", "--date", "2026-11-20", "--height-cm", "72", "--weight-kg", "9.8",
            "--db", registered, "--by", "bob"))
     ok(cli("record", "INF-0001", "measurement", "--date", "2026-11-20", "--height-cm", "72", "--weight-kg", "8.9",
            "--supersedes", "39", "--why", "decimal point missed", "--db", registered, "--by", "carol"))

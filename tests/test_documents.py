@@ -150,8 +150,8 @@ def test_day_grid_prints_calculated_dose_and_blank_for_given() -> None:
     first = induction.grid[0]
     assert first.date == "2026-05-04" and first.element_day == 1 and first.study_day == 1
     prednisone = induction.columns.index("Prednisone (prephase)")
-    # 60 mg/m²/day × 0.37 m² (66 cm, 7.4 kg); the 60 is a placeholder, so the cell is marked.
-    assert first.cells[prednisone] == ("22.2 mg/day", True)
+    # 60 mg/m²/day × 0.368330 m² (66 cm, 7.4 kg) = 22.0998; the 60 is a placeholder, so the cell is marked.
+    assert first.cells[prednisone] == ("22.1 mg/day", True)
     assert induction.next_row == "Day 36 (2026-06-08): begin next element"
     maintenance = next(s for s in ctx["sections"] if s.id == "maintenance")
     mp = maintenance.columns.index("Mercaptopurine (6-MP)")
@@ -200,8 +200,8 @@ def test_every_printed_dose_from_a_placeholder_is_marked() -> None:
                 slot = next(s for s in plan.protocol.elements[section.id].slots if s.name == name)
                 assert unverified == (bool(text) and slot.evidence == "placeholder")
     html = render_roadmap(plan, "html")
-    assert "22.2 mg/day <span class=\"unverified\">⚠ unverified</span>" in html
-    assert "22.2 mg/day ⚠" in render_roadmap(plan, "md")
+    assert "22.1 mg/day <span class=\"unverified\">⚠ unverified</span>" in html
+    assert "22.1 mg/day ⚠" in render_roadmap(plan, "md")
 
 
 # --------------------------------------------------------------------------- pictures, PDF, validators

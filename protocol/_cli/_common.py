@@ -289,13 +289,25 @@ def _fit(header: list[str], rows: list[list[str]], width: int | None, *, keep: f
                 break
             name = hidable.pop(0)
             cols = [i for i in cols if header[i] != name]
+        if need(cols, widths) > width and gap > 1:
+            # Still too wide with every column at its narrowest: one space between columns.
+            gap = 1
+            while need(cols, widths) > width:
+                narrowable = [i for i in cols if header[i] in wrappable and widths[i] > least[i]]
+                if not narrowable:
+                    break
+                widths[max(narrowable, key=lambda c: widths[c])] -= 1
+            # Wrappable columns narrowed for the two-space layout may widen back into the room.
+            for i in sorted((i for i in cols if header[i] in wrappable), key=lambda c: widths[c]):
+                while widths[i] < natural[i] and need(cols, widths) < width:
+                    widths[i] += 1
     else:
         widths = natural
     out: list[str] = []
     for row in [header, *rows]:
         cells = [_wrap(row[i], widths[i]) if len(row[i]) > widths[i] else [row[i]] for i in cols]
         for k in range(max(len(c) for c in cells)):
-            out.append("  ".join(f"{(c[k] if k < len(c) else ''):<{widths[i]}}"
+            out.append((" " * gap).join(f"{(c[k] if k < len(c) else ''):<{widths[i]}}"
                                  for c, i in zip(cells, cols, strict=True)).rstrip())
     return "\n".join(out) + "\n", [header[i] for i in cols]
 

@@ -187,7 +187,7 @@ def _plan_text(result: Any, items: list[Any], width: int | None, filtered: bool)
                 for d in result.deviations)
     rows = [[i.date.isoformat(), i.slot.element, str(i.element_day), str(i.study_day), i.slot.name,
              i.slot.route or "", "" if i.dose is None else i.dose.text, i.status,
-             "UNVERIFIED" if i.slot.evidence == "placeholder" else i.slot.evidence, i.branch or "", i.ref,
+             "UNVERIFIED" if i.unverified else i.evidence, i.branch or "", i.ref,
              _shown(i.note or "")] for i in items]
     text = "".join(_paragraph(_shown(line), width) for line in head)
     if filtered:
