@@ -149,7 +149,7 @@ def plan_command(
     the columns it cannot hold (note, ref, study day, ...) are hidden and named under the
     table; --wide shows them all. Output to a pipe or a file is never narrowed.
 
-    Example: protocol plan examples/patients/mr-on-time.yaml --element marma --status planned --from 2026-12-01
+    Example: protocol plan examples/patients/mr-on-time.yaml --element maintenance --from 2026-12-01 --to 2026-12-31
     """
     from .._io import parse_date
     from .._refs import only, select

@@ -225,7 +225,7 @@ def record_given(
 ) -> None:
     """Items of the plan were given (with the amount actually given, for one item).
 
-    Several items at once (``given REF REF ...``, or ``--element induction --day 8`` for every
+    Several items at once (`given REF REF ...`, or `--element induction --day 8` for every
     administration of that day still to record) are checked together and recorded all or
     none. `protocol due PATIENT` lists the refs of a day, ready to paste.
 
@@ -573,7 +573,7 @@ def due_command(
     def rows(items: list[Any]) -> str:
         body = [[i.slot.element, str(i.element_day), i.slot.name, i.slot.route or "",
                  "" if i.dose is None else i.dose.text, i.status,
-                 "UNVERIFIED" if i.slot.evidence == "placeholder" else i.slot.evidence, i.branch or "", i.ref,
+                 "UNVERIFIED" if i.unverified else i.evidence, i.branch or "", i.ref,
                  _shown(i.note or "")] for i in items]
         return _fit(["element", "day", "item", "route", "dose", "status", "evidence", "branch", "ref", "note"], body,
                     None)[0]
@@ -595,7 +595,7 @@ def due_command(
     if late:
         out.append(f"\n{len(late)} earlier items are still unrecorded or overdue (the first on "
                    f"{late[0].date.isoformat()}): see `protocol plan {patient} --status overdue,unrecorded`\n")
-    if any(i.slot.evidence == "placeholder" for i in (*due, *other)):
+    if any(i.unverified for i in (*due, *other)):
         out.append(_paragraph("UNVERIFIED = placeholder value not confirmed from a public source; check against the "
                               "official protocol document.", width))
     sys.stdout.write("".join(out))
