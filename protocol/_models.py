@@ -560,6 +560,9 @@ class Administration(_Strict):
     notes: list[Text] = []
     window: Window | None = None
     infusion: Infusion | None = Field(None, description="Only for a continuous infusion: interruption and bag rules.")
+    anthracycline: SourcedNumber | None = Field(
+        None, description="An anthracycline: its doxorubicin-equivalence factor (isotoxic, for the cumulative "
+        "exposure on the roadmap cover and in the plan); value null while no source has been read for it.")
     on_infusion_restart: SourcedNumber | None = Field(
         None, description="Planned again on the day the element's continuous infusion restarts after an "
         "interruption of at least this many hours (blinatumomab label: dexamethasone premedication, 4 h).")

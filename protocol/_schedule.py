@@ -319,12 +319,63 @@ class Plan:
             "decisions": [d.to_dict() for d in self.decisions],
             "deviations": list(self.deviations),
             "warnings": list(self.warnings),
+            "cumulative_anthracycline": self.cumulative_anthracycline(),
             "legend": LEGEND,
         }
 
     def to_json(self) -> str:
         """The plan as JSON text (ISO 8601 dates)."""
         return dumps(self.to_dict())
+
+    def cumulative_anthracycline(self) -> dict[str, Any] | None:
+        """Cumulative anthracycline exposure in mg/m², planned (the certain path, omissions
+        left out) and given (items recorded as given, at their planned per-m² dose), per drug
+        and as doxorubicin equivalents with each drug's factor and its evidence; None when the
+        protocol has no anthracycline. Unverified where a dose or a factor is a placeholder.
+
+        >>> plan("examples/patients/mr-on-time.yaml").cumulative_anthracycline()["drugs"][0]["drug"]  # doctest: +SKIP
+        'Daunorubicin'
+        """
+        drugs: dict[str, dict[str, Any]] = {}
+        for i in self.items:
+            factor = getattr(i.slot.source, "anthracycline", None)
+            if factor is None or i.branch is not None or i.status == "omitted":
+                continue
+            d = drugs.setdefault(i.slot.name, {"drug": i.slot.name, "planned_mg_m2": 0.0, "given_mg_m2": 0.0,
+                                               "factor": factor.value, "factor_evidence": factor.evidence,
+                                               "factor_source": factor.source, "factor_note": factor.note,
+                                               "computable": True, "unverified_reasons": []})
+            dose = i.dose
+            per_m2 = None
+            if dose is not None and dose.basis == "per_m2" and dose.standard is not None:
+                per_m2 = dose.standard * (getattr(dose, "percent", 100.0) / 100.0)
+            if per_m2 is None:
+                d["computable"] = False
+                continue
+            d["planned_mg_m2"] += per_m2
+            if i.status == "given":
+                d["given_mg_m2"] += per_m2
+            if dose is not None and dose.unverified:
+                d["unverified_reasons"] = list(dict.fromkeys([*d["unverified_reasons"], *dose.unverified_reasons]))
+        if not drugs:
+            return None
+        total: dict[str, Any] = {"planned": 0.0, "given": 0.0, "computable": True}
+        for d in drugs.values():
+            d["planned_mg_m2"], d["given_mg_m2"] = round(d["planned_mg_m2"], 6), round(d["given_mg_m2"], 6)
+            if d["factor"] is None or not d["computable"]:
+                total["computable"] = False
+            else:
+                total["planned"] += d["planned_mg_m2"] * d["factor"]
+                total["given"] += d["given_mg_m2"] * d["factor"]
+            if d["factor_evidence"] == "placeholder":
+                d["unverified_reasons"].append("the doxorubicin-equivalence factor is a placeholder")
+            d["unverified"] = bool(d["unverified_reasons"])
+        if not total["computable"]:
+            total["planned"] = total["given"] = None
+        else:
+            total["planned"], total["given"] = round(total["planned"], 6), round(total["given"], 6)
+        return {"unit": "mg/m²", "drugs": list(drugs.values()), "doxorubicin_equivalent": total,
+                "unverified": any(d["unverified"] for d in drugs.values())}
 
     def to_csv(self) -> str:
         """One row per item, spreadsheet-friendly, ISO dates."""

@@ -876,3 +876,25 @@ def test_unknown_eligibility_plans_the_cycle_and_says_what_it_waits_for(make_pat
     assert "blinatumomab" in [e.id for e in p.elements]
     assert ("blinatumomab is planned, but whether the patient may have it is not recorded yet: waiting for cd19, "
             "eoi_marrow_blasts_percent") in p.warnings
+
+
+def test_cumulative_anthracycline_planned_and_given(make_patient: Callable[..., Path]) -> None:
+    """Daunorubicin 30 mg/m² (placeholder) on induction days 8 and 9 plus OCTADAD: the
+    planned and given mg/m² add up, the doxorubicin equivalent waits for a sourced factor, and
+    all of it is unverified (issue 11)."""
+    events = [{"type": "element_started", "element": "induction", "date": "2026-05-04"},
+              {"type": "item_given", "item": "induction:daunorubicin@8", "date": "2026-05-11"},
+              {"type": "item_omitted", "item": "induction:daunorubicin@9", "date": "2026-05-12", "reason": "sepsis"}]
+    p = protocol.plan(make_patient(events=events), as_of=D(2026, 5, 20))
+    c = p.cumulative_anthracycline()
+    assert c is not None and c["unit"] == "mg/m²"
+    [dauno] = c["drugs"]
+    per_m2 = [i.dose.standard for i in p.items if i.slot.key == "daunorubicin" and i.branch is None
+              and i.status != "omitted"]
+    assert dauno["planned_mg_m2"] == sum(per_m2) and dauno["given_mg_m2"] == 30
+    assert dauno["factor"] is None and dauno["factor_evidence"] == "placeholder"
+    assert c["doxorubicin_equivalent"] == {"planned": None, "given": None, "computable": False}
+    assert c["unverified"] and "the doxorubicin-equivalence factor is a placeholder" in dauno["unverified_reasons"]
+    assert p.to_dict()["cumulative_anthracycline"] == c
+    assert protocol.plan(Path(__file__).resolve().parent.parent / "examples/patients/aall1731-sr-average.yaml",
+                         as_of=D(2026, 11, 21)).cumulative_anthracycline() is None

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .._dose import fmt_amount
 from ._common import (AsOf, Db, PatientRef, PlanFormat, Site, _as_of, _emit, _fit, _paragraph, _patient, _protocol_for,
                       _run, _shown, _site, _width, app)
 
@@ -190,6 +191,15 @@ def _plan_text(result: Any, items: list[Any], width: int | None, filtered: bool)
                                    for b in d.branches) + mark)
         elif d.unverified:
             head.append(f"decision {d.id} ({d.status}: {d.outcome}){mark}")
+    cumulative = result.cumulative_anthracycline()
+    if cumulative is not None:
+        eq = cumulative["doxorubicin_equivalent"]
+        parts = [f"{d['drug']} planned {fmt_amount(d['planned_mg_m2'])}, given {fmt_amount(d['given_mg_m2'])}"
+                 for d in cumulative["drugs"]]
+        equivalent = (f"doxorubicin equivalent planned {fmt_amount(eq['planned'])}, given {fmt_amount(eq['given'])}"
+                      if eq["computable"] else "doxorubicin equivalent not computable (a factor is not known)")
+        head.append(f"cumulative anthracycline (mg/m²): {'; '.join(parts)}; {equivalent}"
+                    + (" ⚠ UNVERIFIED" if cumulative["unverified"] else ""))
     head.extend(f"warning: {w}" for w in result.warnings)
     head.extend(f"deviation {d['date']} {d['kind']}: {d['message']}" + (f" [{d['item']}]" if d["item"] else "")
                 for d in result.deviations)
