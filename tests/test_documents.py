@@ -90,6 +90,11 @@ def test_roadmap_shows_every_dated_item_and_marks_placeholders(path: Path) -> No
     # Every date with an item in a grid appears (long daily runs show their first and last day).
     ctx = roadmap_context(plan)
     shown = {row.date for s in ctx["sections"] for row in s.grid}
+    for row in (r for s in ctx["sections"] for r in s.grid if r.until):  # a folded weekly row
+        day = dt.date.fromisoformat(row.date)
+        while day.isoformat() <= row.until:
+            shown.add(day.isoformat())
+            day += dt.timedelta(days=7)
     for item in plan.items:
         same_drug = [i.ordinal for i in plan.items if i.slot is item.slot and i.branch == item.branch]
         is_run = len(same_drug) > 8 and same_drug[-1] - same_drug[0] + 1 == len(same_drug)
@@ -151,7 +156,7 @@ def test_day_grid_prints_calculated_dose_and_blank_for_given() -> None:
     assert first.date == "2026-05-04" and first.element_day == 1 and first.study_day == 1
     prednisone = induction.columns.index("Prednisone (prephase)")
     # 60 mg/m²/day × 0.37 m² (66 cm, 7.4 kg); the 60 is a placeholder, so the cell is marked.
-    assert first.cells[prednisone] == ("22.2 mg/day", True)
+    assert first.cells[prednisone][:2] == ("22.2 mg/day", True)
     assert induction.next_row == "Day 36 (2026-06-08): begin next element"
     maintenance = next(s for s in ctx["sections"] if s.id == "maintenance")
     mp = maintenance.columns.index("Mercaptopurine (6-MP)")
@@ -196,7 +201,7 @@ def test_every_printed_dose_from_a_placeholder_is_marked() -> None:
     assert {cell[1] for row in blinatumomab.grid for cell in [row.cells[column]] if cell[0]} == {False}
     for section in ctx["sections"]:
         for row in section.grid:
-            for name, (text, unverified) in zip(section.columns, row.cells, strict=True):
+            for name, (text, unverified, *_) in zip(section.columns, row.cells, strict=True):
                 slot = next(s for s in plan.protocol.elements[section.id].slots if s.name == name)
                 assert unverified == (bool(text) and slot.evidence == "placeholder")
     html = render_roadmap(plan, "html")
@@ -486,3 +491,69 @@ def test_plan_table_shows_whole_refs_notes_and_deviations() -> None:
     assert "deviation 2026-09-24 overdue: Bone marrow MRD (after 4 weeks of blinatumomab)" in text
     for item in plan.items:
         assert item.ref in text
+
+
+def _recorded_patient(tmp_path: Path) -> Path:
+    """mr-on-time with facts recorded: a dose given, one omitted, one delayed, a hold and a
+    re-weighing in OCTADAD that changes the doses mid-element."""
+    data = yaml.safe_load((ROOT / "examples/patients/mr-on-time.yaml").read_text(encoding="utf-8"))
+    data["measurements"].append({"date": "2026-10-12", "height_cm": 70, "weight_kg": 9.5})
+    data["events"] += [
+        {"type": "item_given", "item": "induction:prednisone@1", "date": "2026-05-04", "dose": 22},
+        {"type": "item_omitted", "item": "induction:daunorubicin@9", "date": "2026-05-12",
+         "reason": "echo <pending> & EF 48 %"},
+        {"type": "item_delayed", "item": "induction:vincristine@15", "date": "2026-05-18", "to": "2026-05-20",
+         "scope": "item", "reason": "constipation"},
+        {"type": "element_held", "element": "octadad", "date": "2026-10-01", "reason": "febrile neutropenia"},
+        {"type": "element_resumed", "element": "octadad", "date": "2026-10-05"},
+    ]
+    path = tmp_path / "recorded.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_roadmap_is_the_record_of_what_was_given_omitted_delayed_and_held(tmp_path: Path) -> None:
+    plan = protocol.plan(_recorded_patient(tmp_path), as_of=AS_OF)
+    ctx = roadmap_context(plan)
+    induction = next(s for s in ctx["sections"] if s.id == "induction")
+    col = induction.columns.index
+    day1 = next(r for r in induction.grid if r.element_day == 1)
+    given = day1.cells[col("Prednisone (prephase)")]
+    assert (given.state, given.given_date, given.given_dose) == ("given", "2026-05-04", "22 mg")
+    assert day1.date_given == "2026-05-04" and "given on" not in day1.comment
+    day9 = next(r for r in induction.grid if r.element_day == 9)
+    omitted = day9.cells[col("Daunorubicin")]
+    assert (omitted.state, omitted.reason) == ("omitted", "echo <pending> & EF 48 %")
+    # Never recorded, in a completed element: "not recorded", never "done".
+    day2 = next(r for r in induction.grid if r.element_day == 2)
+    assert day2.cells[col("Prednisone (prephase)")].state == "not_recorded"
+    # The delayed item is its own row, with its day number and the date it was due.
+    delayed = [r for r in induction.grid if r.element_day == 15]
+    moved = next(r for r in delayed if r.cells[col("Vincristine")].text)
+    assert (moved.date, moved.moved_from) == ("2026-05-20", "2026-05-18")
+    assert all(r.element_day != 15 for r in induction.grid if r.date == "2026-05-20" and r is not moved)
+    # Holds with their dates and reasons; the re-weighing mid-element changes the doses.
+    octadad = next(s for s in ctx["sections"] if s.id == "octadad")
+    assert ("2026-10-01", "on hold", "febrile neutropenia") in octadad.records
+    assert [m.date for m in octadad.measures] == ["2026-09-21", "2026-10-12"]
+    assert octadad.measures[1].weight_kg == "9.5"
+    assert 0 < octadad.unverified_values <= octadad.values
+    html = render_roadmap(plan, "html")
+    assert "<s>11.1 mg</s>" in html and "echo &lt;pending&gt; &amp; EF 48 %" in html
+    assert "given 2026-05-04: 22 mg" in html and "not recorded" in html
+    assert "febrile neutropenia" in html and "Re-weighed: doses from" in html
+    assert f"{induction.unverified_values} of the {induction.values} values on this element" in html
+    assert "last recorded measurement" not in html
+    md = render_roadmap(plan, "md")
+    assert "~~11.1 mg~~" in md and "OMITTED: echo <pending> & EF 48 %" in md
+    assert "given 2026-05-04: 22 mg" in md and "(delayed, was due 2026-05-18)" in md
+
+
+def test_identical_weekly_rows_fold_into_one_row_with_its_repeat() -> None:
+    plan = protocol.plan(ROOT / "examples/patients/mr-on-time.yaml", as_of=AS_OF)
+    maintenance = next(s for s in roadmap_context(plan)["sections"] if s.id == "maintenance")
+    folded = [r for r in maintenance.grid if r.repeat]
+    assert folded and folded[0].repeat.startswith("weekly × ")
+    weekly = [i for i in plan.items if i.slot.element == "maintenance" and i.slot.name == "Methotrexate (oral)"]
+    assert folded[0].date == weekly[1].date.isoformat() and folded[0].until == weekly[-1].date.isoformat()
+    assert len(maintenance.grid) < 10
