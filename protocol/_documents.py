@@ -27,8 +27,8 @@ from ._machine import walk_values
 from ._machine import Slot
 from ._schedule import Item, Plan, fmt_amount, mosteller
 
-__all__ = ["pathway_svg", "plan_table", "render_pdf", "render_roadmap", "roadmap_context", "templates_dir",
-           "timeline_svg"]
+__all__ = ["pathway_svg", "plan_table", "render_pdf", "render_roadmap", "render_typst", "roadmap_context",
+           "templates_dir", "timeline_svg"]
 
 FORMATS = ("html", "md")
 _UNIT = {"per_m2": "/m²", "per_kg": "/kg", "fixed": "", "age_banded": ""}
@@ -187,6 +187,7 @@ class Section(NamedTuple):
     deviations: tuple[Record, ...] = ()
     values: int = 0  # values printed on this element's page(s)
     unverified_values: int = 0  # of which placeholders (marked)
+    widths: tuple[float, ...] = ()  # relative widths of the day grid's columns (for the PDF)
 
 
 def _fmt_date(day: dt.date | None) -> str:
@@ -359,6 +360,18 @@ def _deviation_records(plan: Plan, element: str | None = None) -> tuple[Record, 
                  for d in plan.deviations if element is None or d["element"] == element)
 
 
+def _grid_widths(section: Section) -> tuple[float, ...]:
+    """Relative column widths of the day grid, so that the longest word of each drug's header
+    fits its column (no header runs into the next one, none is hyphenated): date due, date
+    given, day, study day, one per drug, studies due, comments."""
+    drugs = [max(7.0, 0.66 * max((len(w) for w in name.split()), default=1) + 1.0) for name in section.columns]
+    studies = 11.0 if any(r.studies for r in section.grid) else 5.0
+    comments = 11.0 if any(r.comment for r in section.grid) else 8.0
+    if not drugs:
+        studies += 40.0
+    return (8.5, 6.5, 3.5, 5.0, *drugs, studies, comments)
+
+
 def _count(section: Section) -> tuple[int, int]:
     """(values printed, of which unverified) on an element's page(s): its length, each dosage,
     calculated dose and days, each observation's days and each dose in the day grid."""
@@ -474,7 +487,7 @@ def _section(plan: Plan, span: Any, items: list[Item], decision: Any,
                       next_row, notes, decision, observations, decision_row, _measures(items),
                       _pause_records(plan, span), () if span.branch else _deviation_records(plan, span.id))
     values, unverified = _count(section)
-    return section._replace(values=values, unverified_values=unverified)
+    return section._replace(values=values, unverified_values=unverified, widths=_grid_widths(section))
 
 
 def _decision_text(d: Any) -> str:
@@ -571,22 +584,127 @@ def render_roadmap(plan: Plan, format: str = "html", templates: str | os.PathLik
     return template.render(**roadmap_context(plan, generated))
 
 
-def render_pdf(plan: Plan, templates: str | os.PathLike[str] | None = None,
-               generated: dt.datetime | None = None) -> bytes:
-    """Render a patient's printable roadmap as PDF bytes (the HTML roadmap through WeasyPrint).
+PDF_ENGINES = ("typst", "weasyprint")
 
-    The page size, margins, running header and the footer on every page (protocol version,
-    generation date, "check against the official protocol document", page X of Y) come from
-    the HTML template's CSS ``@page`` rules. With ``SOURCE_DATE_EPOCH`` set (or ``generated``
-    given) the output is byte-identical from run to run.
 
-    Needs the Pango library (Debian: ``libpango-1.0-0 libpangoft2-1.0-0``).
+class _Typst(str):
+    """Text that is already typst (markup or code) and is written as it is."""
+
+    __slots__ = ()
+
+
+def _typst_string(value: Any) -> _Typst:
+    """A value as a typst string literal: ``"a \\"b\\""``; backslashes, quotes and control
+    characters escaped, so the text can never become markup or code."""
+    out = []
+    for ch in str(value):
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or ch in "\u2028\u2029":
+            out.append(f"\\u{{{ord(ch):x}}}")
+        else:
+            out.append(ch)
+    return _Typst('"' + "".join(out) + '"')
+
+
+def _typst_finalize(value: Any) -> Any:
+    """What ``{{ value }}`` writes in a typst template: the value as a string, inserted in the
+    markup as ``#"...";`` (the semicolon ends the expression, whatever follows)."""
+    if isinstance(value, _Typst):
+        return value
+    if value is None:
+        return ""
+    return _Typst("#" + _typst_string(value) + ";")
+
+
+def _typst_number(value: Any) -> _Typst:
+    """A number for a code argument (``colspan: 7``, ``12.50fr``); anything else is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number for a typst argument, got {value!r}")
+    return _Typst(str(value) if isinstance(value, int) else f"{value:.2f}")
+
+
+@lru_cache(maxsize=8)
+def _typst_environment(search: tuple[str, ...]) -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(list(search)),
+        autoescape=False,  # escaping is the finalize below: every value becomes a typst string
+        finalize=_typst_finalize,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["str"] = _typst_string
+    env.filters["num"] = _typst_number
+    env.filters["raw"] = _Typst  # a block already rendered by this template ({% set x %}...{% endset %})
+    return env
+
+
+def render_typst(plan: Plan, templates: str | os.PathLike[str] | None = None,
+                 generated: dt.datetime | None = None) -> str:
+    """The roadmap as typst source (``templates/roadmap.typ.j2``): what :func:`render_pdf`
+    compiles. Every value from the definition or the patient file is a typst string literal.
+
+    >>> source = render_typst(plan("examples/patients/mr-on-time.yaml"))  # doctest: +SKIP
+    >>> source.startswith("#set document(")  # doctest: +SKIP
+    True
     """
     if generated is None:
         generated = _generated_at()
+    search = _env(templates).loader.searchpath
+    context = roadmap_context(plan, generated)
+    g = generated.astimezone(dt.UTC)
+    context["generated_parts"] = (g.year, g.month, g.day, g.hour, g.minute, g.second)
+    return _typst_environment(tuple(search)).get_template("roadmap.typ.j2").render(**context)
+
+
+def render_pdf(plan: Plan, templates: str | os.PathLike[str] | None = None,
+               generated: dt.datetime | None = None, engine: str = "typst") -> bytes:
+    """Render a patient's printable roadmap as PDF bytes.
+
+    ``engine="typst"`` (default): ``templates/roadmap.typ.j2`` compiled in-process by the
+    ``typst`` package (about 15 ms a page); page size, running header and footer (protocol
+    version, generation date, "check against the official protocol document", page X of Y) in
+    ``roadmap.page.typ.j2``, which a ``templates`` folder may replace. ``engine="weasyprint"``:
+    the HTML roadmap through WeasyPrint (about ten times slower; needs the optional
+    ``weasyprint`` package and the Pango library), with ``roadmap.print.css``. With
+    ``SOURCE_DATE_EPOCH`` set (or ``generated`` given) the output is byte-identical from run to run.
+
+    >>> data = render_pdf(plan("examples/patients/mr-on-time.yaml"))  # doctest: +SKIP
+    >>> data[:5]  # doctest: +SKIP
+    b'%PDF-'
+    """
+    if engine not in PDF_ENGINES:
+        raise InputError(Problem("", "engine", f"expected one of {', '.join(PDF_ENGINES)}, got {engine!r}"))
+    if generated is None:
+        generated = _generated_at()
+    if engine == "weasyprint":
+        return _weasyprint_pdf(plan, templates, generated)
+    import typst
+
+    source = render_typst(plan, templates, generated)
+    try:
+        return typst.compile(source.encode("utf-8"), timestamp=int(generated.timestamp()))
+    except typst.TypstError as exc:
+        where = str(templates) if templates is not None else str(templates_dir())
+        raise InputError(Problem(where, "roadmap.typ.j2", f"expected typst the compiler accepts, got: "
+                                 f"{exc.message if hasattr(exc, 'message') else exc}")) from None
+
+
+def _weasyprint_pdf(plan: Plan, templates: str | os.PathLike[str] | None, generated: dt.datetime) -> bytes:
     html = render_roadmap(plan, "html", templates, generated)
     try:
         import weasyprint
+    except ImportError:
+        raise InputError(Problem("", "--engine", "expected the weasyprint package for --engine weasyprint "
+                                 "(pip install weasyprint; it also needs the Pango library), got none installed")) from None
     except OSError as exc:  # pragma: no cover - depends on the machine's libraries
         raise RuntimeError("PDF output needs the Pango library (Debian/Ubuntu: apt-get install libpango-1.0-0 "
                            f"libpangoft2-1.0-0 libharfbuzz-subset0): {exc}") from None
@@ -737,7 +855,8 @@ def pathway_svg(plan: Plan) -> str:
         return pad + col * cw, pad + row * rh
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="pathway" viewBox="0 0 {width} {height}" '
-           f'width="{width}" height="{height}" role="img" aria-labelledby="pathway-title">',
+           f'width="{width}" height="{height}" font-family="DejaVu Sans, Arial, sans-serif" role="img" '
+           'aria-labelledby="pathway-title">',
            f'<title id="pathway-title">Treatment pathway of {escape(p.id)} {escape(p.version)} for '
            f'{escape(plan.patient.id)}</title>',
            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
@@ -867,7 +986,8 @@ def timeline_svg(plan: Plan) -> str:
         return round(left + (ordinal - start) * scale, 1)
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" viewBox="0 0 {width} {height}" '
-           f'width="{width}" height="{height}" role="img" aria-labelledby="timeline-title">',
+           f'width="{width}" height="{height}" font-family="DejaVu Sans, Arial, sans-serif" role="img" '
+           'aria-labelledby="timeline-title">',
            f'<title id="timeline-title">Timeline of the elements for {escape(plan.patient.id)}: planned and '
            f'actual dates</title>']
     # Axis: a tick on the first of every quarter (every year on long plans).

@@ -294,10 +294,6 @@ def test_cover_and_sections_follow_the_therapy_delivery_map() -> None:
 
 @pytest.fixture(scope="module")
 def pdfs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[protocol.Plan, bytes]]:
-    try:
-        import weasyprint  # noqa: F401
-    except OSError:  # pragma: no cover - the Pango library is missing
-        _tool_missing("the Pango library (WeasyPrint)")
     old = os.environ.get("SOURCE_DATE_EPOCH")
     os.environ["SOURCE_DATE_EPOCH"] = EPOCH
     try:
@@ -377,15 +373,16 @@ def test_pdf_has_a_bookmark_per_element_in_page_order(pdfs: dict[str, tuple[prot
     assert marks[f"Unverified values in interfant06-blinatumomab {plan.protocol.version}"] > pages[-1]
 
 
-def test_pdf_is_byte_identical_with_source_date_epoch_and_takes_a_site_stylesheet(
+def test_pdf_is_byte_identical_with_source_date_epoch_and_takes_a_site_page_template(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
     import pypdf
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
-    (tmp_path / "roadmap.print.css").write_text('@page { @top-right { content: "SITE BRANDING"; } }\n',
-                                                encoding="utf-8")
+    page = (templates_dir() / "roadmap.page.typ.j2").read_text(encoding="utf-8")
+    (tmp_path / "roadmap.page.typ.j2").write_text(page.replace("h(1fr)\n    if current", "h(1fr)\n    [SITE BRANDING]\n"
+                                                               "    if current", 1), encoding="utf-8")
     plan = protocol.plan(ROOT / "examples/patients/hr-to-hsct.yaml", as_of=AS_OF)
     first = render_pdf(plan, templates=tmp_path)
     second = render_pdf(protocol.plan(ROOT / "examples/patients/hr-to-hsct.yaml", as_of=AS_OF), templates=tmp_path)
@@ -394,8 +391,76 @@ def test_pdf_is_byte_identical_with_source_date_epoch_and_takes_a_site_styleshee
     assert meta["/CreationDate"] == meta["/ModDate"] == "D:20260921141320Z"  # from SOURCE_DATE_EPOCH
     assert meta["/Title"].startswith("Roadmap INF-0002")
     pages = _pages(first)
-    assert all("SITE BRANDING" in p for p in pages)  # the folder's print stylesheet replaced the built-in one
+    assert all("SITE BRANDING" in p for p in pages)  # the folder's page template replaced the built-in one
     assert "Allogeneic stem-cell transplant (HSCT)" in "".join(pages)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(int(EPOCH) + 60))
+    assert render_pdf(plan, templates=tmp_path) != first  # the stamp is in the bytes: they are not fixed by accident
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def test_pdf_shows_the_same_items_doses_and_marks_as_the_html(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    plan = protocol.plan(_recorded_patient(tmp_path), as_of=AS_OF)
+    html_text = _squash(" ".join(_read(render_roadmap(plan, "html")).text))
+    pdf_text = _squash("\n".join(_pages(render_pdf(plan))))
+    ctx = roadmap_context(plan)
+    for section in ctx["sections"]:
+        for row in section.grid:
+            for text in (row.date, row.moved_from, row.date_given, row.repeat, row.comment, row.studies,
+                         *(c.text for c in row.cells), *(f for c in row.cells for f in (c.given_date, c.given_dose, c.reason))):
+                assert _squash(text) in html_text and _squash(text) in pdf_text, (section.id, text)
+        for d in section.drugs:
+            for text in (d.drug, d.dosage, d.calculated, d.days):
+                assert _squash(text) in html_text and _squash(text) in pdf_text, (section.id, text)
+        count = _squash(f"{section.unverified_values} of the {section.values} values on this element's page(s)")
+        assert count in html_text and count in pdf_text
+        for m in section.measures:
+            assert _squash(f"BSA {m.bsa} m²") in pdf_text and _squash(f"measured on {m.date}") in pdf_text
+        for r in (*section.records, *section.deviations):
+            assert _squash(r.text) in pdf_text
+    # The same number of marks, item for item, and the same recorded words.
+    for mark in ("⚠unverified", "⚠", "givenonnotrecorded", "given:notrecorded", "omitted:", "delayed,wasdue"):
+        assert html_text.count(mark) == pdf_text.count(mark), mark
+    assert pdf_text.count("⚠unverified") > 100
+    assert "given2026-05-04:22mg" in pdf_text
+
+
+def test_typst_escapes_every_text_from_definitions_and_patients(tmp_path: Path) -> None:
+    """Typst's markup and code characters in a definition's text print as typed."""
+    import typst
+
+    from protocol._documents import render_typst
+
+    hostile = 'x #strike[y] *b* _i_ $m$ @ref <l> // c \\ "q" `r` \u0007 = h'
+    data = yaml.safe_load((ROOT / "protocol/definitions/interfant06-blinatumomab.yaml").read_text())
+    data["elements"][0]["notes"] = [hostile, '#eval("1+1")', "- 1. + not a list"]
+    data["title"] = '#panic("no")'
+    path = tmp_path / "escaped.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    plan = protocol.plan(ROOT / "examples/patients/hr-to-hsct.yaml", protocol.load_protocol(path), as_of=AS_OF)
+    source = render_typst(plan)
+    assert "#strike[y]" not in source.replace('#strike[y] *b*', "")  # only inside a string literal
+    text = re.sub(r"[\x00-\x1f]", "", _squash("".join(_pages(typst.compile(source.encode("utf-8"))))))
+    for s in (hostile.replace("\u0007", ""), '#eval("1+1")', "- 1. + not a list", '#panic("no")'):
+        assert _squash(s) in text, s
+
+
+def test_pdf_engine_weasyprint_is_still_available() -> None:
+    try:
+        import weasyprint  # noqa: F401
+    except ImportError:
+        pytest.skip("weasyprint is optional (pip install weasyprint)")
+    except OSError:  # pragma: no cover - the Pango library is missing
+        pytest.skip("the Pango library is missing")
+    plan = protocol.plan(ROOT / "examples/patients/interfant06-lr-germline.yaml", as_of=AS_OF)
+    data = render_pdf(plan, engine="weasyprint")
+    assert data.startswith(b"%PDF-") and "Unverified values" in "".join(_pages(data))
+    with pytest.raises(protocol.InputError, match="expected one of typst, weasyprint"):
+        render_pdf(plan, engine="latex")
 
 
 def test_html_passes_the_nu_html_checker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
