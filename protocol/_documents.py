@@ -484,9 +484,9 @@ def _section(plan: Plan, span: Any, items: list[Item], decision: Any,
     if el.open_ended:
         length = f"until {_fmt_date(plan.end_of_therapy)} (end of therapy)"
         eot = p.definition.end_of_therapy
-        length_unverified = eot is not None and eot.weeks.evidence == "placeholder"
-        length_note = "" if eot is None else (f"{eot.weeks.value:g} weeks after {eot.anchor}"
-                                              + (f" — {eot.weeks.note}" if eot.weeks.note else ""))
+        length_unverified = eot is not None and eot.length.evidence == "placeholder"
+        length_note = "" if eot is None else (f"{eot.text} after {eot.anchor}"
+                                              + (f" — {eot.length.note}" if eot.length.note else ""))
     elif model.length_days is not None:
         length = f"{el.length} days (days {el.first_day}–{el.first_day + (el.length or 1) - 1})"
         length_unverified = model.length_days.evidence == "placeholder"

@@ -25,12 +25,14 @@ from pydantic import BaseModel
 
 from ._models import (
     EVIDENCE_RANK,
+    AgeFraction,
     Administration,
     Assessment,
     Condition,
     DayTerm,
     Dose,
     Element,
+    InfantFullDose,
     ProtocolDefinition,
     Randomisation,
     SourcedDays,
@@ -223,7 +225,7 @@ def walk_values(model: Any, loc: tuple[Any, ...] = (), label: tuple[str, ...] = 
 
     ``loc`` is the field path; ``label`` a readable path of ids (``induction › prednisone``).
     """
-    if isinstance(model, (SourcedNumber, SourcedDays)):
+    if isinstance(model, (SourcedNumber, SourcedDays, AgeFraction, InfantFullDose)):
         yield loc, label, model
         return
     if isinstance(model, BaseModel):
@@ -236,7 +238,7 @@ def walk_values(model: Any, loc: tuple[Any, ...] = (), label: tuple[str, ...] = 
             if value is None:
                 continue
             alias = info.alias or name
-            leaf = isinstance(value, (SourcedNumber, SourcedDays))
+            leaf = isinstance(value, (SourcedNumber, SourcedDays, AgeFraction, InfantFullDose))
             yield from walk_values(value, (*loc, alias), (*label, alias) if leaf else label)
     elif isinstance(model, (list, tuple)):
         for i, item in enumerate(model):
@@ -486,7 +488,8 @@ def check_definition(defn: ProtocolDefinition) -> list[tuple[tuple[Any, ...], st
             add((("end_of_therapy", "element"), f"expected an element id ({', '.join(ids)}), got {eot.element!r}"))
         elif by_id[eot.element].until != "end_of_therapy":
             add((("end_of_therapy", "element"), f"{eot.element!r} must have until: end_of_therapy"))
-        if eot.weeks.value is None or eot.weeks.value <= 0 or eot.weeks.value * 7 != int(eot.weeks.value * 7):
+        if eot.weeks is not None and (eot.weeks.value is None or eot.weeks.value <= 0
+                                      or eot.weeks.value * 7 != int(eot.weeks.value * 7)):
             add((("end_of_therapy", "weeks", "value"), f"expected a positive number of weeks, got {eot.weeks.value}"))
     if initial in by_id:
         seen = {initial}
@@ -617,7 +620,7 @@ class Protocol:
             if e.length_days is not None:
                 evidence = e.length_days.evidence
             elif e.until and eot is not None:
-                evidence = eot.weeks.evidence
+                evidence = eot.length.evidence
             else:
                 evidence = "published"
             self.elements[e.id] = CompiledElement(
@@ -641,8 +644,24 @@ class Protocol:
         self.table: dict[str, tuple[Edge, ...]] = {k: tuple(v) for k, v in table.items()}
         self.age_banded = any(s.dose is not None and s.dose.basis == "age_banded"
                               for e in self.elements.values() for s in e.slots)
+        #: Ages in completed months at which an age-fraction dose changes (issue 11), sorted.
+        self.age_months = tuple(sorted({a.below_age_months for e in self.elements.values() for s in e.slots
+                                        if s.dose is not None for a in (s.dose.age_fractions or ())}))
         self.eot_anchor = eot.anchor if eot else None
-        self.eot_days = None if eot is None or eot.weeks.value is None else round(eot.weeks.value * 7)
+        tol = defn.dose_tolerance_percent
+        #: (fraction, evidence): how far a given dose may differ from the computed one (issue 11:
+        #: default ±5 %, a placeholder to verify).
+        self.dose_tolerance = ((5.0 if tol is None or tol.value is None else tol.value) / 100.0,
+                               "placeholder" if tol is None else tol.evidence)
+        #: Calendar years of therapy (None when the length is in weeks): the plan ends on the
+        #: anchor's date N years on minus a day; ``eot_days`` is then the simulator's estimate.
+        self.eot_years = None if eot is None or eot.years is None or eot.years.value is None else int(eot.years.value)
+        if eot is None or eot.length.value is None:
+            self.eot_days = None
+        elif eot.weeks is not None:
+            self.eot_days = round(eot.length.value * 7)
+        else:
+            self.eot_days = round(eot.length.value * 365.25)
         self.eot_element = eot.element if eot else None
         self.eot_anchor_element = eot.anchor_element if eot else None
         # (source, dest) -> the rules of the edges between them, in order: the replay takes a

@@ -29,221 +29,22 @@ from typing import Any, NamedTuple
 
 from transitions import MachineError
 
+from ._dose import DoseResult, ModifiedDose, fmt_amount, mosteller
 from ._errors import DefinitionError, IneligibleError, PatientError, Problem
+from ._growth import check_measurement
 from ._io import format_loc
 from ._loading import dumps, load_patient, load_protocol
 from ._machine import OUTCOMES, Edge, Protocol, Slot, bag_slot
 from ._models import Event, Measurement, Patient
-from ._rules import RiskResult, birthday, depends_on, explain, patient_facts
+from ._rules import RiskResult, add_months, birthday, completed_months, depends_on, explain, patient_facts
 
 __all__ = ["Decision", "DoseResult", "ElementSpan", "Item", "Plan", "mosteller", "plan", "risk"]
 
-_UNIT_LABEL = {"per_m2": "/m²", "per_kg": "/kg", "fixed": "", "age_banded": ""}
-_PER_LABEL = {"dose": "", "day": "/day", "week": "/week"}
 #: Patient fields that hold the facts an eligibility rule reads (to name the field in errors).
 _FIELD_OF_FACT = {
     "age_at_diagnosis_days": "birth_date", "age_at_diagnosis_months": "birth_date",
     "age_at_diagnosis_years": "birth_date", "day8_blasts_per_ul": "day8_blasts_per_ul",
 }
-
-
-def mosteller(height_cm: float, weight_kg: float) -> float:
-    """Body-surface area in m² by Mosteller: ``sqrt(height_cm × weight_kg / 3600)``.
-
-    >>> round(mosteller(60, 6), 3)
-    0.316
-    """
-    return math.sqrt(height_cm * weight_kg / 3600.0)
-
-
-def fmt_amount(x: float) -> str:
-    """Three significant figures, never in exponent form: 18.6, 4.65, 0.465, 3100."""
-    if x == 0:
-        return "0"
-    rounded = float(f"{x:.3g}")  # round first: 9.996 becomes 10.0, not 10.00
-    digits = max(0, 2 - math.floor(math.log10(abs(rounded))))
-    return f"{rounded:.{digits}f}"
-
-
-# --------------------------------------------------------------------------- doses
-
-
-class DoseResult:
-    """A computed dose with its working shown.
-
-    ``amount`` is None when it cannot be computed: the definition's value is an unknown
-    placeholder, or no height/weight is recorded on or before the date (``reason`` says which).
-    BSA is Mosteller rounded to 2 decimals, and the dose is computed from the rounded BSA, so
-    the working shown is arithmetically exact; doses are shown to 3 significant figures.
-    """
-
-    __slots__ = ("_dict", "_result", "age_years", "bsa", "measurement", "slot")
-
-    def __init__(self, slot: Slot, measurement: Measurement | None, bsa: float | None, age_years: int) -> None:
-        # Only the inputs are stored; the arithmetic runs on first use (most plans are
-        # rendered, but a cohort simulation never reads a dose).
-        self.slot = slot
-        self.measurement = measurement
-        self.bsa = bsa
-        self.age_years = age_years
-        self._result: tuple[float | None, bool, str | None] | None = None  # (amount, capped, reason)
-        self._dict: dict[str, Any] | None = None
-
-    def _computed(self) -> tuple[float | None, bool, str | None]:
-        """``(amount, capped, reason)``, computed on first use and kept."""
-        if self._result is None:
-            self._result = self._compute()
-        return self._result
-
-    def _compute(self) -> tuple[float | None, bool, str | None]:
-        d = self.slot.dose
-        assert d is not None
-        standard = self.standard
-        if standard is None:
-            return None, False, "not specified in the definition (placeholder)"
-        if d.basis == "per_m2":
-            if self.bsa is None:
-                return None, False, "no height/weight recorded on or before this date"
-            value = standard * self.bsa
-        elif d.basis == "per_kg":
-            if self.measurement is None:
-                return None, False, "no weight recorded on or before this date"
-            value = standard * self.measurement.weight_kg
-        else:
-            value = standard
-        cap = d.cap
-        if cap is not None and cap.value is not None and value > cap.value:
-            return round(cap.value, 6), True, None
-        return round(value, 6), False, None
-
-    @property
-    def standard(self) -> float | None:
-        """The definition's amount (per m², per kg, fixed, or the age band's), or None if unknown."""
-        d = self.slot.dose
-        assert d is not None
-        if d.basis == "age_banded":
-            age = self.age_years
-            return next(b.amount.value for b in d.bands or () if b.below_age_years is None or age < b.below_age_years)
-        return d.amount.value  # type: ignore[union-attr]
-
-    @property
-    def amount(self) -> float | None:
-        """The computed dose in ``unit``, or None when it cannot be computed (see ``reason``)."""
-        return self._computed()[0]
-
-    @property
-    def capped(self) -> bool:
-        """True when the computed dose was reduced to the definition's cap."""
-        return self._computed()[1]
-
-    @property
-    def reason(self) -> str | None:
-        """Why there is no amount (a placeholder without value, or no measurement)."""
-        return self._computed()[2]
-
-    @property
-    def unit(self) -> str:
-        """Unit of the amount (mg, µg, IU...)."""
-        return self.slot.dose.unit  # type: ignore[union-attr]
-
-    @property
-    def per(self) -> str:
-        """What the amount covers: dose, day or week."""
-        return self.slot.dose.per  # type: ignore[union-attr]
-
-    @property
-    def basis(self) -> str:
-        """per_m2, per_kg, fixed or age_banded."""
-        return self.slot.dose.basis  # type: ignore[union-attr]
-
-    @property
-    def cap(self) -> float | None:
-        """The per-administration maximum, if the definition sets one."""
-        cap = self.slot.dose.cap  # type: ignore[union-attr]
-        return None if cap is None else cap.value
-
-    @property
-    def evidence(self) -> str:
-        """Weakest evidence of the numbers behind this dose and its days."""
-        return self.slot.evidence
-
-    @property
-    def text(self) -> str:
-        """The dose as written on a roadmap: ``18.6 mg/day``, or why there is none."""
-        if self.amount is None:
-            return "not specified" if self.standard is None else "not computable"
-        return f"{fmt_amount(self.amount)} {self.unit}{_PER_LABEL[self.per]}"
-
-    @property
-    def working(self) -> str:
-        """How the dose was computed, e.g. ``60 mg/m²/day × 0.31 m² = 18.6 mg/day``."""
-        per = _PER_LABEL[self.per]
-        std = "?" if self.standard is None else f"{self.standard:g}"
-        standard = f"{std} {self.unit}{_UNIT_LABEL[self.basis]}{per}"
-        if self.basis == "age_banded":
-            standard = f"age {self.age_years} y on the day → band dose {std} {self.unit}{per}"
-        if self.amount is None:
-            return f"{standard}: {self.reason}"
-        m = self.measurement
-        if self.basis == "per_m2":
-            assert m is not None and self.bsa is not None
-            raw = self.standard * self.bsa  # type: ignore[operator]
-            out = (f"{standard} × {self.bsa:.2f} m² = {fmt_amount(raw)} {self.unit}{per} "
-                   f"(BSA Mosteller, {m.height_cm:g} cm, {m.weight_kg:g} kg on {m.date.isoformat()})")
-        elif self.basis == "per_kg":
-            assert m is not None
-            raw = self.standard * m.weight_kg  # type: ignore[operator]
-            out = f"{standard} × {m.weight_kg:g} kg (on {m.date.isoformat()}) = {fmt_amount(raw)} {self.unit}{per}"
-        elif self.basis == "fixed":
-            out = f"{standard} (fixed dose)"
-        else:
-            out = standard
-        if self.capped:
-            out += f", capped at {self.cap:g} {self.unit}"
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (computed once: one dose object serves every item of its segment)."""
-        if self._dict is None:
-            self._dict = self._as_dict()
-        return self._dict
-
-    def _as_dict(self) -> dict[str, Any]:
-        return {"amount": self.amount, "unit": self.unit, "per": self.per, "basis": self.basis,
-                "standard": self.standard, "bsa_m2": self.bsa if self.basis == "per_m2" else None,
-                "capped": self.capped,
-                "text": self.text, "working": self.working, "evidence": self.evidence}
-
-
-class ModifiedDose(DoseResult):
-    """A dose reduced by a recorded ``dose_modified`` event: ``percent`` of the standard dose
-    (a percentage of the previous dose is turned into one of the standard when recorded)."""
-
-    __slots__ = ("percent", "why")
-
-    def __init__(self, base: DoseResult, percent: float, why: str) -> None:
-        super().__init__(base.slot, base.measurement, base.bsa, base.age_years)
-        self.percent = percent
-        self.why = why
-
-    def _compute(self) -> tuple[float | None, bool, str | None]:
-        amount, capped, reason = super()._compute()
-        if amount is None:
-            return amount, capped, reason
-        return round(amount * self.percent / 100.0, 6), capped, reason
-
-    @property
-    def working(self) -> str:
-        """The standard working, then the modification: ``… × 75 % (reason) = …``."""
-        base = super().working
-        if self.amount is None:
-            return f"{base}; modified to {self.percent:g} % ({self.why})"
-        return f"{base}; × {self.percent:g} % ({self.why}) = {self.text}"
-
-    def _as_dict(self) -> dict[str, Any]:
-        d = super()._as_dict()
-        d["percent"] = self.percent
-        return d
 
 
 # --------------------------------------------------------------------------- plan records
@@ -269,6 +70,8 @@ class Item(NamedTuple):
     status: str
     branch: str | None
     note: str | None = None
+    #: Why the planned date depends on a placeholder (it follows a placeholder length), if it does.
+    dated: str | None = None
 
     @property
     def ref(self) -> str:
@@ -302,8 +105,29 @@ class Item(NamedTuple):
 
     @property
     def evidence(self) -> str:
-        """Weakest evidence level of the numbers behind this item (its days and its dose)."""
-        return self.slot.evidence
+        """Weakest evidence level of the numbers behind this item: its days and the parts of its
+        dose used for this patient on this day (an applied placeholder age fraction counts)."""
+        dose = self.dose
+        return self.slot.evidence if dose is None else dose.evidence
+
+    @property
+    def unverified(self) -> bool:
+        """True when the item's date, days or dose depend on a placeholder (shown as UNVERIFIED).
+        A recorded item's date is a fact: only its dose can stay unverified."""
+        return self.evidence == "placeholder" or (self.dated is not None and self.status not in _RECORDED)
+
+    @property
+    def unverified_reasons(self) -> tuple[str, ...]:
+        """Why the item is unverified, in words (empty when it is not)."""
+        dose = self.dose
+        why: list[str] = []
+        if dose is not None:
+            why.extend(dose.unverified_reasons)
+        elif self.slot.evidence == "placeholder":
+            why.append("its days are a placeholder")
+        if self.dated is not None and self.status not in _RECORDED:
+            why.append(f"its date {self.dated}")
+        return tuple(why)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the ``items`` of ``Plan.to_dict()``)."""
@@ -311,12 +135,14 @@ class Item(NamedTuple):
         return {"date": dt.date.fromordinal(self.ordinal).isoformat(), "element": slot.element,
                 "element_day": self.element_day, "study_day": self.study_day, "kind": slot.kind, "name": slot.name,
                 "route": slot.route, "dose": None if self.dose is None else self.dose.to_dict(),
-                "status": self.status, "evidence": slot.evidence, "branch": self.branch,
+                "status": self.status, "evidence": self.evidence, "unverified": self.unverified,
+                "unverified_reasons": list(self.unverified_reasons), "branch": self.branch,
                 "ref": f"{slot.element}:{slot.key}@{self.element_day}", "note": self.note,
                 "window": None if slot.window is None else {"before": slot.window[0], "after": slot.window[1]}}
 
 
 _as_item = partial(tuple.__new__, Item)
+_RECORDED = frozenset({"given", "omitted"})
 
 
 @dataclass(slots=True)
@@ -337,6 +163,13 @@ class ElementSpan:
     branch: str | None = None
     evidence: str = "published"
     note: str | None = None  # what moved it: a count gate, a hold, an interruption, a delay
+    #: Why its planned dates depend on a placeholder (an earlier or its own placeholder length).
+    unverified_reasons: tuple[str, ...] = ()
+
+    @property
+    def unverified(self) -> bool:
+        """True when the element's planned start or end depends on a placeholder."""
+        return bool(self.unverified_reasons)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -344,7 +177,8 @@ class ElementSpan:
         return {"id": self.id, "title": self.title, "planned_start": iso(self.planned_start),
                 "planned_end": iso(self.planned_end), "actual_start": iso(self.actual_start),
                 "actual_end": iso(self.actual_end), "status": self.status, "branch": self.branch,
-                "evidence": self.evidence, "note": self.note}
+                "evidence": self.evidence, "note": self.note, "unverified": self.unverified,
+                "unverified_reasons": list(self.unverified_reasons)}
 
 
 class Decision:
@@ -397,6 +231,18 @@ class Decision:
                 "waiting_for": list(self.waiting_for), "explanation": self.explanation, "branch": self.branch}
 
 
+#: What the marks of every output mean (the ``legend`` of the plan JSON).
+LEGEND = {
+    "unverified": "UNVERIFIED: the value, or a value it depends on (a dose factor, an earlier element's length, "
+                  "a threshold), is a placeholder not confirmed from a public source; check it against the "
+                  "official protocol document before use",
+    "evidence": "published: from a cited public source; derived: computed from published values; site: verified "
+                "by the site (who, when, which section); placeholder: not confirmed",
+    "dose": "amount per administration (per dose) or per day, how many administrations a day, and the working "
+            "with every factor; the amount is rounded once, at the end",
+}
+
+
 def _iso(day: dt.date | None) -> str | None:
     return None if day is None else day.isoformat()
 
@@ -431,7 +277,8 @@ class Plan:
         self.outcome = outcome
         self.facts = facts
         #: Protocol deviations and flags, in date order: ``{"date", "element", "item", "kind",
-        #: "message"}`` with kind ``out_of_window``, ``overdue``, ``weight_change`` or ``count_gate``.
+        #: "message"}`` with kind ``out_of_window``, ``overdue``, ``weight_change``, ``count_gate``,
+        #: ``dose_above_plan`` or ``dose_below_plan`` (beyond the dose tolerance).
         self.deviations = deviations or []
         self._items: list[Item] | None = None
 
@@ -459,6 +306,7 @@ class Plan:
             "decisions": [d.to_dict() for d in self.decisions],
             "deviations": list(self.deviations),
             "warnings": list(self.warnings),
+            "legend": LEGEND,
         }
 
     def to_json(self) -> str:
@@ -470,13 +318,18 @@ class Plan:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["date", "element", "element_day", "study_day", "kind", "name", "route", "dose", "dose_amount",
-                    "dose_unit", "dose_working", "status", "evidence", "branch", "ref", "note"])
+                    "dose_unit", "dose_per", "frequency", "administrations_per_day", "dose_working", "status",
+                    "evidence", "unverified", "branch", "ref", "note"])
         for i in self.items:
             d = i.dose
+            why = i.unverified_reasons if i.unverified else ()
             w.writerow([i.date.isoformat(), i.slot.element, i.element_day, i.study_day, i.slot.kind, i.slot.name,
                         i.slot.route or "", "" if d is None else d.text,
                         "" if d is None or d.amount is None else d.amount, "" if d is None else d.unit,
-                        "" if d is None else d.working, i.status, i.slot.evidence, i.branch or "", i.ref,
+                        "" if d is None else d.per, i.slot.frequency or "",
+                        "" if d is None or d.administrations_per_day is None else d.administrations_per_day,
+                        "" if d is None else d.working, i.status, i.evidence,
+                        f"UNVERIFIED: {'; '.join(why)}" if i.unverified else "", i.branch or "", i.ref,
                         i.note or ""])
         return buf.getvalue()
 
@@ -498,8 +351,8 @@ WEIGHT_CHANGE = 0.10
 class _Context:
     """Per-patient inputs on integer days, shared by replay and projection."""
 
-    __slots__ = ("age_banded", "birth", "birthdays", "bsa", "flags", "horizon", "m_ords", "measurements", "results",
-                 "t0", "weights")
+    __slots__ = ("age_banded", "age_months", "birth", "birthdays", "bsa", "flags", "horizon", "m_ords",
+                 "measurements", "month_points", "results", "t0", "weights")
 
     def __init__(self, protocol: Protocol, patient: Patient, as_of_ord: int, horizon: int) -> None:
         self.t0 = patient.start_date.toordinal()
@@ -507,11 +360,15 @@ class _Context:
         self.measurements = ms
         self.m_ords = [m.date.toordinal() for m in ms]
         self.weights = [m.weight_kg for m in ms]
-        self.bsa = [round(mosteller(m.height_cm, m.weight_kg), 2) for m in ms]
+        # Unrounded (issue 11): rounding the BSA first moved infant doses by up to 1.5 %.
+        self.bsa = [mosteller(m.height_cm, m.weight_kg) for m in ms]
         # Ages only matter for age-banded doses: birthdays up to the end of the plan.
         self.birth = patient.birth_date
         self.birthdays = [self.birth.toordinal()]
         self.age_banded = protocol.age_banded
+        # Age-fraction doses change on the days the child reaches each limit (6, 12 months...).
+        self.age_months = bool(protocol.age_months)
+        self.month_points = sorted(add_months(self.birth, n).toordinal() for n in protocol.age_months)
         self.horizon = 0
         self.cover(horizon)
         self.results = {r.timepoint for r in patient.mrd if r.date.toordinal() <= as_of_ord}
@@ -533,7 +390,8 @@ class _Context:
         """Doses of every slot on ``ordinal`` from measurement ``m_index`` (-1: none)."""
         m, bsa = (self.measurements[m_index], self.bsa[m_index]) if m_index >= 0 else (None, None)
         age = bisect_right(self.birthdays, ordinal) - 1
-        return [None if s.dose is None else DoseResult(s, m, bsa, age) for s in slots]
+        months = completed_months(self.birth, dt.date.fromordinal(ordinal)) if self.age_months else None
+        return [None if s.dose is None else DoseResult(s, m, bsa, age, months) for s in slots]
 
     def change_points(self, element: str, start: int, last: int) -> tuple[int, list[tuple[int, int]]]:
         """The measurement used from ``start`` and the later points where doses are recomputed:
@@ -556,9 +414,11 @@ class _Context:
                                    f"from {m1.date}"))
             points.append((m_ords[j], j))
             used = j
-        if self.age_banded:
-            b = self.birthdays
-            bdays = b[bisect_right(b, start):bisect_right(b, last)]
+        if self.age_banded or self.age_months:
+            b = self.birthdays if self.age_banded else []
+            mp = self.month_points
+            bdays = sorted({*b[bisect_right(b, start):bisect_right(b, last)],
+                            *mp[bisect_right(mp, start):bisect_right(mp, last)]})
             if bdays:
                 merged = sorted([*points, *((d, -2) for d in bdays)])
                 points, cur = [], first
@@ -571,7 +431,7 @@ class _Context:
         return first, points
 
     def emit(self, element: Any, start: int, length: int, stop: int | None, status: str, branch: str | None,
-             out: list[tuple[Any, ...]]) -> None:
+             out: list[tuple[Any, ...]], dated: str | None = None) -> None:
         """Append the items of one element occurrence starting on ordinal ``start``.
 
         Rows are plain tuples in :class:`Item` field order, built by one comprehension per
@@ -601,9 +461,10 @@ class _Context:
             dl = self.doses_at(all_slots, at, m_index)
             seg = zip(days[lo:hi], ks[lo:hi], slots[lo:hi])
             if per_slot is None:
-                out.extend([(base + d, d, sbase + d, s, dl[k], status, branch, None) for d, k, s in seg])
+                out.extend([(base + d, d, sbase + d, s, dl[k], status, branch, None, dated) for d, k, s in seg])
             else:
-                out.extend([(base + d, d, sbase + d, s, dl[k], per_slot[k], branch, None) for d, k, s in seg])
+                out.extend([(base + d, d, sbase + d, s, dl[k], per_slot[k], branch, None, dated)
+                            for d, k, s in seg])
 
 
 class _Builder:
@@ -613,10 +474,12 @@ class _Builder:
     #: table (the reference the table is tested against: ``tests/test_machine.py``).
     via_machine = False
 
-    def __init__(self, protocol: Protocol, patient: Patient, as_of: dt.date) -> None:
+    def __init__(self, protocol: Protocol, patient: Patient, as_of: dt.date, today: dt.date | None = None) -> None:
         self.p = protocol
         self.patient = patient
         self.as_of = as_of
+        #: Nothing can have happened after this day (an entry dated after it is refused).
+        self.today = dt.date.today() if today is None else today
         self.name = patient._source
         self.doc = patient._lines
         self.problems: list[Problem] = []
@@ -630,7 +493,7 @@ class _Builder:
         self.eot: int | None = None
         if protocol.eot_days is not None and protocol.eot_anchor != "element_start":
             eot_anchor = patient.diagnosis_date if protocol.eot_anchor == "diagnosis" else patient.start_date
-            self.eot = eot_anchor.toordinal() + protocol.eot_days - 1
+            self.eot = self.eot_from(eot_anchor.toordinal())
         horizon = max(self.eot or 0, as_of.toordinal()) + 366
         self.ctx = _Context(protocol, patient, as_of.toordinal(), horizon)
         self.as_of_ord = as_of.toordinal()
@@ -638,6 +501,8 @@ class _Builder:
         self.by_element: dict[str, list[tuple[int, Event]]] = {}  # events that adjust an element's items
         self.bag_hours: dict[str, tuple[int, int]] = {}  # element -> (event index, hours chosen)
         self.consumed: set[int] = set()
+        self.dating: str | None = None  # why the element being emitted has placeholder-dependent dates
+        self.end_reason: str | None = None  # why the last closed element's end depends on a placeholder
         self.adjusted = False
         self.counts = sorted((c for c in patient.counts if c.date.toordinal() <= self.as_of_ord),
                              key=lambda c: c.date)
@@ -651,8 +516,43 @@ class _Builder:
 
     # -- facts ----------------------------------------------------------------------
 
+    def eot_from(self, anchor: int) -> int:
+        """The last day of therapy from the anchor's ordinal: N weeks (anchor + 7N − 1) or N
+        calendar years (the anchor's date N years on, minus a day)."""
+        years = self.p.eot_years
+        if years is not None:
+            return add_months(dt.date.fromordinal(anchor), 12 * years).toordinal() - 1
+        return anchor + self.p.eot_days - 1  # type: ignore[operator]
+
+    def check_recorded(self) -> None:
+        """Refuse what cannot have happened (a date after today) or cannot be a child's
+        measurement (WHO implausible limits, grams for kilograms, a BSA outside 0.1-2.5 m²), and
+        warn about measurements beyond ±3 z (issue 11; clinical-facts §10)."""
+        patient, today = self.patient, self.today
+        late = f"on or before today ({today})"
+        for name in ("birth_date", "diagnosis_date"):
+            value = getattr(patient, name, None)
+            if isinstance(value, dt.date) and value > today:
+                self.problem((name,), f"expected a date {late}, got {value}")
+        for field_, records in (("events", patient.events), ("measurements", patient.measurements),
+                                ("mrd", patient.mrd), ("counts", patient.counts)):
+            for i, r in enumerate(records):
+                if r.date > today:
+                    what = "an entry cannot be dated after the day it is recorded"
+                    self.problem((field_, i, "date"), f"expected a date {late} ({what}), got {r.date}")
+        birth = patient.birth_date
+        for i, m in enumerate(patient.measurements):
+            if m.date < birth:
+                continue
+            for f in check_measurement(birth, patient.sex, m.date, m.height_cm, m.weight_kg):
+                if f.refused:
+                    self.problem(("measurements", i, f.field), f.message)
+                else:
+                    self.warnings.append(f"measurements[{i}]: {f.message}")
+
     def facts(self) -> tuple[dict[str, Any], RiskResult]:
         p, patient = self.p, self.patient
+        self.check_recorded()
         facts = patient_facts(patient, self.as_of)
         for i, r in enumerate(patient.mrd):
             if r.timepoint not in p.timepoints:
@@ -791,9 +691,32 @@ class _Builder:
         self.deviations.sort(key=itemgetter(0))
         deviations = [{"date": dt.date.fromordinal(o).isoformat(), "element": e, "item": ref or None, "kind": k,
                        "message": m} for o, e, ref, k, m in self.deviations]
-        return Plan(self.patient, p, self.as_of, risk, self.elements, self._sorted_rows(), self.decisions,
+        rows = self._sorted_rows()
+        self.warn_infant_doses(rows)
+        return Plan(self.patient, p, self.as_of, risk, self.elements, rows, self.decisions,
                     self.warnings, None if self.eot is None else dt.date.fromordinal(self.eot), self.outcome, facts,
                     deviations)
+
+    def warn_infant_doses(self, rows: list[tuple[Any, ...]]) -> None:
+        """Warn, once, about per-m² doses planned before the first birthday whose definition has
+        no infant rule: no age fraction, no weight switch, no sourced statement that the full
+        dose applies. BSA dosing under 10 kg can overdose (clinical-facts §3.10 [43]): never
+        leave that silent."""
+        first_birthday = add_months(self.patient.birth_date, 12).toordinal()
+        names: dict[str, None] = {}
+        for row in rows:
+            if row[0] >= first_birthday:
+                break
+            d = row[3].dose
+            if (d is not None and d.basis == "per_m2" and d.age_fractions is None and d.weight_switch is None
+                    and d.infant_full_dose is None and row[5] not in ("given", "omitted")):
+                names[row[3].name] = None
+        if names:
+            self.warnings.append(
+                f"per-m² doses planned before the first birthday with no infant rule in the definition (an age "
+                f"fraction, a weight switch, or a sourced statement that the full dose applies): "
+                f"{', '.join(names)}. Check each against the protocol document: BSA dosing under 10 kg can "
+                f"overdose.")
 
     def _sorted_rows(self) -> list[tuple[Any, ...]]:
         rows = self.rows
@@ -878,14 +801,26 @@ class _Builder:
         el = self.p.elements[cur.id]
         start = cur.actual_start if cur.actual_start is not None else cur.planned_start
         if el.id == self.p.eot_anchor_element and self.eot is None and self.p.eot_days is not None:
-            self.eot = start + self.p.eot_days - 1
+            self.eot = self.eot_from(start)
         length = self.length_of(el, start)
+        # Provenance of the dates (issue 11): a projected start follows the earlier elements'
+        # lengths; a placeholder among them makes this element's dates unverified too.
+        dated = None if cur.actual_start is not None else cur.dated
+        gap = el.model.start.gap_days if el.model.start is not None else None
+        if cur.actual_start is None and gap is not None and gap.evidence == "placeholder" and dated is None:
+            dated = f"follows the placeholder gap before {el.id}"
+        own = None
+        if cur.actual_end is None and el.evidence == "placeholder" and not el.open_ended and length:
+            own = f"follows the placeholder length of {el.id} ({length} days)"
+        self.dating = dated
+        self.end_reason = None if cur.actual_end is not None else (dated or own)
         # Items of a completed element count as done; a stopped element's later items are dropped.
         item_status = {"completed": "done", "pending_decision": "pending_decision"}.get(status, "planned")
         span = ElementSpan(el.id, el.title, dt.date.fromordinal(cur.planned_start), None,
                            None if cur.actual_start is None else dt.date.fromordinal(cur.actual_start),
                            None if cur.actual_end is None else dt.date.fromordinal(cur.actual_end), status, branch,
-                           el.evidence, cur.note)
+                           el.evidence, cur.note, tuple(f"its {w} date {r}" for w, r in
+                                                         (("start", dated), ("end", dated or own)) if r))
         self.elements.append(span)
         if length is None:
             return cur.actual_end
@@ -905,7 +840,7 @@ class _Builder:
             self.adjusted = True
         else:
             mark = len(rows)
-            self.ctx.emit(el, start, length, stop, item_status, branch, rows)
+            self.ctx.emit(el, start, length, stop, item_status, branch, rows, dated)
         if not el.open_ended:
             span.planned_end = dt.date.fromordinal(end)
         elif self.eot is not None:
@@ -999,7 +934,8 @@ class _Builder:
             return _Open(element, planned)
         if gate.unknown:
             return _Open(element, planned, f"starts when counts recover ({gate.text}): the thresholds are not "
-                         f"specified in the definition (placeholder); projected on the earliest date")
+                         f"specified in the definition (placeholder); projected on the earliest date",
+                         f"is projected past a count gate whose thresholds are placeholders ({element})")
         since = [c for c in self.counts if c.date.toordinal() >= prev_end]
         for c in since:
             if _recovered(gate, c):
@@ -1039,7 +975,7 @@ class _Builder:
         """
         ctx = self.ctx
         tmp: list[tuple[Any, ...]] = []
-        ctx.emit(el, start, length, None, status, branch, tmp)
+        ctx.emit(el, start, length, None, status, branch, tmp, self.dating)
         rows = [list(r) for r in tmp]
         end = start + length - 1
         notes: list[str] = []
@@ -1172,7 +1108,7 @@ class _Builder:
             kept = [r for r in rows if r[0] < since or r[5] in recorded]
             fresh: list[tuple[Any, ...]] = []
             cycle = el.length or (end - start + 1)
-            self.ctx.emit(el, when, cycle, None, status, branch, fresh)
+            self.ctx.emit(el, when, cycle, None, status, branch, fresh, self.dating)
             why = f"new cycle after a {gap}-day interruption"
             new = [list(r) for r in fresh]
             for r in new:
@@ -1231,7 +1167,7 @@ class _Builder:
             k = bisect_left(ords, o)
             day = max(days[k] if k < len(days) else days[-1] + (o - ords[-1]), prev + 1)
             prev = day
-            bags.append([o, day, o - t0 + 1, slot, None, status, None, note])
+            bags.append([o, day, o - t0 + 1, slot, None, status, None, note, self.dating])
         return sorted(kept + bags, key=itemgetter(0))
 
     def find_row(self, rows: list[list[Any]], ev: Event, i: int, el: Any, report: bool = True) -> list[Any] | None:
@@ -1284,15 +1220,25 @@ class _Builder:
                              f"with a dose)")
                 return
             standard = self.standard_on(dose, when)
-            if standard is not None and ev.dose > max(standard, float(fmt_amount(standard))) * (1 + 1e-9):
+            tol, tol_evidence = self.p.dose_tolerance
+            # The pharmacy rounds what it prepares: within ±tolerance of the computed dose is the
+            # dose (issue 11); above the standard dose beyond it, refused; below the plan, a deviation.
+            tolerance = f"{tol * 100:g} % tolerance" + (" (placeholder)" if tol_evidence == "placeholder" else "")
+            if standard is not None and ev.dose > standard * (1 + tol) * (1 + 1e-9):
                 self.problem(("events", i, "dose"), f"expected at most the standard dose {fmt_amount(standard)} "
-                             f"{dose.unit} ({dose.working}), got {ev.dose:g}")
+                             f"{dose.unit} + {tolerance} = {fmt_amount(standard * (1 + tol))} {dose.unit} "
+                             f"({dose.working}), got {ev.dose:g}")
                 return
             text += f": {ev.dose:g} {dose.unit}"
-            if dose.amount is not None and ev.dose > max(dose.amount, float(fmt_amount(dose.amount))) * (1 + 1e-9):
+            planned = dose.amount
+            if planned is not None and ev.dose > planned * (1 + tol) * (1 + 1e-9):
                 self.deviations.append((row[0], slot.element, ref, "dose_above_plan",
                                         f"{slot.name} given {ev.dose:g} {dose.unit}, above the modified dose "
-                                        f"{dose.text}"))
+                                        f"{dose.amount_text} (+{tolerance})"))
+            elif planned is not None and ev.dose < planned * (1 - tol) * (1 - 1e-9):
+                self.deviations.append((row[0], slot.element, ref, "dose_below_plan",
+                                        f"{slot.name} given {ev.dose:g} {dose.unit}, below the planned dose "
+                                        f"{dose.amount_text} (−{tolerance})"))
         window = slot.window
         if window is not None and not row[0] - window[0] <= when <= row[0] + window[1]:
             self.deviations.append((row[0], slot.element, ref, "out_of_window",
@@ -1308,14 +1254,14 @@ class _Builder:
         """The most that may be given on ``when``: the standard dose (before any modification)
         from the inputs in use, or from the measurement in force the day before when the child
         was weighed that same day (the dose was prepared from the earlier weight)."""
-        plain = DoseResult(dose.slot, dose.measurement, dose.bsa, dose.age_years)
+        plain = DoseResult(dose.slot, dose.measurement, dose.bsa, dose.age_years, dose.age_months)
         amount = plain.amount
         m = dose.measurement
         if m is not None and m.date.toordinal() >= when:
             ctx = self.ctx
             k = bisect_right(ctx.m_ords, when - 1) - 1
             if k >= 0:
-                before = DoseResult(dose.slot, ctx.measurements[k], ctx.bsa[k], dose.age_years).amount
+                before = DoseResult(dose.slot, ctx.measurements[k], ctx.bsa[k], dose.age_years, dose.age_months).amount
                 if before is not None and (amount is None or before > amount):
                     amount = before
         return amount
@@ -1395,7 +1341,7 @@ class _Builder:
         for r in targets:
             base = r[4]
             if isinstance(base, ModifiedDose):
-                base = DoseResult(base.slot, base.measurement, base.bsa, base.age_years)
+                base = DoseResult(base.slot, base.measurement, base.bsa, base.age_years, base.age_months)
             r[4] = ModifiedDose(base, percent, why)
             r[7] = _join(r[7], f"dose {percent:g} % of standard ({ev.reason})")
 
@@ -1435,6 +1381,7 @@ class _Builder:
             else:
                 status = "planned"
             end = self.close(cur, status, branch, stop=cur.actual_end)
+            reason = self.end_reason
             if el.final:
                 return
             edges = p.table[cur.id]
@@ -1465,6 +1412,7 @@ class _Builder:
                     self.decide(edges, edge, "decided", dt.date.fromordinal(when), facts, branch)
                 domains = narrowed.get(id(edge), domains)
                 cur = self.gated(edge.dest, end)
+                cur.dated = cur.dated or reason
                 continue
             self.decide(edges, None, "pending", dt.date.fromordinal(when), facts, branch)
             if depth >= 8:  # pragma: no cover - a protocol with more than 8 nested pending decisions
@@ -1475,7 +1423,9 @@ class _Builder:
             for edge, _ in chosen:
                 label = f"{edge.decision}→{edge.dest}"
                 self.eot = saved
-                self.project(self.gated(edge.dest, end), facts,
+                nxt = self.gated(edge.dest, end)
+                nxt.dated = nxt.dated or reason
+                self.project(nxt, facts,
                              label if branch is None else f"{branch} / {label}", depth + 1,
                              narrowed.get(id(edge), domains))
                 seen.append(self.eot)
@@ -1493,14 +1443,17 @@ class _Builder:
 class _Open:
     """The element a replay or projection is in."""
 
-    __slots__ = ("actual_end", "actual_start", "id", "note", "planned_start")
+    __slots__ = ("actual_end", "actual_start", "dated", "id", "note", "planned_start")
 
-    def __init__(self, element: str, planned_start: int, note: str | None = None) -> None:
+    def __init__(self, element: str, planned_start: int, note: str | None = None,
+                 dated: str | None = None) -> None:
         self.id = element
         self.planned_start = planned_start
         self.actual_start: int | None = None
         self.actual_end: int | None = None
         self.note = note
+        #: Why the planned start depends on a placeholder (an earlier placeholder length), if it does.
+        self.dated = dated
 
 
 #: Events that change items of an element rather than move through the protocol.
@@ -1578,12 +1531,14 @@ def _eligibility_field(cond: Any) -> str:
 
 
 def plan(patient: Patient | str | os.PathLike[str], protocol: Protocol | str | os.PathLike[str] | None = None,
-         as_of: dt.date | None = None) -> Plan:
+         as_of: dt.date | None = None, today: dt.date | None = None) -> Plan:
     """Build a patient's dated plan.
 
     ``patient``: a :class:`Patient` or a path to a patient file. ``protocol``: a loaded
     :class:`Protocol`, a shipped id or a path; by default the one the patient file names.
     ``as_of``: only events and results recorded on or before this date count (default: today).
+    ``today``: nothing may be dated after it (default: the real today; a simulation of future
+    patients passes its own).
 
     Raises :class:`PatientError` or :class:`IneligibleError` (bad or inconsistent input) and
     :class:`DefinitionError` (bad protocol file).
@@ -1595,7 +1550,7 @@ def plan(patient: Patient | str | os.PathLike[str], protocol: Protocol | str | o
     patient, protocol = _resolve(patient, protocol)
     if as_of is None:
         as_of = dt.date.today()
-    return _Builder(protocol, patient, as_of).build()
+    return _Builder(protocol, patient, as_of, today).build()
 
 
 def risk(patient: Patient | str | os.PathLike[str], protocol: Protocol | str | os.PathLike[str] | None = None,
