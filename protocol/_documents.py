@@ -350,8 +350,8 @@ def _measures(items: list[Item]) -> tuple[Measure, ...]:
         m = d.measurement
         key = (m.date, m.height_cm, m.weight_kg)
         if key not in seen:
-            bsa = d.bsa if d.bsa is not None else round(mosteller(m.height_cm, m.weight_kg), 2)
-            seen[key] = Measure(m.date.isoformat(), f"{m.height_cm:g}", f"{m.weight_kg:g}", f"{bsa:.2f}",
+            bsa = d.bsa if d.bsa is not None else mosteller(m.height_cm, m.weight_kg)
+            seen[key] = Measure(m.date.isoformat(), f"{m.height_cm:g}", f"{m.weight_kg:g}", f"{bsa:.3f}",
                                 i.date.isoformat())
     return tuple(sorted(seen.values(), key=lambda m: m.first_use))
 
@@ -535,7 +535,7 @@ def roadmap_context(plan: Plan, generated: dt.datetime | None = None) -> dict[st
     if in_force:
         m = max(in_force, key=lambda m: m.date)
         latest = {"date": m.date.isoformat(), "height_cm": f"{m.height_cm:g}", "weight_kg": f"{m.weight_kg:g}",
-                  "bsa": f"{round(mosteller(m.height_cm, m.weight_kg), 2):.2f}"}
+                  "bsa": f"{mosteller(m.height_cm, m.weight_kg):.3f}"}  # as in the doses' working
     placeholders = placeholder_rows(p)
     site = None
     if p.site is not None:

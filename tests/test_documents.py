@@ -155,8 +155,8 @@ def test_day_grid_prints_calculated_dose_and_blank_for_given() -> None:
     first = induction.grid[0]
     assert first.date == "2026-05-04" and first.element_day == 1 and first.study_day == 1
     prednisone = induction.columns.index("Prednisone (prephase)")
-    # 60 mg/m²/day × 0.37 m² (66 cm, 7.4 kg); the 60 is a placeholder, so the cell is marked.
-    assert first.cells[prednisone][:2] == ("22.2 mg/day", True)
+    # 60 mg/m²/day × 0.368 m² (66 cm, 7.4 kg); the 60 is a placeholder, so the cell is marked.
+    assert first.cells[prednisone][:2] == ("22.1 mg/day, once a day", True)
     assert induction.next_row == "Day 36 (2026-06-08): begin next element"
     maintenance = next(s for s in ctx["sections"] if s.id == "maintenance")
     mp = maintenance.columns.index("Mercaptopurine (6-MP)")
@@ -205,8 +205,8 @@ def test_every_printed_dose_from_a_placeholder_is_marked() -> None:
                 slot = next(s for s in plan.protocol.elements[section.id].slots if s.name == name)
                 assert unverified == (bool(text) and slot.evidence == "placeholder")
     html = render_roadmap(plan, "html")
-    assert "22.2 mg/day <span class=\"unverified\">⚠ unverified</span>" in html
-    assert "22.2 mg/day ⚠" in render_roadmap(plan, "md")
+    assert "22.1 mg/day, once a day <span class=\"unverified\">⚠ unverified</span>" in html
+    assert "22.1 mg/day, once a day ⚠" in render_roadmap(plan, "md")
 
 
 # --------------------------------------------------------------------------- pictures, PDF, validators
@@ -604,13 +604,14 @@ def test_roadmap_is_the_record_of_what_was_given_omitted_delayed_and_held(tmp_pa
     assert octadad.measures[1].weight_kg == "9.5"
     assert 0 < octadad.unverified_values <= octadad.values
     html = render_roadmap(plan, "html")
-    assert "<s>11.1 mg</s>" in html and "echo &lt;pending&gt; &amp; EF 48 %" in html
+    dauno = next(i for i in plan.items if i.ref == "induction:daunorubicin@9").dose.text
+    assert f"<s>{dauno}</s>" in html and "echo &lt;pending&gt; &amp; EF 48 %" in html
     assert "given 2026-05-04: 22 mg" in html and "not recorded" in html
     assert "febrile neutropenia" in html and "Re-weighed: doses from" in html
     assert f"{induction.unverified_values} of the {induction.values} values on this element" in html
     assert "last recorded measurement" not in html
     md = render_roadmap(plan, "md")
-    assert "~~11.1 mg~~" in md and "OMITTED: echo <pending> & EF 48 %" in md
+    assert f"~~{dauno}~~" in md and "OMITTED: echo <pending> & EF 48 %" in md
     assert "given 2026-05-04: 22 mg" in md and "(delayed, was due 2026-05-18)" in md
 
 
