@@ -603,6 +603,9 @@ def test_roadmap_is_the_record_of_what_was_given_omitted_delayed_and_held(tmp_pa
     assert [m.date for m in octadad.measures] == ["2026-09-21", "2026-10-12"]
     assert octadad.measures[1].weight_kg == "9.5"
     assert 0 < octadad.unverified_values <= octadad.values
+    # Deviations on the element page and on the cover.
+    assert [d.kind for d in octadad.deviations] == ["weight change"]
+    assert [d.date for d in ctx["deviations"]] == ["2026-10-12"] and "(octadad)" in ctx["deviations"][0].text
     html = render_roadmap(plan, "html")
     dauno = next(i for i in plan.items if i.ref == "induction:daunorubicin@9").dose.text
     assert f"<s>{dauno}</s>" in html and "echo &lt;pending&gt; &amp; EF 48 %" in html
@@ -610,6 +613,8 @@ def test_roadmap_is_the_record_of_what_was_given_omitted_delayed_and_held(tmp_pa
     assert "febrile neutropenia" in html and "Re-weighed: doses from" in html
     assert f"{induction.unverified_values} of the {induction.values} values on this element" in html
     assert "last recorded measurement" not in html
+    cover = html[:html.index('<section class="element"')]
+    assert "<h3>Deviations</h3>" in cover and "+14% from the 8.3 kg" in cover
     md = render_roadmap(plan, "md")
     assert f"~~{dauno}~~" in md and "OMITTED: echo <pending> & EF 48 %" in md
     assert "given 2026-05-04: 22 mg" in md and "(delayed, was due 2026-05-18)" in md
