@@ -861,7 +861,7 @@ def pathway_svg(plan: Plan) -> str:
         if d.at not in decisions or d.branch is None:
             decisions[d.at] = d
 
-    cw, rh, bw, bh, pad = 150, 78, 128, 58, 10
+    cw, rh, bw, bh, pad = 150, 86, 128, 66, 10
     ncols = max(c for c, _ in [*pos.values(), *diamonds.values()]) + 1
     nrows = rows[0] + 1
     width, height = ncols * cw + pad, nrows * rh + pad + 34
@@ -949,7 +949,7 @@ def pathway_svg(plan: Plan) -> str:
         out.append(f'<g class="node {escape(state)}"><title>{escape(title)}</title>'
                    f'<rect x="{x}" y="{y}" width="{bw}" height="{bh}" rx="6" fill="{fill}" stroke="{stroke}" '
                    f'stroke-width="{width_}"{dash_attr}/>')
-        lines = _wrap(_short(title))
+        lines = _wrap(_short(title), 17, 3)  # wrapped on up to three lines, so no name is cut short
         for k, line in enumerate(lines):
             out.append(f'<text x="{x + bw / 2}" y="{y + 15 + k * 12}" font-size="11" font-weight="bold" '
                        f'text-anchor="middle" fill="{ink}">{escape(line)}</text>')

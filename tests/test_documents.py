@@ -628,3 +628,10 @@ def test_identical_weekly_rows_fold_into_one_row_with_its_repeat() -> None:
     weekly = [i for i in plan.items if i.slot.element == "maintenance" and i.slot.name == "Methotrexate (oral)"]
     assert folded[0].date == weekly[1].date.isoformat() and folded[0].until == weekly[-1].date.isoformat()
     assert len(maintenance.grid) < 10
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_pathway_wraps_element_names_and_cuts_none(path: Path) -> None:
+    plan = protocol.plan(path, as_of=AS_OF)
+    names = [t.text or "" for t in _svg(pathway_svg(plan)).iter(f"{SVG}text") if t.get("font-weight") == "bold"]
+    assert names and not [n for n in names if n.endswith("…")], names
