@@ -645,8 +645,10 @@ def _typst_number(value: Any) -> _Typst:
 @lru_cache(maxsize=8)
 def _typst_environment(search: tuple[str, ...]) -> Any:
     import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
 
-    env = jinja2.Environment(
+    # Sandboxed: a --templates folder's typst template cannot reach Python objects.
+    env = SandboxedEnvironment(
         loader=jinja2.FileSystemLoader(list(search)),
         autoescape=False,  # escaping is the finalize below: every value becomes a typst string
         finalize=_typst_finalize,
@@ -677,7 +679,17 @@ def render_typst(plan: Plan, templates: str | os.PathLike[str] | None = None,
     context = roadmap_context(plan, generated)
     g = generated.astimezone(dt.UTC)
     context["generated_parts"] = (g.year, g.month, g.day, g.hour, g.minute, g.second)
-    return _typst_environment(tuple(search)).get_template("roadmap.typ.j2").render(**context)
+    import jinja2
+    from jinja2.sandbox import SecurityError
+
+    try:
+        return _typst_environment(tuple(search)).get_template("roadmap.typ.j2").render(**context)
+    except (SecurityError, jinja2.TemplateError) as exc:
+        if templates is None:
+            raise
+        name = getattr(exc, "name", None) or "roadmap.typ.j2"
+        raise InputError(Problem(str(templates), name, f"expected a template the roadmap can render, got: "
+                                 f"{exc}")) from None
 
 
 def render_pdf(plan: Plan, templates: str | os.PathLike[str] | None = None,

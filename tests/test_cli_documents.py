@@ -108,6 +108,15 @@ def test_roadmap_pdf_engine_option_and_a_broken_site_template(tmp_path: Path, cl
     bad(cli("roadmap", HR, "--as-of", AS_OF, "-o", tmp_path / "r.pdf", "--templates", tmp_path / "site"),
         "roadmap.typ.j2", "typst")
     assert not (tmp_path / "r.pdf").exists()
+    # The PDF template renders sandboxed: a site template cannot reach Python objects.
+    (tmp_path / "site" / "roadmap.page.typ.j2").write_text(
+        "{{ cycler.__init__.__globals__.os.popen('echo PWNED').read() }}\n", encoding="utf-8")
+    result = cli("roadmap", HR, "--as-of", AS_OF, "-o", tmp_path / "r.pdf", "--templates", tmp_path / "site")
+    bad(result, "roadmap.page.typ.j2", "unsafe")
+    assert "PWNED" not in result.stderr and not (tmp_path / "r.pdf").exists()
+    (tmp_path / "site" / "roadmap.page.typ.j2").write_text("{% if %}\n", encoding="utf-8")
+    bad(cli("roadmap", HR, "--as-of", AS_OF, "-o", tmp_path / "r.pdf", "--templates", tmp_path / "site"),
+        "roadmap.page.typ.j2", "expected a template")
 
 
 def test_roadmap_pdf_needs_an_output_file() -> None:
