@@ -112,7 +112,7 @@ def test_roadmap_pdf_engine_option_and_a_broken_site_template(tmp_path: Path, cl
     (tmp_path / "site" / "roadmap.page.typ.j2").write_text(
         "{{ cycler.__init__.__globals__.os.popen('echo PWNED').read() }}\n", encoding="utf-8")
     result = cli("roadmap", HR, "--as-of", AS_OF, "-o", tmp_path / "r.pdf", "--templates", tmp_path / "site")
-    bad(result, "roadmap.page.typ.j2", "unsafe")
+    bad(result, str(tmp_path / "site"), "unsafe")
     assert "PWNED" not in result.stderr and not (tmp_path / "r.pdf").exists()
     (tmp_path / "site" / "roadmap.page.typ.j2").write_text("{% if %}\n", encoding="utf-8")
     bad(cli("roadmap", HR, "--as-of", AS_OF, "-o", tmp_path / "r.pdf", "--templates", tmp_path / "site"),
