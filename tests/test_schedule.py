@@ -19,6 +19,7 @@ from protocol import Plan
 D = dt.date
 EOT_DAYS = 104 * 7 - 1  # the last day of therapy is diagnosis + 727 days
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "patients"
+ALL_EXAMPLES = sorted(EXAMPLES.glob("*.yaml"))
 
 
 def plan_example(stem: str, as_of: dt.date) -> Plan:
@@ -898,3 +899,36 @@ def test_cumulative_anthracycline_planned_and_given(make_patient: Callable[..., 
     assert p.to_dict()["cumulative_anthracycline"] == c
     assert protocol.plan(Path(__file__).resolve().parent.parent / "examples/patients/aall1731-sr-average.yaml",
                          as_of=D(2026, 11, 21)).cumulative_anthracycline() is None
+
+
+def test_a_date_that_follows_a_placeholder_length_is_unverified(as_of: dt.date) -> None:
+    """Blinatumomab's dose and days are published, but before induction is recorded its start
+    follows the placeholder induction length: its items are unverified, and say why."""
+    p = plan_example("mr-on-time", D(2026, 5, 10))
+    blina = [i for i in p.items if i.slot.key == "blinatumomab"]
+    assert blina and all(i.unverified for i in blina)
+    assert blina[0].unverified_reasons == ("its date follows the placeholder length of induction (35 days)",)
+    span = next(e for e in p.elements if e.id == "blinatumomab")
+    assert span.unverified and span.to_dict()["unverified_reasons"][0].startswith("its start date follows")
+    # Once induction's end is recorded, blinatumomab's dates are facts again.
+    done = plan_example("mr-on-time", as_of)
+    assert not any(i.unverified for i in done.items if i.slot.key == "blinatumomab")
+
+
+@pytest.mark.parametrize("path", ALL_EXAMPLES, ids=[p.stem for p in ALL_EXAMPLES])
+def test_every_output_marks_every_value_that_depends_on_a_placeholder(path: Path, as_of: dt.date) -> None:
+    """JSON, CSV and the risk and decisions: whatever depends on a placeholder says so."""
+    p = protocol.plan(path, as_of=as_of)
+    data = p.to_dict()
+    rows = list(csv.DictReader(io.StringIO(p.to_csv())))
+    for item, got, row in zip(p.items, data["items"], rows, strict=True):
+        assert got["unverified"] == item.unverified
+        assert bool(row["unverified"]) == item.unverified
+        if item.unverified:
+            assert got["unverified_reasons"] and row["unverified"].startswith("UNVERIFIED: ")
+        if item.dose is not None and item.dose.evidence == "placeholder":
+            assert item.unverified and got["dose"]["unverified"]
+    assert data["risk"]["unverified"] == bool(data["risk"]["unverified_reasons"])
+    for d in data["decisions"]:
+        assert d["unverified"] == bool(d["unverified_reasons"])
+    assert data["legend"]["unverified"].startswith("UNVERIFIED")
