@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ._errors import InputError, Problem
-from ._schedule import Item, Plan
+from .schedule import Item, Plan
 
 __all__ = ["calendar_for", "dose_line", "item_unverified", "to_ics"]
 
@@ -606,7 +606,7 @@ def calendar_for(registry: Any, patient_id: str, *, protocol: Any = None, as_of:
 
     >>> ics = calendar_for("protocol.db", "INF-0002", remind_days=1)  # doctest: +SKIP
     """
-    from ._schedule import plan as make_plan
+    from .schedule import plan as make_plan
 
     own = not hasattr(registry, "history")
     if own:

@@ -25,7 +25,8 @@ from ._errors import InputError, Problem
 from ._loading import evidence_counts, placeholder_rows
 from ._machine import walk_values
 from ._machine import Slot
-from ._schedule import Item, Plan, fmt_amount, mosteller
+from ._dose import fmt_amount, mosteller
+from .schedule import Item, Plan
 
 __all__ = ["pathway_svg", "plan_table", "render_pdf", "render_roadmap", "render_typst", "roadmap_context",
            "templates_dir", "timeline_svg"]

@@ -67,7 +67,7 @@ from typing import Any
 
 from ._calendar import administrations, dose_line, item_unverified
 from ._machine import Protocol
-from ._schedule import Plan
+from .schedule import Plan
 
 __all__ = ["EXT_DOSE", "EXT_ELEMENT", "EXT_EVIDENCE", "EXT_STATUS", "EXT_UNVERIFIED", "care_plan_json", "fhir_id",
            "fhir_json", "plan_definition_json", "to_fhir_care_plan", "to_fhir_plan_definition"]

@@ -554,7 +554,7 @@ class Registry:
             raise names.rewrite(exc) from None
 
     def _plan(self, patient: Patient) -> Any:
-        from ._schedule import plan
+        from .schedule import plan
 
         today = self.today()
         # An entry dated after the day it is recorded is refused (issue 11: a dose given in 2062).
@@ -918,7 +918,7 @@ class Registry:
         them (a write); the plan is reused if it was made as of ``day``. ``protocols`` caches
         the loaded protocols across the patients of one refresh.
         """
-        from ._schedule import plan
+        from .schedule import plan
         from ._worklist import RANK, problem_row, project
 
         old = conn.execute("SELECT horizon FROM projection WHERE patient = ?", (patient_id,)).fetchone()

@@ -106,7 +106,7 @@ def _selected(plan: Any, start: int, end: int) -> list[Any]:
     if rows is None:  # anything with ``items`` (tests use simple stand-ins)
         return [i for i in plan.items if i.status == "overdue" or _past_open(i.status, i.ordinal, start, i.branch)
                 or (start <= i.ordinal < end and i.status not in _NOT_DUE)]
-    from ._schedule import Item
+    from .schedule import Item
 
     fields = Item._fields
     ordinal, status, branch = fields.index("ordinal"), fields.index("status"), fields.index("branch")

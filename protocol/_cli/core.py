@@ -95,7 +95,7 @@ def risk_command(
     Example: protocol risk examples/patients/hr-to-hsct.yaml
     """
     from .._loading import dumps
-    from .._schedule import risk as risk_of
+    from ..schedule import risk as risk_of
 
     who = _run(_patient, patient, db)
     result = _run(risk_of, who, _run(_protocol_for, who, site), as_of=_run(_as_of, as_of))
@@ -154,7 +154,7 @@ def plan_command(
     """
     from .._io import parse_date
     from .._refs import only, select
-    from .._schedule import plan
+    from ..schedule import plan
 
     who = _run(_patient, patient, db)
     result = _run(plan, who, _run(_protocol_for, who, site), as_of=_run(_as_of, as_of))

@@ -67,7 +67,7 @@ def roadmap_command(
     Example: protocol roadmap examples/patients/mr-on-time.yaml --format pdf -o roadmap.pdf
     """
     from .._documents import render_pdf, render_roadmap
-    from .._schedule import plan
+    from ..schedule import plan
 
     suffix = output.suffix.lower().lstrip(".") if output is not None else ""
     fmt = format.value if format else (suffix if suffix in ("md", "pdf") else "html")
@@ -112,7 +112,7 @@ def calendar_command(
     Example: protocol calendar examples/patients/hr-to-hsct.yaml -o INF-0002.ics --remind-days 1
     """
     from .._calendar import calendar_for, to_ics
-    from .._schedule import plan
+    from ..schedule import plan
 
     who = _run(_patient, patient, db)
     protocol = _run(_protocol_for, who, site)
@@ -161,7 +161,7 @@ def fhir_command(
 
         text = _run(plan_definition_json, _run(load_protocol, protocol_ref, _site(site)))
     else:
-        from .._schedule import plan
+        from ..schedule import plan
 
         who = _run(_patient, patient, db)
         result = _run(plan, who, _run(_protocol_for, who, site), as_of=_run(_as_of, as_of))
