@@ -129,8 +129,9 @@ async def record_form(request: Request) -> Response:
     if correcting is not None:
         return web_of(request).render(request, "record.html.j2", title=f"Correct #{correct} of {pid}",
                                       form=correcting["values"], action=correcting["action"], correcting=correcting, **ctx)
-    # An item's forms start from its planned date (recorded late or on the day); others today.
-    form = {"date": (ctx["item"].date if ctx["item"] is not None else ctx["today"]).isoformat()}
+    # An item's forms start from its planned date when that is past (recorded late); else today.
+    today = ctx["today"]
+    form = {"date": (min(ctx["item"].date, today) if ctx["item"] is not None else today).isoformat()}
     if ctx["item"] is not None and ctx["item"].dose is not None and ctx["item"].dose.amount is not None:
         from .._schedule import fmt_amount
 
