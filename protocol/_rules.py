@@ -276,6 +276,24 @@ _MARK = {True: "✓", False: "✗", None: "?"}
 _COMPILED: dict[int, tuple[Condition, Guard]] = {}
 
 
+def placeholder_keys(c: Condition) -> tuple[str, ...]:
+    """The facts read by the leaves of a condition whose threshold is a placeholder."""
+    keys: list[str] = []
+
+    def walk(x: Condition) -> None:
+        for sub in (*(x.all_ or ()), *(x.any_ or ())):
+            walk(sub)
+        if x.not_ is not None:
+            walk(x.not_)
+        if x.fact is None and x.mrd is None and x.arm is None:
+            return
+        if getattr(x.op[1], "evidence", None) == "placeholder":
+            keys.append(_key(x))
+
+    walk(c)
+    return tuple(dict.fromkeys(keys))
+
+
 def placeholders(c: Condition) -> tuple[str, ...]:
     """The placeholder thresholds of a condition, in words: ``('mrd:pre_octadad ≥ 0.0005 is a
     placeholder threshold',)``; empty when every number in it is sourced."""
@@ -364,7 +382,7 @@ class RiskResult:
         self._reasons: tuple[str, ...] | None = None
         #: Why the assignment depends on a placeholder (a placeholder rule or threshold of the
         #: group assigned, or of an earlier group that did not apply); empty when it does not.
-        self.unverified_reasons = rules.risk_placeholders(group) if status == "assigned" else ()
+        self.unverified_reasons = rules.risk_placeholders(group, facts) if status == "assigned" else ()
 
     @property
     def unverified(self) -> bool:
@@ -451,9 +469,37 @@ class RuleSet:
             return RiskResult(None, None, "pending", self, snapshot, tuple(pending), tuple(waiting))
         return RiskResult(None, None, "unassigned", self, snapshot)
 
-    def risk_placeholders(self, group_id: str | None) -> tuple[str, ...]:
-        """What is a placeholder in the rules that decide ``group_id``: its own rule and
-        those of the groups tried before it."""
+    def _first_group(self, facts: Facts) -> str | None:
+        for group, guard in self._risk:
+            r = True if guard is None else guard(facts)
+            if r is None:
+                return None
+            if r:
+                return group.id
+        return None
+
+    def risk_placeholders(self, group_id: str | None, facts: Facts | None = None) -> tuple[str, ...]:
+        """What is a placeholder in the rules that decide ``group_id`` (its own rule and those
+        of the groups tried before it), when it matters: with ``facts``, the placeholder
+        thresholds are made unknown and the groups tried again (Kleene logic); if the same
+        group still follows, the assignment does not depend on them (HR from a WBC of 420
+        does not depend on the placeholder prednisone cut-off) and nothing is returned."""
+        if facts is not None:
+            masked = dict(facts)
+            for group, _ in self._risk:
+                if group.when is not None:
+                    for key in placeholder_keys(group.when):
+                        masked.pop(key, None)
+                    for key in depends_on(group.when):
+                        d = next((d for d, _ in self._derived if d.id == key), None)
+                        if d is not None and any(placeholder_keys(case.when) for case in d.cases):
+                            masked.pop(key, None)
+                if group.id == group_id:
+                    break
+            placeholder_rule = any(g.evidence == "placeholder" for g, _ in self._risk[: 1 + next(
+                (n for n, (g, _) in enumerate(self._risk) if g.id == group_id), len(self._risk))])
+            if not placeholder_rule and self._first_group(masked) == group_id:
+                return ()
         out: list[str] = []
         derived = {d.id: cases for d, cases in self._derived}
         for group, _ in self._risk:
