@@ -368,6 +368,24 @@ def _pause_records(plan: Plan, span: Any) -> tuple[Record, ...]:
     return tuple(out)
 
 
+def _anthracycline_lines(plan: Plan) -> list[dict[str, Any]]:
+    """The cover's cumulative anthracycline lines (``text``, ``unverified``): each drug's
+    planned and given mg/m², then the doxorubicin equivalent (issue 11)."""
+    c = plan.cumulative_anthracycline()
+    if c is None:
+        return []
+    lines = [{"text": f"{d['drug']}: planned {fmt_amount(d['planned_mg_m2'])} mg/m², given "
+                      f"{fmt_amount(d['given_mg_m2'])} mg/m² (factor "
+                      f"{'not known' if d['factor'] is None else format(d['factor'], 'g')})",
+              "unverified": d["unverified"]} for d in c["drugs"]]
+    eq = c["doxorubicin_equivalent"]
+    lines.append({"text": (f"Doxorubicin equivalent: planned {fmt_amount(eq['planned'])} mg/m², given "
+                           f"{fmt_amount(eq['given'])} mg/m²") if eq["computable"]
+                  else "Doxorubicin equivalent: not computable (a conversion factor is not known)",
+                  "unverified": c["unverified"]})
+    return lines
+
+
 def _deviation_records(plan: Plan, element: str | None = None) -> tuple[Record, ...]:
     return tuple(Record(d["date"], str(d["kind"]).replace("_", " "),
                         d["message"] + (f" [{d['item']}]" if d.get("item") else "")
@@ -565,6 +583,7 @@ def roadmap_context(plan: Plan, generated: dt.datetime | None = None) -> dict[st
         "warnings": plan.warnings,
         "placeholders": placeholders,
         "deviations": _deviation_records(plan),
+        "anthracycline": _anthracycline_lines(plan),
         "site": site,
         "evidence": evidence_counts(p),
         "generated": generated.strftime("%Y-%m-%d %H:%M UTC"),
