@@ -687,10 +687,12 @@ def _registry_copy(folder: Path) -> None:
     """A registry holding INF-0001 in ``folder`` (registered once, then copied per case)."""
     if not _TEMPLATE_DB:
         home = Path(tempfile.mkdtemp(prefix="fuzz-db-"))
+        import atexit
+
+        atexit.register(_cleanup, home)
         outcome = run(["patients", "add", str(EXAMPLES_BY_ID[REGISTERED]), "--by", "fuzz"], home)
         assert outcome.code == 0, outcome.stderr
         _TEMPLATE_DB.append(home / "protocol.db")
-    import shutil
     import sqlite3
 
     with sqlite3.connect(_TEMPLATE_DB[0]) as src, sqlite3.connect(folder / "protocol.db") as dst:
