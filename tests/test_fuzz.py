@@ -143,9 +143,10 @@ def run(argv: list[str], folder: Path) -> Outcome:
     before = set(os.listdir(folder))
     out, err = io.StringIO(), io.StringIO()
     env = {"PROTOCOL_DB": str(folder / "protocol.db")}
-    saved = {k: os.environ.get(k) for k in (*env, "PROTOCOL_DEBUG", "PROTOCOL_SITE", "PROTOCOL_OUTPUT_MODE")}
+    unset = ("PROTOCOL_DEBUG", "PROTOCOL_SITE", "PROTOCOL_OUTPUT_MODE", "PROTOCOL_ID_PATTERN")
+    saved = {k: os.environ.get(k) for k in (*env, *unset)}
     os.environ.update(env)
-    for k in ("PROTOCOL_DEBUG", "PROTOCOL_SITE", "PROTOCOL_OUTPUT_MODE"):
+    for k in unset:
         os.environ.pop(k, None)
     real_app, cli.app = cli.app, _APP
     try:
@@ -686,13 +687,13 @@ _TEMPLATE_DB: list[Path] = []
 def _registry_copy(folder: Path) -> None:
     """A registry holding INF-0001 in ``folder`` (registered once, then copied per case)."""
     if not _TEMPLATE_DB:
-        home = Path(tempfile.mkdtemp(prefix="fuzz-db-"))
         import atexit
 
+        home = Path(tempfile.mkdtemp(prefix="fuzz-db-"))
         atexit.register(_cleanup, home)
+        _TEMPLATE_DB.append(home / "protocol.db")  # made once, even if registering fails
         outcome = run(["patients", "add", str(EXAMPLES_BY_ID[REGISTERED]), "--by", "fuzz"], home)
         assert outcome.code == 0, outcome.stderr
-        _TEMPLATE_DB.append(home / "protocol.db")
     import sqlite3
 
     with sqlite3.connect(_TEMPLATE_DB[0]) as src, sqlite3.connect(folder / "protocol.db") as dst:
