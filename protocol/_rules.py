@@ -410,7 +410,7 @@ class RiskResult:
 class RuleSet:
     """Eligibility, derived facts and risk groups of one protocol, compiled once."""
 
-    __slots__ = ("_derived", "_eligibility", "_risk")
+    __slots__ = ("_derived", "_eligibility", "_profiles", "_risk")
 
     def __init__(self, eligibility: list[EligibilityRule], derived: list[DerivedFact], risk: list[RiskGroup]) -> None:
         self._eligibility = tuple((r, compile_condition(r.when)) for r in eligibility)
@@ -418,6 +418,7 @@ class RuleSet:
             (d, tuple((case.value, compile_condition(case.when)) for case in d.cases)) for d in derived
         )
         self._risk = tuple((g, None if g.when is None else compile_condition(g.when)) for g in risk)
+        self._profiles: dict[str | None, tuple[tuple[str, ...], bool, tuple[str, ...]]] = {}
 
     def derive(self, facts: Facts) -> list[tuple[str, str, str]]:
         """Fill in derived facts in place. Returns conflicts as ``(fact, given, derived)``."""
@@ -478,46 +479,51 @@ class RuleSet:
                 return group.id
         return None
 
+    def _placeholder_profile(self, group_id: str | None) -> tuple[tuple[str, ...], bool, tuple[str, ...]]:
+        """``(fact keys to make unknown, a placeholder rule decides, reasons)`` for the groups up
+        to ``group_id``: static per definition, so computed once per group."""
+        cache = self._profiles
+        if group_id in cache:
+            return cache[group_id]
+        masked: list[str] = []
+        reasons: list[str] = []
+        rule = False
+        derived = {d.id: d for d, _ in self._derived}
+        for group, _ in self._risk:
+            if group.evidence == "placeholder":
+                rule = True
+                reasons.append(f"the rule of risk group {group.id} is a placeholder")
+            if group.when is not None:
+                masked.extend(placeholder_keys(group.when))
+                reasons.extend(f"{r} (risk group {group.id})" for r in placeholders(group.when))
+                # A fact derived by a placeholder rule (prednisone response from the 1000/µL
+                # day-8 cut-off) makes the group that reads it unverified too.
+                for key in depends_on(group.when):
+                    d = derived.get(key)
+                    if d is None or not any(placeholder_keys(case.when) for case in d.cases):
+                        continue
+                    masked.append(key)
+                    for case in d.cases:
+                        reasons.extend(f"{r} ({_label(key)} is derived from it)" for r in placeholders(case.when))
+            if group.id == group_id:
+                break
+        cache[group_id] = (tuple(dict.fromkeys(masked)), rule, tuple(dict.fromkeys(reasons)))
+        return cache[group_id]
+
     def risk_placeholders(self, group_id: str | None, facts: Facts | None = None) -> tuple[str, ...]:
         """What is a placeholder in the rules that decide ``group_id`` (its own rule and those
         of the groups tried before it), when it matters: with ``facts``, the placeholder
         thresholds are made unknown and the groups tried again (Kleene logic); if the same
         group still follows, the assignment does not depend on them (HR from a WBC of 420
         does not depend on the placeholder prednisone cut-off) and nothing is returned."""
-        if facts is not None:
+        keys, rule, reasons = self._placeholder_profile(group_id)
+        if facts is not None and not rule:
             masked = dict(facts)
-            for group, _ in self._risk:
-                if group.when is not None:
-                    for key in placeholder_keys(group.when):
-                        masked.pop(key, None)
-                    for key in depends_on(group.when):
-                        d = next((d for d, _ in self._derived if d.id == key), None)
-                        if d is not None and any(placeholder_keys(case.when) for case in d.cases):
-                            masked.pop(key, None)
-                if group.id == group_id:
-                    break
-            placeholder_rule = any(g.evidence == "placeholder" for g, _ in self._risk[: 1 + next(
-                (n for n, (g, _) in enumerate(self._risk) if g.id == group_id), len(self._risk))])
-            if not placeholder_rule and self._first_group(masked) == group_id:
+            for key in keys:
+                masked.pop(key, None)
+            if self._first_group(masked) == group_id:
                 return ()
-        out: list[str] = []
-        derived = {d.id: cases for d, cases in self._derived}
-        for group, _ in self._risk:
-            if group.evidence == "placeholder":
-                out.append(f"the rule of risk group {group.id} is a placeholder")
-            if group.when is not None:
-                out.extend(f"{r} (risk group {group.id})" for r in placeholders(group.when))
-                # A fact derived by a placeholder rule (prednisone response from the 1000/µL
-                # day-8 cut-off) makes the group that reads it unverified too.
-                for key in depends_on(group.when):
-                    d = next((d for d, _ in self._derived if d.id == key), None)
-                    if d is None or key not in derived:
-                        continue
-                    for case in d.cases:
-                        out.extend(f"{r} ({_label(key)} is derived from it)" for r in placeholders(case.when))
-            if group.id == group_id:
-                break
-        return tuple(dict.fromkeys(out))
+        return reasons
 
     def risk_reasons(self, facts: Facts) -> tuple[str, ...]:
         """The explanation behind :meth:`stratify`, line by line."""
