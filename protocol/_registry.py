@@ -827,6 +827,26 @@ class Registry:
             out.append(replace(e, superseded_by=by_sup.get(e.seq), retracted_by=by_ret.get(e.seq), changes=changes))
         return out
 
+    def check(self) -> dict[str, Any]:
+        """The full check of ``protocol db check``: SQLite's ``integrity_check`` and every
+        patient replayed and planned as a write would be. ``{"integrity": [...], "patients":
+        N, "problems": [(patient, message), ...]}``; ``integrity == ["ok"]`` and no problems
+        mean the registry is sound.
+
+        >>> with open_registry("protocol.db") as reg: reg.check()["problems"]  # doctest: +SKIP
+        []
+        """
+        with self._read() as conn:
+            integrity = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(20)")]
+            ids = [r[0] for r in conn.execute("SELECT id FROM patients ORDER BY id")]
+        problems: list[tuple[str, str]] = []
+        for pid in ids:
+            try:
+                self._plan(self.patient(pid))
+            except InputError as exc:
+                problems.append((pid, str(exc)))
+        return {"integrity": integrity, "patients": len(ids), "problems": problems}
+
     def patients(self) -> list[PatientSummary]:
         """Every registered patient, by id, with its current base record and log counts."""
         with self._read() as conn:
@@ -1089,6 +1109,7 @@ def _connect(path: Path, create: bool) -> sqlite3.Connection:
             raise InputError(Problem(str(path), "", f"cannot use write-ahead logging here (journal mode {mode})"))
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        _quick_check(conn, path)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise InputError(Problem(str(path), "", f"not a usable protocol registry: {exc}")) from None
@@ -1096,6 +1117,30 @@ def _connect(path: Path, create: bool) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+#: Registry files already checked by this process, by (path, size, modification time): a web
+#: server or a test opens the same file many times and a quick check reads all of it.
+_CHECKED: set[tuple[str, int, int]] = set()
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    """``PRAGMA quick_check`` on opening (issue 16 §5): a damaged file is refused with what to
+    do, for every command, before anything is read from it or written to it."""
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    except OSError:  # pragma: no cover - removed meanwhile: sqlite reports it
+        key = None
+    if key is not None and key in _CHECKED:
+        return
+    rows = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+    if rows != ["ok"]:
+        raise InputError(Problem(str(path), "", f"the registry file is damaged (SQLite quick_check: "
+                                 f"{'; '.join(str(r).replace(chr(10), '; ') for r in rows)}): stop writing to it "
+                                 f"and restore the last backup (README, Registry)"))
+    if key is not None:
+        _CHECKED.add(key)
 
 
 def _migrate(conn: sqlite3.Connection, path: Path, stamp: Callable[[], str]) -> None:
