@@ -505,14 +505,14 @@ def test_missing_patient_file(cli: Any, tmp_path: Path) -> None:
 
 def test_internal_error_exit_1_without_traceback(cli: Any, monkeypatch: pytest.MonkeyPatch,
                                                  tmp_path: Path) -> None:
-    import protocol._schedule
+    import protocol.schedule
 
     assert "PROTOCOL_DEBUG" not in os.environ
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr(protocol._schedule, "plan", broken)
+    monkeypatch.setattr(protocol.schedule, "plan", broken)
     for args in (["plan", ON_TIME], ["roadmap", ON_TIME, "-o", tmp_path / "x.html"]):
         result = cli(*args, "--as-of", AS_OF)
         assert result.exit_code == 1, result.output
@@ -525,12 +525,12 @@ def test_internal_error_exit_1_without_traceback(cli: Any, monkeypatch: pytest.M
 
 
 def test_internal_error_with_debug_raises(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import protocol._schedule
+    import protocol.schedule
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr(protocol._schedule, "plan", broken)
+    monkeypatch.setattr(protocol.schedule, "plan", broken)
     monkeypatch.setenv("PROTOCOL_DEBUG", "1")
     result = cli("plan", ON_TIME, "--as-of", AS_OF)
     assert isinstance(result.exception, RuntimeError)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import protocol
-from protocol import _schedule
+from protocol import schedule as _schedule
 from protocol._errors import PatientError, Problem
 from protocol._registry import Registry
 from protocol._worklist import CATEGORIES, Worklist, project
