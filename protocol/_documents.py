@@ -63,8 +63,12 @@ def _bytecode_cache() -> Any:
 @lru_cache(maxsize=8)
 def _environment(search: tuple[str, ...]) -> Any:
     import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
 
-    env = jinja2.Environment(
+    # A --templates folder is the site's code: it renders in Jinja's sandbox, so a template
+    # cannot reach Python objects (issue 16 §4: {{ cycler.__init__.__globals__.os.popen(...) }}).
+    kind = SandboxedEnvironment if len(search) > 1 else jinja2.Environment
+    env = kind(
         loader=jinja2.FileSystemLoader(list(search)),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "htm", "xml", "html.j2"),
                                             default_for_string=True, default=False),
@@ -614,8 +618,17 @@ def render_roadmap(plan: Plan, format: str = "html", templates: str | os.PathLik
     """
     if format not in FORMATS:
         raise InputError(Problem("", "format", f"expected one of {', '.join(FORMATS)}, got {format!r}"))
-    template = _env(templates).get_template(f"roadmap.{format}.j2")
-    return template.render(**roadmap_context(plan, generated))
+    import jinja2
+    from jinja2.sandbox import SecurityError
+
+    name = f"roadmap.{format}.j2"
+    try:
+        return _env(templates).get_template(name).render(**roadmap_context(plan, generated))
+    except (SecurityError, jinja2.TemplateError) as exc:
+        if templates is None:
+            raise
+        raise InputError(Problem(str(templates), getattr(exc, "name", None) or name,
+                                 f"expected a template the roadmap can render, got: {exc}")) from None
 
 
 PDF_ENGINES = ("typst", "weasyprint")
