@@ -258,7 +258,8 @@ def plausibility_problems(plan: dict[str, Any], patient: dict[str, Any] | None =
             if exact is not None and amount > exact * 1.05 + 0.05:
                 out.append(f"{where}: dose {amount} more than 5 % above its unrounded value {exact:g}")
             standard = dose.get("standard")
-            if standard is not None and exact is not None:
+            # A weight band's fixed dose replaces the per-m² one (blinatumomab 28 µg/day from 45 kg).
+            if standard is not None and exact is not None and "weight_band" not in dose.get("rules_applied", ()):
                 ceiling = standard * dose["bsa_m2"] if dose.get("basis") == "per_m2" and dose.get("bsa_m2") else None
                 if dose.get("basis") != "per_m2":
                     ceiling = standard if dose.get("basis") in ("fixed", None) else None
