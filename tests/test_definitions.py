@@ -705,3 +705,12 @@ def test_only_confirmed_values_are_not_placeholders(pid: str) -> None:
     confirmed = {label for label, values in _values(pid).items() for v in values if v.evidence != "placeholder"}
     assert confirmed == CONFIRMED[pid]
     assert evidence_counts(protocol.load_protocol(pid))["placeholder"] > 0
+
+
+@pytest.mark.parametrize("pid", ["interfant06-blinatumomab", "interfant06", "interfant21"])
+def test_octadad_vincristine_has_the_bfm_2_mg_cap_as_a_placeholder(pid: str) -> None:
+    """Issue 11: the ALL-BFM 95 table the OCTADAD vincristine cites caps it at 2 mg; not
+    confirmed for the infant protocols, so a placeholder."""
+    octadad = next(e for e in protocol.load_protocol(pid).source.elements if e.id == "octadad")
+    vcr = next(a for a in octadad.administrations if a.drug == "Vincristine")
+    assert (vcr.dose.cap.value, vcr.dose.cap.evidence, vcr.dose.cap.source) == (2, "placeholder", "bfm95")
