@@ -649,3 +649,13 @@ def test_the_cover_gives_the_cumulative_anthracycline_marked_unverified() -> Non
     assert "Doxorubicin equivalent: not computable" in render_roadmap(plan, "md")
     aall = protocol.plan(ROOT / "examples/patients/aall1731-sr-average.yaml", as_of=AS_OF)
     assert roadmap_context(aall)["anthracycline"] == []
+
+
+def test_markdown_roadmap_keeps_the_administration_notes() -> None:
+    """Issue 11: the Markdown roadmap dropped the notes ("Do not flush the line ...")."""
+    plan = protocol.plan(ROOT / "examples/patients/mr-on-time.yaml", as_of=AS_OF)
+    md = render_roadmap(plan, "md")
+    assert "Do not flush the line when changing bags" in md
+    for section in roadmap_context(plan)["sections"]:
+        for note in section.notes:
+            assert note in md
