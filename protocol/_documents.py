@@ -63,8 +63,12 @@ def _bytecode_cache() -> Any:
 @lru_cache(maxsize=8)
 def _environment(search: tuple[str, ...]) -> Any:
     import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
 
-    env = jinja2.Environment(
+    # A --templates folder is the site's code: it renders in Jinja's sandbox, so a template
+    # cannot reach Python objects (issue 16 §4: {{ cycler.__init__.__globals__.os.popen(...) }}).
+    kind = SandboxedEnvironment if len(search) > 1 else jinja2.Environment
+    env = kind(
         loader=jinja2.FileSystemLoader(list(search)),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "htm", "xml", "html.j2"),
                                             default_for_string=True, default=False),
@@ -368,6 +372,24 @@ def _pause_records(plan: Plan, span: Any) -> tuple[Record, ...]:
     return tuple(out)
 
 
+def _anthracycline_lines(plan: Plan) -> list[dict[str, Any]]:
+    """The cover's cumulative anthracycline lines (``text``, ``unverified``): each drug's
+    planned and given mg/m², then the doxorubicin equivalent (issue 11)."""
+    c = plan.cumulative_anthracycline()
+    if c is None:
+        return []
+    lines = [{"text": f"{d['drug']}: planned {fmt_amount(d['planned_mg_m2'])} mg/m², given "
+                      f"{fmt_amount(d['given_mg_m2'])} mg/m² (factor "
+                      f"{'not known' if d['factor'] is None else format(d['factor'], 'g')})",
+              "unverified": d["unverified"]} for d in c["drugs"]]
+    eq = c["doxorubicin_equivalent"]
+    lines.append({"text": (f"Doxorubicin equivalent: planned {fmt_amount(eq['planned'])} mg/m², given "
+                           f"{fmt_amount(eq['given'])} mg/m²") if eq["computable"]
+                  else "Doxorubicin equivalent: not computable (a conversion factor is not known)",
+                  "unverified": c["unverified"]})
+    return lines
+
+
 def _deviation_records(plan: Plan, element: str | None = None) -> tuple[Record, ...]:
     return tuple(Record(d["date"], str(d["kind"]).replace("_", " "),
                         d["message"] + (f" [{d['item']}]" if d.get("item") else "")
@@ -565,6 +587,7 @@ def roadmap_context(plan: Plan, generated: dt.datetime | None = None) -> dict[st
         "warnings": plan.warnings,
         "placeholders": placeholders,
         "deviations": _deviation_records(plan),
+        "anthracycline": _anthracycline_lines(plan),
         "site": site,
         "evidence": evidence_counts(p),
         "generated": generated.strftime("%Y-%m-%d %H:%M UTC"),
@@ -595,8 +618,17 @@ def render_roadmap(plan: Plan, format: str = "html", templates: str | os.PathLik
     """
     if format not in FORMATS:
         raise InputError(Problem("", "format", f"expected one of {', '.join(FORMATS)}, got {format!r}"))
-    template = _env(templates).get_template(f"roadmap.{format}.j2")
-    return template.render(**roadmap_context(plan, generated))
+    import jinja2
+    from jinja2.sandbox import SecurityError
+
+    name = f"roadmap.{format}.j2"
+    try:
+        return _env(templates).get_template(name).render(**roadmap_context(plan, generated))
+    except (SecurityError, jinja2.TemplateError) as exc:
+        if templates is None:
+            raise
+        raise InputError(Problem(str(templates), getattr(exc, "name", None) or name,
+                                 f"expected a template the roadmap can render, got: {exc}")) from None
 
 
 PDF_ENGINES = ("typst", "weasyprint")

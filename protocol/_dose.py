@@ -103,7 +103,7 @@ class DoseResult:
     ('18.4 mg/day, once a day', '60 mg/m²/day × 0.307 m² = 18.4 mg/day (BSA Mosteller, ...)')
     """
 
-    __slots__ = ("_dict", "_result", "age_months", "age_years", "bsa", "measurement", "slot")
+    __slots__ = ("_applied", "_dict", "_result", "age_months", "age_years", "bsa", "measurement", "slot")
 
     def __init__(self, slot: Slot, measurement: Measurement | None, bsa: float | None, age_years: int,
                  age_months: int | None = None) -> None:
@@ -117,6 +117,7 @@ class DoseResult:
         # (amount, exact, capped, reason, steps, evidence levels used, unverified reasons)
         self._result: tuple[Any, ...] | None = None
         self._dict: dict[str, Any] | None = None
+        self._applied: list[str] = []  # the rules used: weight_band, weight_switch, age_fraction, cap...
 
     def _computed(self) -> tuple[Any, ...]:
         if self._result is None:
@@ -148,6 +149,7 @@ class DoseResult:
                          and weight >= b.min_weight_kg.value), None)
         switch = d.weight_switch
         if band is not None:
+            self._applied.append("weight_band")
             used(band.min_weight_kg, "the weight band's limit")
             used(band.amount, "the weight band's dose")
             if band.amount.value is None:
@@ -158,6 +160,7 @@ class DoseResult:
                          f"→ fixed {_fmt(value)} {unit}{per}")
         elif (switch is not None and weight is not None and switch.below_weight_kg.value is not None
               and weight < switch.below_weight_kg.value):
+            self._applied.append("weight_switch")
             used(switch.below_weight_kg, "the weight switch's limit")
             used(switch.amount_per_kg, "the per-kg dose below the weight limit")
             if switch.amount_per_kg.value is None:
@@ -204,6 +207,7 @@ class DoseResult:
             if d.age_fractions and self.age_months is not None:
                 fraction = next((a for a in d.age_fractions if self.age_months < a.below_age_months), None)
                 if fraction is not None:
+                    self._applied.append("age_fraction")
                     used(fraction, f"the age fraction {fraction.fraction} under {fraction.below_age_months} months")
                     value *= fraction.value
                     steps.append(f"× {fraction.fraction}, age {self.age_months} months < "
@@ -218,6 +222,7 @@ class DoseResult:
         capped = False
         cap = d.cap
         if cap is not None and cap.value is not None and value > cap.value:
+            self._applied.append("cap")
             used(cap, "the cap")
             value = cap.value
             capped = True
@@ -384,7 +389,8 @@ class DoseResult:
                 "frequency": self.frequency, "administrations_per_day": self.administrations_per_day,
                 "standard": self.standard, "bsa_m2": None if self.bsa is None or self.basis != "per_m2"
                 else round(self.bsa, 4),
-                "capped": self.capped, "amount_text": self.amount_text,
+                "capped": self.capped, "rules_applied": list(self._applied) if self._computed() else [],
+                "amount_text": self.amount_text,
                 "text": self.text, "working": self.working, "evidence": self.evidence,
                 "unverified": self.unverified, "unverified_reasons": list(self.unverified_reasons)}
 
@@ -406,6 +412,7 @@ class ModifiedDose(DoseResult):
         if exact is None:
             return amount, exact, capped, reason, steps, levels, why
         d = self.slot.dose
+        self._applied.append("modified")
         value = exact * self.percent / 100.0
         increment = None if d is None or d.round_to is None else d.round_to.value
         steps = [*steps, f"× {self.percent:g} % ({self.why}) = {fmt_amount(value)} {self.unit}{_PER_LABEL[self.per]}"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from functools import lru_cache
 from typing import NamedTuple
 
 __all__ = ["BSA_RANGE", "Finding", "check_measurement"]
@@ -61,11 +62,13 @@ def _scores(sex: str, age_days: int, height_cm: float, weight_kg: float) -> dict
     return out
 
 
-def check_measurement(birth: dt.date, sex: str, on: dt.date, height_cm: float, weight_kg: float) -> list[Finding]:
-    """Findings for one measurement (empty when it is plausible).
+@lru_cache(maxsize=8192)
+def check_measurement(birth: dt.date, sex: str, on: dt.date, height_cm: float, weight_kg: float) -> tuple[Finding, ...]:
+    """Findings for one measurement (empty when it is plausible). Kept per measurement: a
+    registry replays the same patient many times, and the WHO z-scores are computed in Decimal.
 
     >>> check_measurement(dt.date(2026, 1, 1), "female", dt.date(2026, 5, 1), 62, 6.0)
-    []
+    ()
     >>> check_measurement(dt.date(2026, 1, 1), "female", dt.date(2026, 5, 1), 62, 62)[0].refused
     True
     """
@@ -75,11 +78,11 @@ def check_measurement(birth: dt.date, sex: str, on: dt.date, height_cm: float, w
     if weight_kg >= 100 and age_days < 3 * 365 and 0.5 <= weight_kg / 1000 <= 30:
         findings.append(Finding("weight_kg", True, f"expected a weight in kilograms, got {weight_kg:g}: this looks "
                                 f"like grams ({weight_kg / 1000:g} kg)"))
-        return findings
+        return tuple(findings)
     if not BSA_RANGE[0] <= bsa <= BSA_RANGE[1]:
         findings.append(Finding("weight_kg", True, f"expected a body-surface area of {BSA_RANGE[0]} to "
                                 f"{BSA_RANGE[1]} m², got {bsa:.3f} m² from {height_cm:g} cm and {weight_kg:g} kg"))
-        return findings
+        return tuple(findings)
     sexes = ("male", "female") if sex not in ("male", "female") else (sex,)
     per_sex = [_scores(s, age_days, height_cm, weight_kg) for s in sexes]
     months = age_days / (365.25 / 12)
@@ -102,4 +105,4 @@ def check_measurement(birth: dt.date, sex: str, on: dt.date, height_cm: float, w
         elif abs(z) > _WARN:
             findings.append(Finding(field, False, f"{value} on {on} at {age} is {label} z = {z:+.1f} (WHO{who}), "
                                     f"beyond ±3: check it (accepted)"))
-    return findings
+    return tuple(findings)

@@ -67,6 +67,9 @@ _LIST_KIND = {v: k for k, v in KINDS.items() if v is not None}
 APPLICATION_ID = 0x50524F54
 #: How long a writer waits for another one to commit before giving up (seconds).
 BUSY_TIMEOUT_S = 30.0
+#: How long a worklist waits for the write lock to refresh its projection before it computes
+#: the stale part in memory instead (a reader never waits for a writer).
+WORKLIST_WAIT_MS = 250
 #: Rows of a worklist projection cover at least this many days after the day they were computed for.
 MIN_HORIZON_DAYS = 7
 
@@ -550,10 +553,16 @@ class Registry:
         return _utc_stamp(self.now())
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, wait_ms: int | None = None) -> Iterator[sqlite3.Connection]:
         conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            if wait_ms is not None:
+                conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            finally:
+                if wait_ms is not None:
+                    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         except sqlite3.OperationalError as exc:
             # Locked by another writer for longer than the busy timeout, or a read-only file:
             # bad circumstances, not a bug (exit 2, nothing written).
@@ -913,6 +922,26 @@ class Registry:
             out.append(replace(e, superseded_by=by_sup.get(e.seq), retracted_by=by_ret.get(e.seq), changes=changes))
         return out
 
+    def check(self) -> dict[str, Any]:
+        """The full check of ``protocol db check``: SQLite's ``integrity_check`` and every
+        patient replayed and planned as a write would be. ``{"integrity": [...], "patients":
+        N, "problems": [(patient, message), ...]}``; ``integrity == ["ok"]`` and no problems
+        mean the registry is sound.
+
+        >>> with open_registry("protocol.db") as reg: reg.check()["problems"]  # doctest: +SKIP
+        []
+        """
+        with self._read() as conn:
+            integrity = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(20)")]
+            ids = [r[0] for r in conn.execute("SELECT id FROM patients ORDER BY id")]
+        problems: list[tuple[str, str]] = []
+        for pid in ids:
+            try:
+                self._plan(self.patient(pid))
+            except InputError as exc:
+                problems.append((pid, str(exc)))
+        return {"integrity": integrity, "patients": len(ids), "problems": problems}
+
     def patients(self) -> list[PatientSummary]:
         """Every registered patient, by id, with its current base record and log counts."""
         with self._read() as conn:
@@ -965,7 +994,12 @@ class Registry:
                 stale = self._stale(conn, day, horizon)
                 if not stale:
                     return Worklist(start, days, query(conn, start, days, day), refreshed, self.path, day)
-            refreshed += self._refresh(stale, day, horizon)
+            try:
+                refreshed += self._refresh(stale, day, horizon, wait_ms=WORKLIST_WAIT_MS)
+            except RegistryError:
+                # Another process is writing: a reader never waits for it (issue 16 §5). The
+                # stale part is recomputed into temporary copies, served, and dropped.
+                return self._worklist_without_lock(start, days, day, horizon, query)
         # Writers keep changing the projection under us: refresh and read in one transaction.
         with self._write() as conn:
             stale = self._stale(conn, day, horizon)
@@ -984,11 +1018,36 @@ class Registry:
                 if computed_for != day or horizon < days or definition != (current.get(ref) or "")
                 or not definition]
 
-    def _refresh(self, stale: Sequence[str], start: dt.date, days: int, chunk: int = 500) -> int:
+    def _refresh(self, stale: Sequence[str], start: dt.date, days: int, chunk: int = 500,
+                 wait_ms: int | None = None) -> int:
         for i in range(0, len(stale), chunk):
-            with self._write() as conn:
+            with self._write(wait_ms) as conn:
                 self._refresh_in(conn, stale[i:i + chunk], start, days)
         return len(stale)
+
+    def _worklist_without_lock(self, start: dt.date, days: int, day: dt.date, horizon: int, query: Any) -> Worklist:
+        """The worklist from a read snapshot while another process holds the write lock: the
+        projection tables are copied into TEMP tables of the same names (which shadow them for
+        this connection), the stale patients recomputed there, the rows read, the copies
+        dropped. Nothing is written to the registry file."""
+        from ._worklist import Worklist
+
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            for table in ("projection", "worklist_rows"):
+                sql = conn.execute("SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?",
+                                   (table,)).fetchone()[0]
+                sql = re.sub(r"\s+REFERENCES\s+\w+(\s*\([^)]*\))?(\s+ON\s+\w+\s+\w+)*", "", sql)
+                conn.execute(sql.replace(f"CREATE TABLE {table}", f"CREATE TEMP TABLE {table}", 1))
+                conn.execute(f"INSERT INTO temp.{table} SELECT * FROM main.{table}")
+            stale = self._stale(conn, day, horizon)
+            self._refresh_in(conn, stale, day, horizon)
+            return Worklist(start, days, query(conn, start, days, day), len(stale), self.path, day)
+        finally:
+            for table in ("projection", "worklist_rows"):
+                conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
+            conn.execute("COMMIT")
 
     def _refresh_in(self, conn: sqlite3.Connection, patients: Sequence[str], start: dt.date, days: int) -> None:
         protocols: dict[str, Any] = {}
@@ -1175,6 +1234,7 @@ def _connect(path: Path, create: bool) -> sqlite3.Connection:
             raise InputError(Problem(str(path), "", f"cannot use write-ahead logging here (journal mode {mode})"))
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        _quick_check(conn, path)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise InputError(Problem(str(path), "", f"not a usable protocol registry: {exc}")) from None
@@ -1182,6 +1242,30 @@ def _connect(path: Path, create: bool) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+#: Registry files already checked by this process, by (path, size, modification time): a web
+#: server or a test opens the same file many times and a quick check reads all of it.
+_CHECKED: set[tuple[str, int, int]] = set()
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    """``PRAGMA quick_check`` on opening (issue 16 §5): a damaged file is refused with what to
+    do, for every command, before anything is read from it or written to it."""
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    except OSError:  # pragma: no cover - removed meanwhile: sqlite reports it
+        key = None
+    if key is not None and key in _CHECKED:
+        return
+    rows = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+    if rows != ["ok"]:
+        raise InputError(Problem(str(path), "", f"the registry file is damaged (SQLite quick_check: "
+                                 f"{'; '.join(str(r).replace(chr(10), '; ') for r in rows)}): stop writing to it "
+                                 f"and restore the last backup (README, Registry)"))
+    if key is not None:
+        _CHECKED.add(key)
 
 
 def _migrate(conn: sqlite3.Connection, path: Path, stamp: Callable[[], str]) -> None:

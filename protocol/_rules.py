@@ -276,6 +276,24 @@ _MARK = {True: "✓", False: "✗", None: "?"}
 _COMPILED: dict[int, tuple[Condition, Guard]] = {}
 
 
+def placeholder_keys(c: Condition) -> tuple[str, ...]:
+    """The facts read by the leaves of a condition whose threshold is a placeholder."""
+    keys: list[str] = []
+
+    def walk(x: Condition) -> None:
+        for sub in (*(x.all_ or ()), *(x.any_ or ())):
+            walk(sub)
+        if x.not_ is not None:
+            walk(x.not_)
+        if x.fact is None and x.mrd is None and x.arm is None:
+            return
+        if getattr(x.op[1], "evidence", None) == "placeholder":
+            keys.append(_key(x))
+
+    walk(c)
+    return tuple(dict.fromkeys(keys))
+
+
 def placeholders(c: Condition) -> tuple[str, ...]:
     """The placeholder thresholds of a condition, in words: ``('mrd:pre_octadad ≥ 0.0005 is a
     placeholder threshold',)``; empty when every number in it is sourced."""
@@ -364,7 +382,7 @@ class RiskResult:
         self._reasons: tuple[str, ...] | None = None
         #: Why the assignment depends on a placeholder (a placeholder rule or threshold of the
         #: group assigned, or of an earlier group that did not apply); empty when it does not.
-        self.unverified_reasons = rules.risk_placeholders(group) if status == "assigned" else ()
+        self.unverified_reasons = rules.risk_placeholders(group, facts) if status == "assigned" else ()
 
     @property
     def unverified(self) -> bool:
@@ -392,7 +410,7 @@ class RiskResult:
 class RuleSet:
     """Eligibility, derived facts and risk groups of one protocol, compiled once."""
 
-    __slots__ = ("_derived", "_eligibility", "_risk")
+    __slots__ = ("_derived", "_eligibility", "_profiles", "_risk")
 
     def __init__(self, eligibility: list[EligibilityRule], derived: list[DerivedFact], risk: list[RiskGroup]) -> None:
         self._eligibility = tuple((r, compile_condition(r.when)) for r in eligibility)
@@ -400,6 +418,7 @@ class RuleSet:
             (d, tuple((case.value, compile_condition(case.when)) for case in d.cases)) for d in derived
         )
         self._risk = tuple((g, None if g.when is None else compile_condition(g.when)) for g in risk)
+        self._profiles: dict[str | None, tuple[tuple[str, ...], bool, tuple[str, ...]]] = {}
 
     def derive(self, facts: Facts) -> list[tuple[str, str, str]]:
         """Fill in derived facts in place. Returns conflicts as ``(fact, given, derived)``."""
@@ -451,27 +470,60 @@ class RuleSet:
             return RiskResult(None, None, "pending", self, snapshot, tuple(pending), tuple(waiting))
         return RiskResult(None, None, "unassigned", self, snapshot)
 
-    def risk_placeholders(self, group_id: str | None) -> tuple[str, ...]:
-        """What is a placeholder in the rules that decide ``group_id``: its own rule and
-        those of the groups tried before it."""
-        out: list[str] = []
-        derived = {d.id: cases for d, cases in self._derived}
+    def _first_group(self, facts: Facts) -> str | None:
+        for group, guard in self._risk:
+            r = True if guard is None else guard(facts)
+            if r is None:
+                return None
+            if r:
+                return group.id
+        return None
+
+    def _placeholder_profile(self, group_id: str | None) -> tuple[tuple[str, ...], bool, tuple[str, ...]]:
+        """``(fact keys to make unknown, a placeholder rule decides, reasons)`` for the groups up
+        to ``group_id``: static per definition, so computed once per group."""
+        cache = self._profiles
+        if group_id in cache:
+            return cache[group_id]
+        masked: list[str] = []
+        reasons: list[str] = []
+        rule = False
+        derived = {d.id: d for d, _ in self._derived}
         for group, _ in self._risk:
             if group.evidence == "placeholder":
-                out.append(f"the rule of risk group {group.id} is a placeholder")
+                rule = True
+                reasons.append(f"the rule of risk group {group.id} is a placeholder")
             if group.when is not None:
-                out.extend(f"{r} (risk group {group.id})" for r in placeholders(group.when))
+                masked.extend(placeholder_keys(group.when))
+                reasons.extend(f"{r} (risk group {group.id})" for r in placeholders(group.when))
                 # A fact derived by a placeholder rule (prednisone response from the 1000/µL
                 # day-8 cut-off) makes the group that reads it unverified too.
                 for key in depends_on(group.when):
-                    d = next((d for d, _ in self._derived if d.id == key), None)
-                    if d is None or key not in derived:
+                    d = derived.get(key)
+                    if d is None or not any(placeholder_keys(case.when) for case in d.cases):
                         continue
+                    masked.append(key)
                     for case in d.cases:
-                        out.extend(f"{r} ({_label(key)} is derived from it)" for r in placeholders(case.when))
+                        reasons.extend(f"{r} ({_label(key)} is derived from it)" for r in placeholders(case.when))
             if group.id == group_id:
                 break
-        return tuple(dict.fromkeys(out))
+        cache[group_id] = (tuple(dict.fromkeys(masked)), rule, tuple(dict.fromkeys(reasons)))
+        return cache[group_id]
+
+    def risk_placeholders(self, group_id: str | None, facts: Facts | None = None) -> tuple[str, ...]:
+        """What is a placeholder in the rules that decide ``group_id`` (its own rule and those
+        of the groups tried before it), when it matters: with ``facts``, the placeholder
+        thresholds are made unknown and the groups tried again (Kleene logic); if the same
+        group still follows, the assignment does not depend on them (HR from a WBC of 420
+        does not depend on the placeholder prednisone cut-off) and nothing is returned."""
+        keys, rule, reasons = self._placeholder_profile(group_id)
+        if facts is not None and not rule:
+            masked = dict(facts)
+            for key in keys:
+                masked.pop(key, None)
+            if self._first_group(masked) == group_id:
+                return ()
+        return reasons
 
     def risk_reasons(self, facts: Facts) -> tuple[str, ...]:
         """The explanation behind :meth:`stratify`, line by line."""

@@ -196,9 +196,8 @@ def test_schema_patient(cli: Any) -> None:
 
 def test_risk_text(cli: Any) -> None:
     out = ok(cli("risk", HR, "--as-of", AS_OF)).stdout
-    # HR from a poor prednisone response derived with the placeholder 1000/µL cut-off: unverified.
-    assert out.splitlines()[0] == "risk group: HR (high risk) ⚠ UNVERIFIED"
-    assert out.splitlines()[1].startswith("  UNVERIFIED: the threshold day-8 blood blasts ≥ 1000 /µL is a placeholder")
+    # HR from a WBC of 420 (published ≥ 300): the placeholder prednisone cut-off does not matter.
+    assert out.splitlines()[0] == "risk group: HR (high risk)"
     ticks = [ln for ln in out.splitlines() if ln.strip().startswith("✓")]
     assert len(ticks) >= 3, out
     assert "✓ prednisone response = poor" in out
@@ -506,14 +505,14 @@ def test_missing_patient_file(cli: Any, tmp_path: Path) -> None:
 
 def test_internal_error_exit_1_without_traceback(cli: Any, monkeypatch: pytest.MonkeyPatch,
                                                  tmp_path: Path) -> None:
-    import protocol._schedule
+    import protocol.schedule
 
     assert "PROTOCOL_DEBUG" not in os.environ
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr(protocol._schedule, "plan", broken)
+    monkeypatch.setattr(protocol.schedule, "plan", broken)
     for args in (["plan", ON_TIME], ["roadmap", ON_TIME, "-o", tmp_path / "x.html"]):
         result = cli(*args, "--as-of", AS_OF)
         assert result.exit_code == 1, result.output
@@ -526,12 +525,12 @@ def test_internal_error_exit_1_without_traceback(cli: Any, monkeypatch: pytest.M
 
 
 def test_internal_error_with_debug_raises(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import protocol._schedule
+    import protocol.schedule
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr(protocol._schedule, "plan", broken)
+    monkeypatch.setattr(protocol.schedule, "plan", broken)
     monkeypatch.setenv("PROTOCOL_DEBUG", "1")
     result = cli("plan", ON_TIME, "--as-of", AS_OF)
     assert isinstance(result.exception, RuntimeError)

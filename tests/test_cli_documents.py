@@ -358,3 +358,23 @@ def test_calendar_previous_never_echoes_the_file(tmp_path: Path, cli: Any) -> No
         if first:
             assert first not in result.stderr.replace(str(target), ""), target
     assert not (tmp_path / "new.ics").exists()
+
+
+def test_a_site_template_cannot_reach_python_objects(tmp_path: Path) -> None:
+    """Issue 16 §4: --templates renders in Jinja's sandbox; an unsafe template is exit 2
+    naming the file, and runs nothing."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    marker = tmp_path / "ran"
+    (folder / "roadmap.html.j2").write_text(
+        "{{ cycler.__init__.__globals__.os.popen('touch " + str(marker) + "').read() }}", encoding="utf-8")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "protocol", "roadmap", str(ROOT / "examples/patients/mr-on-time.yaml"),
+                          "--templates", str(folder), "-o", str(tmp_path / "r.html")],
+                         capture_output=True, text=True, encoding="utf-8", timeout=120, cwd=ROOT)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(f"error: {folder}: roadmap.html.j2: expected a template the roadmap can render")
+    assert "unsafe" in out.stderr and "Traceback" not in out.stderr
+    assert not marker.exists() and not (tmp_path / "r.html").exists()

@@ -545,3 +545,29 @@ def test_control_characters_from_a_file_are_shown_escaped(db: Path, tmp_path: Pa
     for name in ("plan --wide", "plan csv", "history"):
         assert "held \\x1b[31mRED\\x07 [/b]" in outs[name], name
     assert "\\u202eevil" in outs["history"]
+
+
+def test_db_check_reports_a_sound_registry(registered: Path) -> None:
+    out = ok(cli("db", "check", "--db", registered)).stdout
+    assert out.splitlines()[0] == "integrity: ok"
+    assert out.splitlines()[1].startswith("patients replayed: ") and out.splitlines()[1].endswith(", 0 with problems")
+
+
+def test_a_damaged_registry_is_refused_by_every_command(tmp_path: Path) -> None:
+    """Issue 16 §5: a damaged file is an exit 2 naming the file and what to do, for every
+    command, before anything is read or written."""
+    import sqlite3
+
+    db = tmp_path / "damaged.db"
+    ok(cli("patients", "add", EXAMPLES[0], "--db", db))
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    data = bytearray(db.read_bytes())
+    for page in range(1, len(data) // 4096):  # break every b-tree page header after the first
+        data[page * 4096 + 3: page * 4096 + 8] = b"\xff" * 5
+    db.write_bytes(bytes(data))
+    for args in (["patients", "list"], ["db", "check"], ["worklist"], ["history", "INF-0001"]):
+        result = bad(cli(*args, "--db", db), f"{db}: the registry file is damaged (SQLite quick_check:",
+                     "restore the last backup")
+        assert "\n" not in result.stderr.strip()

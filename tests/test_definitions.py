@@ -675,6 +675,7 @@ CONFIRMED: dict[str, set[str]] = {
         "blinatumomab › blinatumomab › max_interruption_days",   # §5.1 label (V)
         "blinatumomab › blinatumomab › hours", "blinatumomab › blinatumomab › min_weight_kg",
         "blinatumomab › blinatumomab › infant_full_dose",   # §3.10: infants always BSA-dosed (label)
+        "blinatumomab › dexamethasone_premedication › on_infusion_restart",  # §5.1 label: restart >= 4 h
     },
     "aall1731": {
         "age_at_least_1 › gte", "age_under_10 › lt", "wbc_under_50 › lt",   # §7 population (V)
@@ -686,6 +687,7 @@ CONFIRMED: dict[str, set[str]] = {
           for f in ("max_interruption_days", "hours", "min_weight_kg")),      # §5.1 label (V)
         # §5.1 label [44]: 28 µg/day fixed at 45 kg or more (band amount and limit), cap 28 µg/day.
         *(f"blinatumomab_{k} › blinatumomab › {f}" for k in (1, 2) for f in ("amount", "cap")),
+        "blinatumomab_1 › dexamethasone_premedication › on_infusion_restart",  # §5.1 label: restart >= 4 h
     },
     "interfant21": {
         "infant › lte",                             # §6: <= 365 days (V)
@@ -693,6 +695,7 @@ CONFIRMED: dict[str, set[str]] = {
         "lt",                                       # §6: HSCT if MRD < 0.01 % after cycle 1 (V)
         *(f"{c} › blinatumomab › {f}" for c in ("blinatumomab", "blinatumomab_2")
           for f in ("max_interruption_days", "hours", "min_weight_kg", "infant_full_dose")),  # §5.1 label (V)
+        "blinatumomab › dexamethasone_premedication › on_infusion_restart",  # §5.1 label: restart >= 4 h
     },
 }
 
@@ -702,3 +705,12 @@ def test_only_confirmed_values_are_not_placeholders(pid: str) -> None:
     confirmed = {label for label, values in _values(pid).items() for v in values if v.evidence != "placeholder"}
     assert confirmed == CONFIRMED[pid]
     assert evidence_counts(protocol.load_protocol(pid))["placeholder"] > 0
+
+
+@pytest.mark.parametrize("pid", ["interfant06-blinatumomab", "interfant06", "interfant21"])
+def test_octadad_vincristine_has_the_bfm_2_mg_cap_as_a_placeholder(pid: str) -> None:
+    """Issue 11: the ALL-BFM 95 table the OCTADAD vincristine cites caps it at 2 mg; not
+    confirmed for the infant protocols, so a placeholder."""
+    octadad = next(e for e in protocol.load_protocol(pid).source.elements if e.id == "octadad")
+    vcr = next(a for a in octadad.administrations if a.drug == "Vincristine")
+    assert (vcr.dose.cap.value, vcr.dose.cap.evidence, vcr.dose.cap.source) == (2, "placeholder", "bfm95")

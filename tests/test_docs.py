@@ -49,3 +49,26 @@ def test_every_public_name_is_documented() -> None:
     for name in protocol.__all__:
         obj = getattr(protocol, name)
         assert (obj.__doc__ or "").strip(), f"protocol.{name} has no docstring"
+
+
+def test_the_what_you_get_examples_are_what_the_commands_print() -> None:
+    """The README's first examples are re-run: a stale example is a defect."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    block = README.split("## What you get", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    examples = [chunk for chunk in block.split("$ ") if chunk.strip()]
+    assert len(examples) == 2
+    for chunk in examples:
+        command, *expected = chunk.rstrip("\n").split("\n")
+        pipeline, _, head = command.partition(" | head -")
+        words = shlex.split(pipeline)
+        env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+        while "=" in words[0]:
+            key, _, value = words.pop(0).partition("=")
+            env[key] = value
+        out = subprocess.run([sys.executable, "-m", "protocol", *words[1:]], capture_output=True, text=True,
+                             encoding="utf-8", env=env, cwd=ROOT, timeout=120).stdout.splitlines()
+        assert (out[:int(head)] if head else out) == expected, command

@@ -636,3 +636,26 @@ def test_pathway_wraps_element_names_and_cuts_none(path: Path) -> None:
     plan = protocol.plan(path, as_of=AS_OF)
     names = [t.text or "" for t in _svg(pathway_svg(plan)).iter(f"{SVG}text") if t.get("font-weight") == "bold"]
     assert names and not [n for n in names if n.endswith("…")], names
+
+
+def test_the_cover_gives_the_cumulative_anthracycline_marked_unverified() -> None:
+    plan = protocol.plan(ROOT / "examples/patients/mr-on-time.yaml", as_of=AS_OF)
+    ctx = roadmap_context(plan)
+    assert ctx["anthracycline"][0] == {"text": "Daunorubicin: planned 180 mg/m², given 0 mg/m² (factor not known)",
+                                       "unverified": True}
+    html = render_roadmap(plan, "html")
+    assert ("Daunorubicin: planned 180 mg/m², given 0 mg/m² (factor not known) <span class=\"unverified\">⚠ "
+            "unverified</span>") in html
+    assert "Doxorubicin equivalent: not computable" in render_roadmap(plan, "md")
+    aall = protocol.plan(ROOT / "examples/patients/aall1731-sr-average.yaml", as_of=AS_OF)
+    assert roadmap_context(aall)["anthracycline"] == []
+
+
+def test_markdown_roadmap_keeps_the_administration_notes() -> None:
+    """Issue 11: the Markdown roadmap dropped the notes ("Do not flush the line ...")."""
+    plan = protocol.plan(ROOT / "examples/patients/mr-on-time.yaml", as_of=AS_OF)
+    md = render_roadmap(plan, "md")
+    assert "Do not flush the line when changing bags" in md
+    for section in roadmap_context(plan)["sections"]:
+        for note in section.notes:
+            assert note in md

@@ -168,6 +168,7 @@ def test_aall1731_blinatumomab_is_28_micrograms_fixed_from_45_kg(tmp_path: Path)
     assert blina and {d.amount for d in blina} == {28.0}
     assert blina[0].working == "weight 50 kg ≥ 45 kg (on 2026-05-04) → fixed 28 µg/day"
     assert blina[0].text == "28 µg/day, continuous infusion"
+    assert blina[0].to_dict()["rules_applied"] == ["weight_band"]
 
 
 def test_the_cap_applies_to_the_computed_dose(write_definition: Any, make_patient: Callable[..., Path]) -> None:

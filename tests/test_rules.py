@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 import protocol
+from protocol.schedule import risk as risk_of
 from protocol._models import Condition, Patient
 from protocol._rules import (
     add_months,
@@ -440,3 +441,17 @@ def test_stratify_reasons_do_not_see_later_facts(shipped: protocol.Protocol) -> 
     r = shipped.rules.stratify(facts)
     facts["prednisone_response"] = "poor"  # arrives after stratification
     assert "      ? prednisone response = poor (not recorded yet)" in r.reasons
+
+
+def test_a_risk_group_is_unverified_only_when_a_placeholder_decides_it(make_patient: Any) -> None:
+    """HR by WBC ≥ 300 (published) stays verified; HR by a poor prednisone response derived
+    from the day-8 count with the placeholder 1000/µL cut-off is unverified, and says why."""
+    by_wbc = risk_of(make_patient(birth_date="2026-01-01", wbc_at_diagnosis=420, day8_blasts_per_ul=2400))
+    assert (by_wbc.group, by_wbc.unverified) == ("HR", False)
+    by_prednisone = risk_of(make_patient(birth_date="2026-01-01", wbc_at_diagnosis=20, day8_blasts_per_ul=2400))
+    assert (by_prednisone.group, by_prednisone.unverified) == ("HR", True)
+    assert by_prednisone.unverified_reasons == (
+        "the threshold day-8 blood blasts ≥ 1000 /µL is a placeholder (prednisone response is derived from it)",)
+    assert by_prednisone.to_dict()["unverified"] is True
+    mr = risk_of(make_patient(birth_date="2026-01-01", wbc_at_diagnosis=20, day8_blasts_per_ul=300))
+    assert (mr.group, mr.unverified) == ("MR", True)  # a count of 300 is "good" only by the placeholder cut-off

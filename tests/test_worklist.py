@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import protocol
-from protocol import _schedule
+from protocol import schedule as _schedule
 from protocol._errors import PatientError, Problem
 from protocol._registry import Registry
 from protocol._worklist import CATEGORIES, Worklist, project
@@ -309,3 +309,34 @@ def test_the_readme_worklist_example_is_true(tmp_path: Path) -> None:
             out = done.stdout
     shown = [line for line in block if not line.startswith("$ ") and line != "..."]
     assert shown and out.splitlines()[:len(shown)] == shown
+
+
+def test_the_worklist_does_not_wait_for_a_writer(reg: Registry, tmp_path: Path) -> None:
+    """Issue 16 §5: while another connection holds the write lock, a worklist that needs its
+    projection refreshed is computed from a read snapshot in well under the 30 s busy timeout,
+    gives the same rows as after the writer is done, and writes nothing."""
+    import sqlite3
+    import time
+
+    expected = reg.worklist(TODAY, 7).rows  # stored as of TODAY; the reader below plans as of TODAY + 1
+    other = sqlite3.connect(reg.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the writer
+    try:
+        reader = Registry(reg.path, today=lambda: TODAY)
+        fresh = Registry(tmp_path / "fresh.db", create=True, today=lambda: TODAY)
+        for example in EXAMPLES:
+            fresh.add_patient(example, by="alice")
+        want = fresh.worklist(TODAY, 7, as_of=TODAY + dt.timedelta(days=1)).rows
+        fresh.close()
+        t0 = time.perf_counter()
+        wl = reader.worklist(TODAY, 7, as_of=TODAY + dt.timedelta(days=1))
+        elapsed = time.perf_counter() - t0
+        assert elapsed < 5, elapsed
+        assert wl.rows == want and wl.rows != expected
+        # Nothing was written: the stored projection is still the one as of TODAY.
+        stored = {r[0] for r in other.execute("SELECT computed_for FROM projection")}
+        assert stored == {TODAY.isoformat()}
+        reader.close()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()

@@ -63,7 +63,8 @@ class _Context:
         """Doses of every slot on ``ordinal`` from measurement ``m_index`` (-1: none)."""
         m, bsa = (self.measurements[m_index], self.bsa[m_index]) if m_index >= 0 else (None, None)
         age = bisect_right(self.birthdays, ordinal) - 1
-        months = completed_months(self.birth, dt.date.fromordinal(ordinal)) if self.age_months else None
+        months = (completed_months(self.birth, dt.date.fromordinal(ordinal))
+                  if self.age_months and any(s.dose is not None and s.dose.age_fractions for s in slots) else None)
         return [None if s.dose is None else DoseResult(s, m, bsa, age, months) for s in slots]
 
     def change_points(self, element: str, start: int, last: int) -> tuple[int, list[tuple[int, int]]]:

@@ -234,7 +234,10 @@ class _ItemEvents:
         """The most that may be given on ``when``: the standard dose (before any modification)
         from the inputs in use, or from the measurement in force the day before when the child
         was weighed that same day (the dose was prepared from the earlier weight)."""
-        plain = DoseResult(dose.slot, dose.measurement, dose.bsa, dose.age_years, dose.age_months)
+        # The standard dose object is shared by every item of its segment and computed once;
+        # only a modified dose needs its standard recomputed.
+        plain = dose if type(dose) is DoseResult else DoseResult(dose.slot, dose.measurement, dose.bsa,
+                                                                  dose.age_years, dose.age_months)
         amount = plain.amount
         m = dose.measurement
         if m is not None and m.date.toordinal() >= when:

@@ -124,6 +124,12 @@ class _Replay:
         order = sorted(((i, e) for i, e in enumerate(self.patient.events) if e.date.toordinal() <= as_of_ord),
                        key=lambda ie: ie[1].date)
         self.index_adjustments(order)
+        # Recorded starts by element, in date order: a completion looks up the next start of
+        # its element here (a scan of every event per completion grew with what was recorded).
+        starts: dict[str, list[dt.date]] = {}
+        for _, e in order:
+            if e.type == "element_started" and e.element is not None:
+                starts.setdefault(e.element, []).append(e.date)
         for i, ev in order:
             if ev.type in _ADJUSTING:
                 continue
@@ -153,8 +159,7 @@ class _Replay:
                              f"got {target!r}")
                 continue
             if ev.type == "element_completed":
-                later = next((e.date for _, e in order if e.type == "element_started" and e.element == target
-                              and e.date > ev.date), None)
+                later = next((d for d in starts.get(target, ()) if d > ev.date), None)
                 if later is not None and (target != cur.id or cur.actual_start is None):
                     self.problem((*loc, "date"), f"completion on {ev.date} is before the start of {target!r} "
                                  f"on {later}")
