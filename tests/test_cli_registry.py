@@ -571,3 +571,16 @@ def test_a_damaged_registry_is_refused_by_every_command(tmp_path: Path) -> None:
         result = bad(cli(*args, "--db", db), f"{db}: the registry file is damaged (SQLite quick_check:",
                      "restore the last backup")
         assert "\n" not in result.stderr.strip()
+
+
+def test_patients_add_puts_the_patient_in_a_site(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "sites.db"
+    bad(cli("patients", "add", ON_TIME, "--site", "leeds", "--db", db), "site: no site 'leeds'",
+        "protocol sites add leeds")
+    ok(cli("sites", "add", "leeds", "--db", db))
+    ok(cli("patients", "add", ON_TIME, "--site", "leeds", "--db", db))
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT site FROM patient_sites WHERE patient = 'INF-0001'").fetchone() == ("leeds",)
+    conn.close()

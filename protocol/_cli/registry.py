@@ -74,18 +74,21 @@ app.add_typer(patients_app, name="patients")
 def patients_add(
     file: Annotated[Path, typer.Argument(help="A patient file (YAML/JSON).", metavar="FILE")],
     by: By = None,
+    site: Annotated[str, typer.Option("--site", help="The trial site the patient belongs to (created with "
+                                      "`protocol sites add SITE`).", metavar="SITE")] = "default",
     db: Db = None,
 ) -> None:
     """Register a patient from a patient file: its base record and every measurement, result
-    and event become entries of the audit log. Creates the registry (mode 0600) if needed.
+    and event become entries of the audit log, in a site (default: `default`). Creates the
+    registry (mode 0600) if needed.
 
-    Example: protocol patients add examples/patients/mr-on-time.yaml --db protocol.db
+    Example: protocol patients add examples/patients/mr-on-time.yaml --site leeds --db protocol.db
     """
     from .._registry import open_registry
 
     def add() -> Any:
         with open_registry(db, create=True) as reg:
-            return reg.add_patient(file, by=by), reg.path
+            return reg.add_patient(file, by=by, site=site), reg.path
 
     entries, path = _run(add)
     typer.echo(f"added {entries[0].patient} to {path}: {len(entries)} entries (#{entries[0].seq}-#{entries[-1].seq})")
