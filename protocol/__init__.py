@@ -13,18 +13,18 @@ from typing import Any as _Any
 _EXPORTS = {
     "Cohort": "_cohort",
     "CohortError": "_cohort",
-    "Decision": "_schedule",
+    "Decision": "schedule",
     "DefinitionDiff": "_diff",
     "DefinitionError": "_errors",
-    "DoseResult": "_schedule",
-    "ElementSpan": "_schedule",
+    "DoseResult": "schedule",
+    "ElementSpan": "schedule",
     "IneligibleError": "_errors",
     "InputError": "_errors",
-    "Item": "_schedule",
+    "Item": "schedule",
     "PathReport": "_paths",
     "Patient": "_models",
     "PatientError": "_errors",
-    "Plan": "_schedule",
+    "Plan": "schedule",
     "Problem": "_errors",
     "Protocol": "_machine",
     "ProtocolDefinition": "_models",
@@ -41,11 +41,11 @@ _EXPORTS = {
     "load_cohort": "_cohort",
     "load_patient": "_loading",
     "load_protocol": "_loading",
-    "mosteller": "_schedule",
+    "mosteller": "schedule",
     "open_registry": "_registry",
     "paths": "_paths",
     "patient_schema": "_loading",
-    "plan": "_schedule",
+    "plan": "schedule",
     "render_pdf": "_documents",
     "render_roadmap": "_documents",
     "simulate": "_simulate",
@@ -131,6 +131,6 @@ if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._paths import PathReport, paths
     from ._registry import Registry, open_registry, worklist
     from ._rules import RiskResult
-    from ._schedule import Decision, DoseResult, ElementSpan, Item, Plan, mosteller, plan
+    from .schedule import Decision, DoseResult, ElementSpan, Item, Plan, mosteller, plan
     from ._simulate import SimulationResult, simulate
     from ._worklist import Worklist

@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ._errors import InputError, Problem
-from ._schedule import Item, Plan
+from .schedule import Item, Plan
 
 __all__ = ["calendar_for", "dose_line", "item_unverified", "to_ics"]
 
@@ -136,29 +136,14 @@ def administrations(item: Item) -> tuple[str | None, int | None]:
 
 
 def dose_line(item: Item) -> str | None:
-    """The dose as what one administration is and how many a day (None without a dose).
+    """The dose as what one administration is and how many a day (None without a dose): the
+    library's own wording (:attr:`DoseResult.text`), so every output says the same.
 
     >>> dose_line(marma_cytarabine_item)  # doctest: +SKIP
-    '1170 mg per dose, every 12 h (2 doses a day)'
+    '1160 mg per dose, every 12 h (2 doses a day)'
     """
     dose = item.dose
-    if dose is None:
-        return None
-    text = dose.text
-    frequency, n = administrations(item)
-    if frequency == "continuous":
-        return f"{text}, continuous infusion"
-    if dose.per == "dose":
-        if frequency == "q12h":
-            return f"{text} per dose, every 12 h ({n} doses a day)"
-        return f"{text} per dose, once a day" if n == 1 else (f"{text} per dose, {n} doses a day" if n
-                                                             else f"{text} per dose")
-    if dose.per == "day":
-        if n and n > 1:
-            every = ", every 12 h" if frequency == "q12h" else ""
-            return f"{text} in total, given as {n} administrations a day{every}"
-        return f"{text}, once a day"
-    return f"{text}, one administration on the day"
+    return None if dose is None else dose.text
 
 
 def _title(pid: str, rest: str, unverified: bool) -> str:
@@ -351,7 +336,8 @@ def _events(plan: Plan) -> list[_Event]:
         rule_unverified = bool(getattr(d, "unverified", False))
         lines = [f"Decision {d.id} at the end of {d.at}: {state}", rules, *d.explanation]
         if rule_unverified:
-            lines.append(f"Rule {_UNVERIFIED}")
+            why = "; ".join(getattr(d, "unverified_reasons", ()) or ())
+            lines.append(f"Rule {_UNVERIFIED}" + (f": {why}" if why else ""))
         events.append(_Event(key, d.date, d.date + dt.timedelta(days=1),
                              _title(pid, f"Decision {d.id} ({state})", rule_unverified),
                              "\n".join([*lines, _CHECK]), seq, d.branch is not None, "decision", rule_unverified))
@@ -620,7 +606,7 @@ def calendar_for(registry: Any, patient_id: str, *, protocol: Any = None, as_of:
 
     >>> ics = calendar_for("protocol.db", "INF-0002", remind_days=1)  # doctest: +SKIP
     """
-    from ._schedule import plan as make_plan
+    from .schedule import plan as make_plan
 
     own = not hasattr(registry, "history")
     if own:

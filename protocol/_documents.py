@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
@@ -24,10 +25,11 @@ from ._errors import InputError, Problem
 from ._loading import evidence_counts, placeholder_rows
 from ._machine import walk_values
 from ._machine import Slot
-from ._schedule import Item, Plan, fmt_amount, mosteller
+from ._dose import fmt_amount, mosteller
+from .schedule import Item, Plan
 
-__all__ = ["pathway_svg", "plan_table", "render_pdf", "render_roadmap", "roadmap_context", "templates_dir",
-           "timeline_svg"]
+__all__ = ["pathway_svg", "plan_table", "render_pdf", "render_roadmap", "render_typst", "roadmap_context",
+           "templates_dir", "timeline_svg"]
 
 FORMATS = ("html", "md")
 _UNIT = {"per_m2": "/m²", "per_kg": "/kg", "fixed": "", "age_banded": ""}
@@ -45,6 +47,19 @@ def templates_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "templates"
 
 
+@lru_cache(maxsize=1)
+def _bytecode_cache() -> Any:
+    """Compiled templates kept between processes (Jinja's per-user cache folder, mode 0700;
+    keyed by the template's source, so an edited or overriding template is recompiled): a
+    command renders one document, and compiling the roadmap templates took 70-80 ms of it."""
+    import jinja2
+
+    try:
+        return jinja2.FileSystemBytecodeCache()
+    except (OSError, RuntimeError):  # no usable temporary folder: compile every time
+        return None
+
+
 @lru_cache(maxsize=8)
 def _environment(search: tuple[str, ...]) -> Any:
     import jinja2
@@ -57,6 +72,7 @@ def _environment(search: tuple[str, ...]) -> Any:
         lstrip_blocks=True,
         keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined,
+        bytecode_cache=_bytecode_cache(),
     )
     env.filters["css_string"] = _css_string
     return env
@@ -113,14 +129,52 @@ class Observation(NamedTuple):
     days_unverified: bool
 
 
+class Cell(NamedTuple):
+    """One drug's cell in a day-grid row: what was planned and what was recorded.
+
+    ``state``: ``given`` / ``omitted`` (recorded), ``not_recorded`` (past, or its element
+    completed, with nothing recorded for it), ``planned`` (still to come), ``held``,
+    ``pending_decision``; empty for a cell with nothing due.
+    """
+
+    text: str  # the planned (calculated) dose, or the kind of task
+    unverified: bool
+    state: str = ""
+    given_date: str = ""
+    given_dose: str = ""
+    reason: str = ""  # why it was omitted
+
+
 class GridRow(NamedTuple):
     date: str
     weekday: str
     element_day: int
     study_day: int
-    cells: tuple[tuple[str, bool], ...]  # (calculated dose, unverified)
+    cells: tuple[Cell, ...]
     studies: str
     comment: str
+    date_given: str = ""  # the date every item given on this row was given, when they agree
+    moved_from: str = ""  # a delayed row: the date it was due before the delay
+    repeat: str = ""  # a folded row: how it repeats ("weekly × 77, weeks 2–78: ...")
+    until: str = ""  # a folded row: the date of its last repeat (it repeats every 7 days)
+
+
+class Record(NamedTuple):
+    """A hold, interruption or deviation shown on an element page."""
+
+    date: str
+    kind: str
+    text: str
+
+
+class Measure(NamedTuple):
+    """The height, weight and BSA a page's doses use, and from when."""
+
+    date: str  # measured on
+    height_cm: str
+    weight_kg: str
+    bsa: str
+    first_use: str  # the first dose date of this element that uses it
 
 
 class Section(NamedTuple):
@@ -143,6 +197,12 @@ class Section(NamedTuple):
     decision: Any
     observations: tuple[Observation, ...] = ()
     decision_row: str = ""
+    measures: tuple[Measure, ...] = ()
+    records: tuple[Record, ...] = ()  # holds and interruptions, with dates and reasons
+    deviations: tuple[Record, ...] = ()
+    values: int = 0  # values printed on this element's page(s)
+    unverified_values: int = 0  # of which placeholders (marked)
+    widths: tuple[float, ...] = ()  # relative widths of the day grid's columns (for the PDF)
 
 
 def _fmt_date(day: dt.date | None) -> str:
@@ -184,12 +244,172 @@ def _days_unverified(slot: Slot) -> bool:
 _ROUTINE = frozenset({"planned", "done", "pending_decision"})
 
 
-def _section(plan: Plan, span: Any, items: list[Item], decision: Any) -> Section:
+_NOT_RECORDED = {"done": "not_recorded", "unrecorded": "not_recorded", "overdue": "overdue"}
+_MOVED = re.compile(r"\b(?:delayed|moved) (\d+) (?:more )?days")
+_PAUSES = {"element_held": "on hold", "element_resumed": "resumed after the hold",
+           "infusion_interrupted": "infusion interrupted", "infusion_resumed": "infusion resumed"}
+
+
+def _recorded_events(plan: Plan) -> dict[str, list[Any]]:
+    """The patient's ``item_given`` / ``item_omitted`` events by item ref, in date order (an
+    item recorded twice across cycles of one element takes them in turn)."""
+    out: dict[str, list[Any]] = {}
+    for ev in sorted((e for e in plan.patient.events if e.type in ("item_given", "item_omitted") and e.item),
+                     key=lambda e: e.date):
+        out.setdefault(str(ev.item).lower(), []).append(ev)
+    return out
+
+
+def _take(item: Item, recorded: dict[str, list[Any]]) -> Any:
+    """The event that recorded this given or omitted item (None if there is none)."""
+    kind = "item_given" if item.status == "given" else "item_omitted"
+    queue = recorded.get(item.ref.lower(), [])
+    ev = next((e for e in queue if e.type == kind), None)
+    if ev is not None:
+        queue.remove(ev)
+    return ev
+
+
+def _cell(item: Item, text: str, unverified: bool, recorded: dict[str, list[Any]], as_of: dt.date) -> Cell:
+    state = _NOT_RECORDED.get(item.status, item.status)
+    if item.status == "given":
+        ev = _take(item, recorded)
+        dose = "" if ev is None or ev.dose is None or item.dose is None else f"{ev.dose:g} {item.dose.unit}"
+        when = "" if ev is None else ev.date.isoformat()
+        if "(out of window)" in (item.note or ""):
+            when += " (out of window)"
+        return Cell(text, unverified, "given", when, dose)
+    if item.status == "omitted":
+        ev = _take(item, recorded)
+        return Cell(text, unverified, "omitted", reason="" if ev is None else str(ev.reason or ""))
+    return Cell(text, unverified, state)
+
+
+def _study_state(item: Item, recorded: dict[str, list[Any]], as_of: dt.date) -> str:
+    if item.status == "given":
+        ev = _take(item, recorded)
+        return f" — done {ev.date.isoformat()}" if ev is not None else " — done"
+    if item.status == "omitted":
+        ev = _take(item, recorded)
+        return f" — omitted: {ev.reason}" if ev is not None else " — omitted"
+    if item.status == "done":
+        return " — result recorded"
+    if item.status in ("unrecorded", "overdue"):
+        return " — not recorded" + (" (overdue)" if item.status == "overdue" else "")
+    return ""
+
+
+def _comment(item: Item) -> str:
+    parts = [part for part in (item.note or "").split("; ")
+             if part and not part.startswith(("given on ", "omitted on "))]
+    if item.status == "held":
+        parts.insert(0, "held")
+    return "; ".join(parts)
+
+
+def _moved_days(items: list[Item]) -> int:
+    """How many days a row's items were moved by delays and holds (0: on their planned date)."""
+    return max((sum(int(n) for n in _MOVED.findall(i.note or "")) for i in items), default=0)
+
+
+def _fold(built: list[tuple[GridRow, bool]]) -> list[GridRow]:
+    """Runs of three or more identical weekly rows with nothing recorded become one row with its
+    repeat; every date stays in the calendar and the plan."""
+    out: list[GridRow] = []
+    k = 0
+    while k < len(built):
+        row, foldable = built[k]
+        j = k + 1
+        if foldable:
+            key = tuple(c[:2] for c in row.cells)
+            while j < len(built):
+                nxt, ok = built[j]
+                prev = built[j - 1][0]
+                if not ok or tuple(c[:2] for c in nxt.cells) != key or \
+                        dt.date.fromisoformat(nxt.date) - dt.date.fromisoformat(prev.date) != dt.timedelta(days=7):
+                    break
+                j += 1
+        if j - k >= 3:
+            last = built[j - 1][0]
+            w1, w2 = (row.element_day - 1) // 7 + 1, (last.element_day - 1) // 7 + 1
+            out.append(row._replace(repeat=f"weekly × {j - k}, weeks {w1}–{w2}: {row.date} to {last.date} "
+                                           f"(every date in the calendar and the plan)", until=last.date))
+            k = j
+        else:
+            out.append(row)
+            k += 1
+    return out
+
+
+def _measures(items: list[Item]) -> tuple[Measure, ...]:
+    """The measurements this element's doses use (per m² and per kg), in the order first used."""
+    seen: dict[tuple[Any, ...], Measure] = {}
+    for i in items:
+        d = i.dose
+        if d is None or d.basis not in ("per_m2", "per_kg") or d.measurement is None:
+            continue
+        m = d.measurement
+        key = (m.date, m.height_cm, m.weight_kg)
+        if key not in seen:
+            bsa = d.bsa if d.bsa is not None else mosteller(m.height_cm, m.weight_kg)
+            seen[key] = Measure(m.date.isoformat(), f"{m.height_cm:g}", f"{m.weight_kg:g}", f"{bsa:.3f}",
+                                i.date.isoformat())
+    return tuple(sorted(seen.values(), key=lambda m: m.first_use))
+
+
+def _pause_records(plan: Plan, span: Any) -> tuple[Record, ...]:
+    if span.branch is not None:
+        return ()
+    out = [Record(e.date.isoformat(), _PAUSES[e.type], str(e.reason or ""))
+           for e in plan.patient.events if e.type in _PAUSES and e.element == span.id]
+    out.sort(key=lambda r: r.date)
+    if span.note:
+        out.append(Record("", "effect on the plan", span.note))
+    return tuple(out)
+
+
+def _deviation_records(plan: Plan, element: str | None = None) -> tuple[Record, ...]:
+    return tuple(Record(d["date"], str(d["kind"]).replace("_", " "),
+                        d["message"] + (f" [{d['item']}]" if d.get("item") else "")
+                        + ("" if element is not None else f" ({d['element']})"))
+                 for d in plan.deviations if element is None or d["element"] == element)
+
+
+def _grid_widths(section: Section) -> tuple[float, ...]:
+    """Relative column widths of the day grid, so that the longest word of each drug's header
+    fits its column (no header runs into the next one, none is hyphenated): date due, date
+    given, day, study day, one per drug, studies due, comments."""
+    drugs = [max(7.0, 0.66 * max((len(w) for w in name.split()), default=1) + 1.0) for name in section.columns]
+    studies = 11.0 if any(r.studies for r in section.grid) else 5.0
+    comments = 11.0 if any(r.comment for r in section.grid) else 8.0
+    if not drugs:
+        studies += 40.0
+    return (8.5, 6.5, 3.5, 5.0, *drugs, studies, comments)
+
+
+def _count(section: Section) -> tuple[int, int]:
+    """(values printed, of which unverified) on an element's page(s): its length, each dosage,
+    calculated dose and days, each observation's days and each dose in the day grid."""
+    marks = [section.length_unverified] if section.length else []
+    for d in section.drugs:
+        if d.kind == "assessment":
+            continue
+        marks += [d.dosage_unverified, d.days_unverified]
+        if d.calculated_unverified or d.calculated and not d.calculated.startswith("no dates"):
+            marks.append(d.calculated_unverified)
+    marks += [o.days_unverified for o in section.observations]
+    marks += [c.unverified for r in section.grid for c in r.cells if c.text]
+    return len(marks), sum(marks)
+
+
+def _section(plan: Plan, span: Any, items: list[Item], decision: Any,
+             recorded: dict[str, list[Any]] | None = None) -> Section:
     p = plan.protocol
     el = p.elements[span.id]
     model = el.model
     # Every slot that is not an assessment (administrations, and any other kind of task such as
     # infusion-bag changes) gets a column in the day grid; assessments are the observations.
+    recorded = {} if recorded is None else recorded
     adms = [s for s in el.slots if s.kind != "assessment"]
     assessments = [s for s in el.slots if s.kind == "assessment"]
     drugs = []
@@ -211,45 +431,50 @@ def _section(plan: Plan, span: Any, items: list[Item], decision: Any) -> Section
     observations = tuple(Observation(chr(ord("a") + n % 26) * (1 + n // 26), s.name, s.days_text,
                                      _days_unverified(s)) for n, s in enumerate(assessments))
     letters = {s.key: o.letter for s, o in zip(assessments, observations)}
-    # Day grid: one row per date with something due; long daily runs on first and last day only.
+    # Day grid: one row per date and element day with something due (a delayed item is its own
+    # row: it never shares a day number with another day's items); long daily runs on their first
+    # and last day only.
     run_days: dict[int, tuple[int, int]] = {}
     for s in adms:
         own = [i.ordinal for i in items if i.slot is s]
         if len(own) > _RUN and own[-1] - own[0] + 1 == len(own):
             run_days[id(s)] = (own[0], own[-1])
-    by_date: dict[int, list[Item]] = {}
+    by_day: dict[tuple[int, int], list[Item]] = {}
     for i in items:
         run = run_days.get(id(i.slot))
         if run is not None and i.ordinal not in run and i.status in _ROUTINE and not getattr(i, "note", None):
             continue
-        by_date.setdefault(i.ordinal, []).append(i)
-    grid = []
-    for ordinal in sorted(by_date):
+        by_day.setdefault((i.ordinal, i.element_day), []).append(i)
+    built: list[tuple[GridRow, bool]] = []  # (row, foldable: nothing recorded and nothing to say)
+    for ordinal, element_day in sorted(by_day):
         cells = []
-        todays = by_date[ordinal]
+        todays = by_day[(ordinal, element_day)]
         for s in adms:
             hit = next((i for i in todays if i.slot is s), None)
             if hit is None:
-                cells.append(("", False))
+                cells.append(Cell("", False))
                 continue
-            text = hit.dose.text if hit.dose is not None else str(s.kind).replace("_", " ")
+            text = hit.dose.short_text if hit.dose is not None else str(s.kind).replace("_", " ")
             run = run_days.get(id(s))
             if run is not None and ordinal == run[0]:
                 text = f"{text} — start, daily to {dt.date.fromordinal(run[1]).isoformat()}"
             elif run is not None and ordinal == run[1]:
                 text = f"{text} — last day"
-            cells.append((text, s.evidence == "placeholder"))
-        studies = "; ".join(f"{letters[i.slot.key]}. {i.slot.name}" for i in todays if i.slot.key in letters
-                            and i.slot.kind == "assessment")
-        # Anything out of the ordinary recorded for an item (given, omitted, held, moved...) is
-        # printed in the comments, whatever the status is called.
-        comment = "; ".join(f"{i.slot.name}: {str(i.status).replace('_', ' ')}"
-                            + (f" — {i.note}" if getattr(i, "note", None) else "")
-                            for i in todays if i.status not in _ROUTINE or getattr(i, "note", None))
+            cells.append(_cell(hit, text, hit.unverified, recorded, plan.as_of))
+        studies = "; ".join(f"{letters[i.slot.key]}. {i.slot.name}" + _study_state(i, recorded, plan.as_of)
+                            for i in todays if i.slot.key in letters and i.slot.kind == "assessment")
+        # What the columns do not hold (a delay, a dose modification, a hold...) goes in the
+        # comments; the date and dose given and an omission's reason have their own places.
+        comment = "; ".join(f"{i.slot.name}: {c}" for i in todays for c in [_comment(i)] if c)
         first = todays[0]
         day = dt.date.fromordinal(ordinal)
-        grid.append(GridRow(day.isoformat(), day.strftime("%a"), first.element_day, first.study_day, tuple(cells),
-                            studies, comment))
+        given_dates = {c.given_date for c in cells if c.state == "given"}
+        moved = _moved_days(todays)
+        built.append((GridRow(day.isoformat(), day.strftime("%a"), element_day, first.study_day, tuple(cells),
+                              studies, comment, given_dates.pop() if len(given_dates) == 1 else "",
+                              dt.date.fromordinal(ordinal - moved).isoformat() if moved else ""),
+                      not studies and not comment and all(i.status == "planned" for i in todays)))
+    grid = _fold(built)
     start = span.actual_start or span.planned_start
     next_row = ""
     if el.length is not None and start is not None:
@@ -260,9 +485,9 @@ def _section(plan: Plan, span: Any, items: list[Item], decision: Any) -> Section
     if el.open_ended:
         length = f"until {_fmt_date(plan.end_of_therapy)} (end of therapy)"
         eot = p.definition.end_of_therapy
-        length_unverified = eot is not None and eot.weeks.evidence == "placeholder"
-        length_note = "" if eot is None else (f"{eot.weeks.value:g} weeks after {eot.anchor}"
-                                              + (f" — {eot.weeks.note}" if eot.weeks.note else ""))
+        length_unverified = eot is not None and eot.length.evidence == "placeholder"
+        length_note = "" if eot is None else (f"{eot.text} after {eot.anchor}"
+                                              + (f" — {eot.length.note}" if eot.length.note else ""))
     elif model.length_days is not None:
         length = f"{el.length} days (days {el.first_day}–{el.first_day + (el.length or 1) - 1})"
         length_unverified = model.length_days.evidence == "placeholder"
@@ -271,10 +496,13 @@ def _section(plan: Plan, span: Any, items: list[Item], decision: Any) -> Section
         length, length_unverified, length_note = "", False, ""
     notes = tuple(model.notes) + ((model.description,) if model.description else ())
     decision_row = "" if decision is None else _decision_text(decision)
-    return Section(span.id, span.title, span.status, span.branch, _fmt_date(span.planned_start),
-                   _fmt_date(span.planned_end), _fmt_date(span.actual_start), _fmt_date(span.actual_end), length,
-                   length_unverified, length_note, tuple(drugs), tuple(s.name for s in adms), tuple(grid), next_row,
-                   notes, decision, observations, decision_row)
+    section = Section(span.id, span.title, span.status, span.branch, _fmt_date(span.planned_start),
+                      _fmt_date(span.planned_end), _fmt_date(span.actual_start), _fmt_date(span.actual_end), length,
+                      length_unverified, length_note, tuple(drugs), tuple(s.name for s in adms), tuple(grid),
+                      next_row, notes, decision, observations, decision_row, _measures(items),
+                      _pause_records(plan, span), () if span.branch else _deviation_records(plan, span.id))
+    values, unverified = _count(section)
+    return section._replace(values=values, unverified_values=unverified, widths=_grid_widths(section))
 
 
 def _decision_text(d: Any) -> str:
@@ -300,14 +528,15 @@ def roadmap_context(plan: Plan, generated: dt.datetime | None = None) -> dict[st
     for item in plan.items:
         by_element.setdefault((item.slot.element, item.branch), []).append(item)
     decisions_at = {(d.at, d.branch): d for d in plan.decisions}
+    recorded = _recorded_events(plan)
     sections = [_section(plan, span, by_element.get((span.id, span.branch), []),
-                         decisions_at.get((span.id, span.branch))) for span in plan.elements]
+                         decisions_at.get((span.id, span.branch)), recorded) for span in plan.elements]
     latest = None
     in_force = [m for m in patient.measurements if m.date <= plan.as_of]
     if in_force:
         m = max(in_force, key=lambda m: m.date)
         latest = {"date": m.date.isoformat(), "height_cm": f"{m.height_cm:g}", "weight_kg": f"{m.weight_kg:g}",
-                  "bsa": f"{round(mosteller(m.height_cm, m.weight_kg), 2):.2f}"}
+                  "bsa": f"{mosteller(m.height_cm, m.weight_kg):.3f}"}  # as in the doses' working
     placeholders = placeholder_rows(p)
     site = None
     if p.site is not None:
@@ -335,6 +564,7 @@ def roadmap_context(plan: Plan, generated: dt.datetime | None = None) -> dict[st
         "decisions": plan.decisions,
         "warnings": plan.warnings,
         "placeholders": placeholders,
+        "deviations": _deviation_records(plan),
         "site": site,
         "evidence": evidence_counts(p),
         "generated": generated.strftime("%Y-%m-%d %H:%M UTC"),
@@ -369,22 +599,140 @@ def render_roadmap(plan: Plan, format: str = "html", templates: str | os.PathLik
     return template.render(**roadmap_context(plan, generated))
 
 
-def render_pdf(plan: Plan, templates: str | os.PathLike[str] | None = None,
-               generated: dt.datetime | None = None) -> bytes:
-    """Render a patient's printable roadmap as PDF bytes (the HTML roadmap through WeasyPrint).
+PDF_ENGINES = ("typst", "weasyprint")
 
-    The page size, margins, running header and the footer on every page (protocol version,
-    generation date, "check against the official protocol document", page X of Y) come from
-    the HTML template's CSS ``@page`` rules. With ``SOURCE_DATE_EPOCH`` set (or ``generated``
-    given) the output is byte-identical from run to run.
 
-    Needs the Pango library (Debian: ``libpango-1.0-0 libpangoft2-1.0-0``).
+class _Typst(str):
+    """Text that is already typst (markup or code) and is written as it is."""
+
+    __slots__ = ()
+
+
+def _typst_string(value: Any) -> _Typst:
+    """A value as a typst string literal: ``"a \\"b\\""``; backslashes, quotes and control
+    characters escaped, so the text can never become markup or code."""
+    out = []
+    for ch in str(value):
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or ch in "\u2028\u2029":
+            out.append(f"\\u{{{ord(ch):x}}}")
+        else:
+            out.append(ch)
+    return _Typst('"' + "".join(out) + '"')
+
+
+def _typst_finalize(value: Any) -> Any:
+    """What ``{{ value }}`` writes in a typst template: the value as a string, inserted in the
+    markup as ``#"...";`` (the semicolon ends the expression, whatever follows)."""
+    if isinstance(value, _Typst):
+        return value
+    if value is None:
+        return ""
+    return _Typst("#" + _typst_string(value) + ";")
+
+
+def _typst_number(value: Any) -> _Typst:
+    """A number for a code argument (``colspan: 7``, ``12.50fr``); anything else is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number for a typst argument, got {value!r}")
+    return _Typst(str(value) if isinstance(value, int) else f"{value:.2f}")
+
+
+@lru_cache(maxsize=8)
+def _typst_environment(search: tuple[str, ...]) -> Any:
+    import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
+
+    # Sandboxed: a --templates folder's typst template cannot reach Python objects.
+    env = SandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(list(search)),
+        autoescape=False,  # escaping is the finalize below: every value becomes a typst string
+        finalize=_typst_finalize,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        bytecode_cache=_bytecode_cache(),
+    )
+    env.filters["str"] = _typst_string
+    env.filters["num"] = _typst_number
+    env.filters["raw"] = _Typst  # a block already rendered by this template ({% set x %}...{% endset %})
+    return env
+
+
+def render_typst(plan: Plan, templates: str | os.PathLike[str] | None = None,
+                 generated: dt.datetime | None = None) -> str:
+    """The roadmap as typst source (``templates/roadmap.typ.j2``): what :func:`render_pdf`
+    compiles. Every value from the definition or the patient file is a typst string literal.
+
+    >>> source = render_typst(plan("examples/patients/mr-on-time.yaml"))  # doctest: +SKIP
+    >>> source.startswith("#set document(")  # doctest: +SKIP
+    True
     """
     if generated is None:
         generated = _generated_at()
+    search = _env(templates).loader.searchpath
+    context = roadmap_context(plan, generated)
+    g = generated.astimezone(dt.UTC)
+    context["generated_parts"] = (g.year, g.month, g.day, g.hour, g.minute, g.second)
+    import jinja2
+    from jinja2.sandbox import SecurityError
+
+    try:
+        return _typst_environment(tuple(search)).get_template("roadmap.typ.j2").render(**context)
+    except (SecurityError, jinja2.TemplateError) as exc:
+        if templates is None:
+            raise
+        name = getattr(exc, "name", None) or "roadmap.typ.j2"
+        raise InputError(Problem(str(templates), name, f"expected a template the roadmap can render, got: "
+                                 f"{exc}")) from None
+
+
+def render_pdf(plan: Plan, templates: str | os.PathLike[str] | None = None,
+               generated: dt.datetime | None = None, engine: str = "typst") -> bytes:
+    """Render a patient's printable roadmap as PDF bytes.
+
+    ``engine="typst"`` (default): ``templates/roadmap.typ.j2`` compiled in-process by the
+    ``typst`` package (about 15 ms a page); page size, running header and footer (protocol
+    version, generation date, "check against the official protocol document", page X of Y) in
+    ``roadmap.page.typ.j2``, which a ``templates`` folder may replace. ``engine="weasyprint"``:
+    the HTML roadmap through WeasyPrint (about ten times slower; needs the optional
+    ``weasyprint`` package and the Pango library), with ``roadmap.print.css``. With
+    ``SOURCE_DATE_EPOCH`` set (or ``generated`` given) the output is byte-identical from run to run.
+
+    >>> data = render_pdf(plan("examples/patients/mr-on-time.yaml"))  # doctest: +SKIP
+    >>> data[:5]  # doctest: +SKIP
+    b'%PDF-'
+    """
+    if engine not in PDF_ENGINES:
+        raise InputError(Problem("", "engine", f"expected one of {', '.join(PDF_ENGINES)}, got {engine!r}"))
+    if generated is None:
+        generated = _generated_at()
+    if engine == "weasyprint":
+        return _weasyprint_pdf(plan, templates, generated)
+    import typst
+
+    source = render_typst(plan, templates, generated)
+    try:
+        return typst.compile(source.encode("utf-8"), timestamp=int(generated.timestamp()))
+    except typst.TypstError as exc:
+        where = str(templates) if templates is not None else str(templates_dir())
+        raise InputError(Problem(where, "roadmap.typ.j2", f"expected typst the compiler accepts, got: "
+                                 f"{exc.message if hasattr(exc, 'message') else exc}")) from None
+
+
+def _weasyprint_pdf(plan: Plan, templates: str | os.PathLike[str] | None, generated: dt.datetime) -> bytes:
     html = render_roadmap(plan, "html", templates, generated)
     try:
         import weasyprint
+    except ImportError:
+        raise InputError(Problem("", "--engine", "expected the weasyprint package for --engine weasyprint "
+                                 "(pip install weasyprint; it also needs the Pango library), got none installed")) from None
     except OSError as exc:  # pragma: no cover - depends on the machine's libraries
         raise RuntimeError("PDF output needs the Pango library (Debian/Ubuntu: apt-get install libpango-1.0-0 "
                            f"libpangoft2-1.0-0 libharfbuzz-subset0): {exc}") from None
@@ -526,7 +874,7 @@ def pathway_svg(plan: Plan) -> str:
         if d.at not in decisions or d.branch is None:
             decisions[d.at] = d
 
-    cw, rh, bw, bh, pad = 150, 78, 128, 58, 10
+    cw, rh, bw, bh, pad = 150, 86, 128, 66, 10
     ncols = max(c for c, _ in [*pos.values(), *diamonds.values()]) + 1
     nrows = rows[0] + 1
     width, height = ncols * cw + pad, nrows * rh + pad + 34
@@ -535,7 +883,8 @@ def pathway_svg(plan: Plan) -> str:
         return pad + col * cw, pad + row * rh
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="pathway" viewBox="0 0 {width} {height}" '
-           f'width="{width}" height="{height}" role="img" aria-labelledby="pathway-title">',
+           f'width="{width}" height="{height}" font-family="DejaVu Sans, Arial, sans-serif" role="img" '
+           'aria-labelledby="pathway-title">',
            f'<title id="pathway-title">Treatment pathway of {escape(p.id)} {escape(p.version)} for '
            f'{escape(plan.patient.id)}</title>',
            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
@@ -613,7 +962,7 @@ def pathway_svg(plan: Plan) -> str:
         out.append(f'<g class="node {escape(state)}"><title>{escape(title)}</title>'
                    f'<rect x="{x}" y="{y}" width="{bw}" height="{bh}" rx="6" fill="{fill}" stroke="{stroke}" '
                    f'stroke-width="{width_}"{dash_attr}/>')
-        lines = _wrap(_short(title))
+        lines = _wrap(_short(title), 17, 3)  # wrapped on up to three lines, so no name is cut short
         for k, line in enumerate(lines):
             out.append(f'<text x="{x + bw / 2}" y="{y + 15 + k * 12}" font-size="11" font-weight="bold" '
                        f'text-anchor="middle" fill="{ink}">{escape(line)}</text>')
@@ -665,7 +1014,8 @@ def timeline_svg(plan: Plan) -> str:
         return round(left + (ordinal - start) * scale, 1)
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" viewBox="0 0 {width} {height}" '
-           f'width="{width}" height="{height}" role="img" aria-labelledby="timeline-title">',
+           f'width="{width}" height="{height}" font-family="DejaVu Sans, Arial, sans-serif" role="img" '
+           'aria-labelledby="timeline-title">',
            f'<title id="timeline-title">Timeline of the elements for {escape(plan.patient.id)}: planned and '
            f'actual dates</title>']
     # Axis: a tick on the first of every quarter (every year on long plans).

@@ -67,7 +67,7 @@ from typing import Any
 
 from ._calendar import administrations, dose_line, item_unverified
 from ._machine import Protocol
-from ._schedule import Plan
+from .schedule import Plan
 
 __all__ = ["EXT_DOSE", "EXT_ELEMENT", "EXT_EVIDENCE", "EXT_STATUS", "EXT_UNVERIFIED", "care_plan_json", "fhir_id",
            "fhir_json", "plan_definition_json", "to_fhir_care_plan", "to_fhir_plan_definition"]
@@ -310,9 +310,9 @@ def _plan_definition(p: Protocol) -> dict[str, Any]:
         desc = [model.description] if model.description else []
         if el.open_ended and d.end_of_therapy is not None:
             eot = d.end_of_therapy
-            desc.append(f"Until the end of therapy: {eot.weeks.value:g} weeks after {eot.anchor}"
-                        + (f" {_UNVERIFIED}" if eot.weeks.evidence == "placeholder" else ""))
-            action["extension"].extend(_ext_evidence(eot.weeks.evidence, eot.weeks.note))
+            desc.append(f"Until the end of therapy: {eot.text} after {eot.anchor}"
+                        + (f" {_UNVERIFIED}" if eot.length.evidence == "placeholder" else ""))
+            action["extension"].extend(_ext_evidence(eot.length.evidence, eot.length.note))
         elif el.length is not None:
             action["timingDuration"] = _days(el.length)
             ld = model.length_days

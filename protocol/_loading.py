@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import DefinitionError, PatientError, Problem
-from ._io import Document, format_loc, read_document, validate_document
+from ._io import MAX_PROBLEMS, Document, _gc_paused, format_loc, read_document, validate_document
 from ._machine import Protocol, compile_definition, walk_values
 from ._models import Patient, ProtocolDefinition
 
@@ -185,11 +185,21 @@ def _verify_shipped(doc: Document, path: Path, sums: dict[str, str]) -> None:
 
 def _compile(doc: Document) -> Protocol:
     defn = validate_document(ProtocolDefinition, doc, error=DefinitionError)
-    compiled, problems = compile_definition(defn)
+    with _gc_paused():
+        compiled, problems = compile_definition(defn)
     if compiled is None:
-        raise DefinitionError([Problem(doc.name, format_loc(loc), msg, doc.line_of(loc)) for loc, msg in problems])
+        raise DefinitionError(_listed(doc, problems))
     compiled.path = doc.name
     return compiled
+
+
+def _listed(doc: Document, problems: list[tuple[tuple[Any, ...], str]]) -> list[Problem]:
+    """The first :data:`MAX_PROBLEMS` problems with their lines, then how many more there are
+    (a file of 700 copied elements would otherwise print 700 lines)."""
+    out = [Problem(doc.name, format_loc(loc), msg, doc.line_of(loc)) for loc, msg in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        out.append(Problem(doc.name, "", f"... and {len(problems) - MAX_PROBLEMS:,} more problems not listed"))
+    return out
 
 
 # --------------------------------------------------------------------------- patients
@@ -205,9 +215,9 @@ def load_patient(path: str | os.PathLike[str]) -> Patient:
     """
     doc = read_document(path, error=PatientError)
     patient = validate_document(Patient, doc, error=PatientError)
-    problems = [Problem(doc.name, format_loc(loc), msg, doc.line_of(loc)) for loc, msg in _check_patient(patient)]
+    problems = list(_check_patient(patient))
     if problems:
-        raise PatientError(problems)
+        raise PatientError(_listed(doc, problems))
     patient._source = doc.name
     patient._lines = doc
     return patient

@@ -25,12 +25,14 @@ from pydantic import BaseModel
 
 from ._models import (
     EVIDENCE_RANK,
+    AgeFraction,
     Administration,
     Assessment,
     Condition,
     DayTerm,
     Dose,
     Element,
+    InfantFullDose,
     ProtocolDefinition,
     Randomisation,
     SourcedDays,
@@ -39,7 +41,7 @@ from ._models import (
     TimePoint,
     Transition,
 )
-from ._rules import FACTS, Guard, RuleSet, compile_condition, depends_on, describe
+from ._rules import FACTS, Guard, RuleSet, compile_condition, depends_on, describe, placeholders
 
 __all__ = ["OUTCOMES", "Protocol", "Edge", "Slot", "compile_definition"]
 
@@ -91,6 +93,8 @@ class Edge:
     label: str | None
     depends_on: tuple[str, ...]
     text: str  # the condition in words ("otherwise" for the default edge)
+    #: Why the edge's rule is unverified: a placeholder rule (``rule_evidence``) or threshold.
+    unverified: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -112,6 +116,8 @@ class CompiledElement:
     fixed: Template | None = field(default=None, repr=False)  # the template for the planned length
     gate: CountGateRule | None = None  # blood counts that must recover before the element starts
     infusion: InfusionRule | None = None  # interruption and bag rules of its continuous infusion
+    #: (guard, rule, condition in words) a patient must meet to be planned into the element.
+    requires: tuple[tuple[Guard, Any, str], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "timepoints", frozenset(s.timepoint for s in self.slots if s.timepoint))
@@ -223,7 +229,7 @@ def walk_values(model: Any, loc: tuple[Any, ...] = (), label: tuple[str, ...] = 
 
     ``loc`` is the field path; ``label`` a readable path of ids (``induction › prednisone``).
     """
-    if isinstance(model, (SourcedNumber, SourcedDays)):
+    if isinstance(model, (SourcedNumber, SourcedDays, AgeFraction, InfantFullDose)):
         yield loc, label, model
         return
     if isinstance(model, BaseModel):
@@ -236,7 +242,7 @@ def walk_values(model: Any, loc: tuple[Any, ...] = (), label: tuple[str, ...] = 
             if value is None:
                 continue
             alias = info.alias or name
-            leaf = isinstance(value, (SourcedNumber, SourcedDays))
+            leaf = isinstance(value, (SourcedNumber, SourcedDays, AgeFraction, InfantFullDose))
             yield from walk_values(value, (*loc, alias), (*label, alias) if leaf else label)
     elif isinstance(model, (list, tuple)):
         for i, item in enumerate(model):
@@ -256,6 +262,9 @@ def _source_refs(defn: ProtocolDefinition) -> Iterator[tuple[tuple[Any, ...], st
     for i, t in enumerate(defn.transitions):
         if t.rule_source is not None:
             yield ("transitions", i, "rule_source"), t.rule_source
+    for i, e in enumerate(defn.elements):
+        for j, r in enumerate(e.requires):
+            yield ("elements", i, "requires", j, "source"), r.source
 
 
 def _conditions(defn: ProtocolDefinition) -> Iterator[tuple[tuple[Any, ...], Condition]]:
@@ -270,6 +279,9 @@ def _conditions(defn: ProtocolDefinition) -> Iterator[tuple[tuple[Any, ...], Con
     for i, t in enumerate(defn.transitions):
         if t.when is not None:
             yield ("transitions", i, "when"), t.when
+    for i, e in enumerate(defn.elements):
+        for j, r in enumerate(e.requires):
+            yield ("elements", i, "requires", j, "when"), r.when
 
 
 def _leaves(c: Condition, loc: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], Condition]]:
@@ -486,7 +498,8 @@ def check_definition(defn: ProtocolDefinition) -> list[tuple[tuple[Any, ...], st
             add((("end_of_therapy", "element"), f"expected an element id ({', '.join(ids)}), got {eot.element!r}"))
         elif by_id[eot.element].until != "end_of_therapy":
             add((("end_of_therapy", "element"), f"{eot.element!r} must have until: end_of_therapy"))
-        if eot.weeks.value is None or eot.weeks.value <= 0 or eot.weeks.value * 7 != int(eot.weeks.value * 7):
+        if eot.weeks is not None and (eot.weeks.value is None or eot.weeks.value <= 0
+                                      or eot.weeks.value * 7 != int(eot.weeks.value * 7)):
             add((("end_of_therapy", "weeks", "value"), f"expected a positive number of weeks, got {eot.weeks.value}"))
     if initial in by_id:
         seen = {initial}
@@ -617,7 +630,7 @@ class Protocol:
             if e.length_days is not None:
                 evidence = e.length_days.evidence
             elif e.until and eot is not None:
-                evidence = eot.weeks.evidence
+                evidence = eot.length.evidence
             else:
                 evidence = "published"
             self.elements[e.id] = CompiledElement(
@@ -627,6 +640,7 @@ class Protocol:
                 0 if e.start is None or e.start.gap_days is None or e.start.gap_days.value is None
                 else int(e.start.gap_days.value),
                 tuple(slots), evidence, e, gate=_gate(e), infusion=infusion,
+                requires=tuple((compile_condition(r.when), r, describe(r.when)) for r in e.requires),
             )
         self.initial = defn.initial or defn.elements[0].id
         table: dict[str, list[Edge]] = {}
@@ -637,12 +651,30 @@ class Protocol:
                 t.source, t.to, None if t.when is None else compile_condition(t.when), t.when, decision, t.label,
                 () if t.when is None else depends_on(t.when),
                 "otherwise" if t.when is None else describe(t.when),
+                (((f"the rule {t.source} → {t.to} is a placeholder",) if t.rule_evidence == "placeholder" else ())
+                 + (() if t.when is None else placeholders(t.when))),
             ))
         self.table: dict[str, tuple[Edge, ...]] = {k: tuple(v) for k, v in table.items()}
         self.age_banded = any(s.dose is not None and s.dose.basis == "age_banded"
                               for e in self.elements.values() for s in e.slots)
+        #: Ages in completed months at which an age-fraction dose changes (issue 11), sorted.
+        self.age_months = tuple(sorted({a.below_age_months for e in self.elements.values() for s in e.slots
+                                        if s.dose is not None for a in (s.dose.age_fractions or ())}))
         self.eot_anchor = eot.anchor if eot else None
-        self.eot_days = None if eot is None or eot.weeks.value is None else round(eot.weeks.value * 7)
+        tol = defn.dose_tolerance_percent
+        #: (fraction, evidence): how far a given dose may differ from the computed one (issue 11:
+        #: default ±5 %, a placeholder to verify).
+        self.dose_tolerance = ((5.0 if tol is None or tol.value is None else tol.value) / 100.0,
+                               "placeholder" if tol is None else tol.evidence)
+        #: Calendar years of therapy (None when the length is in weeks): the plan ends on the
+        #: anchor's date N years on minus a day; ``eot_days`` is then the simulator's estimate.
+        self.eot_years = None if eot is None or eot.years is None or eot.years.value is None else int(eot.years.value)
+        if eot is None or eot.length.value is None:
+            self.eot_days = None
+        elif eot.weeks is not None:
+            self.eot_days = round(eot.length.value * 7)
+        else:
+            self.eot_days = round(eot.length.value * 365.25)
         self.eot_element = eot.element if eot else None
         self.eot_anchor_element = eot.anchor_element if eot else None
         # (source, dest) -> the rules of the edges between them, in order: the replay takes a

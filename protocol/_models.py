@@ -51,7 +51,11 @@ __all__ = [
     "Assessment",
     "Condition",
     "DerivedFact",
+    "AgeFraction",
     "Dose",
+    "InfantFullDose",
+    "WeightBand",
+    "WeightSwitch",
     "EligibilityRule",
     "Element",
     "EndOfTherapy",
@@ -354,6 +358,71 @@ class AgeBand(_Strict):
 Unit = Literal["mg", "g", "µg", "IU", "mL"]
 
 
+class WeightBand(_Strict):
+    """From ``min_weight_kg`` up, a fixed dose replaces the computed one (in the dose's unit and
+    ``per``): blinatumomab is 28 µg/day fixed at 45 kg or more (BLINCYTO label)."""
+
+    min_weight_kg: SourcedNumber
+    amount: SourcedNumber
+
+    _possible = field_validator("min_weight_kg", "amount")(classmethod(lambda cls, v: _positive(v)))
+
+
+class WeightSwitch(_Strict):
+    """Below ``below_weight_kg`` the dose is ``amount_per_kg`` × weight instead of per m² (the
+    infant rule of protocols that dose small children by weight)."""
+
+    below_weight_kg: SourcedNumber
+    amount_per_kg: SourcedNumber
+
+    _possible = field_validator("below_weight_kg", "amount_per_kg")(classmethod(lambda cls, v: _positive(v)))
+
+
+class AgeFraction(_Provenance):
+    """A fraction of the computed dose for children younger than ``below_age_months`` (completed
+    months on the day of administration), e.g. ``{below_age_months: 6, fraction: "2/3"}``:
+    Interfant-99 gave two thirds of the BSA dose of high-dose methotrexate under 6 months and
+    three quarters from 6 to 12 months (Lönnerholm 2009, doi:10.1002/pbc.21925)."""
+
+    below_age_months: int = Field(ge=1, le=36)
+    fraction: str = Field(pattern=r"^[1-9][0-9]*/[1-9][0-9]*$", description="A fraction such as 2/3.")
+
+    @field_validator("fraction")
+    @classmethod
+    def _proper(cls, v: str) -> str:
+        num, den = (int(x) for x in v.split("/"))
+        if not 0 < num < den:
+            raise ValueError(f"expected a fraction below 1 such as 2/3, got {v}")
+        return v
+
+    @property
+    def value(self) -> float:
+        """The fraction as a number (2/3 → 0.666…), never rounded."""
+        num, den = (int(x) for x in self.fraction.split("/"))
+        return num / den
+
+    @property
+    def text(self) -> str:
+        """The rule in words: ``2/3 of the dose under 6 months``."""
+        return f"{self.fraction} of the dose under {self.below_age_months} months"
+
+
+class InfantFullDose(_Provenance):
+    """The definition's statement, with its source, that a per-m² dose is given unreduced to
+    infants (blinatumomab: "infants are always BSA-dosed", label). Without it, or an age or
+    weight rule, a per-m² dose planned for a child under 12 months carries a warning."""
+
+    @property
+    def value(self) -> bool:
+        """Always True: the statement holds (what ``protocol validate`` lists)."""
+        return True
+
+    @property
+    def text(self) -> str:
+        """The statement in words."""
+        return "full per-m² dose in infants (no age reduction)"
+
+
 class Dose(_Strict):
     """How a dose is computed.
 
@@ -369,8 +438,14 @@ class Dose(_Strict):
     per: Literal["dose", "day", "week"] = "dose"
     cap: SourcedNumber | None = None
     bands: list[AgeBand] | None = Field(None, min_length=1)
+    round_to: SourcedNumber | None = Field(None, description="The measurable increment the final dose is rounded "
+                                           "to (e.g. 0.1 mg); without it, 3 significant figures.")
+    weight_bands: list[WeightBand] | None = Field(None, min_length=1)
+    weight_switch: WeightSwitch | None = None
+    age_fractions: list[AgeFraction] | None = Field(None, min_length=1)
+    infant_full_dose: InfantFullDose | None = None
 
-    _possible = field_validator("amount", "cap")(classmethod(lambda cls, v: _positive(v)))
+    _possible = field_validator("amount", "cap", "round_to")(classmethod(lambda cls, v: _positive(v)))
 
     @field_validator("unit", mode="before")
     @classmethod
@@ -394,6 +469,20 @@ class Dose(_Strict):
                 raise ValueError(f"a {self.basis} dose needs `amount`")
             if self.bands is not None:
                 raise ValueError("only an age_banded dose has `bands`")
+        if self.weight_switch is not None and self.basis != "per_m2":
+            raise ValueError("a weight_switch (per kg below a weight) applies only to a per_m2 dose")
+        if self.age_fractions is not None:
+            if self.basis not in ("per_m2", "per_kg"):
+                raise ValueError("age_fractions reduce a computed dose: only per_m2 or per_kg")
+            months = [a.below_age_months for a in self.age_fractions]
+            if months != sorted(set(months)):
+                raise ValueError(f"expected age_fractions in increasing order of below_age_months, got {months}")
+        if self.weight_bands is not None:
+            if self.basis not in ("per_m2", "per_kg"):
+                raise ValueError("weight_bands replace a computed dose: only per_m2 or per_kg")
+            kgs = [b.min_weight_kg.value for b in self.weight_bands]
+            if any(k is None for k in kgs) or kgs != sorted(set(kgs)):  # type: ignore[type-var]
+                raise ValueError(f"expected weight_bands in increasing order of min_weight_kg, got {kgs}")
         return self
 
 
@@ -471,6 +560,12 @@ class Administration(_Strict):
     notes: list[Text] = []
     window: Window | None = None
     infusion: Infusion | None = Field(None, description="Only for a continuous infusion: interruption and bag rules.")
+    anthracycline: SourcedNumber | None = Field(
+        None, description="An anthracycline: its doxorubicin-equivalence factor (isotoxic, for the cumulative "
+        "exposure on the roadmap cover and in the plan); value null while no source has been read for it.")
+    on_infusion_restart: SourcedNumber | None = Field(
+        None, description="Planned again on the day the element's continuous infusion restarts after an "
+        "interruption of at least this many hours (blinatumomab label: dexamethasone premedication, 4 h).")
 
     @model_validator(mode="after")
     def _infusion_only_continuous(self) -> Any:
@@ -555,6 +650,16 @@ class Replacement(_Strict):
     rule_evidence: Evidence
 
 
+class EligibilityRule(_Strict):
+    """A condition every patient must meet; ``message`` is shown when it is not met."""
+
+    id: Ident
+    when: Condition
+    message: Text
+    source: SourceKey
+    evidence: Evidence
+
+
 class Element(_Strict):
     """A course (an *element* in CDISC terms): induction, a blinatumomab cycle, maintenance..."""
 
@@ -568,6 +673,9 @@ class Element(_Strict):
     first_day: int = Field(1, ge=-30, le=400, description="Number of the element's first day (1, 0, or e.g. 36 "
                            "for BFM numbering that continues from the previous element).")
     start: StartRule | None = None
+    requires: list[EligibilityRule] = Field([], description="Conditions a patient must meet to be planned into "
+                                            "this element (the blinatumomab cycle: CD19-positive, < 25 % marrow "
+                                            "blasts at the end of induction); a start recorded against them is refused.")
     administrations: list[Administration] = []
     assessments: list[Assessment] = []
     notes: list[Text] = []
@@ -609,16 +717,6 @@ class RiskGroup(_Strict):
     source: SourceKey
     evidence: Evidence
     note: Text | None = None
-
-
-class EligibilityRule(_Strict):
-    """A condition every patient must meet; ``message`` is shown when it is not met."""
-
-    id: Ident
-    when: Condition
-    message: Text
-    source: SourceKey
-    evidence: Evidence
 
 
 class DerivedCase(_Strict):
@@ -673,16 +771,35 @@ class EndOfTherapy(_Strict):
 
     anchor: Literal["diagnosis", "treatment_start", "element_start"]
     anchor_element: Ident | None = None
-    weeks: SourcedNumber
+    weeks: SourcedNumber | None = None
+    years: SourcedNumber | None = Field(None, description="Calendar years instead of weeks (AALL1731: two years "
+                                        "from interim maintenance I): the anchor's date N years on, minus a day.")
     element: Ident
 
     _possible = field_validator("weeks")(classmethod(lambda cls, v: _days(v, 1, MAX_DAYS // 7, "weeks")))
+    _possible_years = field_validator("years")(classmethod(lambda cls, v: _days(v, 1, 10, "years")))
 
     @model_validator(mode="after")
     def _anchor_element(self) -> Any:
         if (self.anchor == "element_start") != (self.anchor_element is not None):
             raise ValueError("anchor: element_start needs anchor_element (and only it takes one)")
+        if (self.weeks is None) == (self.years is None):
+            raise ValueError("expected the length as `weeks` or as `years` (one of them)")
+        if self.years is not None and self.years.value is not None and self.years.value != int(self.years.value):
+            raise ValueError(f"expected a whole number of years, got {self.years.value:g}")
         return self
+
+    @property
+    def length(self) -> SourcedNumber:
+        """The sourced number that gives the length (``weeks`` or ``years``)."""
+        return self.weeks if self.weeks is not None else self.years  # type: ignore[return-value]
+
+    @property
+    def text(self) -> str:
+        """The length in words: ``104 weeks`` or ``2 years``."""
+        v = self.length.value
+        unit = "weeks" if self.weeks is not None else "years"
+        return f"{'?' if v is None else format(v, 'g')} {unit}"
 
 
 class ProtocolDefinition(_Strict):
@@ -704,6 +821,16 @@ class ProtocolDefinition(_Strict):
     initial: Ident | None = Field(None, description="The first element; defaults to the first listed.")
     transitions: list[Transition] = []
     end_of_therapy: EndOfTherapy | None = None
+    dose_tolerance_percent: SourcedNumber | None = Field(
+        None, description="How far (±%) a given dose may differ from the computed one without a deviation (the "
+        "pharmacy's rounding); default 5 %, a placeholder to verify.")
+
+    @field_validator("dose_tolerance_percent")
+    @classmethod
+    def _tolerance(cls, v: SourcedNumber | None) -> SourcedNumber | None:
+        if v is not None and v.value is not None and not 0 <= v.value <= 25:
+            raise ValueError(f"expected a tolerance of 0 to 25 %, got {v.value:g}")
+        return v
 
 
 # --------------------------------------------------------------------------- patient
@@ -713,8 +840,24 @@ class Measurement(_Strict):
     """Height and weight on a date."""
 
     date: IsoDate
-    height_cm: float = Field(gt=0, lt=250, allow_inf_nan=False)
-    weight_kg: float = Field(gt=0, lt=300, allow_inf_nan=False)
+    height_cm: float = Field(gt=0, allow_inf_nan=False)
+    weight_kg: float = Field(gt=0, allow_inf_nan=False)
+
+    @field_validator("height_cm")
+    @classmethod
+    def _centimetres(cls, v: float) -> float:
+        if v >= 250:
+            hint = f": this looks like millimetres ({v / 10:g} cm)" if 300 <= v <= 2000 else ""
+            raise ValueError(f"expected a height in centimetres below 250, got {v:g}{hint}")
+        return v
+
+    @field_validator("weight_kg")
+    @classmethod
+    def _kilograms(cls, v: float) -> float:
+        if v >= 300:
+            hint = f": this looks like grams ({v / 1000:g} kg)" if 500 <= v <= 150000 else ""
+            raise ValueError(f"expected a weight in kilograms below 300, got {v:g}{hint}")
+        return v
 
 
 class BloodCount(_Strict):
@@ -763,10 +906,10 @@ EVENT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "element_held": (frozenset({"element", "reason"}), frozenset({"element", "reason"})),
     "element_resumed": (frozenset({"element"}), frozenset({"element"})),
     "infusion_interrupted": (frozenset({"element", "reason"}), frozenset({"element", "reason"})),
-    "infusion_resumed": (frozenset({"element", "bag_hours"}), frozenset({"element"})),
+    "infusion_resumed": (frozenset({"element", "bag_hours", "interruption_hours"}), frozenset({"element"})),
 }
 _OPTIONAL_FIELDS = ("element", "randomisation", "arm", "reason", "item", "to", "scope", "dose", "percent", "of",
-                    "bag_hours")
+                    "bag_hours", "interruption_hours")
 
 
 class Event(_Strict):
@@ -781,7 +924,9 @@ class Event(_Strict):
     - ``dose_modified``: ``percent`` of the ``standard`` dose or of the ``previous`` dose, for
       this item or (``scope: element``) for it and the element's later doses of that drug; a
       modified dose never exceeds the standard, and 0 % is refused (record ``item_omitted``);
-    - ``element_held`` / ``element_resumed``; ``infusion_interrupted`` / ``infusion_resumed``;
+    - ``element_held`` / ``element_resumed``; ``infusion_interrupted`` / ``infusion_resumed``
+      (``interruption_hours``: how long it was stopped; premedication is planned on the restart
+      day unless it is recorded as shorter than the definition's limit);
     - ``randomised``, ``hsct``, ``relapse``, ``death``, ``off_protocol``.
 
     ``item`` is ``ELEMENT:SLOT@DAY``, e.g. ``induction:dexamethasone@8``.
@@ -799,6 +944,9 @@ class Event(_Strict):
     percent: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
     of: Literal["standard", "previous"] | None = None
     bag_hours: int | None = Field(None, ge=1, le=24 * 14)
+    interruption_hours: float | None = Field(None, gt=0, le=24 * 60, allow_inf_nan=False,
+                                             description="How long the infusion was stopped, in hours (on "
+                                             "infusion_resumed): a restart after 4 h or more needs premedication.")
     reason: Text | None = None
     note: Text | None = None
 
@@ -840,6 +988,11 @@ class Patient(_Strict):
     prednisone_response: Literal["good", "poor"] | None = None
     day8_blasts_per_ul: float | None = Field(None, ge=0, allow_inf_nan=False)
     cns_status: Literal["CNS1", "CNS2", "CNS3"] | None = None
+    cd19: Literal["positive", "negative"] | None = Field(None, description="CD19 expression of the leukaemic "
+                                                         "blasts (immunophenotype).")
+    eoi_marrow_blasts_percent: float | None = Field(None, ge=0, le=100, allow_inf_nan=False,
+                                                    description="Leukaemic blasts in the bone marrow at the end of "
+                                                    "induction, % (M1 < 5, M2 5-25, M3 > 25).")
     measurements: list[Measurement] = []
     mrd: list[MrdResult] = []
     counts: list[BloodCount] = []

@@ -635,9 +635,11 @@ class Registry:
             raise names.rewrite(exc) from None
 
     def _plan(self, patient: Patient) -> Any:
-        from ._schedule import plan
+        from .schedule import plan
 
-        return plan(patient, as_of=_plan_as_of(patient, self.today()))
+        today = self.today()
+        # An entry dated after the day it is recorded is refused (issue 11: a dose given in 2062).
+        return plan(patient, as_of=_plan_as_of(patient, today), today=today)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -735,6 +737,48 @@ class Registry:
             entry = self._insert(conn, patient_id, kind, data, by, self._recorded_at(conn), reason, supersedes)
             self._project_patient(conn, patient_id, self.today(), None, (patient, result, entry.seq))
         return entry
+
+    def record_many(self, patient_id: str, entries: Sequence[tuple[str, dict[str, Any]]], *, by: str | None = None,
+                    labels: Sequence[str] | None = None) -> list[Entry]:
+        """Append several entries (``(kind, data)``, not ``base``) to one patient's log: all of
+        them or none. The patient is validated with all of them; if that fails, the first entry
+        that cannot be added is named (``labels[i]``, e.g. its item) in the problems.
+
+        >>> reg.record_many("INF-0001", [("event", {"type": "item_given", "date": "2026-05-11",  # doctest: +SKIP
+        ...     "item": "induction:vincristine@8"}), ("event", {"type": "item_given", "date": "2026-05-11",
+        ...     "item": "induction:daunorubicin@8"})], by="alice")
+        """
+        by = _who(by)
+        if not entries:
+            raise InputError(Problem("record", "", "nothing to record"))
+        for kind, data in entries:
+            if KINDS.get(kind) is None or not isinstance(data, dict):
+                raise InputError(Problem("record", "kind", f"expected one of measurement, mrd, count, event with a "
+                                         f"mapping of fields, got {kind!r}"))
+        with self._write() as conn:
+            def attempt(upto: int) -> tuple[Patient, Any]:
+                state = self._state(conn, patient_id, "record")
+                for k, (kind, data) in enumerate(entries[:upto]):  # the last one is "this record"
+                    state.apply(_NEW if k == upto - 1 else -1 - k, kind, data, None, None)
+                return self._validate(patient_id, state, "record")
+
+            try:
+                patient, result = attempt(len(entries))
+            except InputError as exc:
+                failing, error = len(entries) - 1, exc
+                for k in range(1, len(entries)):
+                    try:
+                        attempt(k)
+                    except InputError as first:
+                        failing, error = k - 1, first
+                        break
+                label = labels[failing] if labels else f"entry {failing + 1}"
+                raise type(error)([p if label in p.message else Problem(p.file, p.field, f"{label}: {p.message}", p.line)
+                                   for p in error.problems]) from None
+            stamp = self._recorded_at(conn)
+            written = [self._insert(conn, patient_id, kind, data, by, stamp, None) for kind, data in entries]
+            self._project_patient(conn, patient_id, self.today(), None, (patient, result, written[-1].seq))
+        return written
 
     def retract(self, patient_id: str, seq: int, *, by: str | None = None, reason: str | None = None) -> Entry:
         """Withdraw an entry recorded in error (it stays in the log, marked retracted).
@@ -897,9 +941,12 @@ class Registry:
 
     # -- the worklist projection ----------------------------------------------------------
 
-    def worklist(self, start: dt.date | None = None, days: int = MIN_HORIZON_DAYS) -> Any:
-        """What is due across all patients in ``[start, start + days)``, what is overdue, which
-        decisions wait for a result, which items are out of window (see :mod:`protocol._worklist`).
+    def worklist(self, start: dt.date | None = None, days: int = MIN_HORIZON_DAYS,
+                 as_of: dt.date | None = None) -> Any:
+        """What is due across all patients in ``[start, start + days)``, what is overdue or
+        unrecorded, which decisions wait for a result, which items are out of window (see
+        :mod:`protocol._worklist`), with the plans made as of ``as_of`` (default today): the
+        window (``start``, default the as-of day) only chooses what is listed as due.
 
         Served from the projection table; patients whose projection is stale (computed for
         another day, a shorter horizon, or another protocol version) are re-planned first.
@@ -908,20 +955,23 @@ class Registry:
 
         if days < 1:
             raise InputError(Problem("", "--days", f"expected a whole number of days >= 1, got {days}"))
-        start = start or self.today()
+        day = as_of or self.today()
+        start = start or day
+        # The projection covers the days from the as-of day to the window's end.
+        horizon = max(days, (start - day).days + days)
         refreshed = 0
         for _ in range(3):
             with self._read() as conn:
-                stale = self._stale(conn, start, days)
+                stale = self._stale(conn, day, horizon)
                 if not stale:
-                    return Worklist(start, days, query(conn, start, days), refreshed, self.path)
-            refreshed += self._refresh(stale, start, days)
+                    return Worklist(start, days, query(conn, start, days, day), refreshed, self.path, day)
+            refreshed += self._refresh(stale, day, horizon)
         # Writers keep changing the projection under us: refresh and read in one transaction.
         with self._write() as conn:
-            stale = self._stale(conn, start, days)
+            stale = self._stale(conn, day, horizon)
             refreshed += len(stale)
-            self._refresh_in(conn, stale, start, days)
-            return Worklist(start, days, query(conn, start, days), refreshed, self.path)
+            self._refresh_in(conn, stale, day, horizon)
+            return Worklist(start, days, query(conn, start, days, day), refreshed, self.path, day)
 
     def _stale(self, conn: sqlite3.Connection, start: dt.date, days: int) -> list[str]:
         """Patients whose projection cannot serve a worklist from ``start`` for ``days`` days."""
@@ -954,7 +1004,7 @@ class Registry:
         them (a write); the plan is reused if it was made as of ``day``. ``protocols`` caches
         the loaded protocols across the patients of one refresh.
         """
-        from ._schedule import plan
+        from .schedule import plan
         from ._worklist import RANK, problem_row, project
 
         old = conn.execute("SELECT horizon FROM projection WHERE patient = ?", (patient_id,)).fetchone()
@@ -1206,7 +1256,8 @@ def resolve_patient(ref: str, db: str | os.PathLike[str] | None = None) -> Patie
         return reg.patient(ref)
 
 
-def worklist(db: str | os.PathLike[str] | None = None, start: dt.date | None = None, days: int = 7) -> Any:
+def worklist(db: str | os.PathLike[str] | None = None, start: dt.date | None = None, days: int = 7,
+             as_of: dt.date | None = None) -> Any:
     """The worklist of every patient in the registry ``db`` (see :meth:`Registry.worklist`)."""
     with open_registry(db) as reg:
-        return reg.worklist(start, days)
+        return reg.worklist(start, days, as_of)

@@ -58,6 +58,8 @@ FACTS: dict[str, FactSpec] = {
     "risk_group": FactSpec("risk group", "categorical"),
     "wbc_at_diagnosis": FactSpec("WBC at diagnosis", "numeric", unit="×10⁹/L"),
     "day8_blasts_per_ul": FactSpec("day-8 blood blasts", "numeric", unit="/µL"),
+    "cd19": FactSpec("CD19", "categorical", ("positive", "negative")),
+    "eoi_marrow_blasts_percent": FactSpec("marrow blasts at the end of induction", "numeric", unit="%"),
     "age_at_diagnosis_days": FactSpec("age at diagnosis", "numeric", unit="days"),
     "age_at_diagnosis_months": FactSpec("age at diagnosis", "numeric", unit="completed months"),
     "age_at_diagnosis_years": FactSpec("age at diagnosis", "numeric", unit="completed years"),
@@ -119,7 +121,7 @@ def patient_facts(patient: Patient, as_of: dt.date | None = None) -> Facts:
         "age_at_diagnosis_months": completed_months(birth, diag),
         "age_at_diagnosis_years": completed_years(birth, diag),
     }
-    for name in ("cns_status", "prednisone_response", "day8_blasts_per_ul"):
+    for name in ("cns_status", "prednisone_response", "day8_blasts_per_ul", "cd19", "eoi_marrow_blasts_percent"):
         value = getattr(patient, name)
         if value is not None:
             facts[name] = value
@@ -274,6 +276,27 @@ _MARK = {True: "✓", False: "✗", None: "?"}
 _COMPILED: dict[int, tuple[Condition, Guard]] = {}
 
 
+def placeholders(c: Condition) -> tuple[str, ...]:
+    """The placeholder thresholds of a condition, in words: ``('mrd:pre_octadad ≥ 0.0005 is a
+    placeholder threshold',)``; empty when every number in it is sourced."""
+    out: list[str] = []
+
+    def walk(x: Condition) -> None:
+        for sub in (*(x.all_ or ()), *(x.any_ or ())):
+            walk(sub)
+        if x.not_ is not None:
+            walk(x.not_)
+        if x.fact is None and x.mrd is None and x.arm is None:
+            return
+        op, value = x.op
+        if getattr(value, "evidence", None) == "placeholder":
+            out.append(f"the threshold {_label(_key(x))} {_OPS[op]} {_fmt_value(_key(x), value.value)} is a "
+                       f"placeholder")
+
+    walk(c)
+    return tuple(out)
+
+
 def _guard(c: Condition) -> Guard:
     """Compiled guard of ``c``, cached (definitions are long-lived and immutable)."""
     hit = _COMPILED.get(id(c))
@@ -326,7 +349,8 @@ class RiskResult:
     (computed when first read).
     """
 
-    __slots__ = ("_facts", "_reasons", "_rules", "candidates", "group", "label", "status", "waiting_for")
+    __slots__ = ("_facts", "_reasons", "_rules", "candidates", "group", "label", "status", "unverified_reasons",
+                 "waiting_for")
 
     def __init__(self, group: str | None, label: str | None, status: str, rules: RuleSet, facts: Facts,
                  candidates: tuple[str, ...] = (), waiting_for: tuple[str, ...] = ()) -> None:
@@ -338,6 +362,14 @@ class RiskResult:
         self._rules = rules
         self._facts = facts
         self._reasons: tuple[str, ...] | None = None
+        #: Why the assignment depends on a placeholder (a placeholder rule or threshold of the
+        #: group assigned, or of an earlier group that did not apply); empty when it does not.
+        self.unverified_reasons = rules.risk_placeholders(group) if status == "assigned" else ()
+
+    @property
+    def unverified(self) -> bool:
+        """True when the risk group follows from a placeholder rule or threshold."""
+        return bool(self.unverified_reasons)
 
     @property
     def reasons(self) -> tuple[str, ...]:
@@ -349,7 +381,8 @@ class RiskResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: ``{"group", "label", "status", "reasons", ...}``."""
         out: dict[str, Any] = {"group": self.group, "label": self.label, "status": self.status,
-                               "reasons": list(self.reasons)}
+                               "reasons": list(self.reasons), "unverified": self.unverified,
+                               "unverified_reasons": list(self.unverified_reasons)}
         if self.status == "pending":
             out["candidates"] = list(self.candidates)
             out["waiting_for"] = list(self.waiting_for)
@@ -417,6 +450,28 @@ class RuleSet:
         if pending:
             return RiskResult(None, None, "pending", self, snapshot, tuple(pending), tuple(waiting))
         return RiskResult(None, None, "unassigned", self, snapshot)
+
+    def risk_placeholders(self, group_id: str | None) -> tuple[str, ...]:
+        """What is a placeholder in the rules that decide ``group_id``: its own rule and
+        those of the groups tried before it."""
+        out: list[str] = []
+        derived = {d.id: cases for d, cases in self._derived}
+        for group, _ in self._risk:
+            if group.evidence == "placeholder":
+                out.append(f"the rule of risk group {group.id} is a placeholder")
+            if group.when is not None:
+                out.extend(f"{r} (risk group {group.id})" for r in placeholders(group.when))
+                # A fact derived by a placeholder rule (prednisone response from the 1000/µL
+                # day-8 cut-off) makes the group that reads it unverified too.
+                for key in depends_on(group.when):
+                    d = next((d for d, _ in self._derived if d.id == key), None)
+                    if d is None or key not in derived:
+                        continue
+                    for case in d.cases:
+                        out.extend(f"{r} ({_label(key)} is derived from it)" for r in placeholders(case.when))
+            if group.id == group_id:
+                break
+        return tuple(dict.fromkeys(out))
 
     def risk_reasons(self, facts: Facts) -> tuple[str, ...]:
         """The explanation behind :meth:`stratify`, line by line."""

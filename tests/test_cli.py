@@ -196,7 +196,9 @@ def test_schema_patient(cli: Any) -> None:
 
 def test_risk_text(cli: Any) -> None:
     out = ok(cli("risk", HR, "--as-of", AS_OF)).stdout
-    assert out.splitlines()[0] == "risk group: HR (high risk)"
+    # HR from a poor prednisone response derived with the placeholder 1000/µL cut-off: unverified.
+    assert out.splitlines()[0] == "risk group: HR (high risk) ⚠ UNVERIFIED"
+    assert out.splitlines()[1].startswith("  UNVERIFIED: the threshold day-8 blood blasts ≥ 1000 /µL is a placeholder")
     ticks = [ln for ln in out.splitlines() if ln.strip().startswith("✓")]
     assert len(ticks) >= 3, out
     assert "✓ prednisone response = poor" in out
@@ -254,6 +256,115 @@ def test_plan_table(cli: Any) -> None:
     assert "UNVERIFIED" in out
     assert "PENDING decision pre_octadad" in out
     assert "INF-0003" in out
+
+
+SR_AVERAGE = EXAMPLES / "aall1731-sr-average.yaml"
+
+
+def _pieces(token: str) -> set[str]:
+    """A token and every run of it that a table may show on one line: the wrap breaks only
+    after '_' or '/' inside a token (``blinatumomab_`` + ``1``), never elsewhere."""
+    parts: list[str] = []
+    piece = ""
+    for ch in token:
+        piece += ch
+        if ch in "_/" and len(piece) > 1:
+            parts.append(piece)
+            piece = ""
+    if piece:
+        parts.append(piece)
+    return {"".join(parts[a:b]) for a in range(len(parts)) for b in range(a + 1, len(parts) + 1)}
+
+
+@pytest.mark.parametrize("patient", [ON_TIME, SR_AVERAGE, PENDING])
+@pytest.mark.parametrize("columns", [80, 100, 140])
+def test_plan_table_fits_the_terminal_without_folding_words(cli: Any, monkeypatch: pytest.MonkeyPatch,
+                                                            patient: Path, columns: int) -> None:
+    monkeypatch.setenv("COLUMNS", str(columns))
+    out = ok(cli("plan", patient, "--as-of", AS_OF)).stdout
+    wide = ok(cli("plan", patient, "--as-of", AS_OF, "--wide")).stdout
+    lines = out.splitlines()
+    assert all(len(line) <= columns for line in lines), max(lines, key=len)
+    allowed = set().union(*(_pieces(t) for t in wide.split()))
+    top = next(k for k, line in enumerate(lines) if line.startswith("date "))
+    bottom = next(k for k, line in enumerate(lines) if line.startswith(("(hidden at this width", "UNVERIFIED =")))
+    body = "\n".join(lines[top:bottom])
+    folded = [t for t in body.split() if t not in allowed]
+    assert not folded, folded[:10]
+    assert "inductio" not in out.replace("induction", "")
+    # Every item is a row (its date starts a line), and every unverified value keeps its mark.
+    items = plan_json(cli, patient)["items"]
+    rows = [line for line in lines if re.match(r"^\d{4}-\d{2}-\d{2} +\S", line)]
+    assert len(rows) == len(items)
+    assert sum("UNVERIFIED" in r for r in rows) == sum(i["unverified"] for i in items)
+    assert "UNVERIFIED = placeholder value" in out
+
+
+def test_plan_table_hides_what_a_narrow_terminal_cannot_hold(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    out = ok(cli("plan", ON_TIME, "--as-of", AS_OF)).stdout
+    head = next(line for line in out.splitlines() if line.startswith("date "))
+    assert head.split()[:2] == ["date", "element"] and "ref" not in head.split() and "UNVERIFIED" in out
+    assert "induction:prednisone@1" not in out
+    assert "hidden at this width: ref" in out and "--wide" in out
+    monkeypatch.setenv("COLUMNS", "220")
+    assert "ref" in next(line for line in ok(cli("plan", ON_TIME, "--as-of", AS_OF)).stdout.splitlines()
+                         if line.startswith("date ")).split()
+
+
+def test_plan_table_wide_shows_whole_refs_and_the_library_dose_text(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    out = ok(cli("plan", ON_TIME, "--as-of", AS_OF, "--wide")).stdout
+    rows = [line for line in out.splitlines() if re.match(r"^\d{4}-\d{2}-\d{2}  ", line)]
+    items = plan_json(cli)["items"]
+    assert len(rows) == len(items)
+    for row, item in zip(rows, items, strict=True):
+        assert f"  {item['ref']}" in row
+        if item["dose"] is not None:
+            assert f"  {item['dose']['text']}  " in row
+
+
+def test_plan_table_to_a_pipe_is_not_narrowed(tmp_path: Path) -> None:
+    env = _env()
+    env.pop("COLUMNS", None)
+    done = subprocess.run([str(_script()), "plan", str(ON_TIME), "--as-of", AS_OF], capture_output=True, text=True,
+                          env=env, timeout=TIMEOUT, encoding="utf-8")
+    assert done.returncode == 0, done.stderr
+    assert "induction:prednisone@1" in done.stdout and "hidden at this width" not in done.stdout
+
+
+def test_plan_filters(cli: Any) -> None:
+    out = ok(cli("plan", ON_TIME, "--as-of", AS_OF, "--wide", "--element", "MARMA", "--from", "2026-09-01",
+                 "--to", "2026-09-30", "--status", "done,unrecorded")).stdout
+    rows = [line.split() for line in out.splitlines() if re.match(r"^\d{4}-\d{2}-\d{2}  ", line)]
+    assert rows and all(r[1] == "marma" and "2026-09-01" <= r[0] <= "2026-09-30" for r in rows)
+    assert re.search(rf"^{len(rows)} of \d+ items shown \(filtered\)$", out, re.M)
+    csv_rows = list(csv.DictReader(io.StringIO(ok(cli("plan", ON_TIME, "--as-of", AS_OF, "--format", "csv",
+                                                      "-e", "maintenance", "-s", "planned")).stdout)))
+    assert csv_rows and {r["element"] for r in csv_rows} == {"maintenance"} and {r["status"] for r in csv_rows} == {"planned"}
+    data = json.loads(ok(cli("plan", ON_TIME, "--as-of", AS_OF, "--format", "json", "--to", "2026-05-05")).stdout)
+    assert [i["date"] for i in data["items"]] == ["2026-05-04", "2026-05-04", "2026-05-05"]
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["--element", "marmaa"], ["--element", "no element 'marmaa'", "did you mean marma"]),
+    (["--status", "late"], ["--status", "expected one of planned, overdue"]),
+    (["--from", "2026-10-01", "--to", "2026-09-01"], ["--to", "on or after --from"]),
+    (["--from", "soon"], ["--from"]),
+])
+def test_plan_filter_mistakes_are_exit_2(cli: Any, args: list[str], needles: list[str]) -> None:
+    result = cli("plan", ON_TIME, "--as-of", AS_OF, *args)
+    assert result.exit_code == 2, result.output
+    assert all(n in result.stderr for n in needles), result.stderr
+    assert "Traceback" not in result.output and "^" not in result.stderr
+
+
+def test_version(cli: Any) -> None:
+    from protocol import __version__
+
+    assert ok(cli("--version")).stdout.strip().startswith(f"protocol {__version__}")
+    done = run("--version", script=True)
+    assert done.returncode == 0 and done.stdout.startswith(f"protocol {__version__} ")
 
 
 def test_plan_output_file(cli: Any, tmp_path: Path) -> None:
@@ -434,3 +545,30 @@ def test_bad_output_path_is_bad_input(cli: Any, tmp_path: Path, where: str) -> N
     assert result.exit_code == 2, result.stderr
     assert str(target) in result.stderr
     assert "internal error" not in result.stderr
+
+
+def _readme_blocks(section: str) -> list[list[str]]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = readme.split(f"\n{section}\n", 1)[1]
+    text = re.split(r"\n#{2,3} ", text, maxsplit=1)[0]
+    return [block.split("```", 1)[0].splitlines() for block in text.split("```text\n")[1:]]
+
+
+def test_the_readme_due_example_is_true(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.chdir(ROOT)
+    block = next(b for b in _readme_blocks("### Recording what actually happened") if b[0].startswith("$ protocol due"))
+    out = ok(cli(*shlex.split(block[0])[2:])).stdout.splitlines()
+    assert out[:len(block) - 1] == block[1:]
+
+
+def test_the_readme_bad_ref_example_is_true(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Any) -> None:
+    import shlex
+
+    block = next(b for b in _readme_blocks("## Command line") if "vincristin@8" in b[0])
+    monkeypatch.setenv("PROTOCOL_DB", str(tmp_path / "r.db"))
+    ok(cli("patients", "add", ON_TIME))
+    result = cli(*shlex.split(block[0])[2:])
+    assert result.exit_code == 2 and result.stderr.splitlines() == block[1:]

@@ -82,6 +82,43 @@ def test_roadmap_pdf_from_the_file_name(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.tmp")), "no temporary file left behind"
 
 
+def test_roadmap_pdf_of_26_page_patient_is_one_fast_process(tmp_path: Path) -> None:
+    """The whole `protocol roadmap --format pdf` process (typst, in-process): budget 1 s on the
+    dev machine; loose here (shared CI cores), bench/bench_documents.py reports the real figure."""
+    import time
+
+    out = tmp_path / "r.pdf"
+    start = time.perf_counter()
+    proc = run("roadmap", ROOT / "examples/patients/mr-on-time.yaml", "--as-of", AS_OF, "-o", out, script=True,
+               SOURCE_DATE_EPOCH=EPOCH)
+    took = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr
+    print(f"protocol roadmap --format pdf: {took:.2f} s (budget 1 s on the dev machine)")
+    assert took < 4.0
+    again = tmp_path / "r2.pdf"
+    assert run("roadmap", ROOT / "examples/patients/mr-on-time.yaml", "--as-of", AS_OF, "-o", again, script=True,
+               SOURCE_DATE_EPOCH=EPOCH).returncode == 0
+    assert out.read_bytes() == again.read_bytes()
+
+
+def test_roadmap_pdf_engine_option_and_a_broken_site_template(tmp_path: Path, cli: Any) -> None:
+    bad(cli("roadmap", HR, "--as-of", AS_OF, "-o", tmp_path / "r.pdf", "--engine", "latex"), "--engine")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "roadmap.page.typ.j2").write_text("#set page(paper: \"a4\"\n", encoding="utf-8")
+    bad(cli("roadmap", HR, "--as-of", AS_OF, "-o", tmp_path / "r.pdf", "--templates", tmp_path / "site"),
+        "roadmap.typ.j2", "typst")
+    assert not (tmp_path / "r.pdf").exists()
+    # The PDF template renders sandboxed: a site template cannot reach Python objects.
+    (tmp_path / "site" / "roadmap.page.typ.j2").write_text(
+        "{{ cycler.__init__.__globals__.os.popen('echo PWNED').read() }}\n", encoding="utf-8")
+    result = cli("roadmap", HR, "--as-of", AS_OF, "-o", tmp_path / "r.pdf", "--templates", tmp_path / "site")
+    bad(result, str(tmp_path / "site"), "unsafe")
+    assert "PWNED" not in result.stderr and not (tmp_path / "r.pdf").exists()
+    (tmp_path / "site" / "roadmap.page.typ.j2").write_text("{% if %}\n", encoding="utf-8")
+    bad(cli("roadmap", HR, "--as-of", AS_OF, "-o", tmp_path / "r.pdf", "--templates", tmp_path / "site"),
+        "roadmap.page.typ.j2", "expected a template")
+
+
 def test_roadmap_pdf_needs_an_output_file() -> None:
     bad(run("roadmap", HR, "--format", "pdf", "--as-of", AS_OF), "--output", "expected -o FILE.pdf")
 

@@ -152,13 +152,13 @@ def test_record_date_defaults_to_today(registered: Path) -> None:
 EVENTS: list[tuple[list[str], str, dict[str, Any]]] = [
     (["given", "induction:dexamethasone@8", "--dose", "2.2", "--note", "late evening"], "event",
      {"type": "item_given", "item": "induction:dexamethasone@8", "dose": 2.2, "note": "late evening"}),
-    (["omitted", "ib:vincristine@15", "--reason", "ileus"], "event",
-     {"type": "item_omitted", "item": "ib:vincristine@15", "reason": "ileus"}),
-    (["delayed", "ib:cyclophosphamide@1", "--to", "2026-07-10", "--scope", "element", "--reason", "neutropenia"],
-     "event", {"type": "item_delayed", "item": "ib:cyclophosphamide@1", "to": "2026-07-10", "scope": "element",
+    (["omitted", "Induction:Vincristine@15", "--reason", "ileus"], "event",
+     {"type": "item_omitted", "item": "induction:vincristine@15", "reason": "ileus"}),
+    (["delayed", "ib:cyclophosphamide@36", "--to", "2026-07-10", "--scope", "element", "--reason", "neutropenia"],
+     "event", {"type": "item_delayed", "item": "ib:cyclophosphamide@36", "to": "2026-07-10", "scope": "element",
                "reason": "neutropenia"}),
-    (["dose-modified", "ib:mercaptopurine@1", "--percent", "50", "--of", "previous", "--scope", "item", "--reason",
-      "liver"], "event", {"type": "dose_modified", "item": "ib:mercaptopurine@1", "percent": 50, "of": "previous",
+    (["dose-modified", "ib:mercaptopurine@36", "--percent", "50", "--of", "previous", "--scope", "item", "--reason",
+      "liver"], "event", {"type": "dose_modified", "item": "ib:mercaptopurine@36", "percent": 50, "of": "previous",
                           "scope": "item", "reason": "liver"}),
     (["started", "blinatumomab", "--bag-hours", "96"], "event",
      {"type": "element_started", "element": "blinatumomab", "bag_hours": 96}),
@@ -198,6 +198,9 @@ def test_each_event_becomes_the_right_entry(db: Path, monkeypatch: pytest.Monkey
         def record(self, patient: str, kind: str, data: dict[str, Any], **kw: Any) -> Any:
             calls.append((patient, kind, data, kw))
             return protocol._registry.Entry(7, patient, kind, data, "x", "2026-11-21T00:00:00.000000Z")
+
+        def patient(self, patient: str) -> Any:  # `given` checks its refs against the plan
+            return protocol.load_patient(ON_TIME)
 
     monkeypatch.setattr("protocol._registry.open_registry", lambda path=None, create=False: Fake())
     ok(cli("record", "P-1", *args, "--date", "2026-07-01", "--by", "bob"))
@@ -250,7 +253,11 @@ def test_bad_input_exits_2_and_changes_nothing(registered: Path, args: list[str]
 
 
 def test_corrections_and_history(registered: Path) -> None:
-    ok(cli("record", "INF-0001", "measurement", "--date", "2026-11-20", "--height-cm", "72", "--weight-kg", "89",
+    # 89 kg for a 13-month-old (the decimal point missed) is refused outright, with WHO's range.
+    bad(cli("record", "INF-0001", "measurement", "--date", "2026-11-20", "--height-cm", "72", "--weight-kg", "89",
+            "--db", registered, "--by", "bob"), "--weight-kg: 89 kg at 13 months is weight-for-age z = +",
+        "expected z from -6 to +5 (WHO biologically implausible limits)")
+    ok(cli("record", "INF-0001", "measurement", "--date", "2026-11-20", "--height-cm", "72", "--weight-kg", "9.8",
            "--db", registered, "--by", "bob"))
     ok(cli("record", "INF-0001", "measurement", "--date", "2026-11-20", "--height-cm", "72", "--weight-kg", "8.9",
            "--supersedes", "39", "--why", "decimal point missed", "--db", registered, "--by", "carol"))
@@ -305,15 +312,110 @@ def test_plan_risk_and_roadmap_take_a_registry_id(registered: Path, monkeypatch:
 
 
 def test_worklist_table_and_json(registered: Path) -> None:
-    text = ok(cli("worklist", "--from", "2026-11-21", "--days", "7", "--db", registered)).stdout
+    text = ok(cli("worklist", "--from", "2026-11-21", "--as-of", "2026-11-21", "--days", "7", "--db",
+                  registered)).stdout
     assert text.splitlines()[0].startswith("worklist 2026-11-21 to 2026-11-27 (7 days):")
+    assert "UNRECORDED" in text and "days ago, nothing recorded" in text
     assert "WAITING" in text and "waits for mrd:pre_octadad" in text
-    data = json.loads(ok(cli("worklist", "--from", "2026-11-21", "-n", "7", "--json", "--db", registered)).stdout)
-    assert data["days"] == 7 and data["counts"]["waiting"] == 1
+    data = json.loads(ok(cli("worklist", "--from", "2026-11-21", "--as-of", "2026-11-21", "-n", "7", "--json", "--db",
+                             registered)).stdout)
+    assert data["days"] == 7 and data["counts"]["waiting"] == 1 and data["as_of"] == "2026-11-21"
     assert data["fields"][:3] == ["date", "patient", "category"]
     dates = [r[0] for r in data["rows"]]
     assert dates == sorted(dates)
     bad(cli("worklist", "--days", "0", "--db", registered))
+
+
+def test_worklist_from_moves_the_window_and_as_of_stays_today(registered: Path) -> None:
+    today = dt.date.today().isoformat()
+    ahead = json.loads(ok(cli("worklist", "--from", "2030-01-01", "--json", "--db", registered)).stdout)
+    now = json.loads(ok(cli("worklist", "--json", "--db", registered)).stdout)
+    assert ahead["as_of"] == now["as_of"] == now["from"] == today and ahead["from"] == "2030-01-01"
+    fields = now["fields"]
+    cat = fields.index("category")
+    assert [r for r in ahead["rows"] if r[cat] in ("overdue", "unrecorded")] == \
+        [r for r in now["rows"] if r[cat] in ("overdue", "unrecorded")]
+    text = ok(cli("worklist", "--from", "2026-11-28", "--as-of", "2026-11-21", "--db", registered)).stdout
+    assert text.splitlines()[0].startswith("worklist 2026-11-28 to 2026-12-04 (7 days, as of 2026-11-21):")
+    bad(cli("worklist", "--as-of", "2026-02-30", "--db", registered), "--as-of")
+
+
+# --------------------------------------------------------------------------- several items at once, due
+
+
+def _written(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [json.loads(d)["item"] for (d,) in conn.execute(
+            "SELECT data FROM entries WHERE patient = 'INF-0003' AND data LIKE '%item_given%' ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def test_given_several_items_at_once_is_all_or_nothing(registered: Path) -> None:
+    before = dump(registered)
+    result = bad(cli("record", "INF-0003", "given", "marma:cytarabine_hd@1", "marma:cytarabine_hd@3", "--date",
+                     "2026-09-16", "--db", registered),
+                 "'marma:cytarabine_hd@3': cytarabine_hd is not planned on day 3 of marma",
+                 "nearest: marma:cytarabine_hd@1, marma:cytarabine_hd@2")
+    assert "[a-z" not in result.stderr and "matching" not in result.stderr
+    assert dump(registered) == before
+    out = ok(cli("record", "INF-0003", "given", "MARMA:Cytarabine_HD@1", "marma:cytarabine_hd@2", "--date",
+                 "2026-09-17", "--db", registered)).stdout
+    assert out.count("recorded #") == 2 and "item=marma:cytarabine_hd@1" in out
+    assert _written(registered) == ["marma:cytarabine_hd@1", "marma:cytarabine_hd@2"]
+    # The library refuses the second (already given): the first is not written either.
+    before = dump(registered)
+    bad(cli("record", "INF-0003", "given", "marma:cytarabine_hd@8", "marma:cytarabine_hd@1", "--date", "2026-09-23",
+            "--db", registered), "ITEM: marma:cytarabine_hd@1 is already recorded as given")
+    assert dump(registered) == before
+
+
+def test_given_an_element_day(registered: Path) -> None:
+    out = ok(cli("record", "INF-0003", "given", "--element", "MARMA", "--day", "8", "--date", "2026-09-23", "--db",
+                 registered)).stdout
+    assert "item=marma:cytarabine_hd@8" in out
+    assert _written(registered) == ["marma:cytarabine_hd@8"]
+    bad(cli("record", "INF-0003", "given", "--element", "marma", "--day", "8", "--date", "2026-09-23", "--db",
+            registered), "--day: everything of marma on day 8 is already recorded")
+    bad(cli("record", "INF-0003", "given", "--element", "marma", "--day", "3", "--db", registered),
+        "--day: nothing of marma to give is planned on day 3; nearest days: 1, 2")
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["marma:cytarabine_hd@1", "--element", "marma", "--day", "1"], "either ITEMs or --element with --day"),
+    ([], "name the items given"),
+    (["--element", "marma"], "name the items given"),
+    (["marma:cytarabine_hd@1", "marma:cytarabine_hd@2", "--dose", "100"], "--dose: a dose given is recorded for one"),
+    (["marma:cytarabine_hd@1", "marma:cytarabine_hd@2", "--supersedes", "30", "--why", "x"],
+     "--supersedes: a correction replaces one entry"),
+    (["marma:cytarabine_hd@1", "Marma:Cytarabine_hd@1"], "marma:cytarabine_hd@1 is named twice"),
+    (["marma-cytarabine-1"], "expected a reference of the form ELEMENT:ITEM@DAY"),
+])
+def test_given_mistakes_are_exit_2(registered: Path, args: list[str], needle: str) -> None:
+    before = dump(registered)
+    bad(cli("record", "INF-0003", "given", *args, "--date", "2026-09-17", "--db", registered), needle)
+    assert dump(registered) == before
+
+
+def test_due_lists_the_refs_ready_to_paste(registered: Path, tmp_path: Path) -> None:
+    import shlex
+
+    out = ok(cli("due", "INF-0003", "--date", "2026-09-23", "--db", registered)).stdout
+    assert out.splitlines()[0].startswith("INF-0003 · interfant06-blinatumomab") and "due on 2026-09-23" in out
+    assert "marma:cytarabine_hd@8" in out and "UNVERIFIED" in out
+    assert "2 earlier items are still unrecorded or overdue (the first on 2026-09-16)" in out
+    paste = next(line.strip() for line in out.splitlines() if line.strip().startswith("protocol record "))
+    assert paste == "protocol record INF-0003 given marma:cytarabine_hd@8 --date 2026-09-23"
+    env = {k: v for k, v in os.environ.items() if k != "PROTOCOL_DEBUG"}
+    env["PROTOCOL_DB"] = str(registered)
+    done = subprocess.run([str(Path(sys.executable).parent / "protocol"), *shlex.split(paste)[1:]], env=env,
+                          capture_output=True, text=True, encoding="utf-8", timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    again = ok(cli("due", "INF-0003", "--date", "2026-09-23", "--db", registered)).stdout
+    assert "nothing due on this day" in again and "also on this day" in again and "given" in again
+    assert "nothing due on this day" in ok(cli("due", ON_TIME, "--date", "2026-05-12", "--as-of", "2026-11-21")).stdout
+    bad(cli("due", "INF-0003", "--date", "someday", "--db", registered), "--date")
 
 
 # --------------------------------------------------------------------------- the real entry point
@@ -361,3 +463,85 @@ def test_the_readme_registry_example_runs(tmp_path: Path, monkeypatch: pytest.Mo
             args[args.index("-o") + 1] = str(tmp_path / args[args.index("-o") + 1])
         ok(cli(*args))
     assert "SUPERSEDED by #16" in ok(cli("history", "INF-0003")).stdout
+
+
+# --------------------------------------------------------------------------- what a user typed (issue 16 §3)
+
+MARKUP = "held [/b] per consultant [bold]RED[/bold]"
+CONTROL = ["held \x1b[31mRED", "bell\x07", "bidi \u202eevil", "nul\x00", "csi \x9b31m"]
+
+
+def _every_output(pid: str, db: Path, monkeypatch: pytest.MonkeyPatch, as_of: str) -> dict[str, str]:
+    """Every text a coordinator reads about a patient: plan (narrow and wide, CSV, JSON),
+    history (table, JSON), worklist (table, JSON), export, roadmap (HTML, Markdown)."""
+    outs: dict[str, str] = {}
+    for columns in ("80", "220"):
+        monkeypatch.setenv("COLUMNS", columns)
+        outs[f"plan@{columns}"] = ok(cli("plan", pid, "--as-of", as_of, "--db", db)).stdout
+    monkeypatch.delenv("COLUMNS")
+    outs["plan --wide"] = ok(cli("plan", pid, "--as-of", as_of, "--wide", "--db", db)).stdout
+    for fmt in ("csv", "json"):
+        outs[f"plan {fmt}"] = ok(cli("plan", pid, "--as-of", as_of, "--format", fmt, "--db", db)).stdout
+    outs["history"] = ok(cli("history", pid, "--db", db)).stdout
+    outs["history json"] = ok(cli("history", pid, "--json", "--db", db)).stdout
+    outs["worklist"] = ok(cli("worklist", "--as-of", "2026-09-16", "--db", db)).stdout
+    outs["worklist json"] = ok(cli("worklist", "--as-of", "2026-09-16", "--json", "--db", db)).stdout
+    outs["export"] = ok(cli("export", pid, "--db", db)).stdout
+    for fmt in ("html", "md"):
+        outs[f"roadmap {fmt}"] = ok(cli("roadmap", pid, "--as-of", as_of, "--format", fmt, "--db", db)).stdout
+    return outs
+
+
+def test_markup_in_a_reason_is_shown_as_typed_everywhere(registered: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ok(cli("record", "INF-0003", "omitted", "marma:cytarabine_hd@9", "--reason", MARKUP, "--note", "[bold]RED",
+           "--date", "2026-09-24", "--db", registered))
+    ok(cli("record", "INF-0003", "delayed", "marma:cytarabine_hd@2", "--to", "2026-09-19", "--scope", "item",
+           "--reason", MARKUP, "--date", "2026-09-16", "--db", registered))
+    outs = _every_output("INF-0003", registered, monkeypatch, "2026-12-02")
+    for name in ("plan --wide", "plan csv", "history", "worklist", "export"):
+        assert MARKUP in outs[name], name
+    assert "[bold]RED" in outs["history"]
+    assert json.dumps(MARKUP)[1:-1] in outs["plan json"] and json.dumps(MARKUP)[1:-1] in outs["worklist json"]
+    # Narrow, the note column is hidden, but what is shown is never altered.
+    assert "RED" not in outs["plan@80"].replace("UNVERIFIED", "")
+
+
+def test_control_characters_typed_are_refused(registered: Path) -> None:
+    before = dump(registered)
+    for text in CONTROL:
+        for args in (["omitted", "marma:cytarabine_hd@9", "--reason", text],
+                     ["omitted", "marma:cytarabine_hd@9", "--reason", "ok", "--note", text],
+                     ["hold", "marma", "--reason", text], ["relapse", "--reason", text],
+                     ["given", "marma:cytarabine_hd@9", "--note", text],
+                     ["given", "marma:cytarabine_hd@1", "marma:cytarabine_hd@2", "--note", text]):
+            option = "--note" if "--note" in args else "--reason"
+            result = bad(cli("record", "INF-0003", *args, "--date", "2026-09-24", "--db", registered),
+                         f"record: {option}: expected plain text, got a control character")
+            assert not any(c in result.stderr for c in "\x1b\x07\u202e\x00\x9b"), repr(result.stderr)
+        bad(cli("retract", "INF-0003", "30", "--reason", text, "--db", registered), "--reason: expected plain text")
+        bad(cli("record", "INF-0003", "measurement", "--height-cm", "70", "--weight-kg", "8", "--supersedes", "21",
+                "--why", text, "--db", registered), "--why: expected plain text")
+    assert dump(registered) == before
+
+
+def test_control_characters_from_a_file_are_shown_escaped(db: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    text = PENDING.read_text(encoding="utf-8").replace("id: INF-0003", "id: CTL-0003")
+    text += ('  - {type: item_omitted, item: "marma:cytarabine_hd@9", date: 2026-09-24, '
+             'reason: "held \\e[31mRED\\a [/b]", note: "\\u202eevil"}\n')
+    (tmp_path / "ctl.yaml").write_text(text, encoding="utf-8")
+    ok(cli("patients", "add", tmp_path / "ctl.yaml", "--db", db))
+    outs = _every_output("CTL-0003", db, monkeypatch, "2026-12-02")
+    for name, out in outs.items():
+        if name.startswith("roadmap") or "json" in name or name == "export":
+            continue  # documents and data (JSON, the patient file) keep the text exactly; checked below
+        assert not any(c in out for c in "\x1b\x07\u202e"), name
+    entry = json.loads(outs["history json"])["entries"][-1]
+    assert entry["data"]["reason"] == "held \x1b[31mRED\x07 [/b]" and entry["data"]["note"] == "\u202eevil"
+    import yaml
+
+    exported = yaml.safe_load(outs["export"])["events"][-1]
+    assert exported["reason"] == "held \x1b[31mRED\x07 [/b]"  # nothing recorded is lost or changed
+    for name in ("plan --wide", "plan csv", "history"):
+        assert "held \\x1b[31mRED\\x07 [/b]" in outs[name], name
+    assert "\\u202eevil" in outs["history"]

@@ -22,6 +22,7 @@ import yaml
 import protocol
 from protocol._documents import render_roadmap
 from protocol._loading import evidence_counts
+from .conftest import plausible_measurement
 from protocol._machine import walk_values
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,7 +116,8 @@ def test_every_new_protocol_has_examples_part_way_through_on_the_test_date(pid: 
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         assert all(D(str(e["date"])) <= AS_OF for e in data.get("events", [])), path.name
         plan = _plan(path)
-        assert plan.outcome is None and not plan.warnings, (path.name, plan.warnings)
+        warnings = [w for w in plan.warnings if not w.startswith("per-m² doses planned before the first birthday")]
+        assert plan.outcome is None and not warnings, (path.name, plan.warnings)
         statuses = {e.status for e in plan.elements}
         assert "completed" in statuses or any(e.actual_start for e in plan.elements), path.name
         assert "in_progress" in statuses, path.name  # part-way through on 2026-11-21
@@ -431,7 +433,9 @@ def test_aall1731_eligibility_limits(write: Write, change: dict[str, Any], phras
 
 def test_aall1731_accepts_ages_1_to_9(write: Write) -> None:
     for birth in ("2025-05-04", "2016-05-05"):  # first birthday on the diagnosis date; 9 years 364 days
-        _plan(write("aall1731", **{**A17, "birth_date": birth}))
+        # A height and weight of a real child of that age (the plan refuses WHO-implausible ones).
+        m = plausible_measurement("female", D(birth), D("2026-05-04"))
+        _plan(write("aall1731", **{**A17, "birth_date": birth, "measurements": [m]}))
 
 
 def test_aall1731_four_arms_and_strata() -> None:
@@ -439,7 +443,7 @@ def test_aall1731_four_arms_and_strata() -> None:
     assert p.randomisations == {"randomisation": ("a", "b", "c", "d")}
     assert [e.dest for e in p.table["consolidation"]] == ["blinatumomab_1", "interim_maintenance_1"]
     assert [e.dest for e in p.table["interim_maintenance_1"]] == ["blinatumomab_2", "delayed_intensification"]
-    assert (p.eot_anchor, p.eot_anchor_element, p.eot_days) == ("element_start", "interim_maintenance_1", 728)
+    assert (p.eot_anchor, p.eot_anchor_element, p.eot_years) == ("element_start", "interim_maintenance_1", 2)
 
 
 @pytest.mark.parametrize(("arm", "group", "blina"), [("a", "SR_AVG", False), ("b", "SR_AVG", True),
@@ -478,20 +482,25 @@ A17_DELAYED = [*_started(("induction", "2026-05-04", "2026-06-06"),         # 6 
                *_started(("blinatumomab_1", "2026-07-20", "2026-08-16"))]   # 7 days late
 
 
-def test_aall1731_end_of_therapy_is_104_weeks_from_the_start_of_interim_maintenance_1(write: Write) -> None:
+def _two_years(day: dt.date) -> dt.date:
+    # "2 years from the start of interim maintenance I": two calendar years (not 104 weeks).
+    return day.replace(year=day.year + 2) - dt.timedelta(days=1)
+
+
+def test_aall1731_end_of_therapy_is_two_calendar_years_from_the_start_of_interim_maintenance_1(write: Write) -> None:
     on_time = _plan(write("aall1731", **A17, events=[_arm("b")]), as_of=D("2026-06-27"))
     im1 = _span(on_time, "interim_maintenance_1")
-    assert on_time.end_of_therapy == im1.planned_start + dt.timedelta(days=104 * 7 - 1)
+    assert on_time.end_of_therapy == _two_years(im1.planned_start)
     # Earlier elements delayed: interim maintenance I is planned later, and the end moves with it.
     delayed = _plan(write("aall1731", **A17, events=A17_DELAYED), as_of=D("2026-08-10"))
     im1_late = _span(delayed, "interim_maintenance_1")
     assert im1_late.planned_start == D("2026-08-17")
-    assert delayed.end_of_therapy == D("2026-08-17") + dt.timedelta(days=104 * 7 - 1) == D("2028-08-13")
+    assert delayed.end_of_therapy == _two_years(D("2026-08-17")) == D("2028-08-16")
     assert delayed.end_of_therapy - on_time.end_of_therapy == im1_late.planned_start - im1.planned_start
     # Once started (late again), the actual start anchors it, and maintenance ends on it.
     events = [*A17_DELAYED, *_started(("interim_maintenance_1", "2026-08-20", None))]
     started = _plan(write("aall1731", **A17, events=events))
-    assert started.end_of_therapy == D("2026-08-20") + dt.timedelta(days=727)
+    assert started.end_of_therapy == D("2028-08-19")
     assert _span(started, "maintenance").planned_end == started.end_of_therapy
     assert max(i.date for i in started.items) <= started.end_of_therapy
 
@@ -500,16 +509,16 @@ def test_aall1731_example_end_of_therapy() -> None:
     plan = _plan(ROOT / "examples/patients/aall1731-sr-average.yaml")
     im1 = _span(plan, "interim_maintenance_1")
     assert im1.actual_start == D("2026-07-29")
-    assert plan.end_of_therapy == D("2028-07-25") == im1.actual_start + dt.timedelta(days=727)
+    assert plan.end_of_therapy == D("2028-07-28") == _two_years(im1.actual_start)
 
 
-def test_aall1731_pending_branches_each_end_104_weeks_after_their_own_interim_maintenance_1(write: Write) -> None:
+def test_aall1731_pending_branches_each_end_two_years_after_their_own_interim_maintenance_1(write: Write) -> None:
     plan = _plan(write("aall1731", **A17, events=[]), as_of=D("2026-05-10"))
     for branch in ("randomisation→blinatumomab_1", "randomisation→interim_maintenance_1"):
         spans = [e for e in plan.elements if e.branch is not None and e.branch.startswith(branch)]
         im1 = next(e for e in spans if e.id == "interim_maintenance_1")
         for m in (e for e in spans if e.id == "maintenance"):
-            assert m.planned_end == im1.planned_start + dt.timedelta(days=727), branch
+            assert m.planned_end == _two_years(im1.planned_start), branch
 
 
 def test_aall1731_pending_plan_shows_only_the_two_real_pathways(write: Write) -> None:
@@ -528,9 +537,14 @@ def test_aall1731_evidence_against_clinical_facts() -> None:
     for source in ("consolidation", "interim_maintenance_1"):
         t = next(t for t in p.source.transitions if t.source == source and t.when is not None)
         assert t.rule_evidence == "placeholder"
-    # §7: "2 years from the start of interim maintenance I" (V): 104 weeks is derived from it.
-    weeks = _value(pid, "weeks")
-    assert (weeks.value, weeks.evidence) == (104, "derived") and "2 years" in (weeks.note or "")
+    # §7: "2 years from the start of interim maintenance I" (V): two calendar years, published.
+    years = _value(pid, "years")
+    assert (years.value, years.evidence) == (2, "published") and "2-year" in (years.note or "")
+    # §5.1 [44]: blinatumomab 28 µg/day fixed at 45 kg or more, and no more than 28 µg/day below.
+    dose = p.source.elements[2].administrations[0].dose
+    assert [(b.min_weight_kg.value, b.amount.value, b.amount.evidence) for b in dose.weight_bands or ()] == [
+        (45, 28, "published")]
+    assert (dose.cap.value, dose.cap.evidence) == (28, "published")
     # §7: age 1 to < 10 years (V).
     assert _value(pid, "age_under_10 › lt").evidence == "published"
     # §7 gives no chemotherapy courses' lengths: every one is a placeholder.
@@ -660,22 +674,25 @@ CONFIRMED: dict[str, set[str]] = {
         "blinatumomab › count",                     # §8: second cycle in 2 of 11 (V)
         "blinatumomab › blinatumomab › max_interruption_days",   # §5.1 label (V)
         "blinatumomab › blinatumomab › hours", "blinatumomab › blinatumomab › min_weight_kg",
+        "blinatumomab › blinatumomab › infant_full_dose",   # §3.10: infants always BSA-dosed (label)
     },
     "aall1731": {
         "age_at_least_1 › gte", "age_under_10 › lt", "wbc_under_50 › lt",   # §7 population (V)
         "induction › day8_blood_mrd › days",        # §7: day-8 blood MRD (V)
         "blinatumomab_1 › length_days", "blinatumomab_2 › length_days",      # §7: 28-day cycles (V)
         "blinatumomab_1 › blinatumomab › days", "blinatumomab_2 › blinatumomab › days",
-        "weeks",                                    # §7: 2 years from IM I (V), 104 weeks derived
+        "years",                                    # §7: 2 calendar years from IM I (V)
         *(f"blinatumomab_{k} › blinatumomab › {f}" for k in (1, 2)
           for f in ("max_interruption_days", "hours", "min_weight_kg")),      # §5.1 label (V)
+        # §5.1 label [44]: 28 µg/day fixed at 45 kg or more (band amount and limit), cap 28 µg/day.
+        *(f"blinatumomab_{k} › blinatumomab › {f}" for k in (1, 2) for f in ("amount", "cap")),
     },
     "interfant21": {
         "infant › lte",                             # §6: <= 365 days (V)
         "induction › eoi_lumbar_puncture › days",   # §6 / [11]: LP at ~day 33 (V)
         "lt",                                       # §6: HSCT if MRD < 0.01 % after cycle 1 (V)
         *(f"{c} › blinatumomab › {f}" for c in ("blinatumomab", "blinatumomab_2")
-          for f in ("max_interruption_days", "hours", "min_weight_kg")),      # §5.1 label (V)
+          for f in ("max_interruption_days", "hours", "min_weight_kg", "infant_full_dose")),  # §5.1 label (V)
     },
 }
 

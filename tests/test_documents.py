@@ -90,6 +90,11 @@ def test_roadmap_shows_every_dated_item_and_marks_placeholders(path: Path) -> No
     # Every date with an item in a grid appears (long daily runs show their first and last day).
     ctx = roadmap_context(plan)
     shown = {row.date for s in ctx["sections"] for row in s.grid}
+    for row in (r for s in ctx["sections"] for r in s.grid if r.until):  # a folded weekly row
+        day = dt.date.fromisoformat(row.date)
+        while day.isoformat() <= row.until:
+            shown.add(day.isoformat())
+            day += dt.timedelta(days=7)
     for item in plan.items:
         same_drug = [i.ordinal for i in plan.items if i.slot is item.slot and i.branch == item.branch]
         is_run = len(same_drug) > 8 and same_drug[-1] - same_drug[0] + 1 == len(same_drug)
@@ -150,8 +155,8 @@ def test_day_grid_prints_calculated_dose_and_blank_for_given() -> None:
     first = induction.grid[0]
     assert first.date == "2026-05-04" and first.element_day == 1 and first.study_day == 1
     prednisone = induction.columns.index("Prednisone (prephase)")
-    # 60 mg/m²/day × 0.37 m² (66 cm, 7.4 kg); the 60 is a placeholder, so the cell is marked.
-    assert first.cells[prednisone] == ("22.2 mg/day", True)
+    # 60 mg/m²/day × 0.368330 m² (66 cm, 7.4 kg) = 22.0998; the 60 is a placeholder, so the cell is marked.
+    assert first.cells[prednisone][:2] == ("22.1 mg/day", True)
     assert induction.next_row == "Day 36 (2026-06-08): begin next element"
     maintenance = next(s for s in ctx["sections"] if s.id == "maintenance")
     mp = maintenance.columns.index("Mercaptopurine (6-MP)")
@@ -196,12 +201,13 @@ def test_every_printed_dose_from_a_placeholder_is_marked() -> None:
     assert {cell[1] for row in blinatumomab.grid for cell in [row.cells[column]] if cell[0]} == {False}
     for section in ctx["sections"]:
         for row in section.grid:
-            for name, (text, unverified) in zip(section.columns, row.cells, strict=True):
+            for name, (text, unverified, *_) in zip(section.columns, row.cells, strict=True):
                 slot = next(s for s in plan.protocol.elements[section.id].slots if s.name == name)
-                assert unverified == (bool(text) and slot.evidence == "placeholder")
+                if text and slot.evidence == "placeholder":  # a date after a placeholder length marks more
+                    assert unverified, (section.id, name, text)
     html = render_roadmap(plan, "html")
-    assert "22.2 mg/day <span class=\"unverified\">⚠ unverified</span>" in html
-    assert "22.2 mg/day ⚠" in render_roadmap(plan, "md")
+    assert "22.1 mg/day <span class=\"unverified\">⚠ unverified</span>" in html
+    assert "22.1 mg/day ⚠" in render_roadmap(plan, "md")
 
 
 # --------------------------------------------------------------------------- pictures, PDF, validators
@@ -289,10 +295,6 @@ def test_cover_and_sections_follow_the_therapy_delivery_map() -> None:
 
 @pytest.fixture(scope="module")
 def pdfs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[protocol.Plan, bytes]]:
-    try:
-        import weasyprint  # noqa: F401
-    except OSError:  # pragma: no cover - the Pango library is missing
-        _tool_missing("the Pango library (WeasyPrint)")
     old = os.environ.get("SOURCE_DATE_EPOCH")
     os.environ["SOURCE_DATE_EPOCH"] = EPOCH
     try:
@@ -372,15 +374,16 @@ def test_pdf_has_a_bookmark_per_element_in_page_order(pdfs: dict[str, tuple[prot
     assert marks[f"Unverified values in interfant06-blinatumomab {plan.protocol.version}"] > pages[-1]
 
 
-def test_pdf_is_byte_identical_with_source_date_epoch_and_takes_a_site_stylesheet(
+def test_pdf_is_byte_identical_with_source_date_epoch_and_takes_a_site_page_template(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
     import pypdf
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
-    (tmp_path / "roadmap.print.css").write_text('@page { @top-right { content: "SITE BRANDING"; } }\n',
-                                                encoding="utf-8")
+    page = (templates_dir() / "roadmap.page.typ.j2").read_text(encoding="utf-8")
+    (tmp_path / "roadmap.page.typ.j2").write_text(page.replace("h(1fr)\n    if current", "h(1fr)\n    [SITE BRANDING]\n"
+                                                               "    if current", 1), encoding="utf-8")
     plan = protocol.plan(ROOT / "examples/patients/hr-to-hsct.yaml", as_of=AS_OF)
     first = render_pdf(plan, templates=tmp_path)
     second = render_pdf(protocol.plan(ROOT / "examples/patients/hr-to-hsct.yaml", as_of=AS_OF), templates=tmp_path)
@@ -389,8 +392,76 @@ def test_pdf_is_byte_identical_with_source_date_epoch_and_takes_a_site_styleshee
     assert meta["/CreationDate"] == meta["/ModDate"] == "D:20260921141320Z"  # from SOURCE_DATE_EPOCH
     assert meta["/Title"].startswith("Roadmap INF-0002")
     pages = _pages(first)
-    assert all("SITE BRANDING" in p for p in pages)  # the folder's print stylesheet replaced the built-in one
+    assert all("SITE BRANDING" in p for p in pages)  # the folder's page template replaced the built-in one
     assert "Allogeneic stem-cell transplant (HSCT)" in "".join(pages)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(int(EPOCH) + 60))
+    assert render_pdf(plan, templates=tmp_path) != first  # the stamp is in the bytes: they are not fixed by accident
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def test_pdf_shows_the_same_items_doses_and_marks_as_the_html(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    plan = protocol.plan(_recorded_patient(tmp_path), as_of=AS_OF)
+    html_text = _squash(" ".join(_read(render_roadmap(plan, "html")).text))
+    pdf_text = _squash("\n".join(_pages(render_pdf(plan))))
+    ctx = roadmap_context(plan)
+    for section in ctx["sections"]:
+        for row in section.grid:
+            for text in (row.date, row.moved_from, row.date_given, row.repeat, row.comment, row.studies,
+                         *(c.text for c in row.cells), *(f for c in row.cells for f in (c.given_date, c.given_dose, c.reason))):
+                assert _squash(text) in html_text and _squash(text) in pdf_text, (section.id, text)
+        for d in section.drugs:
+            for text in (d.drug, d.dosage, d.calculated, d.days):
+                assert _squash(text) in html_text and _squash(text) in pdf_text, (section.id, text)
+        count = _squash(f"{section.unverified_values} of the {section.values} values on this element's page(s)")
+        assert count in html_text and count in pdf_text
+        for m in section.measures:
+            assert _squash(f"BSA {m.bsa} m²") in pdf_text and _squash(f"measured on {m.date}") in pdf_text
+        for r in (*section.records, *section.deviations):
+            assert _squash(r.text) in pdf_text
+    # The same number of marks, item for item, and the same recorded words.
+    for mark in ("⚠unverified", "⚠", "givenonnotrecorded", "given:notrecorded", "omitted:", "delayed,wasdue"):
+        assert html_text.count(mark) == pdf_text.count(mark), mark
+    assert pdf_text.count("⚠unverified") > 100
+    assert "given2026-05-04:22mg" in pdf_text
+
+
+def test_typst_escapes_every_text_from_definitions_and_patients(tmp_path: Path) -> None:
+    """Typst's markup and code characters in a definition's text print as typed."""
+    import typst
+
+    from protocol._documents import render_typst
+
+    hostile = 'x #strike[y] *b* _i_ $m$ @ref <l> // c \\ "q" `r` \u0007 = h'
+    data = yaml.safe_load((ROOT / "protocol/definitions/interfant06-blinatumomab.yaml").read_text())
+    data["elements"][0]["notes"] = [hostile, '#eval("1+1")', "- 1. + not a list"]
+    data["title"] = '#panic("no")'
+    path = tmp_path / "escaped.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    plan = protocol.plan(ROOT / "examples/patients/hr-to-hsct.yaml", protocol.load_protocol(path), as_of=AS_OF)
+    source = render_typst(plan)
+    assert "#strike[y]" not in source.replace('#strike[y] *b*', "")  # only inside a string literal
+    text = re.sub(r"[\x00-\x1f]", "", _squash("".join(_pages(typst.compile(source.encode("utf-8"))))))
+    for s in (hostile.replace("\u0007", ""), '#eval("1+1")', "- 1. + not a list", '#panic("no")'):
+        assert _squash(s) in text, s
+
+
+def test_pdf_engine_weasyprint_is_still_available() -> None:
+    try:
+        import weasyprint  # noqa: F401
+    except ImportError:
+        pytest.skip("weasyprint is optional (pip install weasyprint)")
+    except OSError:  # pragma: no cover - the Pango library is missing
+        pytest.skip("the Pango library is missing")
+    plan = protocol.plan(ROOT / "examples/patients/interfant06-lr-germline.yaml", as_of=AS_OF)
+    data = render_pdf(plan, engine="weasyprint")
+    assert data.startswith(b"%PDF-") and "Unverified values" in "".join(_pages(data))
+    with pytest.raises(protocol.InputError, match="expected one of typst, weasyprint"):
+        render_pdf(plan, engine="latex")
 
 
 def test_html_passes_the_nu_html_checker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -486,3 +557,82 @@ def test_plan_table_shows_whole_refs_notes_and_deviations() -> None:
     assert "deviation 2026-09-24 overdue: Bone marrow MRD (after 4 weeks of blinatumomab)" in text
     for item in plan.items:
         assert item.ref in text
+
+
+def _recorded_patient(tmp_path: Path) -> Path:
+    """mr-on-time with facts recorded: a dose given, one omitted, one delayed, a hold and a
+    re-weighing in OCTADAD that changes the doses mid-element."""
+    data = yaml.safe_load((ROOT / "examples/patients/mr-on-time.yaml").read_text(encoding="utf-8"))
+    data["measurements"].append({"date": "2026-10-12", "height_cm": 70, "weight_kg": 9.5})
+    data["events"] += [
+        {"type": "item_given", "item": "induction:prednisone@1", "date": "2026-05-04", "dose": 22},
+        {"type": "item_omitted", "item": "induction:daunorubicin@9", "date": "2026-05-12",
+         "reason": "echo <pending> & EF 48 %"},
+        {"type": "item_delayed", "item": "induction:vincristine@15", "date": "2026-05-18", "to": "2026-05-20",
+         "scope": "item", "reason": "constipation"},
+        {"type": "element_held", "element": "octadad", "date": "2026-10-01", "reason": "febrile neutropenia"},
+        {"type": "element_resumed", "element": "octadad", "date": "2026-10-05"},
+    ]
+    path = tmp_path / "recorded.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_roadmap_is_the_record_of_what_was_given_omitted_delayed_and_held(tmp_path: Path) -> None:
+    plan = protocol.plan(_recorded_patient(tmp_path), as_of=AS_OF)
+    ctx = roadmap_context(plan)
+    induction = next(s for s in ctx["sections"] if s.id == "induction")
+    col = induction.columns.index
+    day1 = next(r for r in induction.grid if r.element_day == 1)
+    given = day1.cells[col("Prednisone (prephase)")]
+    assert (given.state, given.given_date, given.given_dose) == ("given", "2026-05-04", "22 mg")
+    assert day1.date_given == "2026-05-04" and "given on" not in day1.comment
+    day9 = next(r for r in induction.grid if r.element_day == 9)
+    omitted = day9.cells[col("Daunorubicin")]
+    assert (omitted.state, omitted.reason) == ("omitted", "echo <pending> & EF 48 %")
+    # Never recorded, in a completed element: "not recorded", never "done".
+    day2 = next(r for r in induction.grid if r.element_day == 2)
+    assert day2.cells[col("Prednisone (prephase)")].state == "not_recorded"
+    # The delayed item is its own row, with its day number and the date it was due.
+    delayed = [r for r in induction.grid if r.element_day == 15]
+    moved = next(r for r in delayed if r.cells[col("Vincristine")].text)
+    assert (moved.date, moved.moved_from) == ("2026-05-20", "2026-05-18")
+    assert all(r.element_day != 15 for r in induction.grid if r.date == "2026-05-20" and r is not moved)
+    # Holds with their dates and reasons; the re-weighing mid-element changes the doses.
+    octadad = next(s for s in ctx["sections"] if s.id == "octadad")
+    assert ("2026-10-01", "on hold", "febrile neutropenia") in octadad.records
+    assert [m.date for m in octadad.measures] == ["2026-09-21", "2026-10-12"]
+    assert octadad.measures[1].weight_kg == "9.5"
+    assert 0 < octadad.unverified_values <= octadad.values
+    # Deviations on the element page and on the cover.
+    assert [d.kind for d in octadad.deviations] == ["weight change"]
+    assert [d.date for d in ctx["deviations"]] == ["2026-10-12"] and "(octadad)" in ctx["deviations"][0].text
+    html = render_roadmap(plan, "html")
+    dauno = next(i for i in plan.items if i.ref == "induction:daunorubicin@9").dose.short_text
+    assert f"<s>{dauno}</s>" in html and "echo &lt;pending&gt; &amp; EF 48 %" in html
+    assert "given 2026-05-04: 22 mg" in html and "not recorded" in html
+    assert "febrile neutropenia" in html and "Re-weighed: doses from" in html
+    assert f"{induction.unverified_values} of the {induction.values} values on this element" in html
+    assert "last recorded measurement" not in html
+    cover = html[:html.index('<section class="element"')]
+    assert "<h3>Deviations</h3>" in cover and "+14% from the 8.3 kg" in cover
+    md = render_roadmap(plan, "md")
+    assert f"~~{dauno}~~" in md and "OMITTED: echo <pending> & EF 48 %" in md
+    assert "given 2026-05-04: 22 mg" in md and "(delayed, was due 2026-05-18)" in md
+
+
+def test_identical_weekly_rows_fold_into_one_row_with_its_repeat() -> None:
+    plan = protocol.plan(ROOT / "examples/patients/mr-on-time.yaml", as_of=AS_OF)
+    maintenance = next(s for s in roadmap_context(plan)["sections"] if s.id == "maintenance")
+    folded = [r for r in maintenance.grid if r.repeat]
+    assert folded and folded[0].repeat.startswith("weekly × ")
+    weekly = [i for i in plan.items if i.slot.element == "maintenance" and i.slot.name == "Methotrexate (oral)"]
+    assert folded[0].date == weekly[1].date.isoformat() and folded[0].until == weekly[-1].date.isoformat()
+    assert len(maintenance.grid) < 10
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_pathway_wraps_element_names_and_cuts_none(path: Path) -> None:
+    plan = protocol.plan(path, as_of=AS_OF)
+    names = [t.text or "" for t in _svg(pathway_svg(plan)).iter(f"{SVG}text") if t.get("font-weight") == "bold"]
+    assert names and not [n for n in names if n.endswith("…")], names

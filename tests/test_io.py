@@ -265,3 +265,49 @@ def test_long_values_are_cut_in_messages() -> None:
 def test_dates_after_2199_are_refused_on_the_command_line() -> None:
     with pytest.raises(InputError, match="--as-of: expected a date from 1900-01-01 to 2199-12-31, got 9999-12-31"):
         parse_date("9999-12-31", "--as-of")
+
+
+@pytest.mark.parametrize("text", ["a: !!float abc", "a: !!bool abc", "a: !!int abc", "a: !!timestamp x",
+                                  "a: !!set [1]", "a: !!binary aGk=", "a: !!omap [{b: 1}]", "a: !!pairs [[b, 1]]",
+                                  "a: !!str [1]", "a: !!map [1]", "a: !!seq {b: 1}", "a: =", "? [1]\n: 2"])
+@pytest.mark.parametrize("merge", ["", "m: &m {k: 1}\nn: {<<: *m}\n"])
+def test_explicit_tags_are_input_errors_not_crashes(text: str, merge: str) -> None:
+    # !!float abc was a ValueError, !!bool abc a KeyError, !!timestamp x an AttributeError and
+    # !!set [1] a TypeError out of PyYAML: exit 1 "internal error" from the command line.
+    with pytest.raises(InputError, match=r"^t.yaml:\d+: invalid YAML: "):
+        parse_text(merge + text + "\n", "t.yaml")
+
+
+def test_explicit_core_tags_and_plain_scalars_build_what_pyyaml_builds() -> None:
+    import yaml
+
+    text = ("a: !!str 12\nb: !!int '7'\nc: !!float '1.5'\nd: !!bool yes\ne: !!null x\nf: 012\ng: 0x1f\nh: 1_000\n"
+            "i: -3\nj: +4\nk: .inf\nl: 1e3\nm: ~\nn: ''\no: [On, off, NO]\np: {1: x, '1': y}\nq: 2026-01-01\n"
+            "r: 1:30\ns: 0\nt: 00\n")
+    expected = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - the safe loader
+    expected["q"] = "2026-01-01"  # dates stay text (pydantic judges them)
+    assert parse_text(text, "t.yaml").data == expected
+
+
+def test_a_key_given_twice_is_refused_wherever_it_is() -> None:
+    with pytest.raises(InputError, match=r"t.yaml:4: invalid YAML: duplicate key 'k' \(first given on line 3\)"):
+        parse_text("a:\n  - x: 1\n    k: 1\n    k: 2\n", "t.yaml")
+    # Two spellings of one key would also keep only the last value.
+    with pytest.raises(InputError, match=r"t.yaml:2: invalid YAML: duplicate key 1 \(first given on line 1\)"):
+        parse_text("1: a\n0x1: b\n", "t.yaml")
+
+
+def test_a_one_megabyte_file_is_parsed_in_well_under_two_seconds() -> None:
+    # Issue 16 §2: a 1 MB plain YAML file took 2-5 s to parse, most of it the cyclic garbage
+    # collector walking the growing node tree, PyYAML's generator per container, and
+    # composing the file a second time to name the lines of the problems. CPU time of this
+    # process, so that other processes on a busy machine do not count.
+    import time
+
+    text = "sources:\n" + "".join(f"- key: {i}\n  citation: {i}\n  doi: [{i}]\n" for i in range(23_000))
+    assert 900_000 < len(text) < 1_048_576
+    start = time.process_time()
+    doc = parse_text(text, "big.yaml")
+    assert doc.line_of(("sources", 22_999, "doi")) == 3 * 22_999 + 4
+    assert time.process_time() - start < 1.0
+    assert len(doc.data["sources"]) == 23_000

@@ -241,7 +241,7 @@ INVALID: list[tuple[str, Mutate, str, str]] = [
     ("unknown source key (rule_source)", _set(("transitions", T_MARMA_HSCT, "rule_source"), "nosuch"),
      "transitions[3].rule_source", "got 'nosuch'"),
     ("duplicate source key", _append(("sources",), {"key": "bfm95", "citation": "again"}),
-     "sources[11].key", "duplicate source key 'bfm95'"),
+     "sources[13].key", "duplicate source key 'bfm95'"),
     ("day after the element", _set(("elements", INDUCTION, "administrations", 1, "days", "value"), "36"),
      "elements[0].administrations[1].days.value", "day 36 is after the element's last day 35"),
     ("range past the element", _set(("elements", MARMA, "administrations", 0, "days", "value"), "1, 40-50"),

@@ -24,6 +24,10 @@ from hypothesis import strategies as st
 import protocol
 from protocol._rules import completed_months
 
+from .conftest import plausible_measurement
+
+FAR_FUTURE = dt.date(2199, 12, 31)
+
 D = dt.date
 EOT_DAYS = 104 * 7 - 1
 LENGTHS = {"induction": 35, "blinatumomab": 29, "ib": 29, "marma": 49, "octadad": 49, "hsct": None,
@@ -83,12 +87,15 @@ def cases(draw: st.DrawFn) -> Case:
         due = start + dt.timedelta(days=length)
     # Height and weight on 1-4 dates; the first is not always on the day of diagnosis, so early
     # doses may not be computable.
+    # Heights and weights of a real child (WHO z within ±2): the plan refuses implausible ones.
     offsets = draw(st.lists(st.integers(0, 400), min_size=1, max_size=4, unique=True))
-    measurements = [{"date": diagnosis + dt.timedelta(days=k), "height_cm": draw(st.floats(45, 90)),
-                     "weight_kg": draw(st.floats(2, 14))} for k in offsets]
+    sex = draw(st.sampled_from(["female", "male", "unknown"]))
+    z = draw(st.floats(-2, 2))
+    measurements = [plausible_measurement(sex, birth, diagnosis + dt.timedelta(days=k), z,
+                                          max(-2.0, min(2.0, z + draw(st.floats(-1, 1))))) for k in offsets]
     data: dict[str, Any] = {
         "id": "GEN-1", "protocol": "interfant06-blinatumomab", "birth_date": birth,
-        "sex": draw(st.sampled_from(["female", "male", "unknown"])), "diagnosis_date": diagnosis,
+        "sex": sex, "diagnosis_date": diagnosis,
         "kmt2a": "rearranged", "wbc_at_diagnosis": wbc,
         "measurements": measurements,
         "events": events,
@@ -103,7 +110,8 @@ def cases(draw: st.DrawFn) -> Case:
 
 
 def plan_of(case: Case) -> protocol.Plan:
-    return protocol.plan(case.patient, SHIPPED, as_of=case.as_of)
+    # Generated patients live in any year: "today" (nothing may be dated after it) is the far future.
+    return protocol.plan(case.patient, SHIPPED, as_of=case.as_of, today=FAR_FUTURE)
 
 
 def _span_bounds(p: protocol.Plan) -> dict[tuple[str, str | None], tuple[dt.date, dt.date | None]]:
@@ -249,14 +257,17 @@ def test_evidence_and_dose_working(case: Case) -> None:
             assert dose.reason == "no height/weight recorded on or before this date"
             continue
         m = used
-        bsa = round(protocol.mosteller(m.height_cm, m.weight_kg), 2)
+        bsa = protocol.mosteller(m.height_cm, m.weight_kg)  # unrounded (issue 11)
         assert dose.amount is not None
         assert dose.basis == "per_m2"
         assert "×" in dose.working
-        assert f"× {bsa:.2f} m²" in dose.working
+        assert f"× {bsa:.3f} m²" in dose.working
         assert f"on {m.date.isoformat()})" in dose.working
         assert dose.bsa == bsa
         expected = dose.standard * bsa
         if dose.cap is not None and expected > dose.cap:
             expected = dose.cap
-        assert dose.amount == pytest.approx(expected, rel=1e-9, abs=1e-6)
+        # Rounded once, at the end, to 3 significant figures: within 0.5 % of the exact dose.
+        assert dose.exact == pytest.approx(expected, rel=1e-12)
+        assert dose.amount == float(f"{expected:.3g}")
+        assert abs(dose.amount - expected) <= 0.005 * expected

@@ -43,6 +43,8 @@ from protocol._registry import (
     resolve_patient,
 )
 
+from .conftest import plausible_measurement
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples" / "patients").glob("*.yaml"))
 ON_TIME = ROOT / "examples" / "patients" / "mr-on-time.yaml"
@@ -123,7 +125,8 @@ _text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_siz
 @st.composite
 def patients(draw: st.DrawFn) -> dict[str, Any]:
     """Eligible patients (KMT2A-rearranged, under 1 year) with awkward text and numbers."""
-    birth = draw(st.dates(dt.date(2024, 1, 1), dt.date(2026, 6, 1)))
+    # Every generated date stays before the day the entries are recorded (future dates are refused).
+    birth = draw(st.dates(dt.date(2024, 1, 1), dt.date(2025, 5, 1)))
     diagnosis = birth + dt.timedelta(days=draw(st.integers(0, 360)))
     data: dict[str, Any] = {
         "id": "RT-" + draw(st.from_regex(r"[A-Z]{2}[0-9]{1,4}", fullmatch=True)),
@@ -137,9 +140,10 @@ def patients(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         data["notes"] = draw(_text)
     days = draw(st.lists(st.integers(0, 300), unique=True, max_size=5))
-    data["measurements"] = [{"date": (birth + dt.timedelta(days=d)).isoformat(),
-                             "height_cm": draw(st.floats(40, 120, allow_nan=False)),
-                             "weight_kg": draw(st.floats(2, 30, allow_nan=False))} for d in days]
+    # Heights and weights of a real child (WHO z within ±2; the plan refuses implausible ones).
+    z = draw(st.floats(-2, 2))
+    data["measurements"] = [plausible_measurement(data["sex"], birth, birth + dt.timedelta(days=d), z,
+                                                  max(-2.0, min(2.0, z + draw(st.floats(-1, 1))))) for d in days]
     points = ["end_of_induction", "blinatumomab_day15", "blinatumomab_day29"]
     data["mrd"] = [{"timepoint": t, "date": (diagnosis + dt.timedelta(days=draw(st.integers(0, 90)))).isoformat(),
                     "value": draw(st.sampled_from([0, 1e-5, 3e-4, 0.5, 1]))}
@@ -206,15 +210,16 @@ def test_the_log_is_append_only(reg: Registry) -> None:
 
 def test_correction_takes_the_place_of_the_entry(reg: Registry) -> None:
     reg.add_patient(small(), by="alice")
-    second = reg.record("REG-0001", "measurement", {"date": "2026-06-01", "height_cm": 67, "weight_kg": 70}, by="bob")
+    # A plausible typo (7.7 for 7.0): 70 kg is refused outright as WHO-implausible (issue 11).
+    second = reg.record("REG-0001", "measurement", {"date": "2026-06-01", "height_cm": 67, "weight_kg": 7.7}, by="bob")
     reg.record("REG-0001", "measurement", {"date": "2026-07-01", "height_cm": 68, "weight_kg": 7.9}, by="bob")
     fixed = reg.record("REG-0001", "measurement", {"date": "2026-06-01", "height_cm": 67, "weight_kg": 7.0},
-                       by="carol", supersedes=second.seq, reason="weight typed in the wrong unit")
+                       by="carol", supersedes=second.seq, reason="weight typed wrong")
     assert [m["weight_kg"] for m in reg.patient_data("REG-0001")["measurements"]] == [7.4, 7.0, 7.9]
     history = {e.seq: e for e in reg.history("REG-0001")}
     assert history[second.seq].superseded_by == fixed.seq and not history[second.seq].live
     assert history[fixed.seq].supersedes == second.seq and history[fixed.seq].live
-    assert history[second.seq].data["weight_kg"] == 70  # the wrong value is kept, marked
+    assert history[second.seq].data["weight_kg"] == 7.7  # the wrong value is kept, marked
     assert "replaces #" in describe_entry(history[fixed.seq])
 
 
@@ -283,13 +288,13 @@ def test_history_as_recorded(tmp_path: Path) -> None:
     with open_reg(tmp_path / "r.db", clock) as reg:
         reg.add_patient(small(), by="alice")
         first = clock.t
-        m = reg.record("REG-0001", "measurement", {"date": "2026-06-01", "height_cm": 67, "weight_kg": 70}, by="b")
+        m = reg.record("REG-0001", "measurement", {"date": "2026-06-01", "height_cm": 67, "weight_kg": 7.7}, by="b")
         second = clock.t
         reg.record("REG-0001", "measurement", {"date": "2026-06-01", "height_cm": 67, "weight_kg": 7}, by="b",
                    supersedes=m.seq, reason="unit")
         then = reg.patient_data("REG-0001", as_of_recorded=first)
         assert then["measurements"] == SMALL["measurements"]
-        assert reg.patient_data("REG-0001", as_of_recorded=second)["measurements"][1]["weight_kg"] == 70
+        assert reg.patient_data("REG-0001", as_of_recorded=second)["measurements"][1]["weight_kg"] == 7.7
         assert reg.patient_data("REG-0001")["measurements"][1]["weight_kg"] == 7
         assert len(reg.history("REG-0001", as_of_recorded=second)) == 3
         # A date means the end of that day; before the patient was added it is unknown.
@@ -721,7 +726,7 @@ class RegistryMachine(RuleBasedStateMachine):
     def dates(self, skip: int | None = None) -> set[str]:
         return {d["date"] for seq, d in self.lists["measurements"] if seq != skip}
 
-    @rule(day=st.integers(0, 200), weight=st.integers(40, 200))
+    @rule(day=st.integers(0, 200), weight=st.integers(60, 95))  # 6-9.5 kg at 66 cm: a real child
     def measure(self, day: int, weight: int) -> None:
         data = {"date": (dt.date(2026, 5, 4) + dt.timedelta(days=day)).isoformat(), "height_cm": 66,
                 "weight_kg": weight / 10}

@@ -19,6 +19,7 @@ from protocol import Plan
 D = dt.date
 EOT_DAYS = 104 * 7 - 1  # the last day of therapy is diagnosis + 727 days
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "patients"
+ALL_EXAMPLES = sorted(EXAMPLES.glob("*.yaml"))
 
 
 def plan_example(stem: str, as_of: dt.date) -> Plan:
@@ -92,7 +93,8 @@ def test_example_elements(example_patient: Path, as_of: dt.date) -> None:
     p = protocol.plan(example_patient, as_of=as_of)
     assert [(e.id, e.status, e.branch) for e in p.elements] == EXPECTED_ELEMENTS[example_patient.stem]
     assert p.outcome is None
-    assert p.warnings == []
+    # The one expected warning: infant BSA doses without an infant rule (issue 11).
+    assert [w for w in p.warnings if not w.startswith("per-m² doses planned before the first birthday")] == []
 
 
 def test_example_risk_groups(as_of: dt.date) -> None:
@@ -246,48 +248,52 @@ def test_mosteller() -> None:
 
 
 def test_per_m2_dose_worked_by_hand(as_of: dt.date) -> None:
-    # 66 cm, 7.4 kg: Mosteller sqrt(66 × 7.4 / 3600) = 0.3683 -> 0.37 m²; 60 mg/m²/day × 0.37 = 22.2 mg/day.
+    # 66 cm, 7.4 kg: Mosteller sqrt(66 × 7.4 / 3600) = 0.368330 m² (unrounded, issue 11);
+    # 60 mg/m²/day × 0.368330 = 22.0998 -> 22.1 mg/day (rounded once, 3 significant figures).
     p = plan_example("mr-on-time", as_of)
     first = p.items[0]
     assert (first.date, first.element, first.name, first.kind) == (D(2026, 5, 4), "induction",
                                                                     "Prednisone (prephase)", "administration")
     dose = first.dose
     assert dose is not None
-    assert dose.bsa == 0.37
+    assert dose.bsa == pytest.approx(0.3683295626, abs=1e-9)
     assert dose.standard == 60
-    assert dose.amount == 22.2
-    assert dose.text == "22.2 mg/day"
-    assert dose.working == ("60 mg/m²/day × 0.37 m² = 22.2 mg/day "
+    assert dose.exact == pytest.approx(22.09977, abs=1e-5)
+    assert dose.amount == 22.1
+    assert dose.text == "22.1 mg/day, once a day"
+    assert dose.working == ("60 mg/m²/day × 0.368 m² = 22.1 mg/day "
                             "(BSA Mosteller, 66 cm, 7.4 kg on 2026-05-04)")
-    assert dose.to_dict()["bsa_m2"] == 0.37 and dose.to_dict()["capped"] is False
-    assert [i.dose.amount for i in items_of(p, "prednisone") if i.dose] == [22.2] * 7
+    assert dose.to_dict()["bsa_m2"] == 0.3683 and dose.to_dict()["capped"] is False
+    assert [i.dose.amount for i in items_of(p, "prednisone") if i.dose] == [22.1] * 7
 
 
 def test_doses_follow_the_measurement_in_force(as_of: dt.date) -> None:
     p = plan_example("mr-on-time", as_of)
     blina = items_of(p, "blinatumomab")
     assert [i.date for i in (blina[0], blina[-1])] == [D(2026, 6, 8), D(2026, 7, 5)]
-    assert {i.dose.amount for i in blina if i.dose} == {5.55}  # 15 µg/m²/day × 0.37 m²
-    assert blina[0].dose is not None and blina[0].dose.text == "5.55 µg/day"
-    # 68 cm, 7.9 kg on 2026-07-06 -> 0.39 m²: protocol IB starts on 2026-07-07.
+    assert {i.dose.amount for i in blina if i.dose} == {5.52}  # 15 µg/m²/day × 0.368330 m² = 5.5249
+    assert blina[0].dose is not None and blina[0].dose.text == "5.52 µg/day, continuous infusion"
+    # 68 cm, 7.9 kg on 2026-07-06 -> sqrt(537.2 / 3600) = 0.386293 m²: protocol IB starts on 2026-07-07.
     [cyclo_1, cyclo_2] = items_of(p, "cyclophosphamide", "ib")
-    assert cyclo_1.date == D(2026, 7, 7) and cyclo_1.dose is not None and cyclo_1.dose.amount == 390.0
+    assert cyclo_1.date == D(2026, 7, 7) and cyclo_1.dose is not None and cyclo_1.dose.amount == 386.0
     assert cyclo_1.dose.working.endswith("(BSA Mosteller, 68 cm, 7.9 kg on 2026-07-06)")
-    assert cyclo_2.date == D(2026, 8, 4) and cyclo_2.dose is not None and cyclo_2.dose.amount == 390.0
-    # 70 cm, 8.3 kg on 2026-09-21 -> 0.40 m²: OCTADAD dexamethasone 10 mg/m²/day = 4 mg/day.
+    assert cyclo_2.date == D(2026, 8, 4) and cyclo_2.dose is not None and cyclo_2.dose.amount == 386.0
+    # 70 cm, 8.3 kg on 2026-09-21 -> sqrt(581 / 3600) = 0.401732 m²: OCTADAD dexamethasone
+    # 10 mg/m²/day = 4.01732 -> 4.02 mg/day.
     dexa = items_of(p, "dexamethasone", "octadad")
     assert dexa[0].date == D(2026, 9, 23) and dexa[0].dose is not None
-    assert (dexa[0].dose.bsa, dexa[0].dose.amount, dexa[0].dose.text) == (0.40, 4.0, "4.00 mg/day")
+    assert (round(dexa[0].dose.bsa, 6), dexa[0].dose.amount, dexa[0].dose.text) == (0.401732, 4.02,
+                                                                                    "4.02 mg/day, once a day")
 
 
 def test_later_measurement_changes_later_items_only(make_patient: Callable[..., Path], as_of: dt.date) -> None:
     before = protocol.plan(make_patient(), as_of=as_of)
     measurements = [{"date": "2026-05-04", "height_cm": 66, "weight_kg": 7.4},
-                    {"date": "2026-05-06", "height_cm": 70, "weight_kg": 9}]  # sqrt(70 × 9 / 3600) = 0.418 -> 0.42
+                    {"date": "2026-05-06", "height_cm": 70, "weight_kg": 9}]  # sqrt(70 × 9 / 3600) = 0.418330
     after = protocol.plan(make_patient(measurements=measurements), as_of=as_of)
     pred = [(i.date, i.dose.amount) for i in items_of(after, "prednisone") if i.dose]
-    assert pred == [(D(2026, 5, 4), 22.2), (D(2026, 5, 5), 22.2)] + [
-        (D(2026, 5, d), 25.2) for d in range(6, 11)]
+    assert pred == [(D(2026, 5, 4), 22.1), (D(2026, 5, 5), 22.1)] + [
+        (D(2026, 5, d), 25.1) for d in range(6, 11)]  # 60 × 0.418330 = 25.0998
     assert len(before.items) == len(after.items)
     cut = D(2026, 5, 6)
     for old, new in zip(before.items, after.items, strict=True):
@@ -295,10 +301,12 @@ def test_later_measurement_changes_later_items_only(make_patient: Callable[..., 
         if old.dose is None or old.dose.basis != "per_m2" or old.dose.standard is None:
             continue
         if new.date < cut:
-            assert new.dose is not None and new.dose.amount == old.dose.amount and new.dose.bsa == 0.37
+            assert new.dose is not None and new.dose.amount == old.dose.amount
+            assert new.dose.bsa == pytest.approx(0.368330, abs=1e-6)
         else:
-            assert new.dose is not None and new.dose.bsa == 0.42
-            assert new.dose.amount == pytest.approx(old.dose.standard * 0.42)
+            assert new.dose is not None and new.dose.bsa == pytest.approx(0.418330, abs=1e-6)
+            assert new.dose.exact == pytest.approx(old.dose.standard * 0.418330, rel=1e-5)
+            assert new.dose.amount == pytest.approx(new.dose.exact, rel=0.005)
             assert new.dose.amount != old.dose.amount
 
 
@@ -306,7 +314,7 @@ def test_measurements_after_as_of_are_not_used(make_patient: Callable[..., Path]
     measurements = [{"date": "2026-05-04", "height_cm": 66, "weight_kg": 7.4},
                     {"date": "2026-05-06", "height_cm": 70, "weight_kg": 9}]
     p = protocol.plan(make_patient(measurements=measurements), as_of=D(2026, 5, 5))
-    assert {i.dose.amount for i in items_of(p, "prednisone") if i.dose} == {22.2}
+    assert {i.dose.amount for i in items_of(p, "prednisone") if i.dose} == {22.1}
 
 
 def test_no_measurement_yet(make_patient: Callable[..., Path], as_of: dt.date) -> None:
@@ -319,7 +327,7 @@ def test_no_measurement_yet(make_patient: Callable[..., Path], as_of: dt.date) -
     assert first.text == "not computable"
     assert first.reason == "no height/weight recorded on or before this date"
     assert first.working == "60 mg/m²/day: no height/weight recorded on or before this date"
-    assert [i.dose.amount for i in pred if i.dose] == [None, None, 22.2, 22.2, 22.2, 22.2, 22.2]
+    assert [i.dose.amount for i in pred if i.dose] == [None, None, 22.1, 22.1, 22.1, 22.1, 22.1]
 
 
 def test_placeholder_dose_without_value(as_of: dt.date) -> None:
@@ -347,7 +355,8 @@ def test_evidence_levels(as_of: dt.date) -> None:
     by_key = {(i.element, i.slot.key): i.evidence for i in p.items}
     assert by_key[("blinatumomab", "blinatumomab")] == "published"
     assert by_key[("induction", "prednisone")] == "placeholder"  # published days, placeholder dose
-    assert by_key[("induction", "day8_blasts")] == "published"
+    # Day 8 is the BFM definition, not re-stated in an Interfant-06 source (clinical-facts §2): placeholder.
+    assert by_key[("induction", "day8_blasts")] == "placeholder"
     assert by_key[("blinatumomab", "blina_day15_marrow")] == "derived"
 
 
@@ -377,18 +386,19 @@ def test_cap_per_kg_and_fixed_doses(write_definition: Any, make_patient: Callabl
     p = protocol.plan(path, write_definition(definition), as_of=as_of)
     got = [(i.date, i.name, i.dose.amount, i.dose.capped, i.dose.text, i.dose.working) for i in p.items if i.dose]
     assert got == [
-        (D(2026, 6, 1), "Capped", 1.0, True, "1.00 mg",
-         "5 mg/m² × 0.37 m² = 1.85 mg (BSA Mosteller, 66 cm, 7.4 kg on 2026-06-01), capped at 1 mg"),
-        (D(2026, 6, 2), "By weight", 18.5, False, "18.5 mg/day",
+        (D(2026, 6, 1), "Capped", 1.0, True, "1 mg per dose, one dose on the day",
+         "5 mg/m² × 0.368 m² = 1.84 mg (BSA Mosteller, 66 cm, 7.4 kg on 2026-06-01); capped at 1 mg"),
+        (D(2026, 6, 2), "By weight", 18.5, False, "18.5 mg/day, once a day",
          "2.5 mg/kg/day × 7.4 kg (on 2026-06-01) = 18.5 mg/day"),
-        (D(2026, 6, 3), "Flat", 20.0, True, "20.0 mg", "30 mg (fixed dose), capped at 20 mg"),
+        (D(2026, 6, 3), "Flat", 20.0, True, "20 mg per dose, one dose on the day",
+         "30 mg (fixed dose); capped at 20 mg"),
     ]
     # An item's evidence is the weakest of its days and its dose (amount and cap).
     assert [i.evidence for i in p.items] == ["placeholder", "placeholder", "placeholder"]
-    assert [i.dose.to_dict()["bsa_m2"] for i in p.items if i.dose] == [0.37, None, None]
+    assert [i.dose.to_dict()["bsa_m2"] for i in p.items if i.dose] == [0.3683, None, None]
 
 
-@pytest.mark.parametrize(("value", "text"), [(9.996, "10.0"), (99.96, "100"), (0.09996, "0.100")])
+@pytest.mark.parametrize(("value", "text"), [(9.996, "10"), (99.96, "100"), (0.09996, "0.1")])
 def test_fmt_amount_three_significant_figures_when_rounding_up(value: float, text: str) -> None:
     from protocol._schedule import fmt_amount
 
@@ -396,8 +406,10 @@ def test_fmt_amount_three_significant_figures_when_rounding_up(value: float, tex
 
 
 @pytest.mark.parametrize(("value", "text"), [(18.6, "18.6"), (4.65, "4.65"), (0.465, "0.465"), (3100, "3100"),
-                                             (22.2, "22.2"), (390, "390"), (4, "4.00"), (0, "0"), (0.001, "0.00100")])
+                                             (22.2, "22.2"), (390, "390"), (4, "4"), (0, "0"), (0.001, "0.001"),
+                                             (0.5524, "0.552"), (10.04, "10"), (1.05, "1.05"), (1.0, "1")])
 def test_fmt_amount(value: float, text: str) -> None:
+    """Three significant figures, a leading zero, never a trailing zero ("1.0 mg" read as 10 mg)."""
     from protocol._schedule import fmt_amount
 
     assert fmt_amount(value) == text
@@ -442,7 +454,7 @@ def test_age_banded_dose_uses_age_on_the_day(write_definition: Any, make_patient
     assert first is not None and birthday is not None
     assert first.working == "age 0 y on the day → band dose 6 mg"
     assert birthday.working == "age 1 y on the day → band dose 8 mg"
-    assert birthday.text == "8.00 mg"
+    assert birthday.text == "8 mg per dose, one dose on the day"
     assert {i.evidence for i in p.items} == {"placeholder"}
     assert [e.id for e in p.elements] == ["course"] and p.end_of_therapy is None
 
@@ -674,8 +686,9 @@ def test_warning_when_octadad_starts_before_the_mrd(make_patient: Callable[..., 
     p = protocol.plan(make_patient(**data), as_of=as_of)
     [d] = p.decisions
     assert (d.status, d.outcome) == ("recorded", "octadad")
-    assert p.warnings == ["decision pre_octadad: octadad was started on 2026-09-23 before mrd:pre_octadad "
-                          "was recorded"]
+    assert p.warnings[0] == ("decision pre_octadad: octadad was started on 2026-09-23 before mrd:pre_octadad "
+                             "was recorded")
+    assert len(p.warnings) == 2 and p.warnings[1].startswith("per-m² doses planned before the first birthday")
 
 
 # --------------------------------------------------------------------------- outcomes
@@ -796,7 +809,10 @@ def test_to_json_first_item(as_of: dt.date) -> None:
                                   "status", "evidence")} == {
         "date": "2026-05-04", "element": "induction", "element_day": 1, "study_day": 1, "kind": "administration",
         "name": "Prednisone (prephase)", "route": "IV/PO", "status": "done", "evidence": "placeholder"}
-    assert first["dose"]["amount"] == 22.2 and first["dose"]["unit"] == "mg" and first["dose"]["per"] == "day"
+    assert first["dose"]["amount"] == 22.1 and first["dose"]["unit"] == "mg" and first["dose"]["per"] == "day"
+    assert first["dose"]["frequency"] == "once_per_day" and first["dose"]["administrations_per_day"] == 1
+    assert first["unverified"] is True and first["unverified_reasons"][0].startswith("the dose is a placeholder")
+    assert set(data["legend"]) == {"unverified", "evidence", "dose"}
     assert [d["outcome"] for d in data["decisions"]] == ["octadad"]
 
 
@@ -805,13 +821,14 @@ def test_to_csv(example_patient: Path, as_of: dt.date) -> None:
     rows = list(csv.DictReader(io.StringIO(p.to_csv())))
     assert len(rows) == len(p.items)
     assert list(rows[0]) == ["date", "element", "element_day", "study_day", "kind", "name", "route", "dose",
-                             "dose_amount", "dose_unit", "dose_working", "status", "evidence", "branch", "ref",
-                             "note"]
+                             "dose_amount", "dose_unit", "dose_per", "frequency", "administrations_per_day",
+                             "dose_working", "status", "evidence", "unverified", "branch", "ref", "note"]
     for row, item in zip(rows, p.items, strict=True):
         assert row["date"] == item.date.isoformat()
         assert row["element"] == item.element
         assert int(row["study_day"]) == item.study_day and int(row["element_day"]) == item.element_day
         assert row["name"] == item.name and row["status"] == item.status
+        assert row["unverified"].startswith("UNVERIFIED: ") == item.unverified
         if item.dose is not None and item.dose.amount is not None:
             assert float(row["dose_amount"]) == item.dose.amount
         else:
@@ -820,7 +837,98 @@ def test_to_csv(example_patient: Path, as_of: dt.date) -> None:
 
 def test_to_csv_first_row(as_of: dt.date) -> None:
     rows = list(csv.DictReader(io.StringIO(plan_example("mr-on-time", as_of).to_csv())))
-    assert rows[0]["dose"] == "22.2 mg/day"
-    assert rows[0]["dose_working"] == ("60 mg/m²/day × 0.37 m² = 22.2 mg/day "
+    assert rows[0]["dose"] == "22.1 mg/day, once a day"
+    assert rows[0]["dose_working"] == ("60 mg/m²/day × 0.368 m² = 22.1 mg/day "
                                        "(BSA Mosteller, 66 cm, 7.4 kg on 2026-05-04)")
+    assert (rows[0]["dose_per"], rows[0]["frequency"], rows[0]["administrations_per_day"]) == ("day", "once_per_day",
+                                                                                              "1")
+    assert rows[0]["unverified"].startswith("UNVERIFIED: the dose is a placeholder")
     assert rows[0]["branch"] == ""
+
+
+# --------------------------------------------------------------------------- blinatumomab eligibility
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"cd19": "negative"}, "blinatumomab needs CD19-positive disease"),
+    ({"eoi_marrow_blasts_percent": 30}, "blinatumomab needs fewer than 25 % marrow blasts at the end of induction"),
+])
+def test_an_ineligible_patient_is_not_planned_into_blinatumomab(make_patient: Callable[..., Path], as_of: dt.date,
+                                                                 fields: dict[str, Any], reason: str) -> None:
+    """An M3 marrow (or CD19-negative disease) is never silently planned into the cycle
+    (clinical-facts §5 [46]); a recorded start is refused naming the rule."""
+    p = protocol.plan(make_patient(**fields), as_of=D(2026, 5, 10))
+    assert [e.id for e in p.elements] == ["induction"]
+    assert not [i for i in p.items if i.element == "blinatumomab"]
+    [warning] = [w for w in p.warnings if w.startswith("blinatumomab is not planned")]
+    assert reason in warning and "record what was done instead" in warning
+    events = [{"type": "element_started", "element": "induction", "date": "2026-05-04"},
+              {"type": "element_completed", "element": "induction", "date": "2026-06-07"},
+              {"type": "element_started", "element": "blinatumomab", "date": "2026-06-08"}]
+    with pytest.raises(protocol.PatientError) as exc:
+        protocol.plan(make_patient(events=events, **fields), as_of=as_of)
+    [problem] = exc.value.problems
+    assert problem.field == "events[2].element" and problem.message.startswith(
+        "the patient may not start 'blinatumomab': " + reason)
+
+
+def test_unknown_eligibility_plans_the_cycle_and_says_what_it_waits_for(make_patient: Callable[..., Path]) -> None:
+    p = protocol.plan(make_patient(cd19=None, eoi_marrow_blasts_percent=None), as_of=D(2026, 5, 10))
+    assert "blinatumomab" in [e.id for e in p.elements]
+    assert ("blinatumomab is planned, but whether the patient may have it is not recorded yet: waiting for cd19, "
+            "eoi_marrow_blasts_percent") in p.warnings
+
+
+def test_cumulative_anthracycline_planned_and_given(make_patient: Callable[..., Path]) -> None:
+    """Daunorubicin 30 mg/m² (placeholder) on induction days 8 and 9 plus OCTADAD: the
+    planned and given mg/m² add up, the doxorubicin equivalent waits for a sourced factor, and
+    all of it is unverified (issue 11)."""
+    events = [{"type": "element_started", "element": "induction", "date": "2026-05-04"},
+              {"type": "item_given", "item": "induction:daunorubicin@8", "date": "2026-05-11"},
+              {"type": "item_omitted", "item": "induction:daunorubicin@9", "date": "2026-05-12", "reason": "sepsis"}]
+    p = protocol.plan(make_patient(events=events), as_of=D(2026, 5, 20))
+    c = p.cumulative_anthracycline()
+    assert c is not None and c["unit"] == "mg/m²"
+    [dauno] = c["drugs"]
+    per_m2 = [i.dose.standard for i in p.items if i.slot.key == "daunorubicin" and i.branch is None
+              and i.status != "omitted"]
+    assert dauno["planned_mg_m2"] == sum(per_m2) and dauno["given_mg_m2"] == 30
+    assert dauno["factor"] is None and dauno["factor_evidence"] == "placeholder"
+    assert c["doxorubicin_equivalent"] == {"planned": None, "given": None, "computable": False}
+    assert c["unverified"] and "the doxorubicin-equivalence factor is a placeholder" in dauno["unverified_reasons"]
+    assert p.to_dict()["cumulative_anthracycline"] == c
+    assert protocol.plan(Path(__file__).resolve().parent.parent / "examples/patients/aall1731-sr-average.yaml",
+                         as_of=D(2026, 11, 21)).cumulative_anthracycline() is None
+
+
+def test_a_date_that_follows_a_placeholder_length_is_unverified(as_of: dt.date) -> None:
+    """Blinatumomab's dose and days are published, but before induction is recorded its start
+    follows the placeholder induction length: its items are unverified, and say why."""
+    p = plan_example("mr-on-time", D(2026, 5, 10))
+    blina = [i for i in p.items if i.slot.key == "blinatumomab"]
+    assert blina and all(i.unverified for i in blina)
+    assert blina[0].unverified_reasons == ("its date follows the placeholder length of induction (35 days)",)
+    span = next(e for e in p.elements if e.id == "blinatumomab")
+    assert span.unverified and span.to_dict()["unverified_reasons"][0].startswith("its start date follows")
+    # Once induction's end is recorded, blinatumomab's dates are facts again.
+    done = plan_example("mr-on-time", as_of)
+    assert not any(i.unverified for i in done.items if i.slot.key == "blinatumomab")
+
+
+@pytest.mark.parametrize("path", ALL_EXAMPLES, ids=[p.stem for p in ALL_EXAMPLES])
+def test_every_output_marks_every_value_that_depends_on_a_placeholder(path: Path, as_of: dt.date) -> None:
+    """JSON, CSV and the risk and decisions: whatever depends on a placeholder says so."""
+    p = protocol.plan(path, as_of=as_of)
+    data = p.to_dict()
+    rows = list(csv.DictReader(io.StringIO(p.to_csv())))
+    for item, got, row in zip(p.items, data["items"], rows, strict=True):
+        assert got["unverified"] == item.unverified
+        assert bool(row["unverified"]) == item.unverified
+        if item.unverified:
+            assert got["unverified_reasons"] and row["unverified"].startswith("UNVERIFIED: ")
+        if item.dose is not None and item.dose.evidence == "placeholder":
+            assert item.unverified and got["dose"]["unverified"]
+    assert data["risk"]["unverified"] == bool(data["risk"]["unverified_reasons"])
+    for d in data["decisions"]:
+        assert d["unverified"] == bool(d["unverified_reasons"])
+    assert data["legend"]["unverified"].startswith("UNVERIFIED")

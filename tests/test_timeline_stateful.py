@@ -59,9 +59,9 @@ EOT = D("2026-05-24")  # 20 weeks from diagnosis, day 1 = diagnosis
 ORDER = ("alpha", "blina", "gamma", "maint")
 ITEM_STATUSES = {"given", "omitted", "done", "planned", "overdue", "unrecorded", "held", "pending_decision"}
 ELEMENT_STATUSES = {"completed", "in_progress", "planned", "pending_decision", "stopped"}
-DEVIATIONS = {"out_of_window", "overdue", "weight_change", "count_gate", "dose_above_plan"}
+DEVIATIONS = {"out_of_window", "overdue", "weight_change", "count_gate", "dose_above_plan", "dose_below_plan"}
 BASE: dict[str, Any] = {
-    "id": "TL-STATE", "protocol": "timeline-test", "birth_date": "2025-07-01", "sex": "female",
+    "id": "TL-STATE", "protocol": "timeline-test", "birth_date": "2025-01-01", "sex": "female",
     "diagnosis_date": DIAGNOSIS.isoformat(), "kmt2a": "rearranged", "wbc_at_diagnosis": 10,
 }
 PICK = st.integers(min_value=0, max_value=10_000)
@@ -93,7 +93,7 @@ class Timeline(RuleBasedStateMachine):
         self.today = DIAGNOSIS
         self.events: list[dict[str, Any]] = []
         self.counts: list[dict[str, Any]] = []
-        self.measurements: list[dict[str, Any]] = [{"date": DIAGNOSIS.isoformat(), "height_cm": 100, "weight_kg": 9}]
+        self.measurements: list[dict[str, Any]] = [{"date": DIAGNOSIS.isoformat(), "height_cm": 80, "weight_kg": 11.25}]
         self.current = -1  # index in ORDER of the element started last
         self.started_on: dt.date | None = None
         self.done = False
@@ -146,7 +146,7 @@ class Timeline(RuleBasedStateMachine):
     def measure(self, factor: float) -> None:
         if any(m["date"] == self.today.isoformat() for m in self.measurements):
             return
-        self.measurements.append({"date": self.today.isoformat(), "height_cm": 100, "weight_kg": round(9 * factor, 1)})
+        self.measurements.append({"date": self.today.isoformat(), "height_cm": 80, "weight_kg": round(11.25 * factor, 1)})
         self.replan()
 
     @rule(anc=st.sampled_from([0.1, 0.4, 0.5, 1.2]), platelets=st.sampled_from([10, 49, 50, 150]))

@@ -35,46 +35,125 @@ def reg(tmp_path: Path) -> Iterator[Registry]:
     r.close()
 
 
-def expected_rows(start: dt.date, days: int) -> set[tuple[str, str, str, str]]:
-    """(date, patient, category, item) straight from each example's plan, independently of the projection."""
+def rows_of(p: Any, start: dt.date, days: int, as_of: dt.date) -> set[tuple[str, str, str, str | None]]:
+    """(date, patient, category, item) of one plan made as of ``as_of``, for the window
+    ``[start, start + days)``, independently of the projection."""
     end = start + dt.timedelta(days=days)
-    out = set()
-    for example in EXAMPLES:
-        p = protocol.plan(protocol.load_patient(example), as_of=start)
-        for item in p.items:
-            if item.status == "overdue":
-                out.add((item.date.isoformat(), p.patient.id, "overdue", item.ref))
-            elif start <= item.date < end and item.status in ("planned", "pending_decision"):
-                out.add((item.date.isoformat(), p.patient.id, "due", item.ref))
-        for d in p.pending:
-            if d.date < end:
-                out.add((d.date.isoformat(), p.patient.id, "waiting", d.id))
-        for dev in p.deviations:
-            if start - dt.timedelta(days=days) <= dt.date.fromisoformat(dev["date"]) < end \
-                    and not (dev["kind"] == "overdue" and (dev["date"], p.patient.id, "overdue", dev["item"]) in out):
-                out.add((dev["date"], p.patient.id, "deviation", dev["item"]))
+    pid = p.patient.id
+    out: set[tuple[str, str, str, str | None]] = set()
+    listed = set()
+    first: dict[tuple[str, str], tuple[str, str, str, str | None]] = {}
+    for item in p.items:
+        if item.status == "overdue":
+            out.add((item.date.isoformat(), pid, "overdue", item.ref))
+            listed.add(item.ref)
+        elif item.date < as_of and (item.status == "unrecorded" or (item.status == "planned" and item.branch is None)):
+            # One row per drug of an element, dated and named by its first item.
+            first.setdefault((item.slot.element, item.slot.key), (item.date.isoformat(), pid, "unrecorded", item.ref))
+            listed.add(item.ref)
+        elif max(start, as_of) <= item.date < end and item.status in ("planned", "pending_decision"):
+            out.add((item.date.isoformat(), pid, "due", item.ref))
+    out |= set(first.values())
+    for e in p.elements:
+        if e.status == "planned" and e.branch is None and e.actual_start is None and e.planned_start < as_of:
+            out.add((e.planned_start.isoformat(), pid, "overdue", None))
+    if p.risk.status == "pending":
+        out.add((as_of.isoformat(), pid, "waiting", None))
+    for d in p.pending:
+        if d.date < end:
+            out.add((d.date.isoformat(), pid, "waiting", d.id))
+    for dev in p.deviations:
+        if start - dt.timedelta(days=days) <= dt.date.fromisoformat(dev["date"]) < end \
+                and not (dev["kind"] == "overdue" and dev["item"] in listed):
+            out.add((dev["date"], pid, "deviation", dev["item"]))
     return out
 
 
-@pytest.mark.parametrize("start, days", [(TODAY, 7), (TODAY, 28), (dt.date(2026, 8, 1), 14), (dt.date(2026, 9, 20), 7)])
-def test_rows_are_what_the_plans_say(reg: Registry, start: dt.date, days: int) -> None:
-    wl = reg.worklist(start, days)
+def expected_rows(start: dt.date, days: int, as_of: dt.date | None = None) -> set[tuple[str, str, str, str | None]]:
+    """The rows of every example, planned as of ``as_of`` (default ``start``)."""
+    out = set()
+    for example in EXAMPLES:
+        out |= rows_of(protocol.plan(protocol.load_patient(example), as_of=as_of or start), start, days,
+                       as_of or start)
+    return out
+
+
+@pytest.mark.parametrize("start, days, as_of", [
+    (TODAY, 7, None), (TODAY, 28, None), (dt.date(2026, 8, 1), 14, dt.date(2026, 8, 1)),
+    (dt.date(2026, 9, 20), 7, dt.date(2026, 9, 20)),
+    (TODAY + dt.timedelta(days=10), 7, None),  # a window ahead: the plans stay as of today
+    (dt.date(2026, 11, 1), 7, None),  # a window behind
+])
+def test_rows_are_what_the_plans_say(reg: Registry, start: dt.date, days: int, as_of: dt.date | None) -> None:
+    wl = reg.worklist(start, days, as_of)
+    assert wl.as_of == (as_of or TODAY)
     got = {(r[0], r[1], r[2], r[6]) for r in wl.rows}
-    assert got == expected_rows(start, days)
-    assert any(r[2] == "due" for r in wl.rows)
+    assert got == expected_rows(start, days, as_of or TODAY)
+    if start >= TODAY:
+        assert any(r[2] == "due" for r in wl.rows)
     if start == dt.date(2026, 9, 20):  # INF-0003's weight change of 2026-09-14 is in the look-back
         assert [(r[1], r[3]) for r in wl.rows if r[2] == "deviation"] == [("INF-0003", "weight_change")]
     keys = [(r[0], r[1]) for r in wl.rows]
     assert keys == sorted(keys)
 
 
+def test_the_window_moves_the_listing_only(reg: Registry) -> None:
+    ahead = reg.worklist(TODAY + dt.timedelta(days=10), 7)
+    now = reg.worklist(TODAY, 7)
+    assert ahead.as_of == now.as_of == TODAY
+    # What is overdue or unrecorded does not depend on the window; nothing of the days between
+    # today and the window's start turns overdue.
+    past = {r for r in now.rows if r[2] in ("overdue", "unrecorded")}
+    assert past == {r for r in ahead.rows if r[2] in ("overdue", "unrecorded")}
+    assert all(r[0] < TODAY.isoformat() for r in past)
+    assert all(r[0] >= (TODAY + dt.timedelta(days=10)).isoformat() for r in ahead.rows if r[2] == "due")
+    assert "as of 2026-11-21" in ahead.table().splitlines()[0]
+
+
+def test_a_patient_registered_late_shows_every_overdue_item_and_the_missing_start(tmp_path: Path) -> None:
+    late = tmp_path / "late.yaml"
+    late.write_text("id: LATE-01\nprotocol: interfant06-blinatumomab\nbirth_date: 2026-06-01\nsex: female\n"
+                    "diagnosis_date: 2026-11-02\nkmt2a: rearranged\nwbc_at_diagnosis: 120\ncns_status: CNS1\n"
+                    "measurements:\n  - {date: 2026-11-02, height_cm: 62, weight_kg: 6.5}\n", encoding="utf-8")
+    today = dt.date(2026, 12, 2)
+    with Registry(tmp_path / "late.db", create=True, today=lambda: today) as r:
+        r.add_patient(late, by="alice")
+        wl = r.worklist(today, 7)
+    p = protocol.plan(protocol.load_patient(late), as_of=today)
+    past = [i for i in p.items if i.date < today and i.branch is None]
+    assert past  # induction's first month
+    # One row per drug or assessment, naming its first item, saying how many and which days.
+    unrecorded = {r[6]: r for r in wl.rows if r[2] == "unrecorded"}
+    slots: dict[str, list[Any]] = {}
+    for i in past:
+        slots.setdefault(i.slot.key, []).append(i)
+    assert set(unrecorded) == {items[0].ref for items in slots.values()}
+    for items in slots.values():
+        detail = unrecorded[items[0].ref][8]
+        assert (f"{len(items)} with nothing recorded" in detail) if len(items) > 1 else "nothing recorded" in detail
+    assert "induction:day8_blasts@8" in unrecorded  # the assessment the risk group waits for
+    assert "7 with nothing recorded: days 1-7 (30 to 24 days ago)" in unrecorded["induction:prednisone@1"][8]
+    assert "days 8, 15, 22, 29 (23 to 2 days ago)" in unrecorded["induction:vincristine@8"][8]
+    start = [r for r in wl.rows if r[3] == "element_start"]
+    assert [(r[0], r[2], r[5]) for r in start] == [("2026-11-02", "overdue", "induction")]
+    assert "30 days ago" in start[0][8] and "protocol record LATE-01 started induction" in start[0][8]
+    risk = [r for r in wl.rows if r[2] == "waiting" and r[3] == "risk"]
+    assert len(risk) == 1 and "prednisone response" in risk[0][8]
+    assert "due 23 days ago, nothing recorded" in unrecorded["induction:day8_blasts@8"][8]
+    text = wl.table()
+    assert "UNRECORDED" in text and f"{len(unrecorded)} unrecorded" in text.splitlines()[0]
+
+
 def test_due_assessments_waiting_decisions_and_overdue(reg: Registry) -> None:
     rows = reg.worklist(TODAY, 7).rows
     waiting = [r for r in rows if r[2] == "waiting"]
     assert [(r[1], r[6], r[8]) for r in waiting] == [("INF-0003", "pre_octadad", "waits for mrd:pre_octadad")]
+    unrecorded = [r for r in rows if r[2] == "unrecorded"]
+    assert unrecorded and all(r[0] < TODAY.isoformat() and "nothing recorded" in r[8] and " ago" in r[8] for r in unrecorded)
     overdue = [r for r in rows if r[2] == "overdue"]
     assert overdue and all(r[0] < TODAY.isoformat() for r in overdue)
-    assert {r[3] for r in rows} <= {"administration", "assessment", "decision", "bag_change", "infusion_bag",
+    assert {r[3] for r in rows} <= {"administration", "assessment", "decision", "bag_change", "infusion_bag", "risk",
+                                    "element_start",
                                     "out_of_window", "overdue", "weight_change", "count_gate", "dose_above_plan"}
     # Doses are on the due administrations.
     assert all(r[8] for r in rows if r[2] == "due" and r[3] == "administration")
@@ -91,24 +170,11 @@ def test_writes_keep_the_projection_fresh(reg: Registry) -> None:
         (d, p, c, i) for d, p, c, i in _with_result(TODAY, 7)}
 
 
-def _with_result(start: dt.date, days: int) -> set[tuple[str, str, str, str]]:
-    rows = set()
-    for r in expected_rows(start, days):
-        if r[1] != "INF-0003":
-            rows.add(r)
+def _with_result(start: dt.date, days: int) -> set[tuple[str, str, str, str | None]]:
+    rows = {r for r in expected_rows(start, days) if r[1] != "INF-0003"}
     data = protocol.load_patient(ROOT / "examples/patients/mr-pending-mrd.yaml").model_dump(mode="json")
     data["mrd"].append({"timepoint": "pre_octadad", "date": "2026-11-20", "value": 0})
-    p = protocol.plan(protocol.Patient.model_validate(data), as_of=start)
-    end = start + dt.timedelta(days=days)
-    for item in p.items:
-        if item.status == "overdue":
-            rows.add((item.date.isoformat(), "INF-0003", "overdue", item.ref))
-        elif start <= item.date < end and item.status in ("planned", "pending_decision"):
-            rows.add((item.date.isoformat(), "INF-0003", "due", item.ref))
-    for dev in p.deviations:
-        if start - dt.timedelta(days=days) <= dt.date.fromisoformat(dev["date"]) < end and dev["kind"] != "overdue":
-            rows.add((dev["date"], "INF-0003", "deviation", dev["item"]))
-    return rows
+    return rows | rows_of(protocol.plan(protocol.Patient.model_validate(data), as_of=start), start, days, start)
 
 
 def test_staleness_rules(reg: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,8 +258,14 @@ def test_project_selects_by_status_and_window() -> None:
     )
     rows = project(plan, d, 7)
     assert [(r[1], r[5]) for r in rows] == [("overdue", "ib:marrow@29"), ("due", "ib:lp@30"), ("due", "ib:drug@36"),
-                                            ("waiting", "soon"), ("deviation", "ib:drug@25")]
-    assert rows[1][3] == "lumbar_puncture" and rows[3][7] == "waits for mrd:x"
+                                            ("unrecorded", "ib:drug@27"), ("waiting", "soon"),
+                                            ("deviation", "ib:drug@25")]
+    assert rows[1][3] == "lumbar_puncture" and rows[4][7] == "waits for mrd:x"
+    assert rows[0][7] == "due 3 days ago, nothing recorded" and rows[3][7] == "IV; due 1 day ago, nothing recorded"
+    several = SimpleNamespace(items=[_item(d - dt.timedelta(days=n), f"ib:drug@{30 - n}", "unrecorded")
+                                     for n in (9, 8, 7, 2)], pending=[], deviations=[])
+    assert [(r[1], r[5], r[7]) for r in project(several, d, 7)] == [
+        ("unrecorded", "ib:drug@21", "IV; 4 with nothing recorded: days 21, 22, 23, 28 (9 to 2 days ago)")]
 
 
 def test_output_forms() -> None:
@@ -207,8 +279,33 @@ def test_output_forms() -> None:
     assert [dict(zip(data["fields"], r)) for r in data["rows"]] == wl.records()
     assert wl.records()[1]["branch"] == "a→b"
     text = wl.table()
-    assert text.splitlines()[0].startswith("worklist 2026-11-21 to 2026-11-27 (7 days): 1 due")
+    assert text.splitlines()[0].startswith("worklist 2026-11-21 to 2026-11-27 (7 days): 1 due, 0 overdue, 0 unrecorded")
     assert "P-22" in text and "WAITING" in text and "(if a→b)" in text
     assert "nothing to do" in Worklist(TODAY, 7, [], 0).table()
     assert json.loads(Worklist(TODAY, 7, [], 0).to_json())["rows"] == []
-    assert set(CATEGORIES) == {"problem", "overdue", "waiting", "deviation", "due"}
+    assert set(CATEGORIES) == {"problem", "overdue", "unrecorded", "waiting", "deviation", "due"}
+    noisy = Worklist(TODAY, 7, [("2026-11-21", "P-1", "due", "administration", None, "ib", "ib:x@1", "X",
+                                 "held \x1b[31m[bold]RED\x07", "planned", None)], 0).table()
+    assert "\x1b" not in noisy and "\x07" not in noisy and "held \\x1b[31m[bold]RED\\x07" in noisy
+
+
+def test_the_readme_worklist_example_is_true(tmp_path: Path) -> None:
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n### The worklist\n", 1)[1].split("\n## ", 1)[0]
+    (tmp_path / "late.yaml").write_text(section.split("```yaml\n", 1)[1].split("```", 1)[0], encoding="utf-8")
+    block = section.split("```text\n", 1)[1].split("```", 1)[0].splitlines()
+    env = {k: v for k, v in os.environ.items() if k not in ("PROTOCOL_DEBUG", "PROTOCOL_DB", "COLUMNS")}
+    script = Path(sys.executable).parent / "protocol"
+    out = ""
+    for line in block:
+        if line.startswith("$ protocol "):
+            done = subprocess.run([str(script), *shlex.split(line)[2:]], cwd=tmp_path, env=env, capture_output=True,
+                                  text=True, encoding="utf-8", timeout=60)
+            assert done.returncode == 0, done.stderr
+            out = done.stdout
+    shown = [line for line in block if not line.startswith("$ ") and line != "..."]
+    assert shown and out.splitlines()[:len(shown)] == shown

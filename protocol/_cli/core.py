@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from ._common import AsOf, Db, PatientRef, PlanFormat, Site, _as_of, _emit, _patient, _protocol_for, _run, _site, app
+from .._dose import fmt_amount
+from ._common import (AsOf, Db, PatientRef, PlanFormat, Site, _as_of, _emit, _fit, _paragraph, _patient, _protocol_for,
+                      _run, _shown, _site, _width, app)
 
 @app.command("list")
 def list_command() -> None:
@@ -93,7 +95,7 @@ def risk_command(
     Example: protocol risk examples/patients/hr-to-hsct.yaml
     """
     from .._loading import dumps
-    from .._schedule import risk as risk_of
+    from ..schedule import risk as risk_of
 
     who = _run(_patient, patient, db)
     result = _run(risk_of, who, _run(_protocol_for, who, site), as_of=_run(_as_of, as_of))
@@ -101,11 +103,24 @@ def risk_command(
         sys.stdout.write(dumps(result.to_dict()))
         return
     head = result.group or result.status
-    typer.echo(f"risk group: {head}" + (f" ({result.label})" if result.label else ""))
+    typer.echo(f"risk group: {head}" + (f" ({result.label})" if result.label else "")
+               + (" ⚠ UNVERIFIED" if result.unverified else ""))
+    for why in result.unverified_reasons:
+        typer.echo(f"  UNVERIFIED: {why}")
     if result.status == "pending":
         typer.echo(f"  still possible: {', '.join(result.candidates)}; waiting for: {', '.join(result.waiting_for)}")
     for line in result.reasons:
         typer.echo(f"  {line}")
+
+
+#: The plan table's columns; the ones a narrow terminal hides go first in ``_HIDE``.
+_PLAN_COLUMNS = ["date", "element", "day", "study day", "item", "route", "dose", "status", "evidence", "branch",
+                 "ref", "note"]
+_HIDE = ("note", "ref", "study day", "branch", "route", "day")
+#: Prose wraps first; ids (an element, a status) only when nothing else is left to narrow.
+_WRAP = ({"item", "note", "branch"}, {"dose"}, {"element", "status"})
+_LEGEND = ("UNVERIFIED = placeholder value not confirmed from a public source; check against the official "
+           "protocol document.")
 
 
 @app.command("plan")
@@ -113,26 +128,98 @@ def plan_command(
     patient: PatientRef,
     format: Annotated[PlanFormat, typer.Option("--format", "-f", help="Output format.")] = PlanFormat.table,
     as_of: AsOf = None,
+    element: Annotated[list[str] | None, typer.Option(
+        "--element", "-e", help="Only this element (course); repeat for several.", metavar="ELEMENT",
+        show_default=False)] = None,
+    start: Annotated[str | None, typer.Option("--from", help="Only items dated on or after this day.",
+                                              metavar="DATE", show_default=False)] = None,
+    end: Annotated[str | None, typer.Option("--to", help="Only items dated on or before this day.",
+                                            metavar="DATE", show_default=False)] = None,
+    status: Annotated[list[str] | None, typer.Option(
+        "--status", "-s", help="Only items with this status (planned, overdue, unrecorded, given, omitted, done, "
+        "held, pending_decision); repeat for several.", metavar="STATUS", show_default=False)] = None,
+    wide: Annotated[bool, typer.Option("--wide", "-w", help="Every column at full width (ref and note "
+                                       "included), whatever the terminal's width.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
     db: Db = None,
     site: Site = None,
 ) -> None:
     """Print the patient's dated plan: every administration and assessment with its dose.
 
-    Example: protocol plan examples/patients/mr-pending-mrd.yaml --format json --as-of 2026-11-21
+    The table fits the terminal ($COLUMNS, else its width): long text wraps between words, and
+    the columns it cannot hold (note, ref, study day, ...) are hidden and named under the
+    table; --wide shows them all. Output to a pipe or a file is never narrowed.
+
+    Example: protocol plan examples/patients/mr-on-time.yaml --element maintenance --from 2026-12-01 --to 2026-12-31
     """
-    from .._schedule import plan
+    from .._io import parse_date
+    from .._refs import only, select
+    from ..schedule import plan
 
     who = _run(_patient, patient, db)
     result = _run(plan, who, _run(_protocol_for, who, site), as_of=_run(_as_of, as_of))
+    first = None if start is None else _run(parse_date, start, "--from")
+    last = None if end is None else _run(parse_date, end, "--to")
+    filtered = bool(element or status or first or last)
+    items = _run(select, result, elements=element or (), start=first, end=last, statuses=status or ()) \
+        if filtered else result.items
     if format is PlanFormat.json:
-        _run(_emit, result.to_json(), output)
+        _run(_emit, (only(result, items) if filtered else result).to_json(), output)
     elif format is PlanFormat.csv:
-        _run(_emit, result.to_csv(), output)
+        _run(_emit, _shown((only(result, items) if filtered else result).to_csv(), keep="\n"), output)
     else:
-        from .._documents import plan_table
+        width = None if wide or output is not None else _width()
+        _run(_emit, _plan_text(result, items, width, filtered), output)
 
-        _run(_emit, plan_table(result), output)
+
+def _plan_text(result: Any, items: list[Any], width: int | None, filtered: bool) -> str:
+    """The plan as plain fixed-width text: the header lines, the table, the legend."""
+    risk = result.risk
+    head = [f"{result.patient.id} · {result.protocol.id} {result.protocol.version} · as of {result.as_of} · "
+            f"risk {risk.group or risk.status}{' ⚠ UNVERIFIED' if risk.unverified else ''} · end of therapy "
+            f"{result.end_of_therapy.isoformat() if result.end_of_therapy else '—'}"]
+    if risk.unverified:
+        head.append(f"risk group UNVERIFIED: {'; '.join(risk.unverified_reasons)}")
+    provenance = getattr(result.protocol, "provenance", None)
+    if provenance:
+        head.append(str(provenance))
+    for d in result.decisions:
+        mark = f" ⚠ UNVERIFIED ({'; '.join(d.unverified_reasons)})" if d.unverified else ""
+        if d.status == "pending":
+            head.append(f"PENDING decision {d.id} (after {d.at}, {d.date}): waits for {', '.join(d.waiting_for)}; "
+                        + "; ".join(f"→ {b['to']} " + ("otherwise" if b["when"] == "otherwise" else f"if {b['when']}")
+                                   for b in d.branches) + mark)
+        elif d.unverified:
+            head.append(f"decision {d.id} ({d.status}: {d.outcome}){mark}")
+    cumulative = result.cumulative_anthracycline()
+    if cumulative is not None:
+        eq = cumulative["doxorubicin_equivalent"]
+        parts = [f"{d['drug']} planned {fmt_amount(d['planned_mg_m2'])}, given {fmt_amount(d['given_mg_m2'])}"
+                 for d in cumulative["drugs"]]
+        equivalent = (f"doxorubicin equivalent planned {fmt_amount(eq['planned'])}, given {fmt_amount(eq['given'])}"
+                      if eq["computable"] else "doxorubicin equivalent not computable (a factor is not known)")
+        head.append(f"cumulative anthracycline (mg/m²): {'; '.join(parts)}; {equivalent}"
+                    + (" ⚠ UNVERIFIED" if cumulative["unverified"] else ""))
+    head.extend(f"warning: {w}" for w in result.warnings)
+    head.extend(f"deviation {d['date']} {d['kind']}: {d['message']}" + (f" [{d['item']}]" if d["item"] else "")
+                for d in result.deviations)
+    rows = [[i.date.isoformat(), i.slot.element, str(i.element_day), str(i.study_day), i.slot.name,
+             i.slot.route or "", "" if i.dose is None else i.dose.text, i.status,
+             "UNVERIFIED" if i.unverified else i.evidence, i.branch or "", i.ref,
+             _shown(i.note or "")] for i in items]
+    text = "".join(_paragraph(_shown(line), width) for line in head)
+    if filtered:
+        text += f"{len(items)} of {len(result.items)} items shown (filtered)\n"
+    if rows:
+        table, shown = _fit(_PLAN_COLUMNS, rows, width, keep={"date", "item", "status", "evidence"}, drop=_HIDE,
+                            wrap=_WRAP)
+        text += table
+        hidden = [c for c in _HIDE if c not in shown and any(r[_PLAN_COLUMNS.index(c)] for r in rows)]
+        if hidden:
+            text += _paragraph(f"(hidden at this width: {', '.join(hidden)}; see --wide)", width)
+    else:
+        text += "no items\n"
+    return text + _paragraph(_LEGEND, width)
 
 
 @app.command("diagram")

@@ -17,6 +17,11 @@ class RoadmapFormat(str, Enum):
     pdf = "pdf"
 
 
+class PdfEngine(str, Enum):
+    typst = "typst"
+    weasyprint = "weasyprint"
+
+
 def _bad(field: str, message: str) -> None:
     from .._errors import InputError, Problem
 
@@ -47,6 +52,9 @@ def roadmap_command(
     as_of: AsOf = None,
     templates: Annotated[Path | None, typer.Option("--templates", help="A folder of templates overriding the "
                                                    "built-in ones.")] = None,
+    engine: Annotated[PdfEngine, typer.Option("--engine", help="PDF engine: typst (fast, built in) or weasyprint "
+                                              "(the HTML through WeasyPrint; needs the weasyprint package).")]
+    = PdfEngine.typst,
     db: Db = None,
     site: Site = None,
 ) -> None:
@@ -59,7 +67,7 @@ def roadmap_command(
     Example: protocol roadmap examples/patients/mr-on-time.yaml --format pdf -o roadmap.pdf
     """
     from .._documents import render_pdf, render_roadmap
-    from .._schedule import plan
+    from ..schedule import plan
 
     suffix = output.suffix.lower().lstrip(".") if output is not None else ""
     fmt = format.value if format else (suffix if suffix in ("md", "pdf") else "html")
@@ -72,7 +80,7 @@ def roadmap_command(
     result = _run(plan, who, _run(_protocol_for, who, site), as_of=_run(_as_of, as_of))
     if fmt == "pdf":
         assert output is not None
-        _run(_write_bytes, _run(render_pdf, result, templates), output)
+        _run(_write_bytes, _run(render_pdf, result, templates, None, engine.value), output)
         return
     _run(_emit, _run(render_roadmap, result, fmt, templates), output)
 
@@ -104,7 +112,7 @@ def calendar_command(
     Example: protocol calendar examples/patients/hr-to-hsct.yaml -o INF-0002.ics --remind-days 1
     """
     from .._calendar import calendar_for, to_ics
-    from .._schedule import plan
+    from ..schedule import plan
 
     who = _run(_patient, patient, db)
     protocol = _run(_protocol_for, who, site)
@@ -153,7 +161,7 @@ def fhir_command(
 
         text = _run(plan_definition_json, _run(load_protocol, protocol_ref, _site(site)))
     else:
-        from .._schedule import plan
+        from ..schedule import plan
 
         who = _run(_patient, patient, db)
         result = _run(plan, who, _run(_protocol_for, who, site), as_of=_run(_as_of, as_of))

@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ._common import Db, _emit, _run, app
+from ._common import (AsOf, Db, PatientRef, Site, _as_of, _emit, _fit, _paragraph, _patient, _protocol_for, _run,
+                      _shown, _typed, _width, app)
 
 # --------------------------------------------------------------------------- shared options
 
@@ -150,6 +151,11 @@ def _record(ctx: typer.Context, kind: str, data: dict[str, Any], *, date: str | 
     from .._registry import open_registry
 
     patient = ctx.obj
+    for key in ("reason", "note"):  # what a person typed: no control characters
+        if isinstance(data.get(key), str):
+            _typed(data[key], f"--{key}")
+    why = _typed(why, "--why")
+    by = _typed(by, "--by")
     if date is not None:
         data["date"] = _run(parse_date, date, "--date").isoformat()
     for key in ("to",):
@@ -170,8 +176,14 @@ def _record(ctx: typer.Context, kind: str, data: dict[str, Any], *, date: str | 
             raise type(exc)([_option(p, positional, prefix) for p in exc.problems]) from None
 
     entry = _run(write)
-    typer.echo(f"recorded #{entry.seq} for {entry.patient}: {entry.what} (by {entry.recorded_by}, "
+    typer.echo(f"recorded #{entry.seq} for {entry.patient}: {_shown(entry.what)} (by {entry.recorded_by}, "
                f"{_when(entry.recorded_at)} UTC)")
+
+
+def _item(ctx: typer.Context, item: str, date: str, db: Path | None) -> str:
+    """An ITEM argument as the library writes it (any case accepted), checked against the
+    patient's plan so that a mistyped one gets the nearest refs."""
+    return _run(_resolve_items, ctx.obj, [item], None, None, date, db)[0]
 
 
 def _raise(exc: BaseException) -> None:
@@ -195,17 +207,95 @@ def _event(event_type: str, **fields: Any) -> dict[str, Any]:
 
 
 @record_app.command("given")
-def record_given(ctx: typer.Context, item: Item, date: Date = "today",
-                 dose: Annotated[float | None, typer.Option("--dose", help="The amount actually given, in the item's "
-                                                            "unit (as on the plan).", show_default=False)] = None,
-                 note: Note = None, by: By = None, supersedes: Supersedes = None, why: Why = None,
-                 db: Db = None) -> None:
-    """An item of the plan was given (with the amount actually given).
+def record_given(
+    ctx: typer.Context,
+    items: Annotated[list[str] | None, typer.Argument(
+        help="The plan items as ELEMENT:SLOT@DAY (any case), e.g. induction:vincristine@8; several at once are "
+        "recorded together, all or none.", metavar="ITEM...", show_default=False)] = None,
+    element: Annotated[str | None, typer.Option("--element", help="Instead of ITEMs: every administration of this "
+                                                "element on --day still to record.", metavar="ELEMENT",
+                                                show_default=False)] = None,
+    day: Annotated[int | None, typer.Option("--day", help="The element day, with --element.", metavar="DAY",
+                                            show_default=False)] = None,
+    date: Date = "today",
+    dose: Annotated[float | None, typer.Option("--dose", help="The amount actually given, in the item's "
+                                               "unit (as on the plan); one item only.", show_default=False)] = None,
+    note: Note = None, by: By = None, supersedes: Supersedes = None, why: Why = None,
+    db: Db = None,
+) -> None:
+    """Items of the plan were given (with the amount actually given, for one item).
 
-    Example: protocol record INF-0001 given induction:dexamethasone@8 --date 2026-07-01 --dose 2.2
+    Several items at once (`given REF REF ...`, or `--element induction --day 8` for every
+    administration of that day still to record) are checked together and recorded all or
+    none. `protocol due PATIENT` lists the refs of a day, ready to paste.
+
+    Example: protocol record INF-0001 given induction:vincristine@8 induction:daunorubicin@8 --date 2026-05-11
     """
-    _record(ctx, "event", _event("item_given", item=item, date=None, dose=dose, note=note), date=date, by=by,
-            supersedes=supersedes, why=why, db=db, positional={"item": "ITEM"})
+    from .._errors import InputError, Problem
+
+    note = _typed(note, "--note")
+    why = _typed(why, "--why")
+    texts = list(items or [])
+    problems = []
+    if texts and (element is not None or day is not None):
+        problems.append(Problem("record", "ITEM", "give either ITEMs or --element with --day, not both"))
+    elif not texts and (element is None or day is None):
+        problems.append(Problem("record", "ITEM", "name the items given (ELEMENT:SLOT@DAY, see `protocol due "
+                                f"{ctx.obj}`), or give --element and --day"))
+    if dose is not None and (len(texts) != 1 or element is not None):
+        problems.append(Problem("record", "--dose", "a dose given is recorded for one item at a time: name one ITEM"))
+    if supersedes is not None and (len(texts) != 1 or element is not None):
+        problems.append(Problem("record", "--supersedes", "a correction replaces one entry: name one ITEM"))
+    if problems:
+        _run(_raise, InputError(problems))
+    refs = _run(_resolve_items, ctx.obj, texts, element, day, date, db)
+    if len(refs) == 1:
+        _record(ctx, "event", _event("item_given", item=refs[0], date=None, dose=dose, note=note), date=date, by=by,
+                supersedes=supersedes, why=why, db=db, positional={"item": "ITEM"})
+        return
+    _record_many(ctx, [_event("item_given", item=ref, date=None, note=note) for ref in refs], refs, date=date, by=by,
+                 db=db)
+
+
+def _resolve_items(patient: str, texts: list[str], element: str | None, day: int | None, date: str,
+                   db: Path | None) -> list[str]:
+    """The canonical refs the user named (any case), checked against the patient's plan as of
+    ``date``: a ref that names nothing gets the nearest ones in the message."""
+    from .._io import parse_date
+    from .._refs import items_of_day, resolve_all
+    from .._registry import open_registry
+    from .._schedule import plan
+
+    when = parse_date(date, "--date")
+    with open_registry(db) as reg:
+        who = reg.patient(patient)
+    result = plan(who, as_of=when)
+    if texts:
+        return resolve_all(texts, result)
+    assert element is not None and day is not None
+    return [i.ref for i in items_of_day(result, element, day)]
+
+
+def _record_many(ctx: typer.Context, events: list[dict[str, Any]], labels: list[str], *, date: str, by: str | None,
+                 db: Path | None) -> None:
+    """Record several events of one patient at once (all or none), print each entry."""
+    from .._errors import InputError
+    from .._io import parse_date
+    from .._registry import open_registry
+
+    day = _run(parse_date, date, "--date").isoformat()
+    events = [{k: v for k, v in {**e, "date": day}.items() if v is not None} for e in events]
+
+    def write() -> Any:
+        try:
+            with open_registry(db) as reg:
+                return reg.record_many(ctx.obj, [("event", e) for e in events], by=by, labels=labels)
+        except InputError as exc:
+            raise type(exc)([_option(p, {"item": "ITEM"}) for p in exc.problems]) from None
+
+    for entry in _run(write):
+        typer.echo(f"recorded #{entry.seq} for {entry.patient}: {_shown(entry.what)} (by {entry.recorded_by}, "
+                   f"{_when(entry.recorded_at)} UTC)")
 
 
 @record_app.command("omitted")
@@ -215,7 +305,7 @@ def record_omitted(ctx: typer.Context, item: Item, reason: Reason, date: Date = 
 
     Example: protocol record INF-0001 omitted induction:vincristine@15 --date 2026-05-18 --reason "ileus"
     """
-    _record(ctx, "event", _event("item_omitted", item=item, date=None, reason=reason, note=note), date=date, by=by,
+    _record(ctx, "event", _event("item_omitted", item=_item(ctx, item, date, db), date=None, reason=reason, note=note), date=date, by=by,
             supersedes=supersedes, why=why, db=db, positional={"item": "ITEM"})
 
 
@@ -230,9 +320,9 @@ def record_delayed(
 ) -> None:
     """An item is postponed to a new date; --scope says what moves with it.
 
-    Example: protocol record INF-0001 delayed ib:cyclophosphamide@1 --to 2026-07-10 --scope element --reason "neutropenia"
+    Example: protocol record INF-0001 delayed ib:cyclophosphamide@36 --to 2026-07-10 --scope element --reason "neutropenia"
     """
-    _record(ctx, "event", _event("item_delayed", item=item, date=None, to=to, scope=scope.value, reason=reason,
+    _record(ctx, "event", _event("item_delayed", item=_item(ctx, item, date, db), date=None, to=to, scope=scope.value, reason=reason,
                                  note=note), date=date, by=by, supersedes=supersedes, why=why, db=db,
             positional={"item": "ITEM"})
 
@@ -250,9 +340,9 @@ def record_dose_modified(
 ) -> None:
     """A dose is reduced to a percentage of the standard (or previous) dose; never above standard.
 
-    Example: protocol record INF-0001 dose-modified ib:mercaptopurine@1 --percent 50 --of standard --scope element --reason "liver toxicity"
+    Example: protocol record INF-0001 dose-modified ib:mercaptopurine@36 --percent 50 --of standard --scope element --reason "liver toxicity"
     """
-    _record(ctx, "event", _event("dose_modified", item=item, date=None, percent=percent, of=of.value,
+    _record(ctx, "event", _event("dose_modified", item=_item(ctx, item, date, db), date=None, percent=percent, of=of.value,
                                  scope=scope.value, reason=reason, note=note), date=date, by=by,
             supersedes=supersedes, why=why, db=db, positional={"item": "ITEM"})
 
@@ -265,7 +355,7 @@ def record_started(ctx: typer.Context, element: Element, date: Date = "today", b
 
     Example: protocol record INF-0001 started blinatumomab --date 2026-06-08 --bag-hours 96
     """
-    _record(ctx, "event", _event("element_started", element=element, date=None, bag_hours=bag_hours, note=note),
+    _record(ctx, "event", _event("element_started", element=element.strip().lower(), date=None, bag_hours=bag_hours, note=note),
             date=date, by=by, supersedes=supersedes, why=why, db=db, positional={"element": "ELEMENT"})
 
 
@@ -276,7 +366,7 @@ def record_completed(ctx: typer.Context, element: Element, date: Date = "today",
 
     Example: protocol record INF-0001 completed induction --date 2026-06-07
     """
-    _record(ctx, "event", _event("element_completed", element=element, date=None, note=note), date=date, by=by,
+    _record(ctx, "event", _event("element_completed", element=element.strip().lower(), date=None, note=note), date=date, by=by,
             supersedes=supersedes, why=why, db=db, positional={"element": "ELEMENT"})
 
 
@@ -287,7 +377,7 @@ def record_hold(ctx: typer.Context, element: Element, reason: Reason, date: Date
 
     Example: protocol record INF-0001 hold marma --date 2026-08-20 --reason "febrile neutropenia"
     """
-    _record(ctx, "event", _event("element_held", element=element, date=None, reason=reason, note=note), date=date,
+    _record(ctx, "event", _event("element_held", element=element.strip().lower(), date=None, reason=reason, note=note), date=date,
             by=by, supersedes=supersedes, why=why, db=db, positional={"element": "ELEMENT"})
 
 
@@ -298,7 +388,7 @@ def record_resume(ctx: typer.Context, element: Element, date: Date = "today", no
 
     Example: protocol record INF-0001 resume marma --date 2026-08-27
     """
-    _record(ctx, "event", _event("element_resumed", element=element, date=None, note=note), date=date, by=by,
+    _record(ctx, "event", _event("element_resumed", element=element.strip().lower(), date=None, note=note), date=date, by=by,
             supersedes=supersedes, why=why, db=db, positional={"element": "ELEMENT"})
 
 
@@ -310,7 +400,7 @@ def record_interrupted(ctx: typer.Context, element: Element, reason: Reason, dat
 
     Example: protocol record INF-0001 interrupted blinatumomab --date 2026-06-15 --reason "cytokine release syndrome"
     """
-    _record(ctx, "event", _event("infusion_interrupted", element=element, date=None, reason=reason, note=note),
+    _record(ctx, "event", _event("infusion_interrupted", element=element.strip().lower(), date=None, reason=reason, note=note),
             date=date, by=by, supersedes=supersedes, why=why, db=db, positional={"element": "ELEMENT"})
 
 
@@ -322,7 +412,7 @@ def record_infusion_resumed(ctx: typer.Context, element: Element, date: Date = "
 
     Example: protocol record INF-0001 infusion-resumed blinatumomab --date 2026-06-18 --bag-hours 48
     """
-    _record(ctx, "event", _event("infusion_resumed", element=element, date=None, bag_hours=bag_hours, note=note),
+    _record(ctx, "event", _event("infusion_resumed", element=element.strip().lower(), date=None, bag_hours=bag_hours, note=note),
             date=date, by=by, supersedes=supersedes, why=why, db=db, positional={"element": "ELEMENT"})
 
 
@@ -338,7 +428,8 @@ def record_randomised(
 
     Example: protocol record INF-0001 randomised consolidation standard --date 2026-07-20
     """
-    _record(ctx, "event", _event("randomised", randomisation=randomisation, arm=arm, date=None, note=note),
+    _record(ctx, "event", _event("randomised", randomisation=randomisation.strip().lower(),
+                                 arm=arm.strip().lower(), date=None, note=note),
             date=date, by=by, supersedes=supersedes, why=why, db=db,
             positional={"randomisation": "RANDOMISATION", "arm": "ARM"})
 
@@ -397,7 +488,7 @@ def record_mrd(
 
     Example: protocol record INF-0003 mrd pre_octadad --value 3e-4 --date 2026-11-02
     """
-    _record(ctx, "mrd", {"timepoint": timepoint, "date": None, "value": value}, date=date, by=by,
+    _record(ctx, "mrd", {"timepoint": timepoint.strip().lower(), "date": None, "value": value}, date=date, by=by,
             supersedes=supersedes, why=why, db=db, positional={"timepoint": "TIMEPOINT"})
 
 
@@ -450,6 +541,66 @@ def record_base(
             prefix="--set ")
 
 
+@app.command("due")
+def due_command(
+    patient: PatientRef,
+    date: Annotated[str, typer.Option("--date", help="The day: YYYY-MM-DD or 'today'.", metavar="DATE")] = "today",
+    as_of: AsOf = None,
+    db: Db = None,
+    site: Site = None,
+) -> None:
+    """What is due for one patient on a day, with the refs ready to paste into `protocol record`.
+
+    Lists the items of that day still to record, then the command that records the
+    administrations as given, then what else is on that day (already recorded, held, or on a
+    branch that waits for a decision) and how many earlier items are still unrecorded.
+
+    Example: protocol due INF-0001 --date 2026-05-11
+    """
+    from .._io import parse_date
+    from .._refs import due_on, open_before
+    from .._schedule import plan
+
+    day = _run(parse_date, date, "--date")
+    who = _run(_patient, patient, db)
+    result = _run(plan, who, _run(_protocol_for, who, site), as_of=_run(_as_of, as_of))
+    due, other = due_on(result, day)
+    pid = result.patient.id
+    width = _width()
+    out = [_paragraph(f"{pid} · {result.protocol.id} {result.protocol.version} · due on {day.isoformat()} · as of "
+                      f"{result.as_of}", width)]
+
+    def rows(items: list[Any]) -> str:
+        body = [[i.slot.element, str(i.element_day), i.slot.name, i.slot.route or "",
+                 "" if i.dose is None else i.dose.text, i.status,
+                 "UNVERIFIED" if i.unverified else i.evidence, i.branch or "", i.ref,
+                 _shown(i.note or "")] for i in items]
+        return _fit(["element", "day", "item", "route", "dose", "status", "evidence", "branch", "ref", "note"], body,
+                    None)[0]
+
+    if due:
+        out.append(rows(due))
+        given = [i.ref for i in due if i.slot.kind != "assessment"]
+        if given:
+            out.append("\nto record them as given:\n")
+            out.append(f"  protocol record {pid} given {' '.join(given)} --date {day.isoformat()}\n")
+        if any(i.slot.kind == "assessment" for i in due):
+            out.append("(an assessment is done when its result is recorded, not with `given`)\n")
+    else:
+        out.append("nothing due on this day\n")
+    if other:
+        out.append("\nalso on this day (recorded, held, or waiting for a decision):\n")
+        out.append(rows(other))
+    late = open_before(result, day)
+    if late:
+        out.append(f"\n{len(late)} earlier items are still unrecorded or overdue (the first on "
+                   f"{late[0].date.isoformat()}): see `protocol plan {patient} --status overdue,unrecorded`\n")
+    if any(i.unverified for i in (*due, *other)):
+        out.append(_paragraph("UNVERIFIED = placeholder value not confirmed from a public source; check against the "
+                              "official protocol document.", width))
+    sys.stdout.write("".join(out))
+
+
 # --------------------------------------------------------------------------- corrections, history, export
 
 
@@ -469,6 +620,9 @@ def retract_command(
 
     from .._errors import InputError
 
+    reason = _typed(reason, "--reason") or ""
+    by = _typed(by, "--by")
+
     def retract() -> Any:
         try:
             with open_registry(db) as reg:
@@ -477,7 +631,7 @@ def retract_command(
             raise type(exc)([_option(p, {"seq": "SEQ"}) for p in exc.problems]) from None
 
     entry = _run(retract)
-    typer.echo(f"recorded #{entry.seq} for {entry.patient}: {entry.what} (by {entry.recorded_by}, "
+    typer.echo(f"recorded #{entry.seq} for {entry.patient}: {_shown(entry.what)} (by {entry.recorded_by}, "
                f"{_when(entry.recorded_at)} UTC)")
 
 
@@ -557,23 +711,31 @@ def export_command(
 @app.command("worklist")
 def worklist_command(
     days: Annotated[int, typer.Option("--days", "-n", min=1, max=3660, help="How many days to cover.")] = 7,
-    start: Annotated[str, typer.Option("--from", help="First day: YYYY-MM-DD or 'today'.", metavar="DATE")] = "today",
+    start: Annotated[str | None, typer.Option(
+        "--from", help="First day listed: YYYY-MM-DD or 'today' (default: the as-of day). Moves the listing window "
+        "only.", metavar="DATE", show_default=False)] = None,
+    as_of: AsOf = None,
     json_output: Json = False,
     db: Db = None,
 ) -> None:
-    """Across all registered patients: what is due, what is overdue, which decisions wait for a
-    result and which items were out of window, sorted by date.
+    """Across all registered patients: what is due, what is overdue or unrecorded (past items
+    with nothing recorded, elements that should have started), which decisions and risk groups
+    wait for a result and which items were out of window, sorted by date.
+
+    --from moves the window of what is listed as due; what counts as past is decided by
+    --as-of (default today).
 
     Example: protocol worklist --days 14 --from 2026-11-21
     """
     from .._io import parse_date
     from .._registry import open_registry
 
-    first = _run(parse_date, start, "--from")
+    day = _run(_as_of, as_of)
+    first = None if start is None else _run(parse_date, start, "--from")
 
     def worklist() -> Any:
         with open_registry(db) as reg:
-            return reg.worklist(first, days)
+            return reg.worklist(first, days, day)
 
     result = _run(worklist)
     sys.stdout.write(result.to_json() if json_output else result.table())
@@ -588,6 +750,8 @@ def _when(stamp: str) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> None:
+    """Plain columns; what a person typed is shown with control characters escaped."""
+    rows = [[_shown(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(f"{c:<{w}}" for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
     sys.stdout.write("\n".join(lines) + "\n")

@@ -1,0 +1,140 @@
+"""Per-patient inputs on integer days (measurements, BSA, ages) and the emission of an element's
+items, with doses computed once per segment between changes of their inputs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from bisect import bisect_left, bisect_right
+from typing import Any
+
+
+from .._dose import DoseResult, mosteller
+from .._machine import Protocol, Slot
+from .._models import Patient
+from .._rules import add_months, birthday, completed_months
+
+
+
+#: Doses are recomputed within an element when the weight has changed by more than this
+#: fraction since the measurement they were computed from (the ±10 % re-check of chemotherapy
+#: order entry, anchors.md §1.9); otherwise only at each element start.
+WEIGHT_CHANGE = 0.10
+
+
+class _Context:
+    """Per-patient inputs on integer days, shared by replay and projection."""
+
+    __slots__ = ("age_banded", "age_months", "birth", "birthdays", "bsa", "flags", "horizon", "m_ords",
+                 "measurements", "month_points", "results", "t0", "weights")
+
+    def __init__(self, protocol: Protocol, patient: Patient, as_of_ord: int, horizon: int) -> None:
+        self.t0 = patient.start_date.toordinal()
+        ms = sorted((m for m in patient.measurements if m.date.toordinal() <= as_of_ord), key=lambda m: m.date)
+        self.measurements = ms
+        self.m_ords = [m.date.toordinal() for m in ms]
+        self.weights = [m.weight_kg for m in ms]
+        # Unrounded (issue 11): rounding the BSA first moved infant doses by up to 1.5 %.
+        self.bsa = [mosteller(m.height_cm, m.weight_kg) for m in ms]
+        # Ages only matter for age-banded doses: birthdays up to the end of the plan.
+        self.birth = patient.birth_date
+        self.birthdays = [self.birth.toordinal()]
+        self.age_banded = protocol.age_banded
+        # Age-fraction doses change on the days the child reaches each limit (6, 12 months...).
+        self.age_months = bool(protocol.age_months)
+        self.month_points = sorted(add_months(self.birth, n).toordinal() for n in protocol.age_months)
+        self.horizon = 0
+        self.cover(horizon)
+        self.results = {r.timepoint for r in patient.mrd if r.date.toordinal() <= as_of_ord}
+        self.flags: list[tuple[int, str, str]] = []  # (ordinal, element, message): weight changes
+
+    def cover(self, last: int) -> None:
+        """Make sure every birthday up to ``last`` is known (ages only matter for age bands)."""
+        if last <= self.horizon:
+            return
+        self.horizon = last
+        if not self.age_banded:
+            return
+        k = len(self.birthdays)
+        while (day := birthday(self.birth, k).toordinal()) <= last:
+            self.birthdays.append(day)
+            k += 1
+
+    def doses_at(self, slots: tuple[Slot, ...], ordinal: int, m_index: int) -> list[DoseResult | None]:
+        """Doses of every slot on ``ordinal`` from measurement ``m_index`` (-1: none)."""
+        m, bsa = (self.measurements[m_index], self.bsa[m_index]) if m_index >= 0 else (None, None)
+        age = bisect_right(self.birthdays, ordinal) - 1
+        months = completed_months(self.birth, dt.date.fromordinal(ordinal)) if self.age_months else None
+        return [None if s.dose is None else DoseResult(s, m, bsa, age, months) for s in slots]
+
+    def change_points(self, element: str, start: int, last: int) -> tuple[int, list[tuple[int, int]]]:
+        """The measurement used from ``start`` and the later points where doses are recomputed:
+        a birthday (age bands), or a weight more than 10 % away from the one in use (flagged)."""
+        m_ords = self.m_ords
+        used = bisect_right(m_ords, start) - 1
+        first = used
+        points: list[tuple[int, int]] = []
+        hi = bisect_right(m_ords, last)
+        weights = self.weights
+        for j in range(used + 1, hi):
+            # A small tolerance: 7.4 → 8.14 kg is a change of exactly 10 %, not more.
+            if used >= 0 and abs(weights[j] - weights[used]) <= WEIGHT_CHANGE * weights[used] + 1e-9:
+                continue
+            if used >= 0:
+                change = (weights[j] - weights[used]) / weights[used]
+                m0, m1 = self.measurements[used], self.measurements[j]
+                self.flags.append((m_ords[j], element, f"weight {m1.weight_kg:g} kg on {m1.date} is {change:+.0%} "
+                                   f"from the {m0.weight_kg:g} kg of {m0.date} used for the doses: doses recomputed "
+                                   f"from {m1.date}"))
+            points.append((m_ords[j], j))
+            used = j
+        if self.age_banded or self.age_months:
+            b = self.birthdays if self.age_banded else []
+            mp = self.month_points
+            bdays = sorted({*b[bisect_right(b, start):bisect_right(b, last)],
+                            *mp[bisect_right(mp, start):bisect_right(mp, last)]})
+            if bdays:
+                merged = sorted([*points, *((d, -2) for d in bdays)])
+                points, cur = [], first
+                for day, j in merged:
+                    if j == -2:
+                        points.append((day, cur))
+                    else:
+                        cur = j
+                        points.append((day, j))
+        return first, points
+
+    def emit(self, element: Any, start: int, length: int, stop: int | None, status: str, branch: str | None,
+             out: list[tuple[Any, ...]], dated: str | None = None) -> None:
+        """Append the items of one element occurrence starting on ordinal ``start``.
+
+        Rows are plain tuples in :class:`Item` field order, built by one comprehension per
+        segment between changes of the dose inputs; doses are computed once per segment.
+        """
+        if length <= 0 or not element.slots:
+            return
+        days, ks, slots = element.fixed if length == element.length else element.template(length)
+        base = start - element.first_day
+        last = start + length - 1 if stop is None else min(stop, start + length - 1)
+        if last > self.horizon:
+            self.cover(last + 366)
+        end = bisect_right(days, last - base)
+        if end == 0:
+            return
+        all_slots = element.slots
+        per_slot: list[str] | None = None
+        if status != "pending_decision" and element.timepoints and not self.results.isdisjoint(element.timepoints):
+            per_slot = [("done" if s.timepoint in self.results else status) for s in all_slots]
+        m_first, cps = self.change_points(element.id, start, last)
+        bounds = [0, *(bisect_left(days, cp - base, 0, end) for cp, _ in cps), end]
+        ats = [(start, m_first), *cps]
+        sbase = base - self.t0 + 1
+        for lo, hi, (at, m_index) in zip(bounds, bounds[1:], ats, strict=False):
+            if hi <= lo:
+                continue
+            dl = self.doses_at(all_slots, at, m_index)
+            seg = zip(days[lo:hi], ks[lo:hi], slots[lo:hi])
+            if per_slot is None:
+                out.extend([(base + d, d, sbase + d, s, dl[k], status, branch, None, dated) for d, k, s in seg])
+            else:
+                out.extend([(base + d, d, sbase + d, s, dl[k], per_slot[k], branch, None, dated)
+                            for d, k, s in seg])

@@ -1,0 +1,93 @@
+"""Plausibility of heights and weights (protocol/_growth.py) and of dates: what cannot be a
+child's measurement, or cannot have happened yet, is refused with the expected range (issue 11)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import protocol
+from protocol import PatientError
+from protocol._growth import check_measurement
+from protocol._models import Measurement
+
+from .conftest import AS_OF, plausible_measurement
+
+D = dt.date.fromisoformat
+BIRTH = D("2026-01-01")
+
+
+def test_a_62_kg_infant_is_refused_with_the_who_range() -> None:
+    [wfa, wfl] = check_measurement(BIRTH, "female", D("2026-05-01"), 62, 62)
+    assert wfa.refused and wfa.field == "weight_kg"
+    assert wfa.message.startswith("62 kg at 4 months is weight-for-age z = +")
+    assert wfa.message.endswith("expected z from -6 to +5 (WHO biologically implausible limits); check the "
+                                "value and its unit")
+    assert wfl.refused and "weight-for-length" in wfl.message
+
+
+def test_grams_and_millimetres_say_so() -> None:
+    [f] = check_measurement(BIRTH, "male", D("2026-05-01"), 62, 5200)
+    assert f.refused and f.message == "expected a weight in kilograms, got 5200: this looks like grams (5.2 kg)"
+    with pytest.raises(ValueError, match=r"looks like millimetres \(62 cm\)"):
+        Measurement.model_validate({"date": "2026-05-01", "height_cm": 620, "weight_kg": 6})
+    with pytest.raises(ValueError, match=r"looks like grams \(6\.2 kg\)"):
+        Measurement.model_validate({"date": "2026-05-01", "height_cm": 62, "weight_kg": 6200})
+
+
+def test_a_small_sick_infant_is_accepted_with_a_warning_never_refused() -> None:
+    # 4 months, 62 cm, 4.6 kg: weight-for-age about -3.4 (a sick infant), weight-for-length > -5.
+    findings = check_measurement(BIRTH, "female", D("2026-05-01"), 62, 4.6)
+    assert findings and not any(f.refused for f in findings)
+    assert any("beyond ±3: check it (accepted)" in f.message for f in findings)
+
+
+def test_bsa_outside_the_range_is_refused() -> None:
+    [f] = check_measurement(D("2000-01-01"), "male", D("2026-05-01"), 240, 290)
+    assert f.refused and f.message.startswith("expected a body-surface area of 0.1 to 2.5 m², got 4.397 m² from 240 cm and 290 kg")
+
+
+def test_unknown_sex_is_refused_only_when_both_standards_refuse() -> None:
+    # A tall girl who is an average boy: accepted for unknown sex.
+    boy = plausible_measurement("male", BIRTH, D("2026-07-01"), 2, 2)
+    assert not any(f.refused for f in check_measurement(BIRTH, "unknown", D("2026-07-01"), boy["height_cm"],
+                                                        boy["weight_kg"]))
+
+
+@given(z=st.floats(-2, 2), dz=st.floats(-1, 1), days=st.integers(0, 3600),
+       sex=st.sampled_from(["female", "male", "unknown"]))
+def test_a_real_child_is_never_refused(z: float, dz: float, days: int, sex: str) -> None:
+    """Any child within ±2 z of the WHO standard (height and weight within 1 z of each other)."""
+    on = BIRTH + dt.timedelta(days=days)
+    m = plausible_measurement(sex, BIRTH, on, z, max(-2.0, min(2.0, z + dz)))
+    assert not [f for f in check_measurement(BIRTH, sex, on, m["height_cm"], m["weight_kg"]) if f.refused]
+
+
+def test_the_plan_refuses_an_implausible_measurement_and_warns_beyond_3(make_patient: Callable[..., Path]) -> None:
+    with pytest.raises(PatientError) as exc:
+        protocol.plan(make_patient(measurements=[{"date": "2026-05-04", "height_cm": 66, "weight_kg": 62}]),
+                      as_of=AS_OF)
+    [first, *_] = exc.value.problems
+    assert first.field == "measurements[0].weight_kg" and "weight-for-age z = +" in first.message
+    p = protocol.plan(make_patient(measurements=[{"date": "2026-05-04", "height_cm": 62, "weight_kg": 5.0}]),
+                      as_of=AS_OF)
+    assert any(w.startswith("measurements[0]: 5 kg on 2026-05-04 at 6 months is weight-for-age z = -")
+               for w in p.warnings)
+
+
+def test_an_entry_dated_after_today_is_refused(make_patient: Callable[..., Path]) -> None:
+    path = make_patient(events=[{"type": "element_started", "element": "induction", "date": "2026-05-04"},
+                                {"type": "item_given", "item": "induction:prednisone@1", "date": "2062-05-04"}])
+    with pytest.raises(PatientError) as exc:
+        protocol.plan(path, as_of=AS_OF, today=D("2026-11-21"))
+    assert [(p.field, p.message) for p in exc.value.problems] == [
+        ("events[1].date", "expected a date on or before today (2026-11-21) (an entry cannot be dated after the "
+                           "day it is recorded), got 2062-05-04")]
+    # The real today by default.
+    with pytest.raises(PatientError, match=f"on or before today \\({dt.date.today()}\\)"):
+        protocol.plan(path, as_of=AS_OF)
