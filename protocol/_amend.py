@@ -23,6 +23,7 @@ import csv
 import datetime as dt
 import io
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,10 +161,10 @@ class Preview:
                 lines.append(f"{p.patient} ({p.from_ref}): no change")
                 continue
             lines.append(f"{p.patient} ({p.from_ref}): {len(p.changes)} change{'s' if len(p.changes) != 1 else ''}")
-            lines.extend(f"  {c.text}" for c in p.changes)
+            lines.extend(f"  {line}" for line in _grouped(p.changes))
             if p.kept:
                 lines.append("  recorded, kept as recorded (the new version would plan them differently):")
-                lines.extend(f"    {c.text}" for c in p.kept)
+                lines.extend(f"    {line}" for line in _grouped(p.kept))
         return "\n".join(lines) + "\n"
 
     def to_csv(self) -> str:
@@ -183,6 +184,52 @@ class Preview:
                 w.writerow([p.patient, p.from_ref, to, "kept (recorded)", c.kind, c.ref, c.name, c.date or "",
                             c.old or "", c.new or ""])
         return out.getvalue()
+
+
+_REF = re.compile(r"^(?P<element>[^:]+):(?P<item>[^@]+)@(?P<day>\d+)(?P<rest>.*)$")
+
+
+def _grouped(changes: list[Change]) -> list[str]:
+    """The changes in lines a reader can take in: the items of an element that the new
+    version adds or removes as a whole are counted on one line, and the changes that differ
+    only by day (the same drug, the same old and new dose) share one line with the days."""
+    whole = {c.ref: c for c in changes if c.kind == "element" and (c.old == "absent" or c.new == "removed")}
+    counted: dict[str, list[Change]] = {}
+    groups: dict[tuple[Any, ...], list[tuple[int, Change]]] = {}
+    rest: list[Change] = []
+    for c in changes:
+        m = _REF.match(c.ref) if c.kind in ("added", "removed", "dose", "date") else None
+        if m is None:
+            rest.append(c)
+        elif c.kind in ("added", "removed") and m["element"] in whole:
+            counted.setdefault(m["element"], []).append(c)
+        else:
+            key = (c.kind, m["element"], m["item"], m["rest"], c.name, c.old if c.kind == "dose" else None,
+                   c.new if c.kind == "dose" else None)
+            groups.setdefault(key, []).append((int(m["day"]), c))
+    lines = []
+    for (kind, element, item, branch, name, old, new), members in groups.items():
+        if len(members) == 1:
+            lines.append(members[0][1].text)
+            continue
+        days = ", ".join(str(d) for d, _ in members) if len(members) <= 6 else \
+            f"{members[0][0]}-{members[-1][0]} ({len(members)} items)"
+        first, last = members[0][1].date, members[-1][1].date
+        head = f"{first} to {last} {element}:{item} days {days}{branch} {name}"
+        if kind == "dose":
+            lines.append(f"{head}: dose {old} → {new}")
+        elif kind == "date":
+            lines.append(f"{head}: dates move (first {members[0][1].old} → {members[0][1].new})")
+        else:
+            lines.append(f"{head}: {kind}")
+    for c in rest:
+        lines.append(c.text)
+        items = counted.get(c.ref)
+        if items:
+            how = "added with it" if c.old == "absent" else "removed with it"
+            lines.append(f"  {len(items)} item{'s' if len(items) != 1 else ''} {how} ({items[0].date} to "
+                         f"{items[-1].date})")
+    return lines
 
 
 # --------------------------------------------------------------------------- comparing plans
