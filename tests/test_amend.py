@@ -183,10 +183,18 @@ def test_apply_moves_and_earlier_plans_stay_byte_identical(reg: Any, clock: Cloc
     assert next(d for d in now.decisions if d.id == "pre_octadad").outcome == "hsct"
     # As known on the earlier day: the old version, byte for byte.
     assert {pid: plan_as_known(reg, pid, TODAY).to_json() for pid in patients()} == before
-    # The worklist projection follows the new version too.
-    assert reg.worklist(TODAY, 7).rows is not None
+    # The worklist projection follows the new version too, and stays fresh (not re-planned on every call).
+    reg.worklist(TODAY, 7)
     version = reg._conn.execute("SELECT definition FROM projection WHERE patient = 'AMD-MRD2'").fetchone()[0]
     assert "@1.1.0|" in version
+    assert reg.worklist(TODAY, 7).refreshed == 0
+    # Later writes are validated against the new version: OCTADAD is no longer this patient's branch.
+    octadad = [("event", {"type": "element_completed", "element": "marma", "date": "2026-11-04"}),
+               ("event", {"type": "element_started", "element": "octadad", "date": "2026-11-05"})]
+    with pytest.raises(InputError, match="contradicts the protocol's rule for the pre_octadad decision"):
+        reg.record_many("AMD-MRD2", octadad, by="bob")
+    reg.record_many("AMD-PENDING", [octadad[0]], by="bob")  # still pending: nothing contradicts
+    reg.record("AMD-MRD2", "measurement", {"date": "2026-11-20", "height_cm": 70, "weight_kg": 8.2}, by="bob")
 
 
 def test_apply_refuses_an_invalid_history_and_keeps_that_patient(reg: Any) -> None:
