@@ -116,6 +116,8 @@ class Preview:
     as_of: dt.date
     patients: list[PatientPreview]
     definition_changes: list[str]
+    #: The site amendment files applied: to the version patients are on, and to the new one.
+    sites: tuple[str | None, str | None] = (None, None)
 
     @property
     def summary(self) -> str:
@@ -138,12 +140,15 @@ class Preview:
         """JSON-ready form (``protocol amend preview --format json``)."""
         return {"protocol": self.protocol, "to": f"{self.protocol}@{self.to_version}", "to_sha256": self.to_sha256,
                 "file": self.file, "as_of": self.as_of.isoformat(), "summary": self.summary,
+                "sites": {"from": self.sites[0], "to": self.sites[1]},
                 "definition_changes": self.definition_changes, "patients": [p.to_dict() for p in self.patients]}
 
     def to_text(self) -> str:
         """Readable form: the summary first, then each patient."""
-        lines = [f"amendment {self.file}: {self.protocol} → {self.to_version} (sha256 {self.to_sha256[:12]}), "
-                 f"as of {self.as_of.isoformat()}", self.summary, ""]
+        head = f"amendment {self.file}: {self.protocol} → {self.to_version} (sha256 {self.to_sha256[:12]})"
+        if self.sites != (None, None):
+            head += f", site amendment {self.sites[0] or 'none'} → {self.sites[1] or 'none'}"
+        lines = [f"{head}, as of {self.as_of.isoformat()}", self.summary, ""]
         if self.definition_changes:
             lines.append("definition changes (protocol diff):")
             lines.extend(f"  {c}" for c in self.definition_changes)
@@ -346,6 +351,18 @@ def _load_new(file: str | os.PathLike[str], site: str | os.PathLike[str] | None)
     return written, (written if site is None else load_protocol(file, site))
 
 
+def _site_key(site: str | os.PathLike[str] | None) -> tuple[str, str] | None:
+    """A site amendment file by its path and content (None: no site amendment)."""
+    if site is None:
+        return None
+    import hashlib
+
+    try:
+        return os.path.realpath(site), hashlib.sha256(open(site, "rb").read()).hexdigest()
+    except OSError:
+        return os.path.realpath(site), ""  # unreadable: amend() reports it
+
+
 def _on(reg: Any, conn: Any, pid: str, protocol_field: str) -> Any:
     from ._loading import load_protocol
     from ._versions import protocol_for
@@ -365,9 +382,15 @@ def _candidates(reg: Any, protocol_id: str, patients: Sequence[str] | None) -> l
 
 
 def preview(reg: Any, file: str | os.PathLike[str], *, site: str | os.PathLike[str] | None = None,
-            as_of: dt.date | None = None, patients: Sequence[str] | None = None) -> Preview:
+            as_of: dt.date | None = None, patients: Sequence[str] | None = None,
+            from_site: str | os.PathLike[str] | None = None) -> Preview:
     """Preview the amendment ``file`` for every registered patient on its protocol (or the
     ``patients`` named), planned as of ``as_of`` (default the registry's today).
+
+    ``site``: a site amendment applied to the new version; ``from_site``: the one applied to
+    the version patients are on (default: ``site``; ``""``: none). A change of site amendment alone is
+    previewed by giving the version patients are on as ``file`` (``interfant06-blinatumomab``)
+    with ``from_site`` the current site file and ``site`` the changed one.
 
     Raises :class:`InputError` (nothing written) for a file that does not validate, an
     amendment of a protocol no patient is on, or a version not greater than a patient's.
@@ -394,18 +417,20 @@ def preview(reg: Any, file: str | os.PathLike[str], *, site: str | os.PathLike[s
         patient = reg.patient(pid)
         with reg._read() as conn:
             old_written = _on(reg, conn, pid, patient.protocol)
-        if old_written.sha256 == written.sha256:
+        old_site = site if from_site is None else (from_site or None)
+        site_only = from_site is not None and _site_key(old_site) != _site_key(site)
+        if old_written.sha256 == written.sha256 and not site_only:
             out.append(PatientPreview(pid, f"{old_written.id}@{old_written.version}", old_written.sha256,
                                       already=True))
             continue
         from ._versions import check_amendment
 
-        check_amendment(written, old_written)
+        if old_written.sha256 != written.sha256:
+            check_amendment(written, old_written)
         if old_written.sha256 not in olds:
-            olds[old_written.sha256] = old_written if site is None else amend(old_written, site)
+            olds[old_written.sha256] = old_written if old_site is None else amend(old_written, old_site)
             diffs[old_written.sha256] = [f"{c.marker} {c.path}: {c.old_text or ''} → {c.new_text or ''}".strip()
-                                         if hasattr(c, "old_text") else str(c)
-                                         for c in diff_protocols(old_written, written).changes]
+                                         for c in diff_protocols(olds[old_written.sha256], new).changes]
         old_p = olds[old_written.sha256]
         row = PatientPreview(pid, f"{old_written.id}@{old_written.version}", old_written.sha256)
         before = plan(patient, old_p, as_of=day, today=today)
@@ -423,7 +448,9 @@ def preview(reg: Any, file: str | os.PathLike[str], *, site: str | os.PathLike[s
             row.changes, row.kept = compare(before, after, day, same_slots)
         out.append(row)
     definition = next(iter(diffs.values()), [])
-    return Preview(new.id, new.version, written.sha256, os.fspath(file), day, out, definition)
+    old_site = site if from_site is None else (from_site or None)
+    sites = (None if old_site is None else os.fspath(old_site), None if site is None else os.fspath(site))
+    return Preview(new.id, new.version, written.sha256, os.fspath(file), day, out, definition, sites)
 
 
 @dataclass(slots=True)

@@ -181,6 +181,12 @@ def test_apply_moves_and_earlier_plans_stay_byte_identical(reg: Any, clock: Cloc
     now = reg._plan(reg.patient("AMD-MRD2"))
     assert now.protocol.version == "1.1.0"
     assert next(d for d in now.decisions if d.id == "pre_octadad").outcome == "hsct"
+    # Its calendar follows the new version too (HSCT instead of OCTADAD).
+    from protocol._calendar import calendar_for
+
+    ics = calendar_for(reg, "AMD-MRD2", as_of=TODAY).decode()
+    unfolded = ics.replace("\r\n ", "")
+    assert "1.1.0" in unfolded and "(OCTADAD)" not in unfolded  # before the move, OCTADAD items were there
     # As known on the earlier day: the old version, byte for byte.
     assert {pid: plan_as_known(reg, pid, TODAY).to_json() for pid in patients()} == before
     # The worklist projection follows the new version too, and stays fresh (not re-planned on every call).
@@ -285,3 +291,15 @@ def test_the_command_line_previews_applies_and_retracts(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "refused AMD-LATE" in refused.stderr and "Traceback" not in refused.stderr
     bad = _protocol("amend", "preview", tmp_path / "missing.yaml", db=db)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+
+
+def test_a_changed_site_amendment_is_previewed_the_same_way(reg: Any) -> None:
+    site = AMEND / "site-dexamethasone.yaml"
+    result = preview(reg, "interfant06-blinatumomab", site=site, from_site="", as_of=TODAY)
+    # The site's (INVENTED) verified value is the dose amendment's value: the same patients and items change.
+    assert listed(result) == listed(preview(reg, DOSE, as_of=TODAY))
+    assert any(".dexamethasone.dose.amount.value" in c for c in result.definition_changes)
+    assert result.sites == (None, str(site)) and "site amendment none →" in result.to_text().splitlines()[0]
+    # The same site on both sides, same version: nothing to preview.
+    same = preview(reg, "interfant06-blinatumomab", site=site, as_of=TODAY)
+    assert all(p.already for p in same.patients)

@@ -49,6 +49,9 @@ def amend_preview(
     as_of: AsOf = None,
     fmt: Annotated[Format, typer.Option("--format", help="text, json or csv (one row per change).")] = Format.text,
     output: Out = None,
+    from_site: Annotated[Path | None, typer.Option(
+        "--from-site", help="The site amendment patients are planned with now (default: --site; 'none': none). With "
+        "NEW.yaml the version they are on, previews a change of site amendment alone.", metavar="FILE")] = None,
 ) -> None:
     """Re-plan every registered patient on the amended protocol under the new version and
     report what changes from the as-of day on: doses (old → new, with evidence), dates moved,
@@ -56,6 +59,8 @@ def amend_preview(
     Items already recorded never change. Writes nothing.
 
     Example: protocol amend preview tests/data/amendments/hsct-threshold.yaml --db protocol.db
+
+    A site amendment changed: protocol amend preview interfant06-blinatumomab --from-site old.yaml --site new.yaml
     """
     from .._amend import preview
     from .._loading import dumps
@@ -63,7 +68,8 @@ def amend_preview(
 
     def run() -> Any:
         with open_registry(db) as reg:
-            return preview(reg, new, site=_site(site), as_of=_as_of(as_of), patients=_ids(patients))
+            return preview(reg, new, site=_site(site), as_of=_as_of(as_of), patients=_ids(patients),
+                           from_site=None if from_site is None else "" if str(from_site) == "none" else from_site)
 
     result = _run(run)
     text = (dumps(result.to_dict()) if fmt is Format.json else result.to_csv() if fmt is Format.csv
