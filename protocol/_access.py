@@ -147,8 +147,12 @@ class Scoped:
         """The patient's plan as of today (the registry's ``today``), as ``protocol plan`` makes it."""
         from ._schedule import plan
 
+        from ._versions import protocol_for
+
         patient = self.patient(patient_id)
-        return plan(patient, as_of=as_of or self.reg.today())
+        # The protocol version the patient is on (protocol amend), if one is recorded.
+        return plan(patient, protocol_for(self.reg._conn, patient_id, patient.protocol),
+                    as_of=as_of or self.reg.today())
 
     def calendar(self, patient_id: str) -> bytes:
         """The patient's iCalendar (SEQUENCE from the registry's history), as ``protocol calendar`` makes it."""

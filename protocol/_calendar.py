@@ -616,6 +616,10 @@ def calendar_for(registry: Any, patient_id: str, *, protocol: Any = None, as_of:
     try:
         stamps = list(dict.fromkeys(e.recorded_at for e in registry.history(patient_id)))
         revisions = [registry.patient(patient_id, as_of_recorded=s) for s in stamps]
+        if protocol is None:  # the protocol version the patient is on (protocol amend)
+            from ._versions import protocol_for
+
+            protocol = protocol_for(registry._conn, patient_id, revisions[-1].protocol)
     finally:
         if own:
             registry.close()

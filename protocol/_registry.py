@@ -250,12 +250,50 @@ CREATE TRIGGER signatures_no_delete BEFORE DELETE ON signatures
 BEGIN SELECT RAISE(ABORT, 'a signature is never deleted'); END;
 """
 
+# Protocol versions (issue 15): every definition a patient was planned with, its bytes stored
+# once by SHA-256, and the append-only log of which version each patient is on (registration,
+# amendments, their retractions). A separate log, not new kinds of ``entries``: that table's
+# kinds are fixed by a CHECK, and widening it would mean rebuilding the append-only audit log.
+_V5 = """
+CREATE TABLE protocol_versions (
+    sha256     TEXT PRIMARY KEY CHECK (length(sha256) = 64),
+    protocol   TEXT NOT NULL,
+    version    TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    definition BLOB NOT NULL,
+    stored_at  TEXT NOT NULL
+);
+CREATE TRIGGER protocol_versions_no_update BEFORE UPDATE ON protocol_versions
+BEGIN SELECT RAISE(ABORT, 'a stored protocol version is never changed'); END;
+CREATE TRIGGER protocol_versions_no_delete BEFORE DELETE ON protocol_versions
+BEGIN SELECT RAISE(ABORT, 'a stored protocol version is never deleted'); END;
+CREATE TABLE version_entries (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    patient     TEXT NOT NULL REFERENCES patients(id),
+    sha256      TEXT REFERENCES protocol_versions(sha256),
+    from_sha256 TEXT REFERENCES protocol_versions(sha256),
+    recorded_by TEXT NOT NULL CHECK (length(recorded_by) > 0),
+    recorded_at TEXT NOT NULL,
+    reason      TEXT,
+    retracts    INTEGER REFERENCES version_entries(seq),
+    CHECK ((retracts IS NULL) = (sha256 IS NOT NULL)),
+    CHECK ((from_sha256 IS NULL AND retracts IS NULL) OR length(reason) > 0)
+);
+CREATE INDEX version_entries_by_patient ON version_entries(patient, seq);
+CREATE UNIQUE INDEX version_entries_retracted_once ON version_entries(retracts) WHERE retracts IS NOT NULL;
+CREATE TRIGGER version_entries_no_update BEFORE UPDATE ON version_entries
+BEGIN SELECT RAISE(ABORT, 'the version log is append-only: retract the entry instead'); END;
+CREATE TRIGGER version_entries_no_delete BEFORE DELETE ON version_entries
+BEGIN SELECT RAISE(ABORT, 'the version log is append-only: retract the entry instead'); END;
+"""
+
 #: ``(version, what it does, SQL)``, applied in order to bring an older database up to date.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "patients and the append-only entry log", _V1),
     (2, "worklist projection", _V2),
     (3, "worklist rows in listing order", _V3),
     (4, "sites, users, sessions, sign-in audit, feeds and signatures", _V4),
+    (5, "protocol versions and the per-patient version log", _V5),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -644,11 +682,14 @@ class Registry:
             raise names.rewrite(exc) from None
 
     def _plan(self, patient: Patient) -> Any:
+        from ._versions import protocol_for
         from .schedule import plan
 
         today = self.today()
+        # The version the patient is on (issue 15), if one is recorded.
+        protocol = protocol_for(self._conn, patient.id, patient.protocol)
         # An entry dated after the day it is recorded is refused (issue 11: a dose given in 2062).
-        return plan(patient, as_of=_plan_as_of(patient, today), today=today)
+        return plan(patient, protocol, as_of=_plan_as_of(patient, today), today=today)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -703,6 +744,9 @@ class Registry:
             conn.execute("INSERT INTO patient_sites (patient, site) VALUES (?, ?)", (pid, site))
             written = [self._insert(conn, pid, kind, entry_data, by, stamp, reason if kind == "base" else None)
                        for kind, entry_data in items]
+            from ._versions import record_initial
+
+            record_initial(conn, pid, result.protocol, by, stamp)
             self._project_patient(conn, pid, self.today(), None, (patient, result, written[-1].seq))
         return written
 
@@ -1009,14 +1053,17 @@ class Registry:
 
     def _stale(self, conn: sqlite3.Connection, start: dt.date, days: int) -> list[str]:
         """Patients whose projection cannot serve a worklist from ``start`` for ``days`` days."""
+        from ._versions import expected_keys
+
         current = {ref: _definition_key(ref) for (ref,) in conn.execute("SELECT DISTINCT protocol FROM projection")}
+        versioned = expected_keys(conn, current)
         rows = conn.execute(
             "SELECT p.id, j.computed_for, j.horizon, j.protocol, j.definition FROM patients AS p "
             "LEFT JOIN projection AS j ON j.patient = p.id").fetchall()
         day = start.isoformat()
         return [pid for pid, computed_for, horizon, ref, definition in rows
-                if computed_for != day or horizon < days or definition != (current.get(ref) or "")
-                or not definition]
+                if computed_for != day or horizon < days
+                or definition != (versioned.get(pid) or current.get(ref) or "") or not definition]
 
     def _refresh(self, stale: Sequence[str], start: dt.date, days: int, chunk: int = 500,
                  wait_ms: int | None = None) -> int:
@@ -1079,10 +1126,12 @@ class Registry:
                 patient, result, last_seq = planned
             ref = patient.protocol
             if result is None or result.as_of != day:
+                from ._versions import protocol_for
+
                 cache = {} if protocols is None else protocols
                 if ref not in cache:
                     cache[ref] = _protocol(ref)
-                result = plan(patient, cache[ref], as_of=day)
+                result = plan(patient, protocol_for(conn, patient_id, ref) or cache[ref], as_of=day)
             rows = project(result, day, horizon)
             key = _definition_key(result.protocol)
         except Exception as exc:  # noqa: BLE001 - a patient that cannot be planned is listed, never dropped
@@ -1169,7 +1218,9 @@ def _definition_key(protocol_ref: Any) -> str | None:
             return None
     cached = _KEY_CACHE.get(id(proto))
     if cached is None or cached[0] is not proto:
-        digest = hashlib.sha256(Path(str(proto.path)).read_bytes()).hexdigest()[:16] if proto.path else ""
+        sha = getattr(proto, "sha256", None)
+        digest = sha[:16] if sha else (hashlib.sha256(Path(str(proto.path)).read_bytes()).hexdigest()[:16]
+                                       if proto.path else "")
         cached = (proto, f"{__version__}|{proto.id}@{proto.version}|{digest}")
         _KEY_CACHE[id(proto)] = cached
     return cached[1]
@@ -1337,7 +1388,10 @@ def resolve_patient(ref: str, db: str | os.PathLike[str] | None = None) -> Patie
         raise PatientError(Problem(ref, "", f"no such patient file, and no registry at {path} to look the id up in "
                                    "(add patients with `protocol patients add FILE`, or give --db)"))
     with Registry(path) as reg:
-        return reg.patient(ref)
+        from ._versions import attach, protocol_for
+
+        patient = reg.patient(ref)
+        return attach(patient, protocol_for(reg._conn, ref, patient.protocol))
 
 
 def worklist(db: str | os.PathLike[str] | None = None, start: dt.date | None = None, days: int = 7,

@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from . import core, db, definitions, documents, registry, simulation, web  # noqa: F401 - registers the commands
+from . import amend, core, db, definitions, documents, registry, simulation, web  # noqa: F401 - registers the commands
 from ._common import app
 
 __all__ = ["app", "main"]

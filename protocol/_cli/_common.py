@@ -134,12 +134,20 @@ def _site(site: Path | None) -> Path | None:
 
 def _protocol_for(patient: Any, site: Path | None) -> Any:
     """The protocol to plan ``patient`` with: None (the one its file names) unless a site
-    amendment applies, in which case the amended protocol."""
+    amendment applies, in which case the amended protocol. A registry patient is planned with
+    the protocol version it is on (``protocol amend``)."""
+    from .._versions import attached
+
+    version = attached(patient)
     site = _site(site)
     if site is None:
-        return None
+        return version
     from .._loading import load_patient, load_protocol
 
+    if version is not None:
+        from .._site import amend
+
+        return amend(version, site)
     if not hasattr(patient, "protocol"):
         patient = load_patient(patient)
     return load_protocol(patient.protocol.partition("@")[0], site)

@@ -1,0 +1,84 @@
+"""Protocol versions in the registry (``protocol._versions``, registry migration 5): every
+patient is on a recorded version whose bytes the registry keeps, and a plan as it was known on
+a date is made again with the version in force then, even after the shipped file changed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from protocol._errors import InputError
+from protocol._io import read_document
+from protocol._registry import MIGRATIONS, SCHEMA_VERSION, Registry
+from protocol._versions import patient_version, plan_as_known, version_history, version_key
+
+from .test_registry import ON_TIME, Clock, open_reg
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "protocol" / "definitions" / "interfant06-blinatumomab.yaml"
+
+
+def test_migration_5_follows_4_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    assert [n for n, _, _ in MIGRATIONS][-2:] == [4, 5] and SCHEMA_VERSION == 5
+    db = tmp_path / "r.db"
+    open_reg(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(InputError, match="newer release"):
+        Registry(db)
+
+
+def test_a_registered_patient_is_on_the_version_it_was_planned_with(tmp_path: Path) -> None:
+    with open_reg(tmp_path / "r.db") as reg:
+        reg.add_patient(ON_TIME, by="alice")
+        v = patient_version(reg, "INF-0001")
+        assert v.ref == "interfant06-blinatumomab@1.0.0" and v.seq is not None and v.recorded_by == "alice"
+        stored = reg._conn.execute("SELECT definition FROM protocol_versions WHERE sha256 = ?", (v.sha256,)).fetchone()
+        assert bytes(stored[0]) == SHIPPED.read_bytes()
+        assert [r["to"] for r in version_history(reg, "INF-0001")] == ["interfant06-blinatumomab@1.0.0"]
+
+
+def test_the_bytes_are_stored_once_and_never_changed(tmp_path: Path) -> None:
+    with open_reg(tmp_path / "r.db") as reg:
+        reg.add_patient(ON_TIME, by="alice")
+        data = {**read_document(ON_TIME).data, "id": "INF-0100"}
+        reg.add_patient(data, by="alice")
+        assert reg._conn.execute("SELECT count(*) FROM protocol_versions").fetchone()[0] == 1
+        assert reg._conn.execute("SELECT count(*) FROM version_entries").fetchone()[0] == 2
+        with pytest.raises(sqlite3.DatabaseError, match="never changed"):
+            reg._conn.execute("UPDATE protocol_versions SET version = '9'")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            reg._conn.execute("DELETE FROM version_entries")
+
+
+def test_a_plan_as_known_uses_the_stored_version_after_the_shipped_file_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with open_reg(tmp_path / "r.db") as reg:
+        reg.add_patient(ON_TIME, by="alice")
+        day = dt.date(2026, 11, 21)
+        before = plan_as_known(reg, "INF-0001", day).to_json()
+        # The shipped definition changes (a new release): the registry still has the old bytes.
+        from protocol import _loading
+
+        changed = tmp_path / "defs"
+        changed.mkdir()
+        text = SHIPPED.read_text(encoding="utf-8").replace('version: "1.0.0"', 'version: "1.0.1"')
+        (changed / SHIPPED.name).write_text(text, encoding="utf-8")
+        (changed / _loading.MANIFEST).write_text(
+            f"{__import__('hashlib').sha256(text.encode()).hexdigest()}  {SHIPPED.name}\n", encoding="utf-8")
+        monkeypatch.setattr(_loading, "_definitions_dir", lambda: changed)
+        monkeypatch.setattr(_loading, "_SHIPPED", None)
+        assert _loading.load_protocol("interfant06-blinatumomab").version == "1.0.1"
+        after = plan_as_known(reg, "INF-0001", day)
+        assert after.protocol.version == "1.0.0" and after.protocol.origin == "registry"
+        # Byte for byte, apart from where the definition was read from.
+        assert after.to_json().replace('"registry"', '"shipped"').replace(
+            f'"{after.protocol.provenance}"', "null") == before
+
+
+def test_version_key_orders_numerically() -> None:
+    assert version_key("1.10.0") > version_key("1.9.0") > version_key("1.0.0")
