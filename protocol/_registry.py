@@ -1288,7 +1288,9 @@ def _connect(path: Path, create: bool) -> sqlite3.Connection:
         _quick_check(conn, path)
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise InputError(Problem(str(path), "", f"not a usable protocol registry: {exc}")) from None
+        raise InputError(Problem(str(path), "", f"not a usable protocol registry: {exc}: if this is the registry "
+                                 f"file, it is damaged: stop writing to it and restore the last backup "
+                                 f"(README, Registry)")) from None
     except BaseException:
         conn.close()
         raise
