@@ -226,9 +226,9 @@ def disable_user(reg: Any, name: str) -> None:
     with reg._write() as conn:
         row = conn.execute("SELECT disabled FROM users WHERE name = ?", (name,)).fetchone()
         if row is None:
-            raise InputError(Problem("", "NAME", f"no user {name!r}"))
+            raise InputError(Problem("users", "NAME", f"no user {name!r}"))
         if row[0] is not None:
-            raise InputError(Problem("", "NAME", f"the user {name!r} was already disabled at {row[0]}"))
+            raise InputError(Problem("users", "NAME", f"the user {name!r} was already disabled at {row[0]}"))
         stamp = _stamp(reg)
         # users rows are mutable (unlike the audit log): disabling is the one change made.
         conn.execute("UPDATE users SET disabled = ? WHERE name = ?", (stamp, name))

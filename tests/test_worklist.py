@@ -183,7 +183,9 @@ def test_staleness_rules(reg: Registry, monkeypatch: pytest.MonkeyPatch) -> None
     assert reg.worklist(tomorrow, 7).refreshed == 0
     assert reg.worklist(tomorrow, 30).refreshed == 3  # a longer horizon than stored
     assert reg.worklist(tomorrow, 10).refreshed == 0  # a shorter one is served
-    monkeypatch.setattr("protocol._registry._definition_key", lambda ref: "another release")
+    # A new release: every key (shipped definitions and recorded versions) names the release.
+    monkeypatch.setattr(protocol, "__version__", "another release")
+    monkeypatch.setattr("protocol._registry._KEY_CACHE", {})
     assert reg.worklist(tomorrow, 10).refreshed == 3  # computed by another release/definition
     assert reg.worklist(tomorrow, 10).refreshed == 0
 
