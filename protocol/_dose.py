@@ -103,7 +103,8 @@ class DoseResult:
     ('18.4 mg/day, once a day', '60 mg/m²/day × 0.307 m² = 18.4 mg/day (BSA Mosteller, ...)')
     """
 
-    __slots__ = ("_applied", "_dict", "_result", "age_months", "age_years", "bsa", "measurement", "slot")
+    __slots__ = ("_applied", "_dict", "_evidence", "_result", "age_months", "age_years", "bsa", "measurement",
+                 "slot")
 
     def __init__(self, slot: Slot, measurement: Measurement | None, bsa: float | None, age_years: int,
                  age_months: int | None = None) -> None:
@@ -118,6 +119,7 @@ class DoseResult:
         self._result: tuple[Any, ...] | None = None
         self._dict: dict[str, Any] | None = None
         self._applied: list[str] = []  # the rules used: weight_band, weight_switch, age_fraction, cap...
+        self._evidence: str | None = None  # read for every item of the segment that shares this dose
 
     def _computed(self) -> tuple[Any, ...]:
         if self._result is None:
@@ -270,7 +272,9 @@ class DoseResult:
     @property
     def evidence(self) -> str:
         """Weakest evidence of the numbers used for this dose on this day (and of its days)."""
-        return _weakest(self._computed()[5])
+        if self._evidence is None:
+            self._evidence = _weakest(self._computed()[5])
+        return self._evidence
 
     @property
     def unverified(self) -> bool:

@@ -30,6 +30,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -843,20 +844,17 @@ class Measurement(_Strict):
     height_cm: float = Field(gt=0, allow_inf_nan=False)
     weight_kg: float = Field(gt=0, allow_inf_nan=False)
 
-    @field_validator("height_cm")
+    @field_validator("height_cm", "weight_kg")
     @classmethod
-    def _centimetres(cls, v: float) -> float:
-        if v >= 250:
-            hint = f": this looks like millimetres ({v / 10:g} cm)" if 300 <= v <= 2000 else ""
-            raise ValueError(f"expected a height in centimetres below 250, got {v:g}{hint}")
-        return v
-
-    @field_validator("weight_kg")
-    @classmethod
-    def _kilograms(cls, v: float) -> float:
-        if v >= 300:
-            hint = f": this looks like grams ({v / 1000:g} kg)" if 500 <= v <= 150000 else ""
-            raise ValueError(f"expected a weight in kilograms below 300, got {v:g}{hint}")
+    def _unit(cls, v: float, info: ValidationInfo) -> float:
+        # (what, limit, the unit probably typed, its factor, the range where that guess is likely)
+        what, limit, other, factor, likely = (("a height in centimetres", 250, "millimetres", 10, (300, 2000))
+                                              if info.field_name == "height_cm" else
+                                              ("a weight in kilograms", 300, "grams", 1000, (500, 150000)))
+        if v >= limit:
+            unit = "cm" if info.field_name == "height_cm" else "kg"
+            hint = f": this looks like {other} ({v / factor:g} {unit})" if likely[0] <= v <= likely[1] else ""
+            raise ValueError(f"expected {what} below {limit}, got {v:g}{hint}")
         return v
 
 

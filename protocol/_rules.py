@@ -276,43 +276,33 @@ _MARK = {True: "✓", False: "✗", None: "?"}
 _COMPILED: dict[int, tuple[Condition, Guard]] = {}
 
 
-def placeholder_keys(c: Condition) -> tuple[str, ...]:
-    """The facts read by the leaves of a condition whose threshold is a placeholder."""
-    keys: list[str] = []
+def _placeholder_leaves(c: Condition) -> list[Condition]:
+    """The leaves of a condition whose threshold is a placeholder, in order."""
+    out: list[Condition] = []
 
     def walk(x: Condition) -> None:
         for sub in (*(x.all_ or ()), *(x.any_ or ())):
             walk(sub)
         if x.not_ is not None:
             walk(x.not_)
-        if x.fact is None and x.mrd is None and x.arm is None:
-            return
-        if getattr(x.op[1], "evidence", None) == "placeholder":
-            keys.append(_key(x))
+        if (x.fact is not None or x.mrd is not None or x.arm is not None) and \
+                getattr(x.op[1], "evidence", None) == "placeholder":
+            out.append(x)
 
     walk(c)
-    return tuple(dict.fromkeys(keys))
+    return out
+
+
+def placeholder_keys(c: Condition) -> tuple[str, ...]:
+    """The facts read by the leaves of a condition whose threshold is a placeholder."""
+    return tuple(dict.fromkeys(_key(x) for x in _placeholder_leaves(c)))
 
 
 def placeholders(c: Condition) -> tuple[str, ...]:
-    """The placeholder thresholds of a condition, in words: ``('mrd:pre_octadad ≥ 0.0005 is a
-    placeholder threshold',)``; empty when every number in it is sourced."""
-    out: list[str] = []
-
-    def walk(x: Condition) -> None:
-        for sub in (*(x.all_ or ()), *(x.any_ or ())):
-            walk(sub)
-        if x.not_ is not None:
-            walk(x.not_)
-        if x.fact is None and x.mrd is None and x.arm is None:
-            return
-        op, value = x.op
-        if getattr(value, "evidence", None) == "placeholder":
-            out.append(f"the threshold {_label(_key(x))} {_OPS[op]} {_fmt_value(_key(x), value.value)} is a "
-                       f"placeholder")
-
-    walk(c)
-    return tuple(out)
+    """The placeholder thresholds of a condition, in words: ``('the threshold MRD at
+    pre_octadad ≥ 5e-4 is a placeholder',)``; empty when every number in it is sourced."""
+    return tuple(f"the threshold {_label(_key(x))} {_OPS[x.op[0]]} {_fmt_value(_key(x), x.op[1].value)} is a "
+                 f"placeholder" for x in _placeholder_leaves(c))
 
 
 def _guard(c: Condition) -> Guard:

@@ -20,6 +20,14 @@ def _attachment(name: str) -> str:
     return f'attachment; filename="{name}"'
 
 
+async def _download(request: Request, make: Any, media_type: str, suffix: str) -> Response:
+    """A patient document as an attachment named ``{pid}{suffix}``, made through the
+    signed-in user's site-scoped access (another site's patient is a 404 there)."""
+    pid = request.path_params["pid"]
+    body = await in_registry(request, lambda s: make(s, pid))
+    return Response(body, media_type=media_type, headers={"content-disposition": _attachment(f"{pid}{suffix}")})
+
+
 @page("read")
 async def roadmap(request: Request) -> Response:
     """``GET /patients/{pid}/roadmap``: the printable roadmap (HTML), as ``protocol roadmap``."""
@@ -36,19 +44,13 @@ async def roadmap_pdf(request: Request) -> Response:
     """``GET /patients/{pid}/roadmap.pdf``: the roadmap as PDF (WeasyPrint)."""
     from .._documents import render_pdf
 
-    pid = request.path_params["pid"]
-    data = await in_registry(request, lambda s: render_pdf(s.plan(pid)))
-    return Response(data, media_type="application/pdf",
-                    headers={"content-disposition": _attachment(f"{pid}-roadmap.pdf")})
+    return await _download(request, lambda s, pid: render_pdf(s.plan(pid)), "application/pdf", "-roadmap.pdf")
 
 
 @page("read")
 async def plan_csv(request: Request) -> Response:
     """``GET /patients/{pid}/plan.csv``: one row per item, as ``protocol plan --format csv``."""
-    pid = request.path_params["pid"]
-    text = await in_registry(request, lambda s: s.plan(pid).to_csv())
-    return Response(text, media_type="text/csv; charset=utf-8",
-                    headers={"content-disposition": _attachment(f"{pid}-plan.csv")})
+    return await _download(request, lambda s, pid: s.plan(pid).to_csv(), "text/csv; charset=utf-8", "-plan.csv")
 
 
 @page("read")
@@ -56,19 +58,14 @@ async def fhir(request: Request) -> Response:
     """``GET /patients/{pid}/fhir.json``: the FHIR R5 CarePlan bundle, as ``protocol fhir``."""
     from .._fhir import care_plan_json
 
-    pid = request.path_params["pid"]
-    text = await in_registry(request, lambda s: care_plan_json(s.plan(pid)))
-    return Response(text, media_type="application/fhir+json",
-                    headers={"content-disposition": _attachment(f"{pid}-careplan.json")})
+    return await _download(request, lambda s, pid: care_plan_json(s.plan(pid)), "application/fhir+json",
+                           "-careplan.json")
 
 
 @page("read")
 async def calendar(request: Request) -> Response:
     """``GET /patients/{pid}/calendar.ics``: the calendar file, as ``protocol calendar``."""
-    pid = request.path_params["pid"]
-    data = await in_registry(request, lambda s: s.calendar(pid))
-    return Response(data, media_type="text/calendar; charset=utf-8",
-                    headers={"content-disposition": _attachment(f"{pid}.ics")})
+    return await _download(request, lambda s, pid: s.calendar(pid), "text/calendar; charset=utf-8", ".ics")
 
 
 @page("feed")
