@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from .conftest import Live
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -74,3 +76,12 @@ def test_serve_on_a_registry_without_users_says_how_to_make_the_first_admin(tmp_
         server.terminate()
         _, err = server.communicate(timeout=20)
     assert f"protocol users add admin --role admin --db {db}" in err
+
+
+def test_the_patient_page_shows_the_plans_warnings_and_marks(live: Live) -> None:
+    """What the plan warns about (a per-m² infant dose without an infant rule) is on the page a
+    coordinator reads, and an element whose dates follow a placeholder length is marked."""
+    html = live.client("alice").get("/patients/INF-0001").text
+    warnings = html.split('<h2 id="warnings-heading">Warnings</h2>', 1)[1].split("</section>", 1)[0]
+    assert "per-m² doses planned before the first birthday with no infant rule" in warnings
+    assert "Maintenance (maintenance) <span class=\"mark\">[UNVERIFIED]</span>" in html
