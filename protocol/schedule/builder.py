@@ -16,6 +16,7 @@ from .._rules import RiskResult
 
 from .context import _Context
 from .records import Decision, ElementSpan, Plan
+from .given import _Given
 from .infusions import _Infusions
 from .items import _ItemEvents
 from .projection import _Projection
@@ -24,12 +25,16 @@ from .replay import _Replay
 __all__ = ["plan", "risk"]
 
 
-class _Builder(_Replay, _ItemEvents, _Infusions, _Projection):
+class _Builder(_Replay, _Given, _ItemEvents, _Infusions, _Projection):
     """Replays a patient's events, then projects the rest of the plan."""
 
     #: Replay recorded moves by triggering the ``transitions`` machine instead of the compiled
     #: table (the reference the table is tested against: ``tests/test_machine.py``).
     via_machine = False
+    #: The reference path the fast one is tested against (``tests/test_schedule.py``): moves
+    #: through the ``transitions`` machine, every item event through the general
+    #: :meth:`_ItemEvents.adjust` on lists, overdue items marked in a second pass.
+    reference = False
 
     def __init__(self, protocol: Protocol, patient: Patient, as_of: dt.date, today: dt.date | None = None) -> None:
         self.p = protocol
@@ -58,6 +63,7 @@ class _Builder(_Replay, _ItemEvents, _Infusions, _Projection):
         self.by_element: dict[str, list[tuple[int, Event]]] = {}  # events that adjust an element's items
         self.bag_hours: dict[str, tuple[int, int]] = {}  # element -> (event index, hours chosen)
         self.consumed: set[int] = set()
+        self.mixed: set[str] = set()  # elements with recorded item events other than item_given
         self.dating: str | None = None  # why the element being emitted has placeholder-dependent dates
         self.end_reason: str | None = None  # why the last closed element's end depends on a placeholder
         self.adjusted = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from bisect import bisect_left, bisect_right
+from functools import lru_cache
 from typing import Any
 
 
@@ -19,6 +20,15 @@ from .._rules import add_months, birthday, completed_months
 #: fraction since the measurement they were computed from (the ±10 % re-check of chemotherapy
 #: order entry, anchors.md §1.9); otherwise only at each element start.
 WEIGHT_CHANGE = 0.10
+
+
+@lru_cache(maxsize=1024)
+def chased_positions(element: Any, length: int) -> tuple[int, ...]:
+    """Positions in the element's day template of the items that can be overdue (assessments
+    and items with a window), in day order."""
+    _, _, slots = element.fixed if length == element.length and element.fixed is not None \
+        else element.template(length)
+    return tuple(pos for pos, s in enumerate(slots) if s.kind == "assessment" or s.window is not None)
 
 
 class _Context:
@@ -105,11 +115,14 @@ class _Context:
         return first, points
 
     def emit(self, element: Any, start: int, length: int, stop: int | None, status: str, branch: str | None,
-             out: list[tuple[Any, ...]], dated: str | None = None) -> None:
+             out: list[tuple[Any, ...]], dated: str | None = None, today: int | None = None) -> None:
         """Append the items of one element occurrence starting on ordinal ``start``.
 
         Rows are plain tuples in :class:`Item` field order, built by one comprehension per
         segment between changes of the dose inputs; doses are computed once per segment.
+        ``today`` (the element is under way): a planned administration dated before it, with
+        no window, is emitted ``unrecorded`` (assessments and windowed items are left to
+        :meth:`_Projection.overdue`).
         """
         if length <= 0 or not element.slots:
             return
@@ -129,10 +142,22 @@ class _Context:
         bounds = [0, *(bisect_left(days, cp - base, 0, end) for cp, _ in cps), end]
         ats = [(start, m_first), *cps]
         sbase = base - self.t0 + 1
+        cut = 0 if today is None else bisect_left(days, today - base, 0, end)  # rows before: in the past
+        past: list[str] | None = None
+        if cut:
+            past = [("unrecorded" if st == "planned" and s.kind != "assessment" and s.window is None else st)
+                    for s, st in zip(all_slots, per_slot or [status] * len(all_slots), strict=True)]
         for lo, hi, (at, m_index) in zip(bounds, bounds[1:], ats, strict=False):
             if hi <= lo:
                 continue
             dl = self.doses_at(all_slots, at, m_index)
+            if lo < cut:
+                mid = min(cut, hi)
+                out.extend([(base + d, d, sbase + d, s, dl[k], past[k], branch, None, dated)  # type: ignore[index]
+                            for d, k, s in zip(days[lo:mid], ks[lo:mid], slots[lo:mid])])
+                if mid == hi:
+                    continue
+                lo = mid
             seg = zip(days[lo:hi], ks[lo:hi], slots[lo:hi])
             if per_slot is None:
                 out.extend([(base + d, d, sbase + d, s, dl[k], status, branch, None, dated) for d, k, s in seg])
