@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from operator import attrgetter
 from typing import Any
 
 
@@ -24,6 +25,8 @@ from .replay import _Replay
 
 __all__ = ["plan", "risk"]
 
+_DATE = attrgetter("date")
+
 
 class _Builder(_Replay, _Given, _ItemEvents, _Infusions, _Projection):
     """Replays a patient's events, then projects the rest of the plan."""
@@ -42,8 +45,10 @@ class _Builder(_Replay, _Given, _ItemEvents, _Infusions, _Projection):
         self.as_of = as_of
         #: Nothing can have happened after this day (an entry dated after it is refused).
         self.today = dt.date.today() if today is None else today
-        self.name = patient._source
-        self.doc = patient._lines
+        # Read from pydantic's private store in one look-up (the attribute path costs microseconds).
+        private = patient.__pydantic_private__ or {}
+        self.name = private.get("_source", "patient")
+        self.doc = private.get("_lines")
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
         self.elements: list[ElementSpan] = []
@@ -67,8 +72,7 @@ class _Builder(_Replay, _Given, _ItemEvents, _Infusions, _Projection):
         self.dating: str | None = None  # why the element being emitted has placeholder-dependent dates
         self.end_reason: str | None = None  # why the last closed element's end depends on a placeholder
         self.adjusted = False
-        self.counts = sorted((c for c in patient.counts if c.date.toordinal() <= self.as_of_ord),
-                             key=lambda c: c.date)
+        self.counts = sorted((c for c in patient.counts if c.date <= as_of), key=_DATE) if patient.counts else []
         self._row_index: tuple[list[list[Any]] | None, dict[tuple[str, int], list[list[Any]]]] = (None, {})
 
     # -- problems -------------------------------------------------------------------

@@ -6,6 +6,9 @@ marked, and per-m² infant doses without a rule warned about."""
 from __future__ import annotations
 
 import datetime as dt
+from bisect import bisect_left
+from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 
@@ -15,6 +18,20 @@ from .._rules import add_months, depends_on, explain
 from .common import _count_text, _narrow, _Open, _recovered
 from .context import chased_positions
 from .records import Decision, ElementSpan
+
+
+_ORDINAL, _SLOT, _STATUS = itemgetter(0), itemgetter(3), itemgetter(5)
+#: The status of a closed element's items: those of a completed one count as done.
+_ITEM_STATUS = {"completed": "done", "pending_decision": "pending_decision"}
+
+
+@lru_cache(maxsize=64)
+def _unruled(protocol: Any) -> frozenset[Any]:
+    """The protocol's per-m² slots with no infant rule: no age fraction, no weight switch, no
+    sourced statement that the full dose applies (what :meth:`warn_infant_doses` names)."""
+    return frozenset(s for e in protocol.elements.values() for s in e.slots
+                     if (d := s.dose) is not None and d.basis == "per_m2" and d.age_fractions is None
+                     and d.weight_switch is None and d.infant_full_dose is None)
 
 
 class _Projection:
@@ -132,12 +149,16 @@ class _Projection:
         self.dating = dated
         self.end_reason = None if cur.actual_end is not None else (dated or own)
         # Items of a completed element count as done; a stopped element's later items are dropped.
-        item_status = {"completed": "done", "pending_decision": "pending_decision"}.get(status, "planned")
+        item_status = _ITEM_STATUS.get(status, "planned")
+        reasons: tuple[str, ...] = ()
+        if dated:
+            reasons = (f"its start date {dated}", f"its end date {dated}")
+        elif own:
+            reasons = (f"its end date {own}",)
         span = ElementSpan(el.id, el.title, dt.date.fromordinal(cur.planned_start), None,
                            None if cur.actual_start is None else dt.date.fromordinal(cur.actual_start),
                            None if cur.actual_end is None else dt.date.fromordinal(cur.actual_end), status, branch,
-                           el.evidence, cur.note, tuple(f"its {w} date {r}" for w, r in
-                                                         (("start", dated), ("end", dated or own)) if r))
+                           el.evidence, cur.note, reasons)
         self.elements.append(span)
         if length is None:
             return cur.actual_end
@@ -312,14 +333,15 @@ class _Projection:
         dose applies. BSA dosing under 10 kg can overdose (clinical-facts §3.10 [43]): never
         leave that silent."""
         first_birthday = add_months(self.patient.birth_date, 12).toordinal()
-        names: dict[str, None] = {}
-        for row in rows:
-            if row[0] >= first_birthday:
-                break
-            d = row[3].dose
-            if (d is not None and d.basis == "per_m2" and d.age_fractions is None and d.weight_switch is None
-                    and d.infant_full_dose is None and row[5] not in ("given", "omitted")):
-                names[row[3].name] = None
+        before = rows[:bisect_left(rows, first_birthday, key=_ORDINAL)]  # rows are in date order
+        unruled = _unruled(self.p)
+        if not unruled or not before:
+            return
+        if {"given", "omitted"}.isdisjoint(map(_STATUS, before)):
+            slots = dict.fromkeys(map(_SLOT, before))  # in order of first appearance
+        else:
+            slots = dict.fromkeys(r[3] for r in before if r[5] not in ("given", "omitted"))
+        names = dict.fromkeys(s.name for s in slots if s in unruled)
         if names:
             self.warnings.append(
                 f"per-m² doses planned before the first birthday with no infant rule in the definition (an age "
