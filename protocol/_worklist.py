@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from bisect import bisect_left
+from operator import itemgetter
 import re
 import sqlite3
 from pathlib import Path
@@ -106,12 +108,17 @@ def _selected(plan: Any, start: int, end: int) -> list[Any]:
     if rows is None:  # anything with ``items`` (tests use simple stand-ins)
         return [i for i in plan.items if i.status == "overdue" or _past_open(i.status, i.ordinal, start, i.branch)
                 or (start <= i.ordinal < end and i.status not in _NOT_DUE)]
-    from .schedule import Item
+    from .schedule.records import Item, _as_item
 
     fields = Item._fields
     ordinal, status, branch = fields.index("ordinal"), fields.index("status"), fields.index("branch")
     not_due = _NOT_DUE
-    return [Item._make(r) for r in rows
+    # Rows are in date order and an overdue item is dated before the as-of day: nothing from
+    # the window's end on is listed.
+    as_of = getattr(plan, "as_of", None)
+    cut = max(end, as_of.toordinal()) if isinstance(as_of, dt.date) else end
+    rows = rows[:bisect_left(rows, cut, key=itemgetter(ordinal))]
+    return [_as_item(r) for r in rows
             if r[status] == "overdue" or (start <= r[ordinal] < end and r[status] not in not_due)
             or (r[ordinal] < start and (r[status] == "unrecorded" or (r[status] == "planned" and r[branch] is None)))]
 
@@ -128,11 +135,23 @@ def _days(days: list[int]) -> str:
     return ", ".join(text if len(text) <= 8 else [*text[:3], "...", *text[-3:]])
 
 
-def _unrecorded(group: list[tuple[Any, str]], start: int, not_started: set[str]) -> tuple[Any, ...]:
+def _detail(item: Any) -> str:
+    """The route, the dose and the item's note (what changed it), in words."""
+    dose = item.dose
+    detail = " ".join(p for p in (item.slot.route, None if dose is None else dose.text) if p)
+    note = getattr(item, "note", None)
+    if note:
+        detail = f"{detail} ({note})" if detail else note
+    return detail
+
+
+def _unrecorded(group: list[Any], start: int, not_started: set[str]) -> tuple[Any, ...]:
     """One row for the past items of one drug (or assessment) of one element with nothing
-    recorded: dated and named by the first, the days, how long ago, the dose of the last."""
-    first, _ = group[0]
-    last, detail = group[-1]
+    recorded: dated and named by the first, the days, how long ago, the dose of the last
+    (its words computed for it alone: a patient registered late has hundreds of such items)."""
+    first = group[0]
+    last = group[-1]
+    detail = _detail(last)
     slot = first.slot
     n = len(group)
     if n == 1:
@@ -140,7 +159,7 @@ def _unrecorded(group: list[tuple[Any, str]], start: int, not_started: set[str])
     else:
         a, b = start - first.ordinal, start - last.ordinal
         ago = f"{a} to {b} days ago" if b > 1 else f"{a} days ago to {_ago(b)}"
-        when = f"{n} with nothing recorded: days {_days([i.element_day for i, _ in group])} ({ago})"
+        when = f"{n} with nothing recorded: days {_days([i.element_day for i in group])} ({ago})"
     if slot.element in not_started:
         when += f" ({slot.element} has no start recorded)"
     return (first.date.isoformat(), "unrecorded", slot.kind, slot.study, slot.element, _ref(first), slot.name,
@@ -158,25 +177,22 @@ def project(plan: Any, day: dt.date, horizon: int) -> list[tuple[Any, ...]]:
     start = day.toordinal()
     end = start + horizon
     out: list[tuple[Any, ...]] = []
-    listed: set[str] = set()
-    unrecorded: dict[tuple[str, str], list[tuple[Any, str]]] = {}
+    past_items: list[Any] = []  # their refs are what an overdue deviation is not listed again for
+    unrecorded: dict[tuple[str, str], list[Any]] = {}
     not_started = {e.id for e in getattr(plan, "elements", None) or () if _get(e, "status") == "planned"}
     for item in _selected(plan, start, end):
         status = item.status
         past = item.ordinal < start
         category = "overdue" if status == "overdue" else "unrecorded" if past else "due"
         slot = item.slot
-        ref = _ref(item)
-        dose = item.dose
-        detail = " ".join(p for p in (slot.route, None if dose is None else dose.text) if p)
-        note = getattr(item, "note", None)
-        if note:
-            detail = f"{detail} ({note})" if detail else note
         if past:
-            listed.add(ref)
+            past_items.append(item)
             if category == "unrecorded":  # one row per drug or assessment of an element (see _unrecorded)
-                unrecorded.setdefault((slot.element, slot.key), []).append((item, detail))
+                unrecorded.setdefault((slot.element, slot.key), []).append(item)
                 continue
+        ref = _ref(item)
+        detail = _detail(item)
+        if past:
             late = f"due {_ago(start - item.ordinal)}, nothing recorded"
             detail = f"{detail}; {late}" if detail else late
         out.append((item.date.isoformat(), category, slot.kind, slot.study, slot.element, ref, slot.name,
@@ -203,12 +219,18 @@ def project(plan: Any, day: dt.date, horizon: int) -> list[tuple[Any, ...]]:
                         "waits for " + ", ".join(d.waiting_for), d.status, d.branch))
     back = dt.date.fromordinal(start - horizon).isoformat()
     last = dt.date.fromordinal(end).isoformat()
+    listed: set[str] | None = None
     for dev in getattr(plan, "deviations", None) or ():
         when = _iso(_get(dev, "date"))
         kind = str(_get(dev, "kind") or "deviation")
         ref = _get(dev, "item")
-        if not (back <= when < last) or (kind == "overdue" and ref in listed):
+        if not back <= when < last:
             continue
+        if kind == "overdue":
+            if listed is None:
+                listed = {_ref(i) for i in past_items}
+            if ref in listed:
+                continue
         out.append((when, "deviation", kind, None, _get(dev, "element"), ref, kind.replace("_", " "),
                     _get(dev, "message"), None, None))
     return out
