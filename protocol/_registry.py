@@ -32,13 +32,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from ._errors import InputError, PatientError, Problem, RegistryError
 from ._io import Document, format_loc, problems_from_validation
-from ._models import Patient
+
+if TYPE_CHECKING:  # the models (pydantic) are imported where a patient is validated: a worklist
+    from ._models import Patient  # served from the projection needs none of them
 
 __all__ = [
     "DEFAULT_DB",
@@ -692,7 +692,10 @@ class Registry:
         Raises an :class:`InputError`; with ``rename`` its problems name log entries
         (``INF-0001 #17``) or ``label`` for the entry being written, not list positions.
         """
+        from pydantic import ValidationError
+
         from ._loading import _check_patient
+        from ._models import Patient
 
         names = _Names(patient_id, state, label)
         data = state.to_dict()
@@ -945,7 +948,10 @@ class Registry:
 
     def patient(self, patient_id: str, *, as_of_recorded: str | dt.date | dt.datetime | None = None) -> Patient:
         """The validated :class:`Patient` the log replays to (optionally as recorded up to a time)."""
+        from pydantic import ValidationError
+
         from ._loading import _check_patient
+        from ._models import Patient
 
         data = self.patient_data(patient_id, as_of_recorded=as_of_recorded)
         label = f"{patient_id} in {self.path}"
@@ -1056,6 +1062,26 @@ class Registry:
         """
         from ._worklist import Worklist, query
 
+        return self._serve(start, days, as_of, lambda conn, start, days, day, refreshed: Worklist(
+            start, days, query(conn, start, days, day), refreshed, self.path, day))
+
+    def write_worklist(self, out: Any, start: dt.date | None = None, days: int = MIN_HORIZON_DAYS,
+                       as_of: dt.date | None = None, *, json_output: bool = False) -> None:
+        """Write the worklist's table text (or its JSON) to ``out``, the same text as
+        ``worklist(...).table()`` (``.to_json()``), streamed from the projection without
+        holding every row (what ``protocol worklist`` prints: 10,000 patients in a fraction of
+        the memory).
+
+        >>> reg.write_worklist(sys.stdout, dt.date(2026, 11, 21), 7)  # doctest: +SKIP
+        """
+        from ._worklist import stream
+
+        self._serve(start, days, as_of, lambda conn, start, days, day, refreshed: stream(
+            conn, start, days, day, refreshed, out, json_output))
+
+    def _serve(self, start: dt.date | None, days: int, as_of: dt.date | None, serve: Callable[..., Any]) -> Any:
+        """Refresh what is stale, then ``serve(conn, start, days, as_of, refreshed)`` from one
+        read snapshot of a fresh projection."""
         if days < 1:
             raise InputError(Problem("", "--days", f"expected a whole number of days >= 1, got {days}"))
         day = as_of or self.today()
@@ -1067,19 +1093,19 @@ class Registry:
             with self._read() as conn:
                 stale = self._stale(conn, day, horizon)
                 if not stale:
-                    return Worklist(start, days, query(conn, start, days, day), refreshed, self.path, day)
+                    return serve(conn, start, days, day, refreshed)
             try:
                 refreshed += self._refresh(stale, day, horizon, wait_ms=WORKLIST_WAIT_MS)
             except RegistryError:
                 # Another process is writing: a reader never waits for it (issue 16 §5). The
                 # stale part is recomputed into temporary copies, served, and dropped.
-                return self._worklist_without_lock(start, days, day, horizon, query)
+                return self._worklist_without_lock(start, days, day, horizon, serve)
         # Writers keep changing the projection under us: refresh and read in one transaction.
         with self._write() as conn:
             stale = self._stale(conn, day, horizon)
             refreshed += len(stale)
             self._refresh_in(conn, stale, day, horizon)
-            return Worklist(start, days, query(conn, start, days, day), refreshed, self.path, day)
+            return serve(conn, start, days, day, refreshed)
 
     def _stale(self, conn: sqlite3.Connection, start: dt.date, days: int) -> list[str]:
         """Patients whose projection cannot serve a worklist from ``start`` for ``days`` days."""
@@ -1108,13 +1134,12 @@ class Registry:
                 self._refresh_in(conn, stale[i:i + chunk], start, days, computed)
         return len(stale)
 
-    def _worklist_without_lock(self, start: dt.date, days: int, day: dt.date, horizon: int, query: Any) -> Worklist:
+    def _worklist_without_lock(self, start: dt.date, days: int, day: dt.date, horizon: int,
+                               serve: Callable[..., Any]) -> Any:
         """The worklist from a read snapshot while another process holds the write lock: the
         projection tables are copied into TEMP tables of the same names (which shadow them for
         this connection), the stale patients recomputed there, the rows read, the copies
         dropped. Nothing is written to the registry file."""
-        from ._worklist import Worklist
-
         conn = self._conn
         conn.execute("BEGIN")
         try:
@@ -1126,7 +1151,7 @@ class Registry:
                 conn.execute(f"INSERT INTO temp.{table} SELECT * FROM main.{table}")
             stale = self._stale(conn, day, horizon)
             self._refresh_in(conn, stale, day, horizon)
-            return Worklist(start, days, query(conn, start, days, day), len(stale), self.path, day)
+            return serve(conn, start, days, day, len(stale))
         finally:
             for table in ("projection", "worklist_rows"):
                 conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
@@ -1183,8 +1208,9 @@ def _projection(conn: sqlite3.Connection, path: Path, patient_id: str, day: dt.d
                 ) -> _Projected:
     """The worklist rows of one patient as of ``day`` from what ``conn`` sees (see
     :meth:`Registry._project_patient`); a patient that cannot be planned gets a problem row."""
-    from .schedule import plan
+    from ._models import Patient
     from ._worklist import problem_row, project
+    from .schedule import plan
 
     old = conn.execute("SELECT horizon FROM projection WHERE patient = ?", (patient_id,)).fetchone()
     horizon = max(days or 0, old[0] if old else 0, MIN_HORIZON_DAYS)
