@@ -215,7 +215,7 @@ def create_app(db: str | Path, host: str = "127.0.0.1", csrf_secret: str | None 
     from asgi_csrf import asgi_csrf
 
     from .._registry import open_registry
-    from . import admin, auth, documents, patients, recording, worklist
+    from . import admin, amend, auth, documents, patients, recording, worklist
 
     with open_registry(db):  # refuse a missing or foreign file now, not at the first request
         pass
@@ -223,6 +223,7 @@ def create_app(db: str | Path, host: str = "127.0.0.1", csrf_secret: str | None 
     routes = [
         Route("/", auth.home),
         *auth.routes, *patients.routes, *recording.routes, *documents.routes, *worklist.routes, *admin.routes,
+        *amend.routes,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={404: _404, 405: _405, 500: _500})
