@@ -661,8 +661,10 @@ class Registry:
             sql += " AND recorded_at <= ?"
             args += (upto,)
         rows = conn.execute(sql + " ORDER BY seq", args).fetchall()
-        loads = json.loads
-        return [(seq, kind, loads(data), sup, ret) for seq, kind, data, sup, ret in rows]
+        # One parse of every entry's JSON as one array: json.loads per entry costs more in
+        # its Python wrapper than in the parse.
+        datas = json.loads("[" + ",".join([r[2] for r in rows]) + "]")
+        return [(seq, kind, data, sup, ret) for (seq, kind, _, sup, ret), data in zip(rows, datas, strict=True)]
 
     def _unknown(self, conn: sqlite3.Connection, patient_id: str, label: str, upto: str | None = None) -> PatientError:
         known = [r[0] for r in conn.execute("SELECT id FROM patients ORDER BY id LIMIT 6")]
