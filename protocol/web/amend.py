@@ -45,13 +45,29 @@ async def amend_form(request: Request) -> Response:
 @page("amend")
 async def amend_preview(request: Request) -> Response:
     """``POST /amendments/preview``: whose schedule changes, and how (nothing is written).
+    The definition and the site amendment come as pasted text or as uploaded files
+    (``definition_file``, ``site_file``; multipart).
 
     Example: POST definition=<the amended YAML>, site=<optional site amendment YAML>.
     """
-    raw = await request.form()
-    form = {k: _form_text(raw, k) for k in ("definition", "site")}
+    from starlette.datastructures import UploadFile
+
+    from .guards import MAX_BODY
+
+    errors: dict[str, list[str]] = {}
+    async with request.form(max_files=2, max_fields=10, max_part_size=MAX_BODY) as raw:
+        form = {k: _form_text(raw, k) for k in ("definition", "site")}
+        # A chosen file takes the place of the pasted text (the form works both ways, without script).
+        for name in ("definition", "site"):
+            upload = raw.get(f"{name}_file")
+            if isinstance(upload, UploadFile) and upload.filename:
+                try:
+                    form[name] = (await upload.read()).decode("utf-8").removeprefix("\ufeff")
+                except UnicodeDecodeError as exc:
+                    errors[name] = [f"{upload.filename}: expected UTF-8 text, got undecodable bytes at offset "
+                                    f"{exc.start}"]
     web = web_of(request)
-    errors = _too_long(form)
+    errors = errors or _too_long(form)
     if errors:
         return web.render(request, "amend.html.j2", status=400, title="Amendments", form=form, errors=errors,
                           result=None)

@@ -29,7 +29,7 @@ __all__ = ["MAX_BODY", "UPLOADS", "BodyRules", "RestoreHeaders", "content_type",
 #: The largest request body accepted (a patient file of two years of daily entries is ~2 MB).
 MAX_BODY = 4 * 1024 * 1024
 #: The addresses that take a file upload (``multipart/form-data``).
-UPLOADS = frozenset({"/patients/import"})
+UPLOADS = frozenset({"/patients/import", "/amendments/preview"})
 FORM = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
 JSON = "application/json"

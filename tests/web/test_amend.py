@@ -39,7 +39,7 @@ def test_a_pharmacist_previews_and_signs_an_amendment_in_the_browser(page: Page,
     page.get_by_label("Password").fill(PASSWORDS["phil"])
     page.get_by_role("button", name="Sign in").click()
     page.get_by_role("link", name="Amendments").click()
-    page.get_by_label("Amended definition (YAML or JSON)").fill(HSCT.read_text(encoding="utf-8"))
+    page.get_by_label("Amended definition file").set_input_files(str(HSCT))
     page.get_by_role("button", name="Preview").click()
     # Only the patients of phil's site (INF-0001 in site-a; INF-0002 of site-b is not listed).
     expect(page.locator("main")).to_contain_text("1 patient: ")
@@ -95,3 +95,16 @@ def test_bad_text_is_refused_beside_its_field_and_nothing_is_written(own: Live) 
     r = c.post("/amendments/apply", data={"csrftoken": c.csrf, "password": PASSWORDS["phil"], "definition": text,
                                           "sha256": sha, "reason": "INVENTED"})
     assert r.status_code == 200 and "1 patient(s) moved" in r.text and moves(own) == 1
+
+
+def test_pasted_text_previews_the_same_as_the_uploaded_file(own: Live) -> None:
+    c = own.client("phil")
+    pasted = c.post("/amendments/preview", data={"csrftoken": c.csrf, "definition": HSCT.read_text(encoding="utf-8")})
+    uploaded = c.post("/amendments/preview", data={"csrftoken": c.csrf},
+                      files={"definition_file": ("hsct.yaml", HSCT.read_bytes(), "application/yaml")})
+    sha = re.compile(r'name="sha256" value="([0-9a-f]{64})"')
+    assert pasted.status_code == uploaded.status_code == 200
+    assert sha.search(pasted.text).group(1) == sha.search(uploaded.text).group(1)
+    bad = c.post("/amendments/preview", data={"csrftoken": c.csrf},
+                 files={"definition_file": ("x.yaml", b"\xff\xfe\x00bad", "application/yaml")})
+    assert bad.status_code == 400 and 'id="a-definition-error"' in bad.text and "UTF-8" in bad.text
