@@ -86,6 +86,13 @@ class Scoped:
     def __init__(self, registry: Any, actor: Actor) -> None:
         self.reg = registry
         self.actor = actor
+        # PostgreSQL: from now on every transaction of this registry connection sees only the
+        # actor's sites (row-level security, the second wall behind the checks below).
+        from ._db import Scope
+
+        db = getattr(registry, "_db", None)
+        if db is not None:
+            db.scope = Scope.of(actor)
 
     # -- which patients -----------------------------------------------------------------
 
