@@ -85,6 +85,8 @@ class PatientPreview:
     kept: list[Change] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     already: bool = False
+    #: What the patient would be on: ``id@version``, with the site amendment's file if any.
+    to_ref: str = ""
 
     @property
     def changed(self) -> bool:
@@ -99,7 +101,7 @@ class PatientPreview:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {"patient": self.patient, "from": self.from_ref, "from_sha256": self.from_sha256,
-                "already_on_new_version": self.already, "changed": self.changed,
+                "to": self.to_ref, "already_on_new_version": self.already, "changed": self.changed,
                 "decision_changed": self.decision_changed, "invalid": bool(self.problems),
                 "problems": self.problems, "changes": [c.to_dict() for c in self.changes],
                 "kept": [c.to_dict() for c in self.kept]}
@@ -155,7 +157,7 @@ class Preview:
             lines.append("")
         for p in self.patients:
             if p.already:
-                lines.append(f"{p.patient} ({p.from_ref}): already on {self.to_version}")
+                lines.append(f"{p.patient} ({p.from_ref}): already on {p.to_ref or self.to_version}")
                 continue
             if p.problems:
                 lines.append(f"{p.patient} ({p.from_ref}): REFUSED, its recorded history is invalid under "
@@ -165,7 +167,9 @@ class Preview:
             if not p.changes and not p.kept:
                 lines.append(f"{p.patient} ({p.from_ref}): no change")
                 continue
-            lines.append(f"{p.patient} ({p.from_ref}): {len(p.changes)} change{'s' if len(p.changes) != 1 else ''}")
+            moved = f" → {p.to_ref}" if p.to_ref and p.to_ref != p.from_ref else ""
+            lines.append(f"{p.patient} ({p.from_ref}{moved}): {len(p.changes)} change"
+                         f"{'s' if len(p.changes) != 1 else ''}")
             lines.extend(f"  {line}" for line in _grouped(p.changes))
             if p.kept:
                 lines.append("  recorded, kept as recorded (the new version would plan them differently):")
@@ -177,8 +181,8 @@ class Preview:
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\n")
         w.writerow(["patient", "from", "to", "status", "kind", "ref", "name", "date", "old", "new"])
-        to = f"{self.protocol}@{self.to_version}"
         for p in self.patients:
+            to = p.to_ref or f"{self.protocol}@{self.to_version}"
             if p.already or p.problems or not (p.changes or p.kept):
                 status = "already" if p.already else "refused" if p.problems else "no change"
                 w.writerow([p.patient, p.from_ref, to, status, "", "", "", "", "; ".join(p.problems), ""])
@@ -343,14 +347,6 @@ def compare(old: Any, new: Any, day: dt.date, same_slots: dict[tuple[Any, Any], 
 # --------------------------------------------------------------------------- preview / apply
 
 
-def _load_new(file: str | os.PathLike[str], site: str | os.PathLike[str] | None) -> tuple[Any, Any]:
-    """The amended protocol as written (to store) and as planned with (with the site's values)."""
-    from ._loading import load_protocol
-
-    written = load_protocol(file)
-    return written, (written if site is None else load_protocol(file, site))
-
-
 def _site_key(site: str | os.PathLike[str] | None) -> tuple[str, str] | None:
     """A site amendment file by its path and content (None: no site amendment)."""
     if site is None:
@@ -363,11 +359,52 @@ def _site_key(site: str | os.PathLike[str] | None) -> tuple[str, str] | None:
         return os.path.realpath(site), ""  # unreadable: amend() reports it
 
 
-def _on(reg: Any, conn: Any, pid: str, protocol_field: str) -> Any:
+def _on(reg: Any, conn: Any, pid: str, protocol_field: str) -> tuple[Any, Any]:
+    """The version a patient is on as written (its definition) and as planned (with the site
+    amendment recorded with it, if any)."""
     from ._loading import load_protocol
-    from ._versions import protocol_for
+    from ._versions import load_version, protocol_for
 
-    return protocol_for(conn, pid, protocol_field) or load_protocol(protocol_field)
+    planned = protocol_for(conn, pid, protocol_field) or load_protocol(protocol_field)
+    if getattr(planned, "site_sha256", None):
+        return load_version(conn, planned.sha256), planned
+    return planned, planned
+
+
+def _with_site(written: Any, planned_on: Any, site: str | os.PathLike[str] | None, cache: dict[Any, Any]) -> Any:
+    """The new version as a patient would be planned with it: with ``site`` (a file; ``""``:
+    none), or by default with the site amendment the patient is planned with now, carried over.
+    Raises :class:`DefinitionError` when that amendment does not apply to the new version."""
+    from ._site import amend
+
+    if site == "":
+        return written
+    if site is None:
+        recorded = getattr(planned_on, "site_sha256", None)
+        if not recorded:
+            return written
+        key = (written.sha256, recorded)
+        if key not in cache:
+            cache[key] = amend(written, planned_on.site[1], site_bytes=planned_on.site_bytes)
+        return cache[key]
+    key = (written.sha256, _site_key(site))
+    if key not in cache:
+        cache[key] = amend(written, site)
+    return cache[key]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """The same definition with the same site amendment (or none on both)."""
+    return a.sha256 == b.sha256 and getattr(a, "site_sha256", None) == getattr(b, "site_sha256", None)
+
+
+def _label(proto: Any) -> str:
+    """``id@version``, with the site amendment's file when there is one."""
+    site = getattr(proto, "site", None)
+    ref = f"{proto.id}@{proto.version}"
+    if not getattr(proto, "site_sha256", None):
+        return ref
+    return f"{ref} + {os.path.basename(site[1].split(' (kept in', 1)[0])}"
 
 
 def _candidates(reg: Any, protocol_id: str, patients: Sequence[str] | None) -> list[str]:
@@ -387,10 +424,12 @@ def preview(reg: Any, file: str | os.PathLike[str], *, site: str | os.PathLike[s
     """Preview the amendment ``file`` for every registered patient on its protocol (or the
     ``patients`` named), planned as of ``as_of`` (default the registry's today).
 
-    ``site``: a site amendment applied to the new version; ``from_site``: the one applied to
-    the version patients are on (default: ``site``; ``""``: none). A change of site amendment alone is
-    previewed by giving the version patients are on as ``file`` (``interfant06-blinatumomab``)
-    with ``from_site`` the current site file and ``site`` the changed one.
+    Each patient is compared as planned now (its recorded version with its recorded site
+    amendment, or with ``from_site`` when given; ``""``: none) with the new version planned
+    with ``site`` (a file; ``""``: none; default: the patient's recorded site amendment,
+    carried over). A change of verified values alone is previewed by giving the version
+    patients are on as ``file`` (``interfant06-blinatumomab``) and the changed site file as
+    ``site``.
 
     Raises :class:`InputError` (nothing written) for a file that does not validate, an
     amendment of a protocol no patient is on, or a version not greater than a patient's.
@@ -400,39 +439,48 @@ def preview(reg: Any, file: str | os.PathLike[str], *, site: str | os.PathLike[s
     37 patients: 12 change, 3 with a changed decision, 25 unchanged
     """
     from ._diff import diff_protocols
-    from ._site import amend
+    from ._errors import DefinitionError
+    from ._loading import load_protocol
+    from ._versions import check_amendment
     from .schedule import plan
 
-    written, new = _load_new(file, site)
+    written = load_protocol(file)
     day = as_of or reg.today()
     today = max(day, reg.today())
     out: list[PatientPreview] = []
-    diffs: dict[str, list[str]] = {}
-    olds: dict[str, Any] = {}
+    diffs: dict[tuple[Any, ...], list[str]] = {}
+    amended: dict[Any, Any] = {}
     same_slots: dict[tuple[Any, Any], bool] = {}
-    ids = _candidates(reg, new.id, patients)
+    ids = _candidates(reg, written.id, patients)
     if not ids:
-        raise InputError(Problem(str(file), "id", f"no registered patient is on {new.id} (nothing to amend)"))
+        raise InputError(Problem(str(file), "id", f"no registered patient is on {written.id} (nothing to amend)"))
     for pid in ids:
         patient = reg.patient(pid)
         with reg._read() as conn:
-            old_written = _on(reg, conn, pid, patient.protocol)
-        old_site = site if from_site is None else (from_site or None)
-        site_only = from_site is not None and _site_key(old_site) != _site_key(site)
-        if old_written.sha256 == written.sha256 and not site_only:
-            out.append(PatientPreview(pid, f"{old_written.id}@{old_written.version}", old_written.sha256,
-                                      already=True))
+            old_written, old_p = _on(reg, conn, pid, patient.protocol)
+        if from_site is not None:
+            old_p = _with_site(old_written, old_written, from_site or "", amended)
+        row = PatientPreview(pid, _label(old_p), old_written.sha256)
+        try:
+            new = _with_site(written, old_p, site, amended)
+        except DefinitionError as exc:
+            if site is not None:
+                raise  # the file given is wrong for everyone
+            row.problems = [f"its site amendment does not apply to {written.id}@{written.version} (give --site): "
+                            f"{p}" for p in exc.problems]
+            out.append(row)
             continue
-        from ._versions import check_amendment
-
+        row.to_ref = _label(new)
+        if _same(old_p, new):
+            row.already = True
+            out.append(row)
+            continue
         if old_written.sha256 != written.sha256:
             check_amendment(written, old_written)
-        if old_written.sha256 not in olds:
-            olds[old_written.sha256] = old_written if old_site is None else amend(old_written, old_site)
-            diffs[old_written.sha256] = [f"{c.marker} {c.path}: {c.old_text or ''} → {c.new_text or ''}".strip()
-                                         for c in diff_protocols(olds[old_written.sha256], new).changes]
-        old_p = olds[old_written.sha256]
-        row = PatientPreview(pid, f"{old_written.id}@{old_written.version}", old_written.sha256)
+        key = (old_p.sha256, getattr(old_p, "site_sha256", None), getattr(new, "site_sha256", None))
+        if key not in diffs:
+            diffs[key] = [f"{c.marker} {c.path}: {c.old_text or ''} → {c.new_text or ''}".strip()
+                          for c in diff_protocols(old_p, new).changes]
         before = plan(patient, old_p, as_of=day, today=today)
         try:
             from ._registry import _plan_as_of
@@ -448,9 +496,8 @@ def preview(reg: Any, file: str | os.PathLike[str], *, site: str | os.PathLike[s
             row.changes, row.kept = compare(before, after, day, same_slots)
         out.append(row)
     definition = next(iter(diffs.values()), [])
-    old_site = site if from_site is None else (from_site or None)
-    sites = (None if old_site is None else os.fspath(old_site), None if site is None else os.fspath(site))
-    return Preview(new.id, new.version, written.sha256, os.fspath(file), day, out, definition, sites)
+    sites = (None if not from_site else os.fspath(from_site), None if not site else os.fspath(site))
+    return Preview(written.id, written.version, written.sha256, os.fspath(file), day, out, definition, sites)
 
 
 @dataclass(slots=True)
@@ -472,9 +519,14 @@ class AmendResult:
 
 
 def apply(reg: Any, file: str | os.PathLike[str], *, reason: str, patients: Sequence[str] | None = None,
-          by: str | None = None) -> AmendResult:
+          by: str | None = None, site: str | os.PathLike[str] | None = None) -> AmendResult:
     """Move the chosen registered patients (default: every one on the protocol) to the
     amendment ``file``: one row of the version log per patient, each in its own transaction.
+
+    ``site``: the site amendment to plan them with from now on (a file; ``""``: none;
+    default: the one each patient is planned with now, carried over). A change of verified
+    values alone is applied by giving the version patients are on as ``file`` and the new
+    site file as ``site``; the registry keeps the file's bytes like a definition's.
 
     A patient whose recorded history is invalid under the new version is refused (listed with
     the problems) and stays on its version. Raises :class:`InputError` (nothing written) for
@@ -483,6 +535,8 @@ def apply(reg: Any, file: str | os.PathLike[str], *, reason: str, patients: Sequ
     >>> apply(reg, "amendment.yaml", reason="amendment 3, approved 2027-01-10", by="alice").moved  # doctest: +SKIP
     [('INF-0001', 41, 'interfant06-blinatumomab@1.0.0', 'interfant06-blinatumomab@1.1.0')]
     """
+    from ._errors import DefinitionError
+    from ._loading import load_protocol
     from ._models import Patient
     from ._registry import _plan_as_of, _who
     from ._versions import check_amendment, current_row, record_move, store
@@ -492,44 +546,60 @@ def apply(reg: Any, file: str | os.PathLike[str], *, reason: str, patients: Sequ
         raise InputError(Problem("apply", "--reason", "an amendment needs a reason (which amendment, approved "
                                  "by whom)"))
     by = _who(by)
-    written, _ = _load_new(file, None)
+    written = load_protocol(file)
     ids = _candidates(reg, written.id, patients)
     if not ids:
         raise InputError(Problem(str(file), "id", f"no registered patient is on {written.id} (nothing to amend)"))
     to = f"{written.id}@{written.version}"
     result = AmendResult(to, written.sha256)
-    # Every patient's version is checked before anything is written: a version not greater
-    # than one patient's refuses the whole amendment.
+    amended: dict[Any, Any] = {}
+    # Every patient's version (and the site file given) is checked before anything is
+    # written: a version not greater than one patient's refuses the whole amendment.
     fields = {pid: reg.patient(pid).protocol for pid in ids}
     with reg._read() as conn:
         for pid in ids:
-            old = _on(reg, conn, pid, fields[pid])
-            if old.sha256 != written.sha256:
-                check_amendment(written, old)
+            old_written, old_p = _on(reg, conn, pid, fields[pid])
+            if site is not None:
+                _with_site(written, old_p, site, amended)
+            if old_written.sha256 != written.sha256:
+                check_amendment(written, old_written)
     today = reg.today()
     for pid in ids:
         with reg._write() as conn:
             state = reg._state(conn, pid, "apply")
             patient = Patient.model_validate(state.to_dict())
             patient._source = f"{pid} in {reg.path}"
-            old = _on(reg, conn, pid, patient.protocol)
-            if old.sha256 == written.sha256:
+            old_written, old_p = _on(reg, conn, pid, patient.protocol)
+            try:
+                new = _with_site(written, old_p, site, amended)
+            except DefinitionError as exc:
+                result.refused.append((pid, [f"its site amendment does not apply to {to} (give --site): {p}"
+                                             for p in exc.problems]))
+                continue
+            if _same(old_p, new):
                 result.already.append(pid)
                 continue
             try:
-                planned = plan(patient, written, as_of=_plan_as_of(patient, today), today=today)
+                planned = plan(patient, new, as_of=_plan_as_of(patient, today), today=today)
             except InputError as exc:
                 result.refused.append((pid, [str(p) for p in exc.problems]))
                 continue
             row = current_row(conn, pid)
             stamp = reg._recorded_at(conn)
             # A patient registered before versions were kept moves from the shipped definition.
-            from_sha = row[1] if row is not None else store(conn, old, stamp)
-            seq = record_move(conn, pid, written, from_sha, by, stamp, reason.strip())
+            from_sha = row[1] if row is not None else store(conn, old_written, stamp)
+            seq = record_move(conn, pid, new, from_sha, by, stamp, reason.strip())
             last = conn.execute("SELECT max(seq) FROM entries WHERE patient = ?", (pid,)).fetchone()[0]
             reg._project_patient(conn, pid, today, None, (patient, planned, last))
-            result.moved.append((pid, seq, f"{old.id}@{old.version}", to))
+            result.moved.append((pid, seq, _label(old_p), _label(new)))
     return result
+
+
+def _live_before(conn: Any, patient_id: str, seq: int) -> list[tuple[Any, ...]]:
+    """The patient's live version rows before ``seq`` (the one a retraction of ``seq`` returns to)."""
+    from ._versions import _live_rows
+
+    return [r for r in _live_rows(conn, patient_id, None) if r[0] < seq]
 
 
 def retract(reg: Any, patient_id: str, seq: int, *, reason: str, by: str | None = None) -> int:
@@ -566,7 +636,8 @@ def retract(reg: Any, patient_id: str, seq: int, *, reason: str, by: str | None 
         state = reg._state(conn, patient_id, "retract")
         patient = Patient.model_validate(state.to_dict())
         patient._source = f"{patient_id} in {reg.path}"
-        earlier = load_version(conn, row[1])
+        live = [r for r in _live_before(conn, patient_id, seq)]
+        earlier = load_version(conn, live[-1][1], live[-1][6]) if live else load_version(conn, row[1])
         planned = plan(patient, earlier, as_of=_plan_as_of(patient, today), today=today)
         cur = conn.execute("INSERT INTO version_entries (patient, sha256, from_sha256, recorded_by, recorded_at, "
                            "reason, retracts) VALUES (?, NULL, ?, ?, ?, ?, ?)",

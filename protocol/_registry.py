@@ -285,6 +285,25 @@ CREATE TRIGGER version_entries_no_delete BEFORE DELETE ON version_entries
 BEGIN SELECT RAISE(ABORT, 'the version log is append-only: retract the entry instead'); END;
 """
 
+# Site amendments (issue 15): the verified values a patient is planned with are versioned like
+# the definition itself, their file's bytes stored once by SHA-256; a row of the version log
+# names the definition and the site amendment (NULL: none) the patient is on from then.
+_V6 = """
+CREATE TABLE site_amendments (
+    sha256     TEXT PRIMARY KEY CHECK (length(sha256) = 64),
+    protocol   TEXT NOT NULL,
+    site       TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    amendment  BLOB NOT NULL,
+    stored_at  TEXT NOT NULL
+);
+CREATE TRIGGER site_amendments_no_update BEFORE UPDATE ON site_amendments
+BEGIN SELECT RAISE(ABORT, 'a stored site amendment is never changed'); END;
+CREATE TRIGGER site_amendments_no_delete BEFORE DELETE ON site_amendments
+BEGIN SELECT RAISE(ABORT, 'a stored site amendment is never deleted'); END;
+ALTER TABLE version_entries ADD COLUMN site_sha256 TEXT REFERENCES site_amendments(sha256);
+"""
+
 #: ``(version, what it does, SQL)``, applied in order to bring an older database up to date.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "patients and the append-only entry log", _V1),
@@ -292,6 +311,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (3, "worklist rows in listing order", _V3),
     (4, "sites, users, sessions, sign-in audit, feeds and signatures", _V4),
     (5, "protocol versions and the per-patient version log", _V5),
+    (6, "site amendments kept like protocol versions", _V6),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -1219,6 +1239,9 @@ def _definition_key(protocol_ref: Any) -> str | None:
         sha = getattr(proto, "sha256", None)
         digest = sha[:16] if sha else (hashlib.sha256(Path(str(proto.path)).read_bytes()).hexdigest()[:16]
                                        if proto.path else "")
+        site = getattr(proto, "site_sha256", None)
+        if site:
+            digest += "+" + site[:16]  # the site's verified values change the plan too
         cached = (proto, f"{__version__}|{proto.id}@{proto.version}|{digest}")
         _KEY_CACHE[id(proto)] = cached
     return cached[1]

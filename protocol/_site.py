@@ -22,13 +22,15 @@ An amendment file::
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
 from ._errors import DefinitionError, Problem
-from ._io import format_loc, read_document, validate_document
+from ._io import decode_text, format_loc, parse_text, read_document, read_input, validate_document
 from ._machine import Protocol, compile_definition, walk_values
 from ._models import IsoDate, ProtocolDefinition, Text, _Strict
 
@@ -58,8 +60,15 @@ class SiteAmendment(_Strict):
     values: list[SiteValue] = Field(min_length=1)
 
 
-def amend(base: Protocol, site_path: str | os.PathLike[str]) -> Protocol:
+def amend(base: Protocol, site_path: str | os.PathLike[str], *, site_bytes: bytes | None = None,
+          base_bytes: bytes | None = None) -> Protocol:
     """Apply a site amendment file to a loaded protocol and return the amended protocol.
+
+    ``site_bytes``: the amendment's content when it does not come from the file (a version
+    kept in the registry); ``site_path`` then only names it in messages. ``base_bytes``: the
+    definition's own bytes when it has no file of its own (a version kept in the registry). The amended
+    protocol keeps the bytes (``site_bytes``) and their SHA-256 (``site_sha256``) so the
+    registry can store the amendment a patient is planned with.
 
     Raises :class:`DefinitionError` naming the amendment file, the entry and what is wrong
     (an unknown field, a value that is not a placeholder, a value the format refuses, a
@@ -67,7 +76,11 @@ def amend(base: Protocol, site_path: str | os.PathLike[str]) -> Protocol:
 
     >>> p = amend(load_protocol("interfant06-blinatumomab"), "site.yaml")  # doctest: +SKIP
     """
-    sdoc = read_document(site_path, error=DefinitionError)
+    name = os.fspath(site_path)
+    raw = read_input(site_path, error=DefinitionError) if site_bytes is None else site_bytes
+    sdoc = parse_text(decode_text(raw, name, error=DefinitionError), name,
+                      json_only=Path(name).suffix.lower() == ".json", error=DefinitionError)
+    sdoc.sha256 = hashlib.sha256(raw).hexdigest()
     amendment = validate_document(SiteAmendment, sdoc, error=DefinitionError)
     problems: list[Problem] = []
 
@@ -86,7 +99,15 @@ def amend(base: Protocol, site_path: str | os.PathLike[str]) -> Protocol:
         by_label.setdefault(" › ".join(label), []).append((loc, value))
     if base.path is None:
         raise DefinitionError(Problem(sdoc.name, "protocol", "the definition being amended has no file to read"))
-    ddoc = read_document(base.path, error=DefinitionError)
+    if base_bytes is None:
+        ddoc = read_document(base.path, error=DefinitionError)
+        if getattr(base, "sha256", None) and ddoc.sha256 != base.sha256:
+            raise DefinitionError(Problem(os.fspath(base.path), "", "the definition changed since it was loaded: "
+                                          "load it again before applying the site amendment"))
+    else:
+        ddoc = parse_text(decode_text(base_bytes, os.fspath(base.path), error=DefinitionError),
+                          os.fspath(base.path), json_only=str(base.path).lower().endswith(".json"),
+                          error=DefinitionError)
     data = copy.deepcopy(ddoc.data)
     placed: dict[tuple[Any, ...], int] = {}
     for i, entry in enumerate(amendment.values):
@@ -154,4 +175,5 @@ def amend(base: Protocol, site_path: str | os.PathLike[str]) -> Protocol:
     compiled.origin = getattr(base, "origin", None)
     compiled.provenance = getattr(base, "provenance", None)
     compiled.site_sha256 = sdoc.sha256
+    compiled.site_bytes = raw
     return compiled

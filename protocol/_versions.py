@@ -9,6 +9,10 @@ table ``protocol_versions`` (registry migration 5), and an append-only log,
 - ``protocol amend apply`` records a move ``from_sha256 → sha256`` with who, when and why;
 - a move is undone by a retraction (another row, with a reason), never by an edit.
 
+A row names the site amendment too (migration 6): the verified values a patient is planned
+with are versioned like the definition, their file's bytes kept once in ``site_amendments``,
+so ``protocol amend apply --site`` records a change of verified values like an amendment.
+
 A patient's version *as recorded up to* a time is the last live row recorded by then (a
 retraction counts from when it was recorded), so a plan "as it was known on" a date is made
 again with the definition in force then, even after the shipped file changed. A patient
@@ -34,7 +38,8 @@ from ._errors import DefinitionError, InputError, Problem
 
 __all__ = ["PatientVersion", "patient_version", "plan_as_known", "protocol_for", "version_history", "version_key"]
 
-#: Loaded definitions by SHA-256 (a stored version is compiled once per process).
+#: Loaded definitions by SHA-256, or ``sha+site_sha`` with a site amendment (a stored version
+#: is compiled once per process).
 _COMPILED: dict[str, Any] = {}
 #: Protocols attached to registry patients (``id(patient)`` → (patient, protocol)), for the CLI.
 _ATTACHED: dict[int, tuple[Any, Any]] = {}
@@ -46,6 +51,9 @@ class PatientVersion:
 
     ``seq`` is None for a patient with no recorded version (registered before versions were
     kept): it is planned with the shipped definition.
+
+    ``site`` names the site amendment the patient is planned with (``(site, file name,
+    sha256)``), or is None.
 
     >>> PatientVersion("INF-0001", "interfant06-blinatumomab", "1.0.0", "ab" * 32, None, None, None, None).ref
     'interfant06-blinatumomab@1.0.0'
@@ -59,6 +67,7 @@ class PatientVersion:
     recorded_at: str | None
     recorded_by: str | None
     reason: str | None
+    site: tuple[str, str, str] | None = None
 
     @property
     def ref(self) -> str:
@@ -69,7 +78,9 @@ class PatientVersion:
         """JSON-ready form."""
         return {"patient": self.patient, "protocol": self.protocol, "version": self.version, "ref": self.ref,
                 "sha256": self.sha256, "seq": self.seq, "recorded_at": self.recorded_at,
-                "recorded_by": self.recorded_by, "reason": self.reason}
+                "recorded_by": self.recorded_by, "reason": self.reason,
+                "site": None if self.site is None else {"site": self.site[0], "file": self.site[1],
+                                                        "sha256": self.site[2]}}
 
 
 def version_key(version: str) -> tuple[Any, ...]:
@@ -120,26 +131,47 @@ def store(conn: sqlite3.Connection, protocol: Any, stamp: str) -> str:
     return sha
 
 
+def store_site(conn: sqlite3.Connection, protocol: Any, stamp: str) -> str | None:
+    """Keep the site amendment ``protocol`` was amended with (once) and return its SHA-256,
+    or None when it has none. Inside the caller's transaction."""
+    sha = getattr(protocol, "site_sha256", None)
+    if not sha:
+        return None
+    if conn.execute("SELECT 1 FROM site_amendments WHERE sha256 = ?", (sha,)).fetchone():
+        return sha
+    data = getattr(protocol, "site_bytes", None)
+    if data is None or hashlib.sha256(data).hexdigest() != sha:
+        raise DefinitionError(Problem(str((protocol.site or ("", "site amendment"))[1]), "",
+                                      "the site amendment's content is not the one applied: load it again"))
+    site, name = protocol.site
+    conn.execute("INSERT OR IGNORE INTO site_amendments (sha256, protocol, site, name, amendment, stored_at) "
+                 "VALUES (?, ?, ?, ?, ?, ?)", (sha, protocol.id, site, Path(str(name)).name, data, stamp))
+    return sha
+
+
 def record_initial(conn: sqlite3.Connection, patient_id: str, protocol: Any, by: str, stamp: str) -> None:
     """Record the version a patient was registered with (inside the registering transaction)."""
     if protocol is None or not getattr(protocol, "path", None):
         return
     sha = store(conn, protocol, stamp)
-    conn.execute("INSERT INTO version_entries (patient, sha256, recorded_by, recorded_at) VALUES (?, ?, ?, ?)",
-                 (patient_id, sha, by, stamp))
+    conn.execute("INSERT INTO version_entries (patient, sha256, recorded_by, recorded_at, site_sha256) "
+                 "VALUES (?, ?, ?, ?, ?)", (patient_id, sha, by, stamp, store_site(conn, protocol, stamp)))
 
 
 def record_move(conn: sqlite3.Connection, patient_id: str, protocol: Any, from_sha: str | None, by: str,
                 stamp: str, reason: str) -> int:
-    """Record a move of a patient to ``protocol`` (inside the caller's transaction); its seq."""
+    """Record a move of a patient to ``protocol`` (and the site amendment it was amended
+    with, if any) inside the caller's transaction; its seq."""
     sha = store(conn, protocol, stamp)
-    cur = conn.execute("INSERT INTO version_entries (patient, sha256, from_sha256, recorded_by, recorded_at, reason) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (patient_id, sha, from_sha, by, stamp, reason))
+    cur = conn.execute("INSERT INTO version_entries (patient, sha256, from_sha256, recorded_by, recorded_at, reason, "
+                       "site_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (patient_id, sha, from_sha, by, stamp, reason, store_site(conn, protocol, stamp)))
     return int(cur.lastrowid or 0)
 
 
 def _live_rows(conn: sqlite3.Connection, patient_id: str, upto: str | None) -> list[tuple[Any, ...]]:
-    sql = ("SELECT seq, sha256, recorded_at, recorded_by, reason, retracts FROM version_entries "
+    # A retraction row carries no sha256: the live rows are the moves not retracted by then.
+    sql = ("SELECT seq, sha256, recorded_at, recorded_by, reason, retracts, site_sha256 FROM version_entries "
            "WHERE patient = ?")
     args: tuple[Any, ...] = (patient_id,)
     if upto is not None:
@@ -151,18 +183,22 @@ def _live_rows(conn: sqlite3.Connection, patient_id: str, upto: str | None) -> l
 
 
 def current_row(conn: sqlite3.Connection, patient_id: str, upto: str | None = None) -> tuple[Any, ...] | None:
-    """``(seq, sha256, recorded_at, recorded_by, reason, None)`` of the patient's version, or None."""
+    """``(seq, sha256, recorded_at, recorded_by, reason, None, site_sha256)`` of the patient's
+    version, or None."""
     rows = _live_rows(conn, patient_id, upto)
     return rows[-1] if rows else None
 
 
-def load_version(conn: sqlite3.Connection, sha: str) -> Any:
-    """The stored definition ``sha`` as a :class:`~protocol.Protocol` (compiled once).
+def load_version(conn: sqlite3.Connection, sha: str, site_sha: str | None = None) -> Any:
+    """The stored definition ``sha`` as a :class:`~protocol.Protocol` (compiled once), with
+    the stored site amendment ``site_sha`` applied when given.
 
     When it is the shipped definition as released now, the shipped protocol itself
     (``origin == "shipped"``); otherwise ``origin`` is ``"registry"`` and ``provenance`` says
     the version was read from the registry.
     """
+    if site_sha:
+        return _with_site(conn, load_version(conn, sha), site_sha)
     cached = _COMPILED.get(sha)
     if cached is not None:
         return cached
@@ -196,15 +232,34 @@ def load_version(conn: sqlite3.Connection, sha: str) -> Any:
     return proto
 
 
+def _with_site(conn: sqlite3.Connection, base: Any, site_sha: str) -> Any:
+    """``base`` with the stored site amendment ``site_sha`` applied (compiled once)."""
+    key = f"{base.sha256}+{site_sha}"
+    cached = _COMPILED.get(key)
+    if cached is not None:
+        return cached
+    row = conn.execute("SELECT name, amendment FROM site_amendments WHERE sha256 = ?", (site_sha,)).fetchone()
+    if row is None:
+        raise DefinitionError(Problem("registry", "site_amendments", f"no stored site amendment with sha256 "
+                                      f"{site_sha}"))
+    from ._site import amend
+
+    stored = _STORED_BYTES.get(base.sha256) if base.origin == "registry" else None
+    proto = amend(base, f"{row[0]} (kept in the registry, sha256 {site_sha[:12]})", site_bytes=bytes(row[1]),
+                  base_bytes=stored)
+    _COMPILED[key] = proto
+    return proto
+
+
 def protocol_for(conn: sqlite3.Connection, patient_id: str, protocol_field: str,
                  upto: str | None = None) -> Any:
-    """The protocol to plan a registry patient with: its recorded version (up to ``upto``),
-    or None (the one its ``protocol`` field names) when none is recorded or the field names
-    another protocol or version."""
+    """The protocol to plan a registry patient with: its recorded version (up to ``upto``)
+    with its recorded site amendment, or None (the one its ``protocol`` field names) when none
+    is recorded or the field names another protocol or version."""
     row = current_row(conn, patient_id, upto)
     if row is None:
         return None
-    proto = load_version(conn, row[1])
+    proto = load_version(conn, row[1], row[6])
     name, _, version = str(protocol_field).partition("@")
     if name != proto.id or (version and version != proto.version):
         return None
@@ -230,11 +285,13 @@ def patient_version(reg: Any, patient_id: str, *, as_of_recorded: str | dt.date 
 
         proto = load_protocol(patient.protocol)
         return PatientVersion(patient_id, proto.id, proto.version, proto.sha256, None, None, None, None)
-    return PatientVersion(patient_id, proto.id, proto.version, row[1], row[0], row[2], row[3], row[4])
+    site = None if not row[6] else (proto.site[0], proto.site[1].split(" (kept in", 1)[0], row[6])
+    return PatientVersion(patient_id, proto.id, proto.version, row[1], row[0], row[2], row[3], row[4], site)
 
 
 def version_history(reg: Any, patient_id: str) -> list[dict[str, Any]]:
-    """Every row of the patient's version log, in order, with the versions named.
+    """Every row of the patient's version log, in order, with the versions named (``to`` /
+    ``from``: ``id@version``; ``to_label`` / ``from_label`` add the site amendment's file).
 
     >>> [r["to"] for r in version_history(reg, "INF-0001")]  # doctest: +SKIP
     ['interfant06-blinatumomab@1.0.0', 'interfant06-blinatumomab@1.1.0']
@@ -242,13 +299,30 @@ def version_history(reg: Any, patient_id: str) -> list[dict[str, Any]]:
     with reg._read() as conn:
         names = {sha: f"{p}@{v}" for sha, p, v in conn.execute("SELECT sha256, protocol, version FROM "
                                                                "protocol_versions")}
-        rows = conn.execute("SELECT seq, sha256, from_sha256, recorded_by, recorded_at, reason, retracts FROM "
-                            "version_entries WHERE patient = ? ORDER BY seq", (patient_id,)).fetchall()
+        sites = {sha: {"site": site, "file": name, "sha256": sha}
+                 for sha, site, name in conn.execute("SELECT sha256, site, name FROM site_amendments")}
+        rows = conn.execute("SELECT seq, sha256, from_sha256, recorded_by, recorded_at, reason, retracts, site_sha256 "
+                            "FROM version_entries WHERE patient = ? ORDER BY seq", (patient_id,)).fetchall()
     retracted = {r[6]: r[0] for r in rows if r[6] is not None}
-    return [{"seq": seq, "to": names.get(sha) if sha else None, "sha256": sha,
-             "from": names.get(frm) if frm else None, "from_sha256": frm, "recorded_by": by, "recorded_at": at,
-             "reason": reason, "retracts": ret, "retracted_by": retracted.get(seq)}
-            for seq, sha, frm, by, at, reason, ret in rows]
+    out = []
+    live: list[tuple[int, str]] = []  # (seq, label) of the moves in force, the current one last
+
+    def label(sha: str | None, site: str | None) -> str | None:
+        name = names.get(sha) if sha else None
+        return name if name is None or site not in sites else f"{name} + {sites[site]['file']}"
+
+    for seq, sha, frm, by, at, reason, ret, site in rows:
+        if ret is not None:
+            live = [x for x in live if x[0] != ret]
+        before = live[-1][1] if live else label(frm, None)
+        if sha is not None:
+            live.append((seq, label(sha, site) or ""))
+        out.append({"seq": seq, "to": names.get(sha) if sha else None, "sha256": sha,
+                    "from": names.get(frm) if frm else None, "from_sha256": frm, "recorded_by": by,
+                    "recorded_at": at, "reason": reason, "retracts": ret, "retracted_by": retracted.get(seq),
+                    "site": sites.get(site), "to_label": label(sha, site),
+                    "from_label": before if frm is not None else None})
+    return out
 
 
 def plan_as_known(reg: Any, patient_id: str, on: dt.date, *, today: dt.date | None = None) -> Any:
@@ -297,22 +371,33 @@ def expected_keys(conn: sqlite3.Connection, current: dict[str, str | None]) -> d
     version is not the shipped definition as released now: ``{patient: key}``."""
     from . import __version__
 
-    rows = conn.execute("SELECT seq, patient, sha256, retracts FROM version_entries ORDER BY seq").fetchall()
+    rows = conn.execute("SELECT seq, patient, sha256, retracts, site_sha256 FROM version_entries "
+                        "ORDER BY seq").fetchall()
     if not rows:
         return {}
     retracted = {r[3] for r in rows if r[3] is not None}
-    live: dict[str, str] = {}
-    for seq, pid, sha, ret in rows:
+    live: dict[str, tuple[str, str | None]] = {}
+    for seq, pid, sha, ret, site in rows:
         if ret is None and seq not in retracted:
-            live[pid] = sha
+            live[pid] = (sha, site)
     shipped = {key.rsplit("|", 1)[-1] for key in current.values() if key}
-    names = {}
+    names: dict[tuple[str, str | None], str] = {}
     out = {}
-    for pid, sha in live.items():
-        if sha[:16] in shipped:
+    for pid, (sha, site) in live.items():
+        if site is None and sha[:16] in shipped:
             continue
-        if sha not in names:
+        if (sha, site) not in names:
             row = conn.execute("SELECT protocol, version FROM protocol_versions WHERE sha256 = ?", (sha,)).fetchone()
-            names[sha] = f"{__version__}|{row[0]}@{row[1]}|{sha[:16]}"
-        out[pid] = names[sha]
+            names[(sha, site)] = f"{__version__}|{row[0]}@{row[1]}|{digest(sha, site)}"
+        out[pid] = names[(sha, site)]
     return out
+
+
+def digest(sha: str, site_sha: str | None) -> str:
+    """The definition part of a projection key: the definition's and the site amendment's
+    hashes (see ``_registry._definition_key``).
+
+    >>> digest("ab" * 32, None), digest("ab" * 32, "cd" * 32)
+    ('abababababababab', 'abababababababab+cdcdcdcdcdcdcdcd')
+    """
+    return sha[:16] + ("+" + site_sha[:16] if site_sha else "")

@@ -301,5 +301,95 @@ def test_a_changed_site_amendment_is_previewed_the_same_way(reg: Any) -> None:
     assert any(".dexamethasone.dose.amount.value" in c for c in result.definition_changes)
     assert result.sites == (None, str(site)) and "site amendment none →" in result.to_text().splitlines()[0]
     # The same site on both sides, same version: nothing to preview.
-    same = preview(reg, "interfant06-blinatumomab", site=site, as_of=TODAY)
+    same = preview(reg, "interfant06-blinatumomab", site=site, from_site=site, as_of=TODAY)
     assert all(p.already for p in same.patients)
+
+
+def _dexamethasone(result: Any) -> set[str]:
+    return {i.dose.text for i in result.items if i.ref.startswith("octadad:dexamethasone@") and i.dose}
+
+
+def test_a_site_amendment_is_applied_kept_and_retracted_like_a_version(reg: Any, clock: Clock, tmp_path: Path) -> None:
+    site = AMEND / "site-dexamethasone.yaml"
+    before = {pid: plan_as_known(reg, pid, TODAY).to_json() for pid in patients()}
+    placeholder = _dexamethasone(reg._plan(reg.patient("AMD-MRD2")))
+    clock.t = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.timezone.utc)
+    done = apply(reg, "interfant06-blinatumomab", site=site, reason="INVENTED site values verified", by="bob")
+    assert {m[0] for m in done.moved} == set(patients()) and not done.refused
+    assert done.moved[0][3] == "interfant06-blinatumomab@1.0.0 + site-dexamethasone.yaml"
+    v = patient_version(reg, "AMD-MRD2")
+    assert v.version == "1.0.0" and v.site is not None and v.site[0] == "Invented Test Site"
+    assert v.site[2] == __import__("hashlib").sha256(site.read_bytes()).hexdigest()
+    # The registry plans with the verified value from now on.
+    now = reg._plan(reg.patient("AMD-MRD2"))
+    assert _dexamethasone(now) != placeholder
+    assert now.protocol.site[0] == "Invented Test Site"
+    # ...even after the file is gone: its bytes are kept in the registry.
+    copy_ = tmp_path / "site.yaml"
+    copy_.write_bytes(site.read_bytes())
+    from protocol import _versions
+
+    _versions._COMPILED.clear()
+    assert _dexamethasone(reg._plan(reg.patient("AMD-MRD2"))) == _dexamethasone(now)
+    # Plans as known before the move are byte-identical (the placeholder); the projection's key names the site.
+    assert {pid: plan_as_known(reg, pid, TODAY).to_json() for pid in patients()} == before
+    reg.worklist(TODAY, 7)
+    key = reg._conn.execute("SELECT definition FROM projection WHERE patient = 'AMD-MRD2'").fetchone()[0]
+    assert "+" + v.site[2][:16] in key and reg.worklist(TODAY, 7).refreshed == 0
+    # Nothing to preview again: the site is the recorded one (the default compares with what is recorded).
+    assert all(p.already for p in preview(reg, "interfant06-blinatumomab", site=site, as_of=TODAY).patients)
+    assert all(p.already for p in preview(reg, "interfant06-blinatumomab", as_of=TODAY).patients)
+    # A new version carries the recorded site amendment over, unless told otherwise; this site file names
+    # version 1.0.0, so carrying it to 1.1.0 is refused per patient with the reason.
+    carried = preview(reg, HSCT, as_of=TODAY)
+    assert all(p.problems and "site amendment does not apply" in p.problems[0] for p in carried.patients)
+    dropped = preview(reg, HSCT, site="", as_of=TODAY)
+    assert not any(p.problems for p in dropped.patients if p.patient != "AMD-LATE")
+    assert any(c.kind == "dose" and c.ref.startswith("octadad:dexamethasone@")
+               for p in dropped.patients for c in p.changes)
+    # Retracting the move returns the patient to the placeholder.
+    seq = next(m[1] for m in done.moved if m[0] == "AMD-MRD2")
+    retract(reg, "AMD-MRD2", seq, reason="INVENTED: verified against the wrong section", by="carol")
+    assert patient_version(reg, "AMD-MRD2").site is None
+    assert _dexamethasone(reg._plan(reg.patient("AMD-MRD2"))) == placeholder
+    log = version_history(reg, "AMD-MRD2")
+    assert log[1]["site"]["site"] == "Invented Test Site" and log[0]["site"] is None
+
+
+def test_a_site_file_that_does_not_apply_writes_nothing(reg: Any, tmp_path: Path) -> None:
+    count = lambda: reg._conn.execute("SELECT count(*) FROM version_entries").fetchone()[0]  # noqa: E731
+    before = count()
+    bad = tmp_path / "site.yaml"
+    bad.write_text((AMEND / "site-dexamethasone.yaml").read_text(encoding="utf-8").replace(
+        "elements[4].administrations[0].dose.amount", "elements[0].nothing"), encoding="utf-8")
+    with pytest.raises(InputError, match="site.yaml"):
+        apply(reg, "interfant06-blinatumomab", site=bad, reason="x", by="bob")
+    assert count() == before
+
+
+def test_the_command_line_records_verified_values_and_refuses_another_site_file(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    site = AMEND / "site-dexamethasone.yaml"
+    with open_reg(db) as r:
+        r.add_patient(patients()["AMD-MRD2"], by="alice")
+    shown = _protocol("amend", "preview", "interfant06-blinatumomab", "--site", site, "--as-of", TODAY.isoformat(), db=db)
+    assert shown.returncode == 0, shown.stderr
+    assert "1 patient: 1 change" in shown.stdout and "+ site-dexamethasone.yaml" in shown.stdout
+    placeholder = json.loads(_protocol("plan", "AMD-MRD2", "--format", "json", db=db).stdout)
+    moved = _protocol("amend", "apply", "interfant06-blinatumomab", "--site", site, "--reason", "INVENTED values",
+                      db=db)
+    assert moved.returncode == 0, moved.stderr
+    assert "→ interfant06-blinatumomab@1.0.0 + site-dexamethasone.yaml" in moved.stdout
+    # Every plan follows the recorded site, without --site; the same file may be named, another is refused.
+    planned = _protocol("plan", "AMD-MRD2", "--format", "json", db=db)
+    assert planned.returncode == 0 and json.loads(planned.stdout) != placeholder
+    assert _protocol("plan", "AMD-MRD2", "--site", site, "--format", "json", db=db).stdout == planned.stdout
+    other = tmp_path / "other.yaml"
+    other.write_text(site.read_text(encoding="utf-8").replace("value: 8", "value: 7"), encoding="utf-8")
+    refused = _protocol("plan", "AMD-MRD2", "--site", other, db=db)
+    assert refused.returncode == 2 and "recorded in the registry" in refused.stderr and "Traceback" not in refused.stderr
+    # Dropping it is an amendment too, previewed and applied with --site none.
+    back = _protocol("amend", "apply", "interfant06-blinatumomab", "--site", "none", "--reason", "INVENTED undo",
+                     db=db)
+    assert back.returncode == 0, back.stderr
+    assert json.loads(_protocol("plan", "AMD-MRD2", "--format", "json", db=db).stdout) == placeholder

@@ -148,10 +148,31 @@ def _protocol_for(patient: Any, site: Path | None) -> Any:
     if version is not None:
         from .._site import amend
 
+        recorded = getattr(version, "site_sha256", None)
+        if recorded:
+            return _recorded_site(patient, version, site)
         return amend(version, site)
     if not hasattr(patient, "protocol"):
         patient = load_patient(patient)
     return load_protocol(patient.protocol.partition("@")[0], site)
+
+
+def _recorded_site(patient: Any, version: Any, site: Path) -> Any:
+    """A registry patient planned with a recorded site amendment: ``--site`` may name the same
+    file (content) only; another is refused, since plans, worklist and documents follow what
+    the registry recorded."""
+    import hashlib
+
+    from .._errors import InputError, Problem
+    from .._io import read_input
+
+    if hashlib.sha256(read_input(site)).hexdigest() == version.site_sha256:
+        return version
+    name = os.path.basename(version.site[1].split(" (kept in", 1)[0])
+    raise InputError(Problem("--site", "", f"{getattr(patient, 'id', 'the patient')} is planned with the site "
+                             f"amendment {name} recorded in the registry (sha256 {version.site_sha256[:12]}), got "
+                             f"{site} with other content; preview and record a change with `protocol amend "
+                             f"preview|apply {version.id} --site {site}`"))
 
 
 # --------------------------------------------------------------------------- text that a user typed

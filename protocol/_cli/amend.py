@@ -50,17 +50,19 @@ def amend_preview(
     fmt: Annotated[Format, typer.Option("--format", help="text, json or csv (one row per change).")] = Format.text,
     output: Out = None,
     from_site: Annotated[Path | None, typer.Option(
-        "--from-site", help="The site amendment patients are planned with now (default: --site; 'none': none). With "
-        "NEW.yaml the version they are on, previews a change of site amendment alone.", metavar="FILE")] = None,
+        "--from-site", help="Compare with this site amendment instead of the one each patient is planned with in the "
+        "registry ('none': none).", metavar="FILE")] = None,
 ) -> None:
     """Re-plan every registered patient on the amended protocol under the new version and
     report what changes from the as-of day on: doses (old → new, with evidence), dates moved,
     items added or removed, decisions whose outcome changes, and patients with no change.
-    Items already recorded never change. Writes nothing.
+    Items already recorded never change. Writes nothing. Each patient is compared as the
+    registry plans it now (its version and site amendment); the new version carries that
+    site amendment over unless --site names another ('none': none).
 
     Example: protocol amend preview tests/data/amendments/hsct-threshold.yaml --db protocol.db
 
-    A site amendment changed: protocol amend preview interfant06-blinatumomab --from-site old.yaml --site new.yaml
+    Verified values changed: protocol amend preview interfant06-blinatumomab --site new-site.yaml
     """
     from .._amend import preview
     from .._loading import dumps
@@ -68,7 +70,9 @@ def amend_preview(
 
     def run() -> Any:
         with open_registry(db) as reg:
-            return preview(reg, new, site=_site(site), as_of=_as_of(as_of), patients=_ids(patients),
+            chosen = _site(site)
+            chosen = "" if chosen is not None and str(chosen) == "none" else chosen
+            return preview(reg, new, site=chosen, as_of=_as_of(as_of), patients=_ids(patients),
                            from_site=None if from_site is None else "" if str(from_site) == "none" else from_site)
 
     result = _run(run)
@@ -86,13 +90,19 @@ def amend_apply(
     patients: Patients = None,
     by: By = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    site: Annotated[Path | None, typer.Option(
+        "--site", help="The site amendment (verified values) to plan them with from now on ('none': none). Default: "
+        "the one each patient is planned with now, carried over.", metavar="FILE")] = None,
 ) -> None:
     """Move the chosen patients (default: every patient on the protocol) to the new version:
     one audited entry of the version log per patient (who, when, why, from → to, sha256).
     A patient whose recorded history is invalid under the new version is refused, with the
-    problems, and stays on its version (exit 2 if any is refused).
+    problems, and stays on its version (exit 2 if any is refused). A change of verified
+    values alone: the version patients are on as NEW.yaml, and the new site file as --site.
 
     Example: protocol amend apply amendment.yaml --reason "amendment 3, approved 2027-01-10" --db protocol.db
+
+    Verified values: protocol amend apply interfant06-blinatumomab --site site.yaml --reason "verified by pharmacy"
     """
     from .._amend import apply
     from .._loading import dumps
@@ -100,7 +110,8 @@ def amend_apply(
 
     def run() -> Any:
         with open_registry(db) as reg:
-            return apply(reg, new, reason=reason, patients=_ids(patients), by=by)
+            return apply(reg, new, reason=reason, patients=_ids(patients), by=by,
+                         site=None if site is None else "" if str(site) == "none" else site)
 
     result = _run(run)
     if json_output:
@@ -170,9 +181,9 @@ def amend_history(
         if r["retracts"] is not None:
             what = f"retracts #{r['retracts']}"
         elif r["from"] is None:
-            what = f"registered on {r['to']}"
+            what = f"registered on {r['to_label']}"
         else:
-            what = f"{r['from']} → {r['to']}"
+            what = f"{r['from_label']} → {r['to_label']}"
         mark = f" (retracted by #{r['retracted_by']})" if r["retracted_by"] else ""
         why = f": {r['reason']}" if r["reason"] else ""
         typer.echo(f"#{r['seq']} {r['recorded_at']} {r['recorded_by']} {what}{mark}{why}")
