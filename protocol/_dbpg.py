@@ -283,6 +283,9 @@ def policy_tables(db: PgDatabase) -> dict[str, str]:
             out[table] = "protocol_site_visible(id) OR protocol_admin()"
         elif table in ("patient_sites", "user_sites"):
             out[table] = "protocol_site_visible(site) OR protocol_admin()"
+        elif table == "site_amendments":  # kept for a site; needed to plan the patients that are on one
+            out[table] = ("protocol_site_visible(site) OR EXISTS (SELECT 1 FROM version_entries AS pv "
+                          "WHERE pv.site_sha256 = site_amendments.sha256)")
         elif "site" in cols:
             out[table] = "protocol_site_visible(site)"
         elif table == "patients":
@@ -321,11 +324,15 @@ def secure(db: PgDatabase) -> None:
                 f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {s} TO {APP_ROLE}",
                 f"GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {MONITOR_ROLE}"):
         db._run(sql)
-    for table, condition in policy_tables(db).items():
+    tables = policy_tables(db)
+    for table, condition in tables.items():
         db._run(f"ALTER TABLE {s}.{table} ENABLE ROW LEVEL SECURITY")
         db._run(f"ALTER TABLE {s}.{table} FORCE ROW LEVEL SECURITY")
         db._run(f"DROP POLICY IF EXISTS site_scope ON {s}.{table}")
         db._run(f"CREATE POLICY site_scope ON {s}.{table} USING ({condition})")
-    # A patient row is inserted before the row that puts it in a site; it is invisible until then.
-    db._run(f"DROP POLICY IF EXISTS register ON {s}.patients")
-    db._run(f"CREATE POLICY register ON {s}.patients FOR INSERT WITH CHECK (true)")
+    # A patient (a site amendment) is inserted before the row that puts it in a site (that puts
+    # a patient on it); it is invisible until then.
+    for table in ("patients", "site_amendments"):
+        if table in tables:
+            db._run(f"DROP POLICY IF EXISTS register ON {s}.{table}")
+            db._run(f"CREATE POLICY register ON {s}.{table} FOR INSERT WITH CHECK (true)")

@@ -26,6 +26,11 @@ APPLICATION_ID = 0x50524F54
 #: How long a writer waits for another one to commit before giving up (seconds).
 BUSY_TIMEOUT_S = 30.0
 
+class SqliteIntegrityError(IntegrityError, sqlite3.IntegrityError):
+    """:class:`~protocol._db.IntegrityError` from SQLite (still a ``sqlite3.IntegrityError``
+    for code written against the sqlite3 module)."""
+
+
 #: Registry files already checked by this process, by (path, size, modification time): a web
 #: server or a test opens the same file many times and a quick check reads all of it.
 _CHECKED: set[tuple[str, int, int]] = set()
@@ -47,7 +52,7 @@ class SqliteDatabase(Database):
         try:
             return self.raw.execute(sql, args)
         except sqlite3.IntegrityError as exc:
-            raise IntegrityError(Problem(self.label, "", str(exc))) from None
+            raise SqliteIntegrityError(Problem(self.label, "", str(exc))) from None
         except sqlite3.OperationalError as exc:
             if is_sqlite_file_error(exc):
                 raise RegistryError(Problem(self.label, "", f"cannot write the registry: {exc}")) from None
@@ -58,7 +63,7 @@ class SqliteDatabase(Database):
         try:
             return self.raw.executemany(sql, rows)
         except sqlite3.IntegrityError as exc:
-            raise IntegrityError(Problem(self.label, "", str(exc))) from None
+            raise SqliteIntegrityError(Problem(self.label, "", str(exc))) from None
 
     def begin(self, write: bool, wait_ms: int | None = None) -> None:
         """``BEGIN IMMEDIATE`` (a writer: waits up to ``wait_ms`` or the busy timeout) or

@@ -1115,7 +1115,7 @@ class Registry:
 
     def _refresh_in(self, conn: sqlite3.Connection, patients: Sequence[str], start: dt.date, days: int) -> None:
         protocols: dict[str, Any] = {}
-        for pid in patients:
+        for pid in sorted(patients):  # in one order: two refreshes never wait for each other in a cycle
             conn.lock_patient(pid)  # PostgreSQL: never over a writer of the patient
             self._project_patient(conn, pid, start, days, protocols=protocols)
 
