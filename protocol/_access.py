@@ -98,7 +98,7 @@ class Scoped:
 
     def _site_clause(self) -> tuple[str, list[Any]]:
         if self.actor.every_site:
-            return "1", []
+            return "1 = 1", []
         sites = sorted(self.actor.sites)
         return f"coalesce(s.site, 'default') IN ({', '.join('?' * len(sites))})", sites
 
@@ -106,7 +106,7 @@ class Scoped:
         """Patient id → site, for every patient this user may read."""
         _require(self.actor, "read")
         where, args = self._site_clause()
-        if where != "1" and not args:
+        if where != "1 = 1" and not args:
             return {}
         with self.reg._read() as conn:
             return dict(conn.execute(

@@ -299,7 +299,8 @@ def _created_name(statement: str) -> str | None:
 def _refuse(name: str, when: str, table: str, message: str) -> list[str]:
     out = [f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION USING "
            f"ERRCODE = 'restrict_violation', MESSAGE = '{message}'; END $$",
-           f"CREATE TRIGGER {name} BEFORE {when} ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()"]
+           # Per statement: refused even when it would touch no row (or only rows it cannot see).
+           f"CREATE TRIGGER {name} BEFORE {when} ON {table} FOR EACH STATEMENT EXECUTE FUNCTION {name}()"]
     if when == "DELETE":  # TRUNCATE deletes too
         out.append(f"CREATE TRIGGER {name}_truncate BEFORE TRUNCATE ON {table} FOR EACH STATEMENT "
                    f"EXECUTE FUNCTION {name}()")

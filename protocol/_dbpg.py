@@ -191,11 +191,13 @@ class PgDatabase(Database):
     def shadow(self, tables: Sequence[str]) -> None:
         """Temporary tables of the same names (``pg_temp`` is searched first), dropped at the end."""
         for table in tables:
-            self._run(f"CREATE TEMP TABLE {table} (LIKE {self.schema}.{table} INCLUDING DEFAULTS) ON COMMIT DROP")
+            self._run(f"CREATE TEMP TABLE {table} (LIKE {self.schema}.{table} INCLUDING ALL) ON COMMIT DROP")
             self._run(f"INSERT INTO pg_temp.{table} SELECT * FROM {self.schema}.{table}")
 
     def unshadow(self, tables: Sequence[str]) -> None:
-        """Drop the copies :meth:`shadow` made (they also go at COMMIT)."""
+        """Drop the copies :meth:`shadow` made (they also go at COMMIT, or with a failed transaction)."""
+        if self.raw.info.transaction_status == self._errors.pq.TransactionStatus.INERROR:
+            return
         for table in tables:
             self._run(f"DROP TABLE IF EXISTS pg_temp.{table}")
 
