@@ -73,6 +73,10 @@ class _Cursor:
         return iter(self.fetchall())
 
     @property
+    def description(self) -> Any:
+        return self.cur.description
+
+    @property
     def rowcount(self) -> int:
         return int(self.cur.rowcount)
 
