@@ -24,6 +24,7 @@ id, taken before its log is read (:meth:`PgDatabase.lock_patient`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,6 +50,27 @@ _PRELUDE = [
     "CREATE OR REPLACE FUNCTION protocol_strftime(fmt text, what text) RETURNS text LANGUAGE sql STABLE AS $$ "
     "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') $$",
 ]
+
+
+#: Idle connections kept per server URL (per process) for the next registry opened on it.
+MAX_IDLE = 32
+_IDLE: dict[str, list[Any]] = {}
+_IDLE_LOCK = threading.Lock()
+
+
+def _checkout(dsn: str) -> Any:
+    """An idle connection to ``dsn`` that still answers (checked with one round trip), or None."""
+    while True:
+        with _IDLE_LOCK:
+            idle = _IDLE.get(dsn)
+            if not idle:
+                return None
+            raw = idle.pop()
+        try:
+            raw.execute("SELECT 1")
+            return raw
+        except Exception:  # noqa: BLE001 - the server restarted or the connection dropped: try the next
+            raw.close()
 
 
 class _Cursor:
@@ -95,8 +117,8 @@ class PgDatabase(Database):
         self.in_tx = False
         self._errors = psycopg
         try:
-            self.raw = psycopg.connect(url.dsn or "", autocommit=True, connect_timeout=10,
-                                       application_name="protocol")
+            self.raw = _checkout(url.dsn or "") or psycopg.connect(url.dsn or "", autocommit=True, connect_timeout=10,
+                                                                   application_name="protocol")
         except psycopg.Error as exc:
             raise RegistryError(Problem(self.label, "", f"cannot connect to the registry server: "
                                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}")) from None
@@ -211,8 +233,16 @@ class PgDatabase(Database):
             "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY tablename", (self.schema,))]
 
     def close(self) -> None:
-        """Close the connection."""
-        self.raw.close()
+        """Give the connection back to this process's idle connections (a web server opens a
+        registry per request), or close it when it is broken, in a transaction, or too many idle."""
+        raw, dsn = self.raw, self.url.dsn or ""
+        with _IDLE_LOCK:
+            idle = _IDLE.setdefault(dsn, [])
+            if (not raw.closed and not raw.broken and len(idle) < MAX_IDLE
+                    and raw.info.transaction_status == self._errors.pq.TransactionStatus.IDLE):
+                idle.append(raw)
+                return
+        raw.close()
 
     # -- schema versions --------------------------------------------------------------
 

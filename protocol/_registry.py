@@ -874,7 +874,7 @@ class Registry:
             self._project_patient(conn, patient_id, self.today(), None, (patient, result, entry.seq))
         return entry
 
-    def _bulk_insert(self, patients: Iterable[dict[str, Any]], by: str) -> int:
+    def _bulk_insert(self, patients: Iterable[dict[str, Any]], by: str, site: str = "default") -> int:
         """Register many patients in one transaction *without* validating them or projecting
         their worklist: for benchmarks and tests that build large registries. Patient files go
         through :meth:`add_patient`. Returns the number of entries written."""
@@ -885,7 +885,7 @@ class Registry:
                 base = {k: v for k, v in data.items() if k not in _LIST_KIND}
                 conn.execute("INSERT INTO patients (id, base, created, created_by) VALUES (?, ?, ?, ?)",
                              (base["id"], _dumps(base), stamp, by))
-                conn.execute("INSERT INTO patient_sites (patient, site) VALUES (?, 'default')", (base["id"],))
+                conn.execute("INSERT INTO patient_sites (patient, site) VALUES (?, ?)", (base["id"], site))
                 rows = [("base", base)] + [(kind, e) for name, kind in _LIST_KIND.items() for e in data.get(name) or ()]
                 conn.executemany("INSERT INTO entries (patient, kind, data, recorded_by, recorded_at) "
                                  "VALUES (?, ?, ?, ?, ?)", [(base["id"], k, _dumps(d), by, stamp) for k, d in rows])
