@@ -67,13 +67,13 @@ def build(url: str, patients: int, sites: int, clients: int) -> list[tuple[str, 
     return per_client
 
 
-def serve(url: str, port: int) -> subprocess.Popen[bytes]:
-    """``protocol serve`` in a process of its own; returns once it answers."""
+def serve(url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """``protocol serve`` in a process of its own (its log in ``log``); returns once it answers."""
     import httpx
 
-    proc = subprocess.Popen([sys.executable, "-m", "protocol", "serve", "--db", url, "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            cwd=str(ROOT))
+    with open(log, "wb") as out:  # a file, never a pipe nobody reads: a full pipe would stop the server
+        proc = subprocess.Popen([sys.executable, "-m", "protocol", "serve", "--db", url, "--host", "127.0.0.1",
+                                 "--port", str(port)], stdout=subprocess.DEVNULL, stderr=out, cwd=str(ROOT))
     for _ in range(300):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/signin", timeout=1).status_code == 200:
@@ -81,7 +81,7 @@ def serve(url: str, port: int) -> subprocess.Popen[bytes]:
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
-            raise RuntimeError(f"protocol serve exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            raise RuntimeError(f"protocol serve exited: {log.read_text(errors='replace')[-2000:]}")
         time.sleep(0.1)
     raise RuntimeError("protocol serve did not answer")
 
@@ -187,7 +187,7 @@ def run(dialect: str, args: argparse.Namespace, tmp: Path, pg: Any) -> dict[str,
         web = owner.replace("protocol_owner@", f"{WEB}@")
     per_client = build(owner, args.patients, args.sites, args.clients)
     port = free_port()
-    proc = serve(web, port)
+    proc = serve(web, port, tmp / f"serve-{dialect}.log")
     stats = Stats()
     down: dict[str, float] = {}
 
@@ -204,7 +204,12 @@ def run(dialect: str, args: argparse.Namespace, tmp: Path, pg: Any) -> dict[str,
                                    fault if (args.fault and dialect == "postgresql") else None))
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            stats.errors["server did not stop within 15 s of SIGTERM"] += 1
+            proc.kill()
+            proc.wait()
     result = verify(owner, stats)
     result.update(dialect=dialect, acked=len(stats.acked), rate=len(stats.acked) / elapsed, elapsed=elapsed,
                   p50=pct(stats.latency, 0.50), p95=pct(stats.latency, 0.95), p99=pct(stats.latency, 0.99),

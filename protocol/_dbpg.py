@@ -122,7 +122,11 @@ class PgDatabase(Database):
         except psycopg.Error as exc:
             raise RegistryError(Problem(self.label, "", f"cannot connect to the registry server: "
                                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}")) from None
-        self.schema = self.raw.execute("SELECT current_schema()").fetchone()[0]
+        try:
+            self.schema = self.raw.execute("SELECT current_schema()").fetchone()[0]
+        except psycopg.Error as exc:
+            self.raw.close()
+            raise self._fail(exc) from None
 
     # -- statements -------------------------------------------------------------------
 
