@@ -87,12 +87,19 @@ class Scoped:
     def __init__(self, registry: Any, actor: Actor) -> None:
         self.reg = registry
         self.actor = actor
+        # PostgreSQL: from now on every transaction of this registry connection sees only the
+        # actor's sites (row-level security, the second wall behind the checks below).
+        from ._db import Scope
+
+        db = getattr(registry, "_db", None)
+        if db is not None:
+            db.scope = Scope.of(actor)
 
     # -- which patients -----------------------------------------------------------------
 
     def _site_clause(self) -> tuple[str, list[Any]]:
         if self.actor.every_site:
-            return "1", []
+            return "1 = 1", []
         sites = sorted(self.actor.sites)
         return f"coalesce(s.site, 'default') IN ({', '.join('?' * len(sites))})", sites
 
@@ -100,7 +107,7 @@ class Scoped:
         """Patient id → site, for every patient this user may read."""
         _require(self.actor, "read")
         where, args = self._site_clause()
-        if where != "1" and not args:
+        if where != "1 = 1" and not args:
             return {}
         with self.reg._read() as conn:
             return dict(conn.execute(

@@ -47,7 +47,7 @@ class Web:
     """What every route needs: the registry path, the cookie names, the throttle, rendering."""
 
     def __init__(self, db: str | Path, host: str = "127.0.0.1") -> None:
-        self.db = Path(db)
+        self.db = db if isinstance(db, str) and "://" in db else Path(db)  # a URL stays text
         self.secure = not _loopback(host)
         # `__Host-` cookies must be Secure; on loopback (development, tests) plain names.
         prefix = "__Host-" if self.secure else ""
