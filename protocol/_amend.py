@@ -393,6 +393,12 @@ def _with_site(written: Any, planned_on: Any, site: str | os.PathLike[str] | Non
     return cache[key]
 
 
+def _taken(planned: Any) -> dict[str, str]:
+    """The decisions already taken in a plan (``{decision: outcome}``): a move to a new
+    version keeps them, since the version in force when they were taken judged them."""
+    return {d.id: d.outcome for d in planned.decisions if d.status == "recorded" and d.outcome}
+
+
 def _same(a: Any, b: Any) -> bool:
     """The same definition with the same site amendment (or none on both)."""
     return a.sha256 == b.sha256 and getattr(a, "site_sha256", None) == getattr(b, "site_sha256", None)
@@ -441,7 +447,7 @@ def preview(reg: Any, file: str | os.PathLike[str], *, site: str | os.PathLike[s
     from ._diff import diff_protocols
     from ._errors import DefinitionError
     from ._loading import load_protocol
-    from ._versions import check_amendment
+    from ._versions import check_amendment, with_settled
     from .schedule import plan
 
     written = load_protocol(file)
@@ -482,6 +488,7 @@ def preview(reg: Any, file: str | os.PathLike[str], *, site: str | os.PathLike[s
             diffs[key] = [f"{c.marker} {c.path}: {c.old_text or ''} → {c.new_text or ''}".strip()
                           for c in diff_protocols(old_p, new).changes]
         before = plan(patient, old_p, as_of=day, today=today)
+        new = with_settled(new, _taken(before))
         try:
             from ._registry import _plan_as_of
 
@@ -542,7 +549,7 @@ def apply(reg: Any, file: str | os.PathLike[str], *, reason: str, patients: Sequ
     from ._loading import load_protocol
     from ._models import Patient
     from ._registry import _plan_as_of, _who
-    from ._versions import check_amendment, current_row, record_move, store
+    from ._versions import check_amendment, current_row, record_move, store, with_settled
     from .schedule import plan
 
     if not (reason or "").strip():
@@ -582,8 +589,10 @@ def apply(reg: Any, file: str | os.PathLike[str], *, reason: str, patients: Sequ
             if _same(old_p, new):
                 result.already.append(pid)
                 continue
+            as_of = _plan_as_of(patient, today)
+            new = with_settled(new, _taken(plan(patient, old_p, as_of=as_of, today=today)))
             try:
-                planned = plan(patient, new, as_of=_plan_as_of(patient, today), today=today)
+                planned = plan(patient, new, as_of=as_of, today=today)
             except InputError as exc:
                 result.refused.append((pid, [str(p) for p in exc.problems]))
                 continue
@@ -615,7 +624,7 @@ def retract(reg: Any, patient_id: str, seq: int, *, reason: str, by: str | None 
     """
     from ._models import Patient
     from ._registry import _plan_as_of, _who
-    from ._versions import current_row, load_version
+    from ._versions import current_row, load_version, protocol_of_row
     from .schedule import plan
 
     if not (reason or "").strip():
@@ -640,7 +649,7 @@ def retract(reg: Any, patient_id: str, seq: int, *, reason: str, by: str | None 
         patient = Patient.model_validate(state.to_dict())
         patient._source = f"{patient_id} in {reg.path}"
         live = [r for r in _live_before(conn, patient_id, seq)]
-        earlier = load_version(conn, live[-1][1], live[-1][6]) if live else load_version(conn, row[1])
+        earlier = protocol_of_row(conn, live[-1]) if live else load_version(conn, row[1])
         planned = plan(patient, earlier, as_of=_plan_as_of(patient, today), today=today)
         cur = conn.execute("INSERT INTO version_entries (patient, sha256, from_sha256, recorded_by, recorded_at, "
                            "reason, retracts) VALUES (?, NULL, ?, ?, ?, ?, ?)",

@@ -288,7 +288,9 @@ BEGIN SELECT RAISE(ABORT, 'the version log is append-only: retract the entry ins
 # Site amendments (issue 15): the verified values a patient is planned with are versioned like
 # the definition itself, their file's bytes stored once by SHA-256; a row of the version log
 # names the definition and the site amendment (NULL: none) the patient is on from then, and
-# the meaning of the signature when the move was signed with the password again (on the web).
+# the meaning of the signature when the move was signed with the password again (on the web),
+# and the decisions already taken when the patient moved (JSON ``{decision: outcome}``): those
+# were judged by the version in force when they were taken, and stay as they were.
 _V6 = """
 CREATE TABLE site_amendments (
     sha256     TEXT PRIMARY KEY CHECK (length(sha256) = 64),
@@ -304,6 +306,7 @@ CREATE TRIGGER site_amendments_no_delete BEFORE DELETE ON site_amendments
 BEGIN SELECT RAISE(ABORT, 'a stored site amendment is never deleted'); END;
 ALTER TABLE version_entries ADD COLUMN site_sha256 TEXT REFERENCES site_amendments(sha256);
 ALTER TABLE version_entries ADD COLUMN signature TEXT CHECK (signature IS NULL OR length(signature) > 0);
+ALTER TABLE version_entries ADD COLUMN settled TEXT;
 """
 
 #: ``(version, what it does, SQL)``, applied in order to bring an older database up to date.
