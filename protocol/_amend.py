@@ -247,8 +247,12 @@ def _grouped(changes: list[Change]) -> list[str]:
 def _items(p: Any) -> dict[tuple[Any, ...], Any]:
     """The plan's rows by identity ``(element, item, element day, branch)`` (the plan's own
     tuples: wrapping each as an :class:`Item` and naming it costs more than the comparison)."""
-    out: dict[tuple[Any, ...], Any] = {}
-    for row in p.rows:
+    rows = p.rows
+    out: dict[tuple[Any, ...], Any] = {(r[3].element, r[3].key, r[1], r[6]): r for r in rows}
+    if len(out) == len(rows):
+        return out
+    out = {}
+    for row in rows:
         slot = row[3]
         key = (slot.element, slot.key, row[1], row[6])
         while key in out:  # the same reference twice (never in a valid plan): keep both
@@ -303,22 +307,32 @@ def compare(old: Any, new: Any, day: dt.date, same_slots: dict[tuple[Any, Any], 
     a, b = _items(old), _items(new)
     first = day.toordinal()
     for key, i in a.items():
-        j = b.get(key)
         recorded = i[5] in _RECORDED
-        if not recorded and i[0] < first and (j is None or j[0] < first):
-            continue  # a past item that nothing was recorded for: not "from today on"
+        if i[0] < first and not recorded:
+            continue  # a past item nothing was recorded for (if the new plan moves it ahead: below)
+        j = b.get(key)
         if j is None:
             (kept if recorded else changes).append(Change("removed", _name(key), i[3].name, _iso(i),
                                                           _dose(i) or i[3].kind, None))
             continue
+        if i[0] == j[0] and i[4] is None and j[4] is None:
+            continue  # the same day, no dose on either side (most assessments)
         if not _same_dose(i, j, same_slots) and _dose(i) != _dose(j):
             (kept if recorded else changes).append(Change("dose", _name(key), i[3].name, _iso(i), _dose(i),
                                                           _dose(j)))
         if i[0] != j[0] and not recorded:
             changes.append(Change("date", _name(key), i[3].name, _iso(i), _iso(i), _iso(j)))
     for key, j in b.items():
-        if key not in a and j[0] >= first:
+        if j[0] < first:
+            continue
+        i = a.get(key)
+        if i is None:
             changes.append(Change("added", _name(key), j[3].name, _iso(j), None, _dose(j) or j[3].kind))
+        elif i[0] < first and i[5] not in _RECORDED:
+            # Past in the old plan, ahead in the new one: the new version moves it.
+            if not _same_dose(i, j, same_slots) and _dose(i) != _dose(j):
+                changes.append(Change("dose", _name(key), i[3].name, _iso(i), _dose(i), _dose(j)))
+            changes.append(Change("date", _name(key), i[3].name, _iso(i), _iso(i), _iso(j)))
     ea = {e.id: e for e in old.elements}
     eb = {e.id: e for e in new.elements}
     for eid in dict.fromkeys([*ea, *eb]):
@@ -359,13 +373,20 @@ def _site_key(site: str | os.PathLike[str] | None) -> tuple[str, str] | None:
         return os.path.realpath(site), ""  # unreadable: amend() reports it
 
 
-def _on(reg: Any, conn: Any, pid: str, protocol_field: str) -> tuple[Any, Any]:
+def _on(reg: Any, conn: Any, pid: str, protocol_field: str, shipped: dict[str, Any] | None = None
+        ) -> tuple[Any, Any]:
     """The version a patient is on as written (its definition) and as planned (with the site
-    amendment recorded with it, if any)."""
+    amendment recorded with it, if any). ``shipped``: a cache, for one preview, of the
+    definitions patients with no recorded version name."""
     from ._loading import load_protocol
     from ._versions import load_version, protocol_for
 
-    planned = protocol_for(conn, pid, protocol_field) or load_protocol(protocol_field)
+    planned = protocol_for(conn, pid, protocol_field)
+    if planned is None:
+        if shipped is None:
+            planned = load_protocol(protocol_field)
+        else:
+            planned = shipped.get(protocol_field) or shipped.setdefault(protocol_field, load_protocol(protocol_field))
     if getattr(planned, "site_sha256", None):
         return load_version(conn, planned.sha256), planned
     return planned, planned
@@ -460,10 +481,11 @@ def preview(reg: Any, file: str | os.PathLike[str], *, site: str | os.PathLike[s
     ids = _candidates(reg, written.id, patients)
     if not ids:
         raise InputError(Problem(str(file), "id", f"no registered patient is on {written.id} (nothing to amend)"))
+    shipped: dict[str, Any] = {}  # a patient with no recorded version: the shipped file, loaded once
     for pid in ids:
         patient = reg.patient(pid)
         with reg._read() as conn:
-            old_written, old_p = _on(reg, conn, pid, patient.protocol)
+            old_written, old_p = _on(reg, conn, pid, patient.protocol, shipped)
         if from_site is not None:
             old_p = _with_site(old_written, old_written, from_site or "", amended)
         row = PatientPreview(pid, _label(old_p), old_written.sha256)
