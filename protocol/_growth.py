@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = ["BSA_RANGE", "Finding", "check_measurement"]
 
@@ -43,10 +43,39 @@ class Finding(NamedTuple):
     message: str
 
 
-def _scores(sex: str, age_days: int, height_cm: float, weight_kg: float) -> dict[str, float]:
+@lru_cache(maxsize=1)
+def _float_observation() -> type:
+    """pygrowup's ``Observation`` with the z-score in floats: the same tables, look-ups and
+    range checks, the LMS formula without Decimal (and without the ±3 refinement, which only
+    applies beyond ±3). A screen, never a figure shown: see :func:`check_measurement`."""
+    from pygrowup import Observation
+
+    lms_of: dict[tuple[Any, ...], tuple[float, float, float]] = {}
+
+    class FloatObservation(Observation):  # type: ignore[misc]
+        def get_z_score(self, table_name: str, sex: str, y: Any, t: Any) -> float:
+            # The table a look-up reads depends on t and on whether t is the age (see
+            # pygrowup's _get_box_cox_variables): both are in the key.
+            key = (table_name, sex, t, t != self.t or t <= 1856)
+            lms = lms_of.get(key)
+            if lms is None:
+                found = self._get_box_cox_variables(table_name, sex, t)
+                lms = lms_of[key] = (float(found["l"]), float(found["m"]), float(found["s"]))
+            lam, mu, sigma = lms
+            return ((float(y) / mu) ** lam - 1.0) / (sigma * lam)
+
+    return FloatObservation
+
+
+#: Below this |z| in floats, the exact (Decimal, rounded to 0.01) z-score is within ±3 too:
+#: the measurement has no finding, and the exact computation is skipped.
+_SCREEN = 2.9
+
+
+def _scores(sex: str, age_days: int, height_cm: float, weight_kg: float, exact: bool = True) -> dict[str, float]:
     from pygrowup import Observation  # imported on first use: the WHO tables are large
 
-    obs = Observation(sex=sex, age_in_days=max(age_days, 1))
+    obs = (Observation if exact else _float_observation())(sex=sex, age_in_days=max(age_days, 1))
     out: dict[str, float] = {}
     checks = [("lhfa", lambda: obs.lhfa(Decimal(repr(height_cm)), recumbent=age_days < 730)),
               ("wfa", lambda: obs.wfa(Decimal(repr(weight_kg))))]
@@ -84,7 +113,11 @@ def check_measurement(birth: dt.date, sex: str, on: dt.date, height_cm: float, w
                                 f"{BSA_RANGE[1]} m², got {bsa:.3f} m² from {height_cm:g} cm and {weight_kg:g} kg"))
         return tuple(findings)
     sexes = ("male", "female") if sex not in ("male", "female") else (sex,)
-    per_sex = [_scores(s, age_days, height_cm, weight_kg) for s in sexes]
+    # Most children are well within ±3: a float screen (same tables and range checks) settles
+    # them; only a measurement near or beyond ±3 gets the exact WHO computation.
+    per_sex = [_scores(s, age_days, height_cm, weight_kg, exact=False) for s in sexes]
+    if any(abs(z) >= _SCREEN for z_of in per_sex for z in z_of.values()):
+        per_sex = [_scores(s, age_days, height_cm, weight_kg) for s in sexes]
     months = age_days / (365.25 / 12)
     age = f"{months:.0f} months" if months < 24 else f"{age_days / 365.25:.1f} years"
     if age_days <= 19 * 365 and all("lhfa" not in z for z in per_sex) and not 10 <= height_cm <= 200:

@@ -32,15 +32,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from ._db import DbUrl, connect, parse_url
 from ._dbsqlite import APPLICATION_ID, BUSY_TIMEOUT_S
 from ._errors import InputError, PatientError, Problem, RegistryError
 from ._io import Document, format_loc, problems_from_validation
-from ._models import Patient
+
+if TYPE_CHECKING:  # the models (pydantic) are imported where a patient is validated: a worklist
+    from ._models import Patient  # served from the projection needs none of them
 
 __all__ = [
     "DEFAULT_DB",
@@ -499,6 +499,23 @@ class _State:
         return [seq for seq, _ in self.lists[name].values()]
 
 
+def _entry_rows(conn: sqlite3.Connection, patient_id: str, upto: str | None = None) -> list[tuple[Any, ...]]:
+    """The patient's log entries ``(seq, kind, data, supersedes, retracts)`` in seq order
+    (optionally as recorded up to ``upto``), their JSON parsed."""
+    sql = "SELECT seq, kind, data, supersedes, retracts FROM entries WHERE patient = ?"
+    args: tuple[Any, ...] = (patient_id,)
+    if upto is not None:
+        sql += " AND recorded_at <= ?"
+        args += (upto,)
+    rows = conn.execute(sql + " ORDER BY seq", args).fetchall()
+    if not rows:
+        return []
+    # One parse of every entry's JSON as one array: json.loads per entry costs more in its
+    # Python wrapper than in the parse.
+    datas = json.loads("[" + ",".join([r[2] for r in rows]) + "]")
+    return [(seq, kind, data, sup, ret) for (seq, kind, _, sup, ret), data in zip(rows, datas, strict=True)]
+
+
 def _replay(rows: Iterable[tuple[Any, ...]]) -> _State:
     """Rows ``(seq, kind, data, supersedes, retracts)`` in seq order → the state they build."""
     state = _State()
@@ -654,16 +671,7 @@ class Registry:
         return max(stamp, last[0]) if last else stamp
 
     def _rows(self, conn: sqlite3.Connection, patient_id: str, upto: str | None = None) -> list[tuple[Any, ...]]:
-        sql = "SELECT seq, kind, data, supersedes, retracts FROM entries WHERE patient = ?"
-        args: tuple[Any, ...] = (patient_id,)
-        if upto is not None:
-            sql += " AND recorded_at <= ?"
-            args += (upto,)
-        rows = conn.execute(sql + " ORDER BY seq", args).fetchall()
-        # One parse of every entry's JSON as one array: json.loads per entry costs more in
-        # its Python wrapper than in the parse.
-        datas = json.loads("[" + ",".join([r[2] for r in rows]) + "]")
-        return [(seq, kind, data, sup, ret) for (seq, kind, _, sup, ret), data in zip(rows, datas, strict=True)]
+        return _entry_rows(conn, patient_id, upto)
 
     def _unknown(self, conn: sqlite3.Connection, patient_id: str, label: str, upto: str | None = None) -> PatientError:
         known = [r[0] for r in conn.execute("SELECT id FROM patients ORDER BY id LIMIT 6")]
@@ -686,7 +694,10 @@ class Registry:
         Raises an :class:`InputError`; with ``rename`` its problems name log entries
         (``INF-0001 #17``) or ``label`` for the entry being written, not list positions.
         """
+        from pydantic import ValidationError
+
         from ._loading import _check_patient
+        from ._models import Patient
 
         names = _Names(patient_id, state, label)
         data = state.to_dict()
@@ -941,7 +952,10 @@ class Registry:
 
     def patient(self, patient_id: str, *, as_of_recorded: str | dt.date | dt.datetime | None = None) -> Patient:
         """The validated :class:`Patient` the log replays to (optionally as recorded up to a time)."""
+        from pydantic import ValidationError
+
         from ._loading import _check_patient
+        from ._models import Patient
 
         data = self.patient_data(patient_id, as_of_recorded=as_of_recorded)
         label = f"{patient_id} in {self.path}"
@@ -1053,6 +1067,26 @@ class Registry:
         """
         from ._worklist import Worklist, query
 
+        return self._serve(start, days, as_of, lambda conn, start, days, day, refreshed: Worklist(
+            start, days, query(conn, start, days, day), refreshed, self.path, day))
+
+    def write_worklist(self, out: Any, start: dt.date | None = None, days: int = MIN_HORIZON_DAYS,
+                       as_of: dt.date | None = None, *, json_output: bool = False) -> None:
+        """Write the worklist's table text (or its JSON) to ``out``, the same text as
+        ``worklist(...).table()`` (``.to_json()``), streamed from the projection without
+        holding every row (what ``protocol worklist`` prints: 10,000 patients in a fraction of
+        the memory).
+
+        >>> reg.write_worklist(sys.stdout, dt.date(2026, 11, 21), 7)  # doctest: +SKIP
+        """
+        from ._worklist import stream
+
+        self._serve(start, days, as_of, lambda conn, start, days, day, refreshed: stream(
+            conn, start, days, day, refreshed, out, json_output))
+
+    def _serve(self, start: dt.date | None, days: int, as_of: dt.date | None, serve: Callable[..., Any]) -> Any:
+        """Refresh what is stale, then ``serve(conn, start, days, as_of, refreshed)`` from one
+        read snapshot of a fresh projection."""
         if days < 1:
             raise InputError(Problem("", "--days", f"expected a whole number of days >= 1, got {days}"))
         day = as_of or self.today()
@@ -1064,21 +1098,21 @@ class Registry:
             with self._read() as conn:
                 stale = self._stale(conn, day, horizon)
                 if not stale:
-                    return Worklist(start, days, query(conn, start, days, day), refreshed, self.path, day)
+                    return serve(conn, start, days, day, refreshed)
             if self._db.scope.read_only:  # a monitor writes nothing, not even the cache
-                return self._worklist_without_lock(start, days, day, horizon, query)
+                return self._worklist_without_lock(start, days, day, horizon, serve)
             try:
                 refreshed += self._refresh(stale, day, horizon, wait_ms=WORKLIST_WAIT_MS)
             except RegistryError:
                 # Another process is writing: a reader never waits for it (issue 16 §5). The
                 # stale part is recomputed into temporary copies, served, and dropped.
-                return self._worklist_without_lock(start, days, day, horizon, query)
+                return self._worklist_without_lock(start, days, day, horizon, serve)
         # Writers keep changing the projection under us: refresh and read in one transaction.
         with self._write() as conn:
             stale = self._stale(conn, day, horizon)
             refreshed += len(stale)
             self._refresh_in(conn, stale, day, horizon)
-            return Worklist(start, days, query(conn, start, days, day), refreshed, self.path, day)
+            return serve(conn, start, days, day, refreshed)
 
     def _stale(self, conn: sqlite3.Connection, start: dt.date, days: int) -> list[str]:
         """Patients whose projection cannot serve a worklist from ``start`` for ``days`` days."""
@@ -1096,18 +1130,24 @@ class Registry:
 
     def _refresh(self, stale: Sequence[str], start: dt.date, days: int, chunk: int = 500,
                  wait_ms: int | None = None) -> int:
+        # Planning is the cost of a refresh: with many patients stale (the first worklist of a
+        # day), a forked process plans half of them from its own read snapshot while this one
+        # plans the other half; each result is written only if the patient's log has not grown
+        # since (else it is planned again inside the write).
+        # (SQLite only: the worker reads the file; PostgreSQL serves each process its own connection.)
+        computed = _parallel_projections(self.path, stale, start, days) \
+            if len(stale) >= PARALLEL_REFRESH_MIN and self._db.dialect == "sqlite" else {}
         for i in range(0, len(stale), chunk):
             with self._write(wait_ms) as conn:
-                self._refresh_in(conn, stale[i:i + chunk], start, days)
+                self._refresh_in(conn, stale[i:i + chunk], start, days, computed)
         return len(stale)
 
-    def _worklist_without_lock(self, start: dt.date, days: int, day: dt.date, horizon: int, query: Any) -> Worklist:
+    def _worklist_without_lock(self, start: dt.date, days: int, day: dt.date, horizon: int,
+                               serve: Callable[..., Any]) -> Any:
         """The worklist from a read snapshot while another process holds the write lock: the
         projection tables are copied into TEMP tables of the same names (which shadow them for
         this connection), the stale patients recomputed there, the rows read, the copies
         dropped. Nothing is written to the registry file."""
-        from ._worklist import Worklist
-
         conn = self._db
         tables = ("projection", "worklist_rows")
         conn.begin(False)
@@ -1115,16 +1155,26 @@ class Registry:
             conn.shadow(tables)
             stale = self._stale(conn, day, horizon)
             self._refresh_in(conn, stale, day, horizon)
-            return Worklist(start, days, query(conn, start, days, day), len(stale), self.path, day)
+            return serve(conn, start, days, day, len(stale))
         finally:
             conn.unshadow(tables)
             conn.commit()
 
-    def _refresh_in(self, conn: sqlite3.Connection, patients: Sequence[str], start: dt.date, days: int) -> None:
+    def _refresh_in(self, conn: sqlite3.Connection, patients: Sequence[str], start: dt.date, days: int,
+                    computed: dict[str, _Projected] | None = None) -> None:
         protocols: dict[str, Any] = {}
+        ready: dict[str, _Projected] = {}
+        if computed and patients:
+            marks = "?," * (len(patients) - 1) + "?"
+            current = dict(conn.execute(f"SELECT patient, max(seq) FROM entries WHERE patient IN ({marks}) "
+                                        "GROUP BY patient", tuple(patients)).fetchall())
+            ready = {pid: done for pid in patients
+                     if (done := computed.get(pid)) is not None and done.last_seq == current.get(pid)}
+            _store_projections(conn, start, ready, self._stamp())
         for pid in sorted(patients):  # in one order: two refreshes never wait for each other in a cycle
-            conn.lock_patient(pid)  # PostgreSQL: never over a writer of the patient
-            self._project_patient(conn, pid, start, days, protocols=protocols)
+            if pid not in ready:
+                conn.lock_patient(pid)  # PostgreSQL: never over a writer of the patient
+                self._project_patient(conn, pid, start, days, protocols=protocols)
 
     def _project_patient(self, conn: sqlite3.Connection, patient_id: str, day: dt.date, days: int | None,
                          planned: tuple[Patient, Any, int] | None = None, protocols: dict[str, Any] | None = None
@@ -1135,46 +1185,136 @@ class Registry:
         them (a write); the plan is reused if it was made as of ``day``. ``protocols`` caches
         the loaded protocols across the patients of one refresh.
         """
-        from .schedule import plan
-        from ._worklist import RANK, problem_row, project
+        done = _projection(conn, self.path, patient_id, day, days, planned, protocols)
+        _store_projection(conn, patient_id, day, done, self._stamp())
 
-        old = conn.execute("SELECT horizon FROM projection WHERE patient = ?", (patient_id,)).fetchone()
-        horizon = max(days or 0, old[0] if old else 0, MIN_HORIZON_DAYS)
-        try:
-            if planned is None:
-                rows_ = self._rows(conn, patient_id)
-                last_seq = rows_[-1][0]
-                patient = Patient.model_validate(_replay(rows_).to_dict())
-                patient._source = f"{patient_id} in {self.path}"
-                result = None
-            else:
-                patient, result, last_seq = planned
-            ref = patient.protocol
-            if result is None or result.as_of != day:
-                from ._versions import protocol_for
 
-                cache = {} if protocols is None else protocols
-                if ref not in cache:
-                    cache[ref] = _protocol(ref)
-                result = plan(patient, protocol_for(conn, patient_id, ref) or cache[ref], as_of=day)
-            rows = project(result, day, horizon)
-            key = _definition_key(result.protocol)
-        except Exception as exc:  # noqa: BLE001 - a patient that cannot be planned is listed, never dropped
-            rows = [problem_row(day, exc)]
-            ref = str(json.loads(conn.execute("SELECT data FROM entries WHERE patient = ? AND kind = 'base' "
-                                              "ORDER BY seq DESC LIMIT 1", (patient_id,)).fetchone()[0])
-                      .get("protocol", ""))
-            last_seq = conn.execute("SELECT max(seq) FROM entries WHERE patient = ?", (patient_id,)).fetchone()[0]
-            key = _definition_key(ref)
-        conn.execute("DELETE FROM worklist_rows WHERE patient = ?", (patient_id,))
-        rank = RANK
-        conn.executemany("INSERT INTO worklist_rows (patient, date, rank, category, kind, study, element, item, name, "
-                         "detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         [(patient_id, r[0], rank[r[1]], *r[1:]) for r in rows])
-        conn.execute("INSERT OR REPLACE INTO projection (patient, computed_for, horizon, protocol, definition, "
+# --------------------------------------------------------------------------- projections
+
+
+#: Stale patients from which a refresh plans in two processes (below, the fork costs more).
+PARALLEL_REFRESH_MIN = 2000
+
+
+@dataclass(frozen=True)
+class _Projected:
+    """One patient's projection, computed: its worklist rows and what they were made from."""
+
+    rows: list[tuple[Any, ...]]
+    horizon: int
+    protocol: str
+    key: str
+    last_seq: int
+
+
+def _projection(conn: sqlite3.Connection, path: Path, patient_id: str, day: dt.date, days: int | None,
+                planned: tuple[Patient, Any, int] | None = None, protocols: dict[str, Any] | None = None
+                ) -> _Projected:
+    """The worklist rows of one patient as of ``day`` from what ``conn`` sees (see
+    :meth:`Registry._project_patient`); a patient that cannot be planned gets a problem row."""
+    from ._models import Patient
+    from ._worklist import problem_row, project
+    from .schedule import plan
+
+    old = conn.execute("SELECT horizon FROM projection WHERE patient = ?", (patient_id,)).fetchone()
+    horizon = max(days or 0, old[0] if old else 0, MIN_HORIZON_DAYS)
+    try:
+        if planned is None:
+            rows_ = _entry_rows(conn, patient_id)
+            last_seq = rows_[-1][0]
+            patient = Patient.model_validate(_replay(rows_).to_dict())
+            patient._source = f"{patient_id} in {path}"
+            result = None
+        else:
+            patient, result, last_seq = planned
+        ref = patient.protocol
+        if result is None or result.as_of != day:
+            from ._versions import protocol_for
+
+            cache = {} if protocols is None else protocols
+            if ref not in cache:
+                cache[ref] = _protocol(ref)
+            result = plan(patient, protocol_for(conn, patient_id, ref) or cache[ref], as_of=day)
+        rows = project(result, day, horizon)
+        key = _definition_key(result.protocol)
+    except Exception as exc:  # noqa: BLE001 - a patient that cannot be planned is listed, never dropped
+        rows = [problem_row(day, exc)]
+        ref = str(json.loads(conn.execute("SELECT data FROM entries WHERE patient = ? AND kind = 'base' "
+                                          "ORDER BY seq DESC LIMIT 1", (patient_id,)).fetchone()[0])
+                  .get("protocol", ""))
+        last_seq = conn.execute("SELECT max(seq) FROM entries WHERE patient = ?", (patient_id,)).fetchone()[0]
+        key = _definition_key(ref)
+    return _Projected(rows, horizon, ref, key or "", last_seq or 0)
+
+
+def _store_projection(conn: sqlite3.Connection, patient_id: str, day: dt.date, done: _Projected, stamp: str) -> None:
+    """Replace the patient's worklist rows and projection record (inside the caller's write)."""
+    from ._worklist import RANK
+
+    conn.execute("DELETE FROM worklist_rows WHERE patient = ?", (patient_id,))
+    rank = RANK
+    conn.executemany("INSERT INTO worklist_rows (patient, date, rank, category, kind, study, element, item, name, "
+                     "detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     [(patient_id, r[0], rank[r[1]], *r[1:]) for r in done.rows])
+    conn.execute("INSERT OR REPLACE INTO projection (patient, computed_for, horizon, protocol, definition, "
+                 "last_seq, computed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 (patient_id, day.isoformat(), done.horizon, done.protocol, done.key, done.last_seq, stamp))
+
+
+def _store_projections(conn: sqlite3.Connection, day: dt.date, ready: dict[str, _Projected], stamp: str) -> None:
+    """:func:`_store_projection` for many patients, in three statements."""
+    from ._worklist import RANK
+
+    if not ready:
+        return
+    rank = RANK
+    conn.executemany("DELETE FROM worklist_rows WHERE patient = ?", [(pid,) for pid in ready])
+    conn.executemany("INSERT INTO worklist_rows (patient, date, rank, category, kind, study, element, item, name, "
+                     "detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     [(pid, r[0], rank[r[1]], *r[1:]) for pid, done in ready.items() for r in done.rows])
+    iso = day.isoformat()
+    conn.executemany("INSERT OR REPLACE INTO projection (patient, computed_for, horizon, protocol, definition, "
                      "last_seq, computed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     (patient_id, day.isoformat(), horizon, ref, key or "", last_seq or 0,
-                      self._stamp()))
+                     [(pid, iso, d.horizon, d.protocol, d.key, d.last_seq, stamp) for pid, d in ready.items()])
+
+
+def _projections_from(path: Path, patients: Sequence[str], day: dt.date, days: int) -> dict[str, _Projected]:
+    """The projections of ``patients`` from one read snapshot of the registry at ``path``,
+    on a connection of this process's own (a forked worker never uses its parent's)."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        protocols: dict[str, Any] = {}
+        return {pid: _projection(conn, path, pid, day, days, protocols=protocols) for pid in patients}
+    finally:
+        conn.close()
+
+
+def _parallel_projections(path: Path, patients: Sequence[str], day: dt.date, days: int) -> dict[str, _Projected]:
+    """Half of ``patients`` planned by a forked process, half by this one (Linux, 2 cores or
+    more); ``{}`` where a second process is not available, so the caller plans them itself."""
+    import multiprocessing as mp
+    import sys
+    import threading
+
+    # Fork only a single-threaded process (a web server's threads could hold locks the child
+    # would wait on forever).
+    if not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2 or threading.active_count() > 1:
+        return {}
+    try:
+        pool = mp.get_context("fork").Pool(1)
+    except (OSError, ValueError):  # pragma: no cover - no process can be started here
+        return {}
+    try:
+        theirs = pool.apply_async(_projections_from, (path, list(patients[1::2]), day, days))
+        out = _projections_from(path, patients[0::2], day, days)
+        try:
+            out.update(theirs.get())
+        except Exception:  # noqa: BLE001 - the other half is then planned inside the write, as usual
+            pass
+        return out
+    finally:
+        pool.terminate()
 
 
 # --------------------------------------------------------------------------- helpers

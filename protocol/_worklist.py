@@ -45,12 +45,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from bisect import bisect_left
+from operator import itemgetter
 import re
 import sqlite3
 from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
-__all__ = ["ALWAYS", "CATEGORIES", "Worklist", "problem_row", "project", "query"]
+__all__ = ["ALWAYS", "CATEGORIES", "Worklist", "problem_row", "project", "query", "stream"]
 
 #: Row categories, in the order a day's rows are listed.
 CATEGORIES = ("problem", "overdue", "unrecorded", "waiting", "deviation", "due")
@@ -106,12 +109,17 @@ def _selected(plan: Any, start: int, end: int) -> list[Any]:
     if rows is None:  # anything with ``items`` (tests use simple stand-ins)
         return [i for i in plan.items if i.status == "overdue" or _past_open(i.status, i.ordinal, start, i.branch)
                 or (start <= i.ordinal < end and i.status not in _NOT_DUE)]
-    from .schedule import Item
+    from .schedule.records import Item, _as_item
 
     fields = Item._fields
     ordinal, status, branch = fields.index("ordinal"), fields.index("status"), fields.index("branch")
     not_due = _NOT_DUE
-    return [Item._make(r) for r in rows
+    # Rows are in date order and an overdue item is dated before the as-of day: nothing from
+    # the window's end on is listed.
+    as_of = getattr(plan, "as_of", None)
+    cut = max(end, as_of.toordinal()) if isinstance(as_of, dt.date) else end
+    rows = rows[:bisect_left(rows, cut, key=itemgetter(ordinal))]
+    return [_as_item(r) for r in rows
             if r[status] == "overdue" or (start <= r[ordinal] < end and r[status] not in not_due)
             or (r[ordinal] < start and (r[status] == "unrecorded" or (r[status] == "planned" and r[branch] is None)))]
 
@@ -128,11 +136,23 @@ def _days(days: list[int]) -> str:
     return ", ".join(text if len(text) <= 8 else [*text[:3], "...", *text[-3:]])
 
 
-def _unrecorded(group: list[tuple[Any, str]], start: int, not_started: set[str]) -> tuple[Any, ...]:
+def _detail(item: Any) -> str:
+    """The route, the dose and the item's note (what changed it), in words."""
+    dose = item.dose
+    detail = " ".join(p for p in (item.slot.route, None if dose is None else dose.text) if p)
+    note = getattr(item, "note", None)
+    if note:
+        detail = f"{detail} ({note})" if detail else note
+    return detail
+
+
+def _unrecorded(group: list[Any], start: int, not_started: set[str]) -> tuple[Any, ...]:
     """One row for the past items of one drug (or assessment) of one element with nothing
-    recorded: dated and named by the first, the days, how long ago, the dose of the last."""
-    first, _ = group[0]
-    last, detail = group[-1]
+    recorded: dated and named by the first, the days, how long ago, the dose of the last
+    (its words computed for it alone: a patient registered late has hundreds of such items)."""
+    first = group[0]
+    last = group[-1]
+    detail = _detail(last)
     slot = first.slot
     n = len(group)
     if n == 1:
@@ -140,7 +160,7 @@ def _unrecorded(group: list[tuple[Any, str]], start: int, not_started: set[str])
     else:
         a, b = start - first.ordinal, start - last.ordinal
         ago = f"{a} to {b} days ago" if b > 1 else f"{a} days ago to {_ago(b)}"
-        when = f"{n} with nothing recorded: days {_days([i.element_day for i, _ in group])} ({ago})"
+        when = f"{n} with nothing recorded: days {_days([i.element_day for i in group])} ({ago})"
     if slot.element in not_started:
         when += f" ({slot.element} has no start recorded)"
     return (first.date.isoformat(), "unrecorded", slot.kind, slot.study, slot.element, _ref(first), slot.name,
@@ -158,25 +178,22 @@ def project(plan: Any, day: dt.date, horizon: int) -> list[tuple[Any, ...]]:
     start = day.toordinal()
     end = start + horizon
     out: list[tuple[Any, ...]] = []
-    listed: set[str] = set()
-    unrecorded: dict[tuple[str, str], list[tuple[Any, str]]] = {}
+    past_items: list[Any] = []  # their refs are what an overdue deviation is not listed again for
+    unrecorded: dict[tuple[str, str], list[Any]] = {}
     not_started = {e.id for e in getattr(plan, "elements", None) or () if _get(e, "status") == "planned"}
     for item in _selected(plan, start, end):
         status = item.status
         past = item.ordinal < start
         category = "overdue" if status == "overdue" else "unrecorded" if past else "due"
         slot = item.slot
-        ref = _ref(item)
-        dose = item.dose
-        detail = " ".join(p for p in (slot.route, None if dose is None else dose.text) if p)
-        note = getattr(item, "note", None)
-        if note:
-            detail = f"{detail} ({note})" if detail else note
         if past:
-            listed.add(ref)
+            past_items.append(item)
             if category == "unrecorded":  # one row per drug or assessment of an element (see _unrecorded)
-                unrecorded.setdefault((slot.element, slot.key), []).append((item, detail))
+                unrecorded.setdefault((slot.element, slot.key), []).append(item)
                 continue
+        ref = _ref(item)
+        detail = _detail(item)
+        if past:
             late = f"due {_ago(start - item.ordinal)}, nothing recorded"
             detail = f"{detail}; {late}" if detail else late
         out.append((item.date.isoformat(), category, slot.kind, slot.study, slot.element, ref, slot.name,
@@ -203,12 +220,18 @@ def project(plan: Any, day: dt.date, horizon: int) -> list[tuple[Any, ...]]:
                         "waits for " + ", ".join(d.waiting_for), d.status, d.branch))
     back = dt.date.fromordinal(start - horizon).isoformat()
     last = dt.date.fromordinal(end).isoformat()
+    listed: set[str] | None = None
     for dev in getattr(plan, "deviations", None) or ():
         when = _iso(_get(dev, "date"))
         kind = str(_get(dev, "kind") or "deviation")
         ref = _get(dev, "item")
-        if not (back <= when < last) or (kind == "overdue" and ref in listed):
+        if not back <= when < last:
             continue
+        if kind == "overdue":
+            if listed is None:
+                listed = {_ref(i) for i in past_items}
+            if ref in listed:
+                continue
         out.append((when, "deviation", kind, None, _get(dev, "element"), ref, kind.replace("_", " "),
                     _get(dev, "message"), None, None))
     return out
@@ -221,23 +244,93 @@ def problem_row(day: dt.date, exc: BaseException) -> tuple[Any, ...]:
     return (day.isoformat(), "problem", "error", None, None, None, "cannot plan", message, None, None)
 
 
-def query(conn: sqlite3.Connection, start: dt.date, days: int, as_of: dt.date | None = None) -> list[tuple[Any, ...]]:
-    """The worklist rows for ``[start, start + days)`` from a fresh projection made as of
-    ``as_of`` (default ``start``), sorted by date: every overdue, unrecorded and problem row,
-    the decisions due before the window's end, the due rows and recent deviations of the window.
-    """
+def _where(start: dt.date, days: int, as_of: dt.date | None) -> tuple[str, tuple[str, ...]]:
+    """The ``WHERE`` clause (and its parameters) of the worklist rows for ``[start, start + days)``."""
     first = start.isoformat()
     end = (start + dt.timedelta(days=days)).isoformat()
     back = (start - dt.timedelta(days=days)).isoformat()
     # Rows to catch up on are dated before the as-of day (a problem row on it): bound the
     # indexed scan by whichever is later.
     bound = max(end, ((as_of or start) + dt.timedelta(days=1)).isoformat())
-    return conn.execute(
-        f"SELECT {', '.join(_FIELDS)} FROM worklist_rows WHERE date < ? "
-        "AND (category IN ('overdue', 'unrecorded', 'problem') OR (category = 'waiting' AND date < ?) "
-        "OR (category = 'due' AND date >= ? AND date < ?) OR (category = 'deviation' AND date >= ? AND date < ?)) "
-        "ORDER BY date, patient, rank, element, item",
-        (bound, end, first, end, back, end)).fetchall()
+    return ("date < ? AND (category IN ('overdue', 'unrecorded', 'problem') OR (category = 'waiting' AND date < ?) "
+            "OR (category = 'due' AND date >= ? AND date < ?) OR (category = 'deviation' AND date >= ? AND date < ?))",
+            (bound, end, first, end, back, end))
+
+
+_ORDER = "ORDER BY date, patient, rank, element, item"
+
+
+def query(conn: sqlite3.Connection, start: dt.date, days: int, as_of: dt.date | None = None) -> list[tuple[Any, ...]]:
+    """The worklist rows for ``[start, start + days)`` from a fresh projection made as of
+    ``as_of`` (default ``start``), sorted by date: every overdue, unrecorded and problem row,
+    the decisions due before the window's end, the due rows and recent deviations of the window.
+    """
+    where, args = _where(start, days, as_of)
+    return conn.execute(f"SELECT {', '.join(_FIELDS)} FROM worklist_rows WHERE {where} {_ORDER}", args).fetchall()
+
+
+def stream(conn: sqlite3.Connection, start: dt.date, days: int, as_of: dt.date, refreshed: int, out: IO[str],
+           json_output: bool = False, chunk: int = 4096) -> None:
+    """Write the worklist's table (or JSON) text to ``out``, exactly as :meth:`Worklist.table`
+    (:meth:`Worklist.to_json`) would, without holding its rows: the counts and column widths
+    come from one aggregate query, then the rows are read and written ``chunk`` at a time
+    (10,000 patients are ~77,000 rows: held as Python objects, ~70 MB).
+
+    >>> stream(conn, dt.date(2026, 11, 21), 7, dt.date(2026, 11, 21), 0, sys.stdout)  # doctest: +SKIP
+    """
+    where, args = _where(start, days, as_of)
+    counts = dict.fromkeys(CATEGORIES, 0)
+    wp = we = wi = 0
+    for category, n, lp, le, li in conn.execute(
+            "SELECT category, count(*), max(length(patient)), max(length(coalesce(element, ''))), "
+            f"max(length(coalesce(item, ''))) FROM worklist_rows WHERE {where} GROUP BY category", args):
+        counts[category] = n
+        wp, we, wi = max(wp, lp or 0), max(we, le or 0), max(wi, li or 0)
+    head = Worklist(start, days, [], refreshed, None, as_of)
+    cursor = conn.execute(f"SELECT {', '.join(_FIELDS)} FROM worklist_rows WHERE {where} {_ORDER}", args)
+    if json_output:
+        encode = json.JSONEncoder(ensure_ascii=False).encode
+        text = encode(head._head(counts))[:-1]
+        first = cursor.fetchmany(chunk)
+        if not first:
+            out.write(text + ', "rows": []}\n')
+            return
+        out.write(text + ', "rows": [\n  ' + ",\n  ".join(map(encode, first)))
+        while rows := cursor.fetchmany(chunk):
+            out.write(",\n  " + ",\n  ".join(map(encode, rows)))
+        out.write("\n]}\n")
+        return
+    if not sum(counts.values()):
+        out.write(_table_head(head, counts) + "\nnothing to do\n")
+        return
+    widths = (max(7, wp), max(7, we), max(4, wi))
+    out.write(_table_head(head, counts) + "\n" + _column_head(*widths) + "\n")
+    while rows := cursor.fetchmany(chunk):
+        out.write("\n".join(_lines(rows, *widths)) + "\n")
+
+
+def _table_head(wl: Worklist, c: dict[str, int]) -> str:
+    return (f"worklist {wl.start.isoformat()} to {wl.end.isoformat()} ({wl.days} days"
+            + ("" if wl.as_of == wl.start else f", as of {wl.as_of.isoformat()}")
+            + f"): {c['due']} due, {c['overdue']} overdue, {c['unrecorded']} unrecorded, {c['waiting']} waiting "
+            f"for a result, {c['deviation']} deviations"
+            + (f", {c['problem']} patients that cannot be planned" if c["problem"] else ""))
+
+
+def _column_head(wp: int, we: int, wi: int) -> str:
+    return f"{'date':<10}  {'patient':<{wp}}  {'what':<10}  {'element':<{we}}  {'item':<{wi}}  name / detail"
+
+
+_LABEL = {"due": "due       ", "overdue": "OVERDUE   ", "unrecorded": "UNRECORDED", "waiting": "WAITING   ",
+          "deviation": "DEVIATION ", "problem": "PROBLEM   "}
+
+
+def _lines(rows: list[tuple[Any, ...]], wp: int, we: int, wi: int) -> Iterator[str]:
+    """One line of the table per row (a generator: a 10,000-patient week is ~77,000 lines)."""
+    label, shown = _LABEL, _shown
+    return (f"{d}  {p:<{wp}}  {label[cat]}  {e or '':<{we}}  {i or '':<{wi}}  {n}{': ' + shown(x) if x else ''}"
+            f"{' [' + s + ']' if s else ''}{' (if ' + b + ')' if b else ''}"
+            for d, p, cat, _, s, e, i, n, x, _, b in rows)
 
 
 class Worklist:
@@ -273,20 +366,21 @@ class Worklist:
         fields = self.fields
         return [dict(zip(fields, row, strict=True)) for row in self.rows]
 
+    def _head(self, counts: dict[str, int]) -> dict[str, Any]:
+        return {"from": self.start.isoformat(), "to": self.end.isoformat(), "days": self.days,
+                "as_of": self.as_of.isoformat(), "counts": counts, "refreshed": self.refreshed,
+                "fields": list(self.fields)}
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as :meth:`to_json` writes it (rows as arrays in ``fields`` order)."""
-        return {"from": self.start.isoformat(), "to": self.end.isoformat(), "days": self.days,
-                "as_of": self.as_of.isoformat(), "counts": self.counts(), "refreshed": self.refreshed, "fields": list(self.fields),
-                "rows": [list(row) for row in self.rows]}
+        return {**self._head(self.counts()), "rows": [list(row) for row in self.rows]}
 
     def to_json(self) -> str:
         """The worklist as JSON text: ``fields`` names the columns, each of ``rows`` is an array
         of values in that order, one row per line (a 10,000-patient week is ~60,000 rows, and
         arrays encode 3× faster than objects and are 40 % smaller)."""
-        head = {"from": self.start.isoformat(), "to": self.end.isoformat(), "days": self.days,
-                "as_of": self.as_of.isoformat(), "counts": self.counts(), "refreshed": self.refreshed, "fields": list(self.fields)}
         encode = json.JSONEncoder(ensure_ascii=False).encode
-        text = encode(head)[:-1]
+        text = encode(self._head(self.counts()))[:-1]
         if not self.rows:
             return text + ', "rows": []}\n'
         return text + ', "rows": [\n  ' + ",\n  ".join(map(encode, self.rows)) + "\n]}\n"
@@ -294,23 +388,11 @@ class Worklist:
     def table(self) -> str:
         """Plain-text table: one line per row, a summary line first."""
         c = self.counts()
-        head = (f"worklist {self.start.isoformat()} to {self.end.isoformat()} ({self.days} days"
-                + ("" if self.as_of == self.start else f", as of {self.as_of.isoformat()}")
-                + f"): {c['due']} due, {c['overdue']} overdue, {c['unrecorded']} unrecorded, {c['waiting']} waiting "
-                f"for a result, {c['deviation']} deviations"
-                + (f", {c['problem']} patients that cannot be planned" if c["problem"] else ""))
+        head = _table_head(self, c)
         if not self.rows:
             return head + "\nnothing to do\n"
-        label = {"due": "due       ", "overdue": "OVERDUE   ", "unrecorded": "UNRECORDED", "waiting": "WAITING   ",
-                 "deviation": "DEVIATION ", "problem": "PROBLEM   "}
         rows = self.rows
-        shown = _shown
         wp = max(7, max(len(r[1]) for r in rows))
         we = max(7, max(len(r[5] or "") for r in rows))
         wi = max(4, max(len(r[6] or "") for r in rows))
-        # One comprehension: a 10,000-patient week is ~60,000 lines.
-        lines = [head, f"{'date':<10}  {'patient':<{wp}}  {'what':<10}  {'element':<{we}}  {'item':<{wi}}  name / detail",
-                 *(f"{d}  {p:<{wp}}  {label[cat]}  {e or '':<{we}}  {i or '':<{wi}}  {n}{': ' + shown(x) if x else ''}"
-                   f"{' [' + s + ']' if s else ''}{' (if ' + b + ')' if b else ''}"
-                   for d, p, cat, _, s, e, i, n, x, _, b in rows)]
-        return "\n".join(lines) + "\n"
+        return "\n".join([head, _column_head(wp, we, wi), *_lines(rows, wp, we, wi)]) + "\n"

@@ -830,3 +830,45 @@ def test_a_registry_locked_too_long_is_bad_input_not_a_crash(tmp_path: Path) -> 
         holder.execute("ROLLBACK")
         holder.close()
         reg.close()
+
+
+# --------------------------------------------------------------------------- the first worklist of a day, on two cores
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or (os.cpu_count() or 1) < 2, reason="plans in a forked process")
+def test_a_refresh_planned_in_two_processes_equals_one_planned_here(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many stale patients are planned half in a forked process (issue 14): the worklist and
+    the stored projection are those of a refresh planned in this process alone, and a
+    patient whose log grew after its plan was made (a write in between) is planned again."""
+    from protocol import _registry
+
+    serial, forked = open_reg(tmp_path / "serial.db"), open_reg(tmp_path / "forked.db")
+    for r in (serial, forked):
+        for k in range(8):
+            r.add_patient(small(id=f"REG-{k:04d}", birth_date=f"2025-10-{k + 10:02d}"), by="test")
+    day = TODAY + dt.timedelta(days=3)  # every projection was made for TODAY: all stale
+    monkeypatch.setattr(_registry, "PARALLEL_REFRESH_MIN", 10**9)
+    expected = serial.worklist(day, 7, day)
+    planned = _registry._parallel_projections
+    calls = []
+
+    def then_a_write(path: Path, patients: Any, start: dt.date, days: int) -> Any:
+        out = planned(path, patients, start, days)
+        calls.append(len(out))
+        for r in (serial, forked):  # recorded after REG-0003 was planned, before the refresh writes
+            r.record("REG-0003", "measurement", {"date": "2026-11-20", "height_cm": 70, "weight_kg": 8.0}, by="test")
+        return out
+
+    monkeypatch.setattr(_registry, "PARALLEL_REFRESH_MIN", 2)
+    monkeypatch.setattr(_registry, "_parallel_projections", then_a_write)
+    got = forked.worklist(day, 7, day)
+    assert calls == [8]
+    assert got.refreshed == 8
+    monkeypatch.setattr(_registry, "PARALLEL_REFRESH_MIN", 10**9)
+    expected = serial.worklist(day, 7, day)  # REG-0003 re-planned with its new measurement
+    assert got.rows == expected.rows
+    query = "SELECT patient, computed_for, horizon, protocol, definition, last_seq FROM projection ORDER BY patient"
+    assert forked._conn.execute(query).fetchall() == serial._conn.execute(query).fetchall()
+    serial.close()
+    forked.close()

@@ -342,3 +342,34 @@ def test_the_worklist_does_not_wait_for_a_writer(reg: Registry, tmp_path: Path) 
     finally:
         other.execute("ROLLBACK")
         other.close()
+
+
+@pytest.mark.parametrize("json_output", [False, True], ids=["table", "json"])
+def test_the_streamed_worklist_is_the_worklist_text(reg: Registry, tmp_path: Path, json_output: bool) -> None:
+    """``Registry.write_worklist`` (what ``protocol worklist`` prints, issue 14: streamed from
+    the projection, never holding every row) writes exactly ``worklist().table()`` /
+    ``.to_json()``: for windows before, on and after the as-of day, a day with nothing listed,
+    and small chunks (rows written in several pieces)."""
+    import io
+
+    from protocol import _worklist
+
+    cases = [(TODAY, 7, TODAY), (TODAY, 28, TODAY), (TODAY - dt.timedelta(days=40), 3, TODAY),
+             (TODAY + dt.timedelta(days=2), 5, TODAY + dt.timedelta(days=1))]
+    for start, days, as_of in cases:
+        wl = reg.worklist(start, days, as_of)
+        assert wl.rows
+        for chunk in (1, 3, 4096):
+            out = io.StringIO()
+            with reg._read() as conn:
+                _worklist.stream(conn, start, days, as_of, wl.refreshed, out, json_output, chunk=chunk)
+            assert out.getvalue() == (wl.to_json() if json_output else wl.table())
+        out = io.StringIO()
+        reg.write_worklist(out, start, days, as_of, json_output=json_output)
+        assert out.getvalue() == (reg.worklist(start, days, as_of).to_json() if json_output
+                                  else reg.worklist(start, days, as_of).table())
+    with Registry(tmp_path / "empty.db", create=True, today=lambda: TODAY) as empty:
+        out = io.StringIO()
+        empty.write_worklist(out, TODAY, 7, json_output=json_output)
+        wl = empty.worklist(TODAY, 7)
+        assert not wl.rows and out.getvalue() == (wl.to_json() if json_output else wl.table())

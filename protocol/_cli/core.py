@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 import typer
 
-from .._dose import fmt_amount
 from ._common import (AsOf, Db, PatientRef, PlanFormat, Site, _as_of, _emit, _fit, _paragraph, _patient, _protocol_for,
                       _run, _shown, _site, _width, app)
 
@@ -174,6 +173,8 @@ def plan_command(
 
 def _plan_text(result: Any, items: list[Any], width: int | None, filtered: bool) -> str:
     """The plan as plain fixed-width text: the header lines, the table, the legend."""
+    from .._dose import fmt_amount
+
     risk = result.risk
     head = [f"{result.patient.id} · {result.protocol.id} {result.protocol.version} · as of {result.as_of} · "
             f"risk {risk.group or risk.status}{' ⚠ UNVERIFIED' if risk.unverified else ''} · end of therapy "

@@ -736,12 +736,11 @@ def worklist_command(
     day = _run(_as_of, as_of)
     first = None if start is None else _run(parse_date, start, "--from")
 
-    def worklist() -> Any:
+    def worklist() -> None:
         with open_registry(db) as reg:
-            return reg.worklist(first, days, day)
+            reg.write_worklist(sys.stdout, first, days, day, json_output=json_output)
 
-    result = _run(worklist)
-    sys.stdout.write(result.to_json() if json_output else result.table())
+    _run(worklist)
 
 
 # --------------------------------------------------------------------------- output helpers
