@@ -44,7 +44,11 @@ def test_statements_are_translated_once_for_postgresql() -> None:
         "horizon = EXCLUDED.horizon")
     # SQLite sorts NULL first when ascending: PostgreSQL is told to do the same.
     assert pg_sql("SELECT a FROM t ORDER BY date, element DESC LIMIT 1", False)[0] == (
-        "SELECT a FROM t ORDER BY date NULLS FIRST, element DESC NULLS LAST LIMIT 1")
+        "SELECT a FROM t ORDER BY date, element DESC NULLS LAST LIMIT 1")
+    # Never-NULL columns are left alone (an index still serves the order); indexes follow suit.
+    assert pg_sql("SELECT seq FROM entries ORDER BY seq DESC LIMIT 1", False)[0].endswith("ORDER BY seq DESC LIMIT 1")
+    assert pg_statement("CREATE INDEX w ON worklist_rows(date, patient, rank, element, item)") == [
+        "CREATE INDEX w ON worklist_rows(date, patient, rank, element NULLS FIRST, item NULLS FIRST)"]
     assert pg_sql("SELECT s.user FROM sessions AS s WHERE user = ?")[0] == (
         'SELECT s."user" FROM sessions AS s WHERE "user" = %s')
 
