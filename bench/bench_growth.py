@@ -84,38 +84,45 @@ def build(n: int, base: dict[str, Any], pr: protocol.Protocol) -> protocol.Patie
     return protocol.Patient.model_validate({**base, "events": element_events + given, "counts": counts})
 
 
-def median_s(fn: Any, repeats: int, min_s: float) -> float:
-    """Median seconds per call over ``repeats`` timeit repeats of at least ``min_s`` each."""
-    timer = timeit.Timer(fn, setup="import gc; gc.enable()")
-    number, _ = timer.autorange()
-    number = max(1, number)
-    while number * 0.001 < min_s and number < 1 << 20:
-        took = timer.timeit(number)
-        if took >= min_s:
-            break
-        number *= 2
-    return statistics.median(timer.repeat(repeats, number)) / number
+def interleaved_medians(fns: list[Any], repeats: int, min_s: float) -> list[float]:
+    """Median seconds per call of each function, timed in turns (every repeat times each one
+    once, at least ``min_s`` each): a noisy neighbour then slows every row alike, and the
+    ratios to the floor stay comparable on a shared machine."""
+    timers = [timeit.Timer(fn, setup="import gc; gc.enable()") for fn in fns]
+    numbers = []
+    for timer in timers:
+        number = max(1, timer.autorange()[0])
+        while timer.timeit(number) < min_s and number < 1 << 20:
+            number *= 2
+        numbers.append(number)
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for k, (timer, number) in enumerate(zip(timers, numbers, strict=True)):
+            samples[k].append(timer.timeit(number) / number)
+    return [statistics.median(s) for s in samples]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Print the growth table; exit 1 when a budget is missed (the figures are still printed)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="3 repeats of at least 20 ms each")
+    ap.add_argument("--quick", action="store_true", help="5 repeats of at least 20 ms each")
     args = ap.parse_args(argv)
-    repeats, min_s = (3, 0.02) if args.quick else (7, 0.05)
+    repeats, min_s = (5, 0.02) if args.quick else (9, 0.05)
 
     base = _shifted(protocol.load_patient(EXAMPLE).model_dump(mode="json"), SHIFT_DAYS)
     pr = protocol.load_protocol(base["protocol"])
-    rows = []
+    patients, counts = [], []
     for n in SIZES:
         patient = build(n, base, pr)
         plan = protocol.plan(patient, pr, AS_OF)
-        given = sum(1 for i in plan.items if i.status == "given")
-        t = median_s(lambda patient=patient: protocol.plan(patient, pr, AS_OF), repeats, min_s)
-        rows.append((n, given, len(plan.rows), t))
+        patients.append(patient)
+        counts.append((n, sum(1 for i in plan.items if i.status == "given"), len(plan.rows)))
+    times = interleaved_medians([lambda patient=patient: protocol.plan(patient, pr, AS_OF) for patient in patients],
+                                repeats, min_s)
+    rows = [(*c, t) for c, t in zip(counts, times, strict=True)]
     floor = rows[0][3]
     print(f"plan() growth with recorded entries · {pr.id} {pr.version} · as of {AS_OF} · "
-          f"median of {repeats} repeats")
+          f"median of {repeats} repeats, the rows timed in turns")
     print(f"{'entries':>8} {'given':>6} {'items':>6} {'plan ms':>9} {'× floor':>8}")
     for n, given, items, t in rows:
         print(f"{n:>8} {given:>6} {items:>6} {t * 1e3:>9.3f} {t / floor:>8.2f}")

@@ -30,7 +30,7 @@ from typing import Any
 
 from ._errors import InputError, Problem
 
-__all__ = ["AmendResult", "PatientPreview", "Preview", "apply", "preview", "retract"]
+__all__ = ["AmendResult", "PatientPreview", "Preview", "apply", "as_files", "preview", "retract"]
 
 _RECORDED = frozenset({"given", "omitted", "done"})
 
@@ -519,7 +519,8 @@ class AmendResult:
 
 
 def apply(reg: Any, file: str | os.PathLike[str], *, reason: str, patients: Sequence[str] | None = None,
-          by: str | None = None, site: str | os.PathLike[str] | None = None) -> AmendResult:
+          by: str | None = None, site: str | os.PathLike[str] | None = None,
+          signature: str | None = None) -> AmendResult:
     """Move the chosen registered patients (default: every one on the protocol) to the
     amendment ``file``: one row of the version log per patient, each in its own transaction.
 
@@ -527,6 +528,8 @@ def apply(reg: Any, file: str | os.PathLike[str], *, reason: str, patients: Sequ
     default: the one each patient is planned with now, carried over). A change of verified
     values alone is applied by giving the version patients are on as ``file`` and the new
     site file as ``site``; the registry keeps the file's bytes like a definition's.
+    ``signature``: the meaning recorded with each move when ``by`` signed it (the web asks
+    for the password again, see :meth:`protocol._access.Scoped.amend_apply`).
 
     A patient whose recorded history is invalid under the new version is refused (listed with
     the problems) and stays on its version. Raises :class:`InputError` (nothing written) for
@@ -588,7 +591,7 @@ def apply(reg: Any, file: str | os.PathLike[str], *, reason: str, patients: Sequ
             stamp = reg._recorded_at(conn)
             # A patient registered before versions were kept moves from the shipped definition.
             from_sha = row[1] if row is not None else store(conn, old_written, stamp)
-            seq = record_move(conn, pid, new, from_sha, by, stamp, reason.strip())
+            seq = record_move(conn, pid, new, from_sha, by, stamp, reason.strip(), signature)
             last = conn.execute("SELECT max(seq) FROM entries WHERE patient = ?", (pid,)).fetchone()[0]
             reg._project_patient(conn, pid, today, None, (patient, planned, last))
             result.moved.append((pid, seq, _label(old_p), _label(new)))
@@ -645,3 +648,56 @@ def retract(reg: Any, patient_id: str, seq: int, *, reason: str, by: str | None 
         last = conn.execute("SELECT max(seq) FROM entries WHERE patient = ?", (patient_id,)).fetchone()[0]
         reg._project_patient(conn, patient_id, today, None, (patient, planned, last))
         return int(cur.lastrowid or 0)
+
+
+class as_files:
+    """An amendment given as text (a web form) written to files the loaders read, in a
+    private temporary folder removed afterwards: ``with as_files(text, site_text) as (file,
+    site):``. ``file`` is named ``amendment.yaml`` (``.json`` for JSON text); ``site`` is
+    None without ``site_text``. Problems naming the files are reported by field name
+    (``definition``, ``site``), never by the temporary path.
+
+    >>> with as_files("format: 1\nid: x\n") as (file, site):  # doctest: +SKIP
+    ...     preview(reg, file)
+    """
+
+    def __init__(self, text: str, site_text: str | None = None) -> None:
+        self.text, self.site_text = text, site_text
+
+    def __enter__(self) -> tuple[str, str | None]:
+        import tempfile
+
+        self._dir = tempfile.TemporaryDirectory(prefix="protocol-amend-")
+        folder = self._dir.name
+
+        def write(name: str, text: str) -> str:
+            # A browser sends a form's line breaks as CRLF: the file kept is the text as typed.
+            text = text.replace("\r\n", "\n")
+            path = os.path.join(folder, name + (".json" if text.lstrip().startswith("{") else ".yaml"))
+            with open(path, "w", encoding="utf-8", newline="") as fh:
+                fh.write(text)
+            return path
+
+        if not (self.text or "").strip():
+            self._dir.cleanup()
+            raise InputError(Problem("amendment", "definition", "expected the amended definition's text (YAML or "
+                                     "JSON), got nothing"))
+        self.paths = (write("amendment", self.text),
+                      write("site-amendment", self.site_text) if (self.site_text or "").strip() else None)
+        return self.paths
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        folder = self._dir.name
+        self._dir.cleanup()
+        if not isinstance(exc, InputError):
+            return
+        names = [(os.path.basename(p), field) for p, field in zip(self.paths, ("definition", "site")) if p]
+        out = []
+        for p in exc.problems:
+            # A problem of a file given as text belongs to its form field; the rest (a version
+            # not greater, no patient on the protocol) to the definition.
+            field = next((f for name, f in names if name in (p.file or "")), "definition")
+            where = ", ".join(x for x in (f"line {p.line}" if p.line else "", p.field or "") if x)
+            text = p.message.replace(folder + os.sep, "")
+            out.append(Problem(field, field, f"{where}: {text}" if where else text))
+        exc.problems[:] = out

@@ -401,12 +401,13 @@ def _grid_widths(section: Section) -> tuple[float, ...]:
     """Relative column widths of the day grid, so that the longest word of each drug's header
     fits its column (no header runs into the next one, none is hyphenated): date due, date
     given, day, study day, one per drug, studies due, comments."""
-    drugs = [max(7.0, 0.66 * max((len(w) for w in name.split()), default=1) + 1.0) for name in section.columns]
+    # 9 units: "⚠ unverified" in bold fits a drug column unbroken even with 7 drug columns.
+    drugs = [max(9.0, 0.66 * max((len(w) for w in name.split()), default=1) + 1.0) for name in section.columns]
     studies = 11.0 if any(r.studies for r in section.grid) else 5.0
     comments = 11.0 if any(r.comment for r in section.grid) else 8.0
     if not drugs:
         studies += 40.0
-    return (8.5, 6.5, 3.5, 5.0, *drugs, studies, comments)
+    return (8.5, 5.5, 3.5, 4.5, *drugs, studies, comments)
 
 
 def _count(section: Section) -> tuple[int, int]:
@@ -595,6 +596,7 @@ def roadmap_context(plan: Plan, generated: dt.datetime | None = None) -> dict[st
         "fmt_amount": fmt_amount,
         "pathway_svg": pathway_svg(plan),
         "timeline_svg": timeline_svg(plan),
+        "timeline_svg_cover": timeline_svg(plan, 600),
     }
 
 
@@ -1020,10 +1022,24 @@ def pathway_svg(plan: Plan) -> str:
     return Markup("".join(out))
 
 
-def timeline_svg(plan: Plan) -> str:
+def _wrap_all(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken between words, never cut (a
+    longer word keeps its own line)."""
+    out: list[str] = []
+    for word in text.split():
+        if out and len(out[-1]) + 1 + len(word) <= width:
+            out[-1] += " " + word
+        else:
+            out.append(word)
+    return out or [""]
+
+
+def timeline_svg(plan: Plan, width: int = 1000) -> str:
     """The patient's elements on a date axis as static SVG: per element a hollow bar for the
     planned dates and a filled bar for the actual ones, branch elements dashed, a line at the
-    plan's as-of date."""
+    plan's as-of date. ``width``: the drawing's width in its own units, for the width it is
+    shown at (the PDF cover uses 600, beside the risk group, so its text stays legible);
+    element names are wrapped, never cut."""
     from markupsafe import Markup, escape
 
     spans = plan.elements
@@ -1036,9 +1052,12 @@ def timeline_svg(plan: Plan) -> str:
         if s.planned_end is None and s.planned_start is not None:
             ends.append(s.planned_start.toordinal() + 45)  # room for the label of an open element
     end = max(ends)
-    left, right, top, rh = 200, 990, 24, 26
-    width = 1000
-    height = top + rh * len(spans) + 46
+    left, right, top = (200, 990, 24) if width >= 1000 else (140, width - 10, 24)
+    labels = [_wrap_all(_short(s.title) + (f" (if {s.branch.split('→')[-1]})" if s.branch else ""),
+                        22 if width >= 1000 else 20) for s in spans]
+    heights = [26 if len(lines) <= 2 else 26 + 11 * (len(lines) - 2) for lines in labels]
+    rows = [top + sum(heights[:n]) for n in range(len(spans))]
+    height = top + sum(heights) + 46
     scale = (right - left) / max(1, end - start)
 
     def x(day: dt.date | int) -> float:
@@ -1057,17 +1076,21 @@ def timeline_svg(plan: Plan) -> str:
     while tick.toordinal() <= end:
         if tick.toordinal() >= start:
             tx = x(tick)
+            # A label near the right edge ends at its tick, so the drawing never cuts it.
+            anchor = "end" if tx > width - 22 else "middle"
             out.append(f'<line x1="{tx}" y1="{top - 6}" x2="{tx}" y2="{height - 40}" stroke="#e5e7eb"/>'
-                       f'<text x="{tx}" y="{top - 9}" font-size="9" text-anchor="middle" fill="#555">'
+                       f'<text x="{tx}" y="{top - 9}" font-size="9" text-anchor="{anchor}" fill="#555">'
                        f'{tick.year}-{tick.month:02d}</text>')
         month = tick.month - 1 + months
         tick = dt.date(tick.year + month // 12, month % 12 + 1, 1)
     for n, s in enumerate(spans):
-        y = top + n * rh
+        y = rows[n]
         fill, stroke, dash, ink = _STATE_STYLE.get(s.status, _OTHER_STYLE)
-        label = _wrap(_short(s.title), 22, 1)[0] + (f" (if {s.branch.split('→')[-1]})" if s.branch else "")
-        out.append(f'<text x="{left - 6}" y="{y + 15}" font-size="10" text-anchor="end" fill="{ink}">'
-                   f'{escape(label)}</text>')
+        lines = labels[n]
+        first = 15 if len(lines) == 1 else 10
+        out.append(f'<text x="{left - 6}" y="{y + first}" font-size="10" text-anchor="end" fill="{ink}">'
+                   + "".join(f'<tspan x="{left - 6}" dy="{0 if i == 0 else 11}">{escape(line)}</tspan>'
+                             for i, line in enumerate(lines)) + "</text>")
         dash_attr = f' stroke-dasharray="{dash or "5 3"}"' if s.branch else ""
         tip = (f"{s.title}: planned {_fmt_date(s.planned_start)} – {_fmt_date(s.planned_end) or 'open'}; "
                f"actual {_fmt_date(s.actual_start) or 'not started'} – {_fmt_date(s.actual_end) or 'not ended'}; "

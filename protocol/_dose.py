@@ -118,7 +118,6 @@ class DoseResult:
         # (amount, exact, capped, reason, steps, evidence levels used, unverified reasons)
         self._result: tuple[Any, ...] | None = None
         self._dict: dict[str, Any] | None = None
-        self._applied: list[str] = []  # the rules used: weight_band, weight_switch, age_fraction, cap...
         self._evidence: str | None = None  # read for every item of the segment that shares this dose
 
     def _computed(self) -> tuple[Any, ...]:
@@ -129,6 +128,9 @@ class DoseResult:
     def _compute(self) -> tuple[Any, ...]:
         d = self.slot.dose
         assert d is not None
+        # The rules used (weight_band, weight_switch, age_fraction, cap...): set here, not in
+        # __init__, since most doses of a plan are never computed.
+        self._applied: list[str] = []
         levels = [self.slot.evidence]
         why: list[str] = []
         steps: list[str] = []

@@ -92,23 +92,46 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 DATE_RANGE = (dt.date(1900, 1, 1), dt.date(2199, 12, 31))
 
 
+#: Text → date already checked by :func:`_iso_date` (a registry replays the same days for
+#: every patient; parsing them again is most of validating an event). Bounded.
+_DATES: dict[str, dt.date] = {}
+
+
 def _iso_date(value: Any) -> Any:
     # Only a calendar date YYYY-MM-DD: pydantic would also take a Unix timestamp
     # (diagnosis_date: 0 -> 1970-01-01) or a date-time, which a clinical file must never mean.
+    if type(value) is str:  # the common case first: text from a file or the registry
+        day = _DATES.get(value)
+        if day is None:
+            day = _checked_date(value)
+            if len(_DATES) < 100_000:
+                _DATES[value] = day
+        return day
     if isinstance(value, dt.datetime):
         raise ValueError(f"expected a date YYYY-MM-DD, got a date and time {value.isoformat()!r}")
-    if isinstance(value, str) and _ISO_DATE.match(value.strip()):
-        try:
-            value = dt.date.fromisoformat(value.strip())
-        except ValueError:
-            raise ValueError(f"expected a date YYYY-MM-DD, got {value!r} (no such day)") from None
+    if isinstance(value, str):
+        return _checked_date(value)
     if isinstance(value, dt.date):
-        # A plan runs years past its dates: 9999-01-01 would overflow the calendar mid-plan.
-        if not DATE_RANGE[0] <= value <= DATE_RANGE[1]:
-            raise ValueError(f"expected a date from {DATE_RANGE[0]} to {DATE_RANGE[1]}, got {value}")
-        return value
-    shown = repr(value) if isinstance(value, str) else str(value)
-    raise ValueError(f"expected a date YYYY-MM-DD, got {shown}")
+        return _in_range(value)
+    raise ValueError(f"expected a date YYYY-MM-DD, got {value}")
+
+
+def _checked_date(value: str) -> dt.date:
+    text = value.strip()
+    if not _ISO_DATE.match(text):
+        raise ValueError(f"expected a date YYYY-MM-DD, got {value!r}")
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"expected a date YYYY-MM-DD, got {value!r} (no such day)") from None
+    return _in_range(day)
+
+
+def _in_range(value: dt.date) -> dt.date:
+    # A plan runs years past its dates: 9999-01-01 would overflow the calendar mid-plan.
+    if not DATE_RANGE[0] <= value <= DATE_RANGE[1]:
+        raise ValueError(f"expected a date from {DATE_RANGE[0]} to {DATE_RANGE[1]}, got {value}")
+    return value
 
 
 #: A calendar date written YYYY-MM-DD, nothing else.
@@ -908,6 +931,11 @@ EVENT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 }
 _OPTIONAL_FIELDS = ("element", "randomisation", "arm", "reason", "item", "to", "scope", "dose", "percent", "of",
                     "bag_hours", "interruption_hours")
+#: Per event type, in ``_OPTIONAL_FIELDS`` order: the fields it requires, and those it does not
+#: take (reason aside): what ``Event._fields_of_type`` checks, computed once.
+_CHECKED_FIELDS = {t: (tuple(f for f in _OPTIONAL_FIELDS if f in required),
+                       tuple(f for f in _OPTIONAL_FIELDS if f not in allowed and f != "reason"))
+                   for t, (allowed, required) in EVENT_FIELDS.items()}
 
 
 class Event(_Strict):
@@ -950,8 +978,9 @@ class Event(_Strict):
 
     @model_validator(mode="after")
     def _fields_of_type(self) -> Any:
-        allowed, required = EVENT_FIELDS[self.type]
-        missing = [f for f in _OPTIONAL_FIELDS if f in required and getattr(self, f) is None]
+        required, refused = _CHECKED_FIELDS[self.type]
+        values = self.__dict__
+        missing = [f for f in required if values[f] is None]
         if missing:
             article = "an" if self.type[0] in "aeiou" else "a"
             if missing == ["reason"]:
@@ -959,7 +988,7 @@ class Event(_Strict):
             raise ValueError(f"{article} {self.type} event must name its {' and '.join(m for m in missing if m != 'reason')}"
                              + (" and give a reason" if "reason" in missing else ""))
         # A reason may be given with any event; some require one.
-        extra = [f for f in _OPTIONAL_FIELDS if f not in allowed and f != "reason" and getattr(self, f) is not None]
+        extra = [f for f in refused if values[f] is not None]
         if extra:
             article = "an" if self.type[0] in "aeiou" else "a"
             raise ValueError(f"{article} {self.type} event takes no {', '.join(extra)}")

@@ -10,7 +10,6 @@ of facts; there is no ``eval`` and no code in data files.
 
 from __future__ import annotations
 
-import calendar
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -78,8 +77,14 @@ def add_months(day: dt.date, months: int) -> dt.date:
     """
     index = day.year * 12 + day.month - 1 + months
     year, month = divmod(index, 12)
-    last = calendar.monthrange(year, month + 1)[1]
+    last = _MONTH_DAYS[month]
+    if month == 1 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0):
+        last = 29
     return dt.date(year, month + 1, min(day.day, last))
+
+
+#: Days in each month of a common year (``calendar.monthrange`` is a Python call per use).
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
 def completed_months(birth: dt.date, on: dt.date) -> int:

@@ -159,13 +159,14 @@ def record_initial(conn: sqlite3.Connection, patient_id: str, protocol: Any, by:
 
 
 def record_move(conn: sqlite3.Connection, patient_id: str, protocol: Any, from_sha: str | None, by: str,
-                stamp: str, reason: str) -> int:
+                stamp: str, reason: str, signature: str | None = None) -> int:
     """Record a move of a patient to ``protocol`` (and the site amendment it was amended
-    with, if any) inside the caller's transaction; its seq."""
+    with, if any) inside the caller's transaction; its seq. ``signature``: the meaning of
+    the signature when ``by`` signed it with the password again."""
     sha = store(conn, protocol, stamp)
     cur = conn.execute("INSERT INTO version_entries (patient, sha256, from_sha256, recorded_by, recorded_at, reason, "
-                       "site_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (patient_id, sha, from_sha, by, stamp, reason, store_site(conn, protocol, stamp)))
+                       "site_sha256, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (patient_id, sha, from_sha, by, stamp, reason, store_site(conn, protocol, stamp), signature))
     return int(cur.lastrowid or 0)
 
 
@@ -301,8 +302,8 @@ def version_history(reg: Any, patient_id: str) -> list[dict[str, Any]]:
                                                                "protocol_versions")}
         sites = {sha: {"site": site, "file": name, "sha256": sha}
                  for sha, site, name in conn.execute("SELECT sha256, site, name FROM site_amendments")}
-        rows = conn.execute("SELECT seq, sha256, from_sha256, recorded_by, recorded_at, reason, retracts, site_sha256 "
-                            "FROM version_entries WHERE patient = ? ORDER BY seq", (patient_id,)).fetchall()
+        rows = conn.execute("SELECT seq, sha256, from_sha256, recorded_by, recorded_at, reason, retracts, site_sha256, "
+                            "signature FROM version_entries WHERE patient = ? ORDER BY seq", (patient_id,)).fetchall()
     retracted = {r[6]: r[0] for r in rows if r[6] is not None}
     out = []
     live: list[tuple[int, str]] = []  # (seq, label) of the moves in force, the current one last
@@ -311,7 +312,7 @@ def version_history(reg: Any, patient_id: str) -> list[dict[str, Any]]:
         name = names.get(sha) if sha else None
         return name if name is None or site not in sites else f"{name} + {sites[site]['file']}"
 
-    for seq, sha, frm, by, at, reason, ret, site in rows:
+    for seq, sha, frm, by, at, reason, ret, site, signature in rows:
         if ret is not None:
             live = [x for x in live if x[0] != ret]
         before = live[-1][1] if live else label(frm, None)
@@ -320,7 +321,7 @@ def version_history(reg: Any, patient_id: str) -> list[dict[str, Any]]:
         out.append({"seq": seq, "to": names.get(sha) if sha else None, "sha256": sha,
                     "from": names.get(frm) if frm else None, "from_sha256": frm, "recorded_by": by,
                     "recorded_at": at, "reason": reason, "retracts": ret, "retracted_by": retracted.get(seq),
-                    "site": sites.get(site), "to_label": label(sha, site),
+                    "site": sites.get(site), "to_label": label(sha, site), "signature": signature,
                     "from_label": before if frm is not None else None})
     return out
 

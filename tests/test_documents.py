@@ -659,3 +659,62 @@ def test_markdown_roadmap_keeps_the_administration_notes() -> None:
     for section in roadmap_context(plan)["sections"]:
         for note in section.notes:
             assert note in md
+
+
+# --------------------------------------------------------------------------- PDF layout, read back
+
+_ROW_DATE = re.compile(r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)\s+\d{4}-\d{2}-\d{2}")
+
+
+@pytest.fixture(scope="module")
+def layouts() -> dict[str, list[str]]:
+    """The page texts of the roadmaps of three patients at different stages (issue 12)."""
+    return {name: _pages(render_pdf(protocol.plan(ROOT / f"examples/patients/{name}.yaml", as_of=AS_OF)))
+            for name in ("mr-on-time", "hr-to-hsct", "mr-pending-mrd")}
+
+
+@pytest.mark.parametrize("name", ["mr-on-time", "hr-to-hsct", "mr-pending-mrd"])
+def test_the_cover_is_one_page_with_the_timeline_and_the_pathway(layouts: dict[str, list[str]], name: str) -> None:
+    cover = layouts[name][0]
+    assert "Treatment roadmap" in cover and "Risk group:" in cover
+    assert "Timeline: planned dates" in cover and "Pathway: the protocol's elements" in cover
+    # The decisions and elements tables follow whole (a heading never ends a page without its table).
+    for page in layouts[name]:
+        for heading, body in (("Decisions", "Decision At the end of"), ("Elements", "Element Planned start")):
+            lines = [line.strip() for line in page.splitlines()]
+            if heading in lines:
+                assert body in " ".join(lines[lines.index(heading):lines.index(heading) + 3]), (name, heading)
+
+
+@pytest.mark.parametrize("name", ["mr-on-time", "hr-to-hsct", "mr-pending-mrd"])
+def test_no_page_holds_a_lone_row_or_a_lone_decision(layouts: dict[str, list[str]], name: str) -> None:
+    grid_pages = 0
+    for n, page in enumerate(layouts[name]):
+        if "Date due" not in page:
+            continue
+        grid_pages += 1
+        rows = len(_ROW_DATE.findall(page))
+        ends = "begin next element" in page or "end of therapy" in page or "at the end of this element" in page
+        if ends:
+            # The end of an element's grid keeps its last rows (up to 3) and its decision with it.
+            assert rows >= 2 or page.count("Date due") == 1 and "calculated" in page and rows >= 1, (name, n + 1, rows)
+        if "at the end of this element (" in page:
+            assert rows >= 1 and "begin next element" in page or "end of therapy" in page, (name, n + 1)
+    assert grid_pages >= 3
+
+
+@pytest.mark.parametrize("name", ["mr-on-time", "hr-to-hsct"])
+def test_the_unverified_mark_is_never_split_across_lines(layouts: dict[str, list[str]], name: str) -> None:
+    text = "\n".join(layouts[name])
+    assert text.count("⚠ unverified") > 50
+    assert not re.search(r"⚠\s*\n\s*unverified", text)
+    assert not re.search(r"unveri\s*\n", text)
+
+
+def test_timeline_names_are_wrapped_never_cut() -> None:
+    plan = protocol.plan(ROOT / "examples/patients/hr-to-hsct.yaml", as_of=AS_OF)
+    for width in (1000, 600):
+        svg = timeline_svg(plan, width)
+        assert "…" not in svg
+        words = " ".join(re.findall(r"<tspan[^>]*>([^<]*)</tspan>", svg))
+        assert "Allogeneic stem-cell transplant" in words

@@ -932,3 +932,101 @@ def test_every_output_marks_every_value_that_depends_on_a_placeholder(path: Path
     for d in data["decisions"]:
         assert d["unverified"] == bool(d["unverified_reasons"])
     assert data["legend"]["unverified"].startswith("UNVERIFIED")
+
+
+# --------------------------------------------------------------------------- the fast path equals the reference
+
+
+def _plan_or_refusal(patient: protocol.Patient, pr: protocol.Protocol, as_of: dt.date, reference: bool) -> str:
+    """The plan JSON (and its deviations) or the refusal, on the fast path or the reference."""
+    from protocol.schedule.builder import _Builder
+
+    _Builder.reference = reference
+    try:
+        return protocol.plan(patient, pr, as_of).to_json()
+    except protocol.ProtocolError as exc:
+        return f"{type(exc).__name__}: {exc.problems}"
+    finally:
+        _Builder.reference = False
+
+
+def _recorded(draw: Any, p: Plan, as_of: dt.date) -> list[dict[str, Any]]:
+    """Item events a coordinator could record against the plan, right or wrong: doses given
+    on their day, early or late, with an amount (around the planned one), twice; omissions,
+    delays and dose modifications; a hold of an element under way."""
+    from hypothesis import strategies as st
+
+    past = [i for i in p.items if i.branch is None and i.date <= as_of]
+    if not past:
+        return []
+    picks = draw(st.lists(st.integers(0, len(past) - 1), max_size=min(80, len(past)), unique=True))
+    if picks and draw(st.integers(0, 5)) == 0:
+        picks.append(picks[0])  # recorded twice
+    events: list[dict[str, Any]] = []
+    for k in picks:
+        item = past[k]
+        kind = draw(st.sampled_from(["given"] * 6 + ["given_off_day", "given_dose", "omitted", "delayed", "modified"]))
+        day = item.date
+        if kind == "given_off_day":
+            day = max(min(item.date + dt.timedelta(days=draw(st.integers(-3, 4))), as_of), p.patient.start_date)
+        if kind.startswith("given"):
+            ev: dict[str, Any] = {"type": "item_given", "item": item.ref, "date": day.isoformat()}
+            amount = None if item.dose is None else item.dose.amount
+            if kind == "given_dose" and amount:
+                ev["dose"] = round(amount * draw(st.sampled_from([0.8, 0.96, 1.0, 1.04, 1.2])), 4)
+        elif kind == "omitted":
+            ev = {"type": "item_omitted", "item": item.ref, "date": day.isoformat(), "reason": "generated"}
+        elif kind == "delayed":
+            to = item.date + dt.timedelta(days=draw(st.integers(1, 6)))
+            ev = {"type": "item_delayed", "item": item.ref, "date": day.isoformat(), "to": to.isoformat(),
+                  "scope": draw(st.sampled_from(["item", "element", "all"])), "reason": "generated"}
+        else:
+            ev = {"type": "dose_modified", "item": item.ref, "date": day.isoformat(), "percent": 75,
+                  "of": draw(st.sampled_from(["standard", "previous"])),
+                  "scope": draw(st.sampled_from(["item", "element"])), "reason": "generated"}
+        events.append(ev)
+    under_way = [e for e in p.elements if e.status == "in_progress" and e.actual_start is not None]
+    if under_way and draw(st.integers(0, 4)) == 0:
+        span = under_way[0]
+        held = span.actual_start + dt.timedelta(days=draw(st.integers(0, 20)))
+        if held <= as_of:
+            events.append({"type": "element_held", "element": span.id, "date": held.isoformat(),
+                           "reason": "generated"})
+            resumed = held + dt.timedelta(days=draw(st.integers(1, 10)))
+            if resumed <= as_of and draw(st.booleans()):
+                events.append({"type": "element_resumed", "element": span.id, "date": resumed.isoformat()})
+    return events
+
+
+@pytest.mark.slow
+def test_fast_path_equals_the_reference_on_recorded_histories() -> None:
+    """The plan's fast path (moves on the compiled table, doses given applied through the
+    reference index on tuples, overdue items marked as they are emitted) gives the same plan
+    JSON, or the same refusal, as the reference (the ``transitions`` machine, every item event
+    through the general path on lists, overdue marked in a second pass), on every example
+    patient (every shipped protocol) with generated recorded histories, as of a generated day.
+    The profile sets the number of examples (``ci`` 60, ``dev`` 30; see ``tests/conftest.py``)."""
+    from hypothesis import event, given
+    from hypothesis import strategies as st
+
+    loaded = [protocol.load_patient(f) for f in ALL_EXAMPLES]
+    assert {p.protocol.split("@")[0] for p in loaded} == {p.id for p in protocol.list_protocols()}
+    end = D(2026, 11, 21)
+
+    @given(st.sampled_from(loaded), st.data())
+    def check(patient: protocol.Patient, data: Any) -> None:
+        pr = protocol.load_protocol(patient.protocol)
+        as_of = data.draw(st.dates(min_value=patient.start_date + dt.timedelta(days=3), max_value=end))
+        base = patient.model_dump(mode="json")
+        try:
+            bare = protocol.plan(patient, pr, as_of)
+        except protocol.ProtocolError:
+            event("the example itself is refused on that day")
+            return
+        base["events"] = [*base["events"], *_recorded(data.draw, bare, as_of)]
+        generated = protocol.Patient.model_validate(base)
+        fast = _plan_or_refusal(generated, pr, as_of, reference=False)
+        event("refused" if fast.startswith(("PatientError", "IneligibleError")) else "planned")
+        assert fast == _plan_or_refusal(generated, pr, as_of, reference=True)
+
+    check()

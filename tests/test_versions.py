@@ -105,7 +105,7 @@ def test_a_schema_5_registry_upgrades_to_6_and_keeps_its_version_log(tmp_path: P
         reg.add_patient(ON_TIME, by="alice")
         assert patient_version(reg, "INF-0001").site is None
         columns = [r[1] for r in reg._conn.execute("PRAGMA table_info(version_entries)")]
-        assert columns[-1] == "site_sha256"
+        assert columns[-2:] == ["site_sha256", "signature"]
         reg._conn.execute("INSERT INTO site_amendments VALUES (?, 'p', 's', 'n', x'00', 'now')", ("a" * 64,))
         with pytest.raises(sqlite3.DatabaseError, match="never deleted"):
             reg._conn.execute("DELETE FROM site_amendments")

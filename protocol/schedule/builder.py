@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from operator import attrgetter
 from typing import Any
 
 
@@ -16,6 +17,7 @@ from .._rules import RiskResult
 
 from .context import _Context
 from .records import Decision, ElementSpan, Plan
+from .given import _Given
 from .infusions import _Infusions
 from .items import _ItemEvents
 from .projection import _Projection
@@ -23,13 +25,19 @@ from .replay import _Replay
 
 __all__ = ["plan", "risk"]
 
+_DATE = attrgetter("date")
 
-class _Builder(_Replay, _ItemEvents, _Infusions, _Projection):
+
+class _Builder(_Replay, _Given, _ItemEvents, _Infusions, _Projection):
     """Replays a patient's events, then projects the rest of the plan."""
 
     #: Replay recorded moves by triggering the ``transitions`` machine instead of the compiled
     #: table (the reference the table is tested against: ``tests/test_machine.py``).
     via_machine = False
+    #: The reference path the fast one is tested against (``tests/test_schedule.py``): moves
+    #: through the ``transitions`` machine, every item event through the general
+    #: :meth:`_ItemEvents.adjust` on lists, overdue items marked in a second pass.
+    reference = False
 
     def __init__(self, protocol: Protocol, patient: Patient, as_of: dt.date, today: dt.date | None = None) -> None:
         self.p = protocol
@@ -37,8 +45,10 @@ class _Builder(_Replay, _ItemEvents, _Infusions, _Projection):
         self.as_of = as_of
         #: Nothing can have happened after this day (an entry dated after it is refused).
         self.today = dt.date.today() if today is None else today
-        self.name = patient._source
-        self.doc = patient._lines
+        # Read from pydantic's private store in one look-up (the attribute path costs microseconds).
+        private = patient.__pydantic_private__ or {}
+        self.name = private.get("_source", "patient")
+        self.doc = private.get("_lines")
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
         self.elements: list[ElementSpan] = []
@@ -58,11 +68,11 @@ class _Builder(_Replay, _ItemEvents, _Infusions, _Projection):
         self.by_element: dict[str, list[tuple[int, Event]]] = {}  # events that adjust an element's items
         self.bag_hours: dict[str, tuple[int, int]] = {}  # element -> (event index, hours chosen)
         self.consumed: set[int] = set()
+        self.mixed: set[str] = set()  # elements with recorded item events other than item_given
         self.dating: str | None = None  # why the element being emitted has placeholder-dependent dates
         self.end_reason: str | None = None  # why the last closed element's end depends on a placeholder
         self.adjusted = False
-        self.counts = sorted((c for c in patient.counts if c.date.toordinal() <= self.as_of_ord),
-                             key=lambda c: c.date)
+        self.counts = sorted((c for c in patient.counts if c.date <= as_of), key=_DATE) if patient.counts else []
         self._row_index: tuple[list[list[Any]] | None, dict[tuple[str, int], list[list[Any]]]] = (None, {})
 
     # -- problems -------------------------------------------------------------------

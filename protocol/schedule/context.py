@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 from bisect import bisect_left, bisect_right
+from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 
@@ -21,6 +23,49 @@ from .._rules import add_months, birthday, completed_months
 WEIGHT_CHANGE = 0.10
 
 
+_DATE = attrgetter("date")
+
+
+@lru_cache(maxsize=4096)
+def _month_points(birth: dt.date, months: tuple[int, ...]) -> tuple[int, ...]:
+    """Ordinals of the days a child born on ``birth`` reaches each age in ``months``, sorted."""
+    return tuple(sorted(add_months(birth, n).toordinal() for n in months))
+
+
+@lru_cache(maxsize=4096)
+def _birthdays(birth: dt.date, years: int) -> tuple[int, ...]:
+    """Ordinals of the birth day and the first ``years - 1`` birthdays."""
+    return tuple(birthday(birth, k).toordinal() for k in range(years))
+
+
+@lru_cache(maxsize=1024)
+def _has_age_fractions(slots: tuple[Slot, ...]) -> bool:
+    return any(s.dose is not None and s.dose.age_fractions for s in slots)
+
+
+@lru_cache(maxsize=1024)
+def chased_positions(element: Any, length: int) -> tuple[int, ...]:
+    """Positions in the element's day template of the items that can be overdue (assessments
+    and items with a window), in day order."""
+    _, _, slots = element.fixed if length == element.length and element.fixed is not None \
+        else element.template(length)
+    return tuple(pos for pos, s in enumerate(slots) if s.kind == "assessment" or s.window is not None)
+
+
+def _segment(out: list[tuple[Any, ...]], base: int, sbase: int, days: tuple[int, ...], ks: tuple[int, ...],
+             slots: tuple[Slot, ...], lo: int, hi: int, doses: list[DoseResult | None], status: str,
+             per_slot: list[str] | None, branch: str | None, dated: str | None) -> None:
+    """Append the rows of template positions ``lo:hi`` (one dose per slot), plain tuples in
+    :class:`Item` field order built by one comprehension."""
+    if lo or hi != len(days):
+        days, ks, slots = days[lo:hi], ks[lo:hi], slots[lo:hi]
+    seg = zip(days, ks, slots)
+    if per_slot is None:
+        out.extend([(base + d, d, sbase + d, s, doses[k], status, branch, None, dated) for d, k, s in seg])
+    else:
+        out.extend([(base + d, d, sbase + d, s, doses[k], per_slot[k], branch, None, dated) for d, k, s in seg])
+
+
 class _Context:
     """Per-patient inputs on integer days, shared by replay and projection."""
 
@@ -29,7 +74,8 @@ class _Context:
 
     def __init__(self, protocol: Protocol, patient: Patient, as_of_ord: int, horizon: int) -> None:
         self.t0 = patient.start_date.toordinal()
-        ms = sorted((m for m in patient.measurements if m.date.toordinal() <= as_of_ord), key=lambda m: m.date)
+        as_of = dt.date.fromordinal(as_of_ord)
+        ms = sorted((m for m in patient.measurements if m.date <= as_of), key=_DATE)
         self.measurements = ms
         self.m_ords = [m.date.toordinal() for m in ms]
         self.weights = [m.weight_kg for m in ms]
@@ -41,10 +87,10 @@ class _Context:
         self.age_banded = protocol.age_banded
         # Age-fraction doses change on the days the child reaches each limit (6, 12 months...).
         self.age_months = bool(protocol.age_months)
-        self.month_points = sorted(add_months(self.birth, n).toordinal() for n in protocol.age_months)
+        self.month_points = _month_points(self.birth, protocol.age_months)
         self.horizon = 0
         self.cover(horizon)
-        self.results = {r.timepoint for r in patient.mrd if r.date.toordinal() <= as_of_ord}
+        self.results = {r.timepoint for r in patient.mrd if r.date <= as_of}
         self.flags: list[tuple[int, str, str]] = []  # (ordinal, element, message): weight changes
 
     def cover(self, last: int) -> None:
@@ -54,17 +100,17 @@ class _Context:
         self.horizon = last
         if not self.age_banded:
             return
-        k = len(self.birthdays)
-        while (day := birthday(self.birth, k).toordinal()) <= last:
-            self.birthdays.append(day)
-            k += 1
+        # Birthdays by birth date and count: a registry's patients share birth dates.
+        years = (last - self.birthdays[0]) // 365 + 2
+        known = _birthdays(self.birth, years)
+        self.birthdays = list(known[:bisect_right(known, last)])
 
     def doses_at(self, slots: tuple[Slot, ...], ordinal: int, m_index: int) -> list[DoseResult | None]:
         """Doses of every slot on ``ordinal`` from measurement ``m_index`` (-1: none)."""
         m, bsa = (self.measurements[m_index], self.bsa[m_index]) if m_index >= 0 else (None, None)
         age = bisect_right(self.birthdays, ordinal) - 1
         months = (completed_months(self.birth, dt.date.fromordinal(ordinal))
-                  if self.age_months and any(s.dose is not None and s.dose.age_fractions for s in slots) else None)
+                  if self.age_months and _has_age_fractions(slots) else None)
         return [None if s.dose is None else DoseResult(s, m, bsa, age, months) for s in slots]
 
     def change_points(self, element: str, start: int, last: int) -> tuple[int, list[tuple[int, int]]]:
@@ -89,10 +135,11 @@ class _Context:
             points.append((m_ords[j], j))
             used = j
         if self.age_banded or self.age_months:
-            b = self.birthdays if self.age_banded else []
+            b = self.birthdays if self.age_banded else ()
             mp = self.month_points
-            bdays = sorted({*b[bisect_right(b, start):bisect_right(b, last)],
-                            *mp[bisect_right(mp, start):bisect_right(mp, last)]})
+            lo_b, hi_b = bisect_right(b, start), bisect_right(b, last)
+            lo_m, hi_m = bisect_right(mp, start), bisect_right(mp, last)
+            bdays = sorted({*b[lo_b:hi_b], *mp[lo_m:hi_m]}) if lo_b < hi_b or lo_m < hi_m else ()
             if bdays:
                 merged = sorted([*points, *((d, -2) for d in bdays)])
                 points, cur = [], first
@@ -105,11 +152,14 @@ class _Context:
         return first, points
 
     def emit(self, element: Any, start: int, length: int, stop: int | None, status: str, branch: str | None,
-             out: list[tuple[Any, ...]], dated: str | None = None) -> None:
+             out: list[tuple[Any, ...]], dated: str | None = None, today: int | None = None) -> None:
         """Append the items of one element occurrence starting on ordinal ``start``.
 
         Rows are plain tuples in :class:`Item` field order, built by one comprehension per
         segment between changes of the dose inputs; doses are computed once per segment.
+        ``today`` (the element is under way): a planned administration dated before it, with
+        no window, is emitted ``unrecorded`` (assessments and windowed items are left to
+        :meth:`_Projection.overdue`).
         """
         if length <= 0 or not element.slots:
             return
@@ -126,16 +176,26 @@ class _Context:
         if status != "pending_decision" and element.timepoints and not self.results.isdisjoint(element.timepoints):
             per_slot = [("done" if s.timepoint in self.results else status) for s in all_slots]
         m_first, cps = self.change_points(element.id, start, last)
+        sbase = base - self.t0 + 1
+        if not cps and today is None:  # one segment (the common case)
+            _segment(out, base, sbase, days, ks, slots, 0, end, self.doses_at(all_slots, start, m_first),
+                     status, per_slot, branch, dated)
+            return
         bounds = [0, *(bisect_left(days, cp - base, 0, end) for cp, _ in cps), end]
         ats = [(start, m_first), *cps]
-        sbase = base - self.t0 + 1
+        cut = 0 if today is None else bisect_left(days, today - base, 0, end)  # rows before: in the past
+        past: list[str] = []
+        if cut:
+            past = [("unrecorded" if st == "planned" and s.kind != "assessment" and s.window is None else st)
+                    for s, st in zip(all_slots, per_slot or [status] * len(all_slots), strict=True)]
         for lo, hi, (at, m_index) in zip(bounds, bounds[1:], ats, strict=False):
             if hi <= lo:
                 continue
             dl = self.doses_at(all_slots, at, m_index)
-            seg = zip(days[lo:hi], ks[lo:hi], slots[lo:hi])
-            if per_slot is None:
-                out.extend([(base + d, d, sbase + d, s, dl[k], status, branch, None, dated) for d, k, s in seg])
-            else:
-                out.extend([(base + d, d, sbase + d, s, dl[k], per_slot[k], branch, None, dated)
-                            for d, k, s in seg])
+            if lo < cut:
+                mid = min(cut, hi)
+                _segment(out, base, sbase, days, ks, slots, lo, mid, dl, status, past, branch, dated)
+                if mid == hi:
+                    continue
+                lo = mid
+            _segment(out, base, sbase, days, ks, slots, lo, hi, dl, status, per_slot, branch, dated)

@@ -6,6 +6,9 @@ marked, and per-m² infant doses without a rule warned about."""
 from __future__ import annotations
 
 import datetime as dt
+from bisect import bisect_left
+from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 
@@ -13,7 +16,22 @@ from .._machine import Edge
 from .._rules import add_months, depends_on, explain
 
 from .common import _count_text, _narrow, _Open, _recovered
+from .context import chased_positions
 from .records import Decision, ElementSpan
+
+
+_ORDINAL, _SLOT, _STATUS = itemgetter(0), itemgetter(3), itemgetter(5)
+#: The status of a closed element's items: those of a completed one count as done.
+_ITEM_STATUS = {"completed": "done", "pending_decision": "pending_decision"}
+
+
+@lru_cache(maxsize=64)
+def _unruled(protocol: Any) -> frozenset[Any]:
+    """The protocol's per-m² slots with no infant rule: no age fraction, no weight switch, no
+    sourced statement that the full dose applies (what :meth:`warn_infant_doses` names)."""
+    return frozenset(s for e in protocol.elements.values() for s in e.slots
+                     if (d := s.dose) is not None and d.basis == "per_m2" and d.age_fractions is None
+                     and d.weight_switch is None and d.infant_full_dose is None)
 
 
 class _Projection:
@@ -131,12 +149,16 @@ class _Projection:
         self.dating = dated
         self.end_reason = None if cur.actual_end is not None else (dated or own)
         # Items of a completed element count as done; a stopped element's later items are dropped.
-        item_status = {"completed": "done", "pending_decision": "pending_decision"}.get(status, "planned")
+        item_status = _ITEM_STATUS.get(status, "planned")
+        reasons: tuple[str, ...] = ()
+        if dated:
+            reasons = (f"its start date {dated}", f"its end date {dated}")
+        elif own:
+            reasons = (f"its end date {own}",)
         span = ElementSpan(el.id, el.title, dt.date.fromordinal(cur.planned_start), None,
                            None if cur.actual_start is None else dt.date.fromordinal(cur.actual_start),
                            None if cur.actual_end is None else dt.date.fromordinal(cur.actual_end), status, branch,
-                           el.evidence, cur.note, tuple(f"its {w} date {r}" for w, r in
-                                                         (("start", dated), ("end", dated or own)) if r))
+                           el.evidence, cur.note, reasons)
         self.elements.append(span)
         if length is None:
             return cur.actual_end
@@ -144,25 +166,45 @@ class _Projection:
         events = self.by_element.get(el.id)
         bag = self.bag_hours.get(el.id)
         rows = self.rows
-        if events or (bag is not None and el.infusion is not None and bag[1] != el.infusion.default_hours):
+        rebag = bag is not None and el.infusion is not None and bag[1] != el.infusion.default_hours
+        mark = len(rows)
+        # Under way: past items are marked as they are emitted (the reference marks them after).
+        today = self.as_of_ord if status == "in_progress" and not self.reference else None
+        fast = bool(events) and not self.reference and not rebag and cur.actual_start is not None \
+            and el.id not in self.mixed
+        if fast:
+            # Only doses given: the rows stay tuples, each event finds its row by reference.
+            self.ctx.emit(el, start, length, None, item_status, branch, rows, dated, today)
+            fast = self.apply_given(el, start, length, rows, mark, events)  # type: ignore[arg-type]
+            if not fast:
+                del rows[mark:]
+            elif stop is not None and len(rows) > mark and rows[-1][0] > stop:
+                kept = [r for r in rows[mark:] if r[0] <= stop or r[5] in ("given", "omitted")]
+                rows[mark:] = kept
+                if kept and kept[-1][0] > stop:  # a dose recorded after the element ended
+                    self.adjusted = True
+        if fast:
+            pass
+        elif events or rebag:
             tmp, end, notes = self.adjust(el, start, length, item_status, branch, events or [], bag,
                                           cur.actual_start is not None, cur.actual_end)
             if stop is not None:  # what was recorded stays, even when dated after the element ended
                 tmp = [r for r in tmp if r[0] <= stop or r[5] in ("given", "omitted")]
             if notes:
                 span.note = "; ".join(filter(None, [span.note, *notes]))
-            mark = len(rows)
             rows.extend(map(tuple, tmp))
             self.adjusted = True
         else:
-            mark = len(rows)
-            self.ctx.emit(el, start, length, stop, item_status, branch, rows, dated)
+            self.ctx.emit(el, start, length, stop, item_status, branch, rows, dated, today)
         if not el.open_ended:
             span.planned_end = dt.date.fromordinal(end)
         elif self.eot is not None:
             span.planned_end = dt.date.fromordinal(self.eot)
         if status == "in_progress":
-            self.mark_overdue(rows, mark)
+            if today is not None and (fast or not (events or rebag)):
+                self.overdue(el, length, rows, mark)
+            else:
+                self.mark_overdue(rows, mark)
         return cur.actual_end if cur.actual_end is not None else end
 
     def length_of(self, el: Any, start: int) -> int | None:
@@ -236,6 +278,30 @@ class _Projection:
             inherited = tuple(f"{r}, behind the risk group" for r in risk.unverified_reasons)
         self.decisions.append(Decision(edges, chosen, status, when, facts, branch, inherited))
 
+    def overdue(self, el: Any, length: int, rows: list[tuple[Any, ...]], mark: int) -> None:
+        """Past assessments and windowed items of the element under way, emitted from ``mark``
+        in template order, with nothing recorded and past their window: ``overdue``, a
+        deviation to chase (the other past items were emitted ``unrecorded``). Visits only the
+        template positions of such items, not every row."""
+        today = self.as_of_ord
+        n = len(rows)
+        for pos in chased_positions(el, length):
+            k = mark + pos
+            if k >= n:
+                break
+            r = rows[k]
+            if r[0] >= today:
+                break
+            if r[5] != "planned":
+                continue
+            slot = r[3]
+            late = 0 if slot.window is None else slot.window[1]
+            if r[0] + late < today:
+                rows[k] = (*r[:5], "overdue", *r[6:])
+                self.deviations.append((r[0], slot.element, f"{slot.element}:{slot.key}@{r[1]}", "overdue",
+                                        f"{slot.name} due {dt.date.fromordinal(r[0])}"
+                                        + (f" (window +{late} days)" if late else "") + ": nothing recorded"))
+
     def mark_overdue(self, rows: list[tuple[Any, ...]], mark: int) -> None:
         """Past items of the element under way with nothing recorded, as of the plan's date.
 
@@ -267,14 +333,15 @@ class _Projection:
         dose applies. BSA dosing under 10 kg can overdose (clinical-facts §3.10 [43]): never
         leave that silent."""
         first_birthday = add_months(self.patient.birth_date, 12).toordinal()
-        names: dict[str, None] = {}
-        for row in rows:
-            if row[0] >= first_birthday:
-                break
-            d = row[3].dose
-            if (d is not None and d.basis == "per_m2" and d.age_fractions is None and d.weight_switch is None
-                    and d.infant_full_dose is None and row[5] not in ("given", "omitted")):
-                names[row[3].name] = None
+        before = rows[:bisect_left(rows, first_birthday, key=_ORDINAL)]  # rows are in date order
+        unruled = _unruled(self.p)
+        if not unruled or not before:
+            return
+        if {"given", "omitted"}.isdisjoint(map(_STATUS, before)):
+            slots = dict.fromkeys(map(_SLOT, before))  # in order of first appearance
+        else:
+            slots = dict.fromkeys(r[3] for r in before if r[5] not in ("given", "omitted"))
+        names = dict.fromkeys(s.name for s in slots if s in unruled)
         if names:
             self.warnings.append(
                 f"per-m² doses planned before the first birthday with no infant rule in the definition (an age "

@@ -8,7 +8,7 @@ the protocol's rules (the compiled table, or the ``transitions`` machine when
 from __future__ import annotations
 
 import datetime as dt
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from transitions import MachineError
@@ -22,6 +22,8 @@ from .._rules import RiskResult, add_months, explain, patient_facts
 
 from .common import _ADJUSTING, _eligibility_field, _narrow, _Open
 from .records import Plan
+
+_DATE = attrgetter("date")
 
 
 class _Replay:
@@ -54,6 +56,8 @@ class _Replay:
                 self.problem((name,), f"expected a date {late}, got {value}")
         for field_, records in (("events", patient.events), ("measurements", patient.measurements),
                                 ("mrd", patient.mrd), ("counts", patient.counts)):
+            if not records or max(map(_DATE, records)) <= today:
+                continue
             for i, r in enumerate(records):
                 if r.date > today:
                     what = "an entry cannot be dated after the day it is recorded"
@@ -120,19 +124,20 @@ class _Replay:
         t0 = self.ctx.t0
         cur = _Open(p.initial, t0)
         cursor = p.cursor(facts)
-        as_of_ord = self.as_of.toordinal()
-        order = sorted(((i, e) for i, e in enumerate(self.patient.events) if e.date.toordinal() <= as_of_ord),
-                       key=lambda ie: ie[1].date)
-        self.index_adjustments(order)
+        events = self.patient.events
+        dates = list(map(_DATE, events))
+        order = sorted(range(len(events)), key=dates.__getitem__)  # stable: same-day entries in file order
+        if order and dates[order[-1]] > self.as_of:
+            as_of = self.as_of
+            order = [i for i in order if dates[i] <= as_of]
+        moves = self.index_adjustments(events, order)
         # Recorded starts by element, in date order: a completion looks up the next start of
         # its element here (a scan of every event per completion grew with what was recorded).
         starts: dict[str, list[dt.date]] = {}
-        for _, e in order:
+        for _, e in moves:
             if e.type == "element_started" and e.element is not None:
                 starts.setdefault(e.element, []).append(e.date)
-        for i, ev in order:
-            if ev.type in _ADJUSTING:
-                continue
+        for i, ev in moves:
             loc = ("events", i)
             when = ev.date.toordinal()
             if self.outcome is not None:
@@ -146,7 +151,7 @@ class _Replay:
             if ev.type == "randomised":
                 continue  # the arm is a fact (see patient_facts); guards read it
             if ev.type in OUTCOMES:
-                if self.via_machine:  # an outcome ends any element: the table needs no check
+                if self.via_machine or self.reference:  # an outcome ends any element: the table needs no check
                     cursor.state = cur.id
                     p.machine.events[ev.type].trigger(cursor)
                 self.close(cur, "stopped", stop=when - 1)
@@ -259,7 +264,7 @@ class _Replay:
                 for k, values in narrowed.get(id(edge), {}).items():
                     if k in keys and len(values) == 1:
                         facts[k] = next(iter(values))
-        if self.via_machine:
+        if self.via_machine or self.reference:
             cursor.state = cur.id
             try:
                 moved = p.machine.events[f"start_{target}"].trigger(cursor)
@@ -298,12 +303,28 @@ class _Replay:
 
     # -- projection -----------------------------------------------------------------
 
-    def index_adjustments(self, order: list[tuple[int, Event]]) -> None:
-        """Group the events that change an element's items by element, checking what can be
-        checked before the plan exists (the element is known, it has an infusion...)."""
+    def index_adjustments(self, events: list[Event], order: list[int]) -> list[tuple[int, Event]]:
+        """Group the events that change an element's items by element, in date order, checking
+        what can be checked before the plan exists (the element is known, it has an infusion...).
+        Returns the other events (moves through the protocol), in date order."""
         p = self.p
-        for i, ev in order:
-            if ev.type not in _ADJUSTING:
+        elements = p.elements
+        by_element = self.by_element
+        moves: list[tuple[int, Event]] = []
+        for i in order:
+            ev = events[i]
+            t = ev.type
+            if t == "item_given":  # the common case, first
+                element = ev.item.partition(":")[0]  # type: ignore[union-attr]
+                group = by_element.get(element)
+                if group is not None:
+                    group.append((i, ev))
+                    continue
+                if element in elements:
+                    by_element[element] = [(i, ev)]
+                    continue
+            elif t not in _ADJUSTING:
+                moves.append((i, ev))
                 continue
             if ev.item is not None:
                 element = ev.item.partition(":")[0]
@@ -321,4 +342,7 @@ class _Replay:
                 continue
             if ev.type == "infusion_resumed" and ev.bag_hours is not None:
                 self.choose_bag(i, ev, element, store=False)
-            self.by_element.setdefault(element, []).append((i, ev))
+            if ev.type != "item_given":
+                self.mixed.add(element)
+            by_element.setdefault(element, []).append((i, ev))
+        return moves
