@@ -197,6 +197,12 @@ def _outside_quotes(sql: str) -> Iterator[tuple[bool, str]]:
             yield (not piece.startswith(("'", '"')), piece)
 
 
+#: Columns that are never NULL where the registry sorts by them (a performance hint only: any
+#: other column is given SQLite's NULL order explicitly, which is always right).
+_NOT_NULL = frozenset({"seq", "id", "patient", "date", "rank", "created", "recorded_at", "name", "site", "key",
+                       "sha256", "computed_for", "entry", "tablename", "at", '"user"', "user"})
+
+
 def _nulls_first(sql: str) -> str:
     """``ORDER BY`` with SQLite's NULL order (first when ascending, last when descending)."""
     out, pos = [], 0
@@ -223,7 +229,9 @@ def _nulls_first(sql: str) -> str:
         terms.append(sql[start:i])
         fixed = []
         for term in terms:
-            if re.search(r"\bNULLS\b", term, re.I):
+            column = re.sub(r"\s+(ASC|DESC)\s*$", "", term.strip(), flags=re.I).split(".")[-1]
+            if re.search(r"\bNULLS\b", term, re.I) or column in _NOT_NULL:
+                # Never NULL: the order is the same either way, and an index still serves it.
                 fixed.append(term)
             elif re.search(r"\bDESC\s*$", term, re.I):
                 fixed.append(term.rstrip() + " NULLS LAST")
@@ -243,7 +251,7 @@ def pg_sql(sql: str, has_args: bool = True) -> tuple[str, bool]:
     >>> pg_sql("INSERT OR IGNORE INTO protocol_versions (sha256) VALUES (?)")[0]
     'INSERT INTO protocol_versions (sha256) VALUES (%s) ON CONFLICT DO NOTHING'
     >>> pg_sql("SELECT user, site FROM user_sites WHERE user = ? ORDER BY site")[0]
-    'SELECT "user", site FROM user_sites WHERE "user" = %s ORDER BY site NULLS FIRST'
+    'SELECT "user", site FROM user_sites WHERE "user" = %s ORDER BY site'
     """
     parts = []
     for code, piece in _outside_quotes(sql):
@@ -321,6 +329,11 @@ def pg_statement(statement: str) -> list[str]:
         return _refuse(m.group(1), m.group(2), m.group(3), m.group(4))
     if statement.lstrip().upper().startswith("CREATE TRIGGER"):
         raise ValueError(f"no PostgreSQL form of this trigger: add it to _PG_OVERRIDES: {statement[:80]}")
+    m = re.match(r"(CREATE (?:UNIQUE )?INDEX \w+ ON \w+\s*)\(([^()]*)\)(.*)$", statement.strip().rstrip(";"), re.S)
+    if m:  # an index in the order the translated ORDER BY asks for (SQLite's NULLs first)
+        cols = [c.strip() for c in m.group(2).split(",")]
+        cols = [c if c in _NOT_NULL or " " in c else f"{c} NULLS FIRST" for c in cols]
+        statement = f"{m.group(1)}({', '.join(cols)}){m.group(3)}"
     parts = []
     for code, piece in _outside_quotes(statement.rstrip().rstrip(";")):
         if code:

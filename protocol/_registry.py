@@ -1,22 +1,26 @@
-"""The patient registry: SQLite in one file, an append-only audit log, and the worklist projection.
+"""The patient registry: an append-only audit log and the worklist projection, in one SQLite
+file or a PostgreSQL database (``--db``: a path or a URL, :mod:`protocol._db`).
 
 A patient is the replay of its log. ``patients add`` writes the patient's base record (the
 scalar fields of a patient file) and each list entry (measurement, MRD result, blood count,
 event) as log entries, each stored as the exact mapping of the patient file. Later entries
 add to the lists; a *correction* is a new entry that supersedes (replaces in place) or
-retracts (removes) an earlier one. Log rows are never updated or deleted: SQLite triggers
-refuse it. Replaying only the entries recorded up to a time gives the patient as it was
+retracts (removes) an earlier one. Log rows are never updated or deleted: triggers refuse it
+(and, on PostgreSQL, the application role's grants). Replaying only the entries recorded up to a time gives the patient as it was
 known then (``as_of_recorded``).
 
-Every write is one ``BEGIN IMMEDIATE`` transaction: read the log, replay it with the new
+Every write is one ``BEGIN IMMEDIATE`` transaction (PostgreSQL: one that first takes the
+patient's advisory lock, see :mod:`protocol._dbpg`): read the log, replay it with the new
 entry, validate the result exactly as a patient file is validated (``Patient`` model, the
 consistency checks, then ``plan()``, which enforces the protocol), insert, refresh the
 patient's worklist projection, commit. Bad input raises :class:`~protocol.InputError` and
 writes nothing. The file is in WAL mode with ``synchronous=FULL``: a write that returned is
 on disk. It is created readable by its owner only (``0600``): it holds dates of birth.
 
-Schema versions are ``PRAGMA user_version``, upgraded in order by :data:`MIGRATIONS` when a
-database made by an older release is opened; a database made by a newer release is refused.
+Schema versions are ``PRAGMA user_version`` (PostgreSQL: the ``meta`` row ``schema_version``),
+upgraded in order by :data:`MIGRATIONS` (written for SQLite, translated for PostgreSQL by
+:func:`protocol._db.pg_statement`) when a database made by an older release is opened; a
+database made by a newer release is refused.
 """
 
 from __future__ import annotations
@@ -594,7 +598,7 @@ def _statements(script: str) -> Iterator[str]:
 
 
 class Registry:
-    """A patient registry in one SQLite file. Open it with :func:`open_registry`.
+    """A patient registry (an SQLite file or a PostgreSQL database). Open it with :func:`open_registry`.
 
     ``today`` and ``now`` may be replaced (tests, simulations): ``today()`` is the local date
     plans and the worklist projection are computed for, ``now()`` the recording time (UTC).
