@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 d = copy.deepcopy(base)
                 d["id"] = f"BEN-{i:04d}"
                 patients.append(d)
-            reg._bulk_insert(patients, by="bench")
-            reg._conn.execute("INSERT INTO patient_sites SELECT id, 'site-a' FROM patients WHERE id LIKE 'BEN-%'")
+            reg._bulk_insert(patients, by="bench", site="site-a")
             reg.worklist(None, 7)  # the projection, once: the page measures serving it
         c = live.client("alice")
         k = [0]

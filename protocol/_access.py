@@ -29,6 +29,7 @@ ACTIONS: dict[str, frozenset[str]] = {
     "record": frozenset({"coordinator"}),
     "register": frozenset({"coordinator"}),
     "sign": frozenset({"pharmacist", "investigator"}),
+    "amend": frozenset({"pharmacist", "investigator"}),
     "feed": frozenset({"coordinator"}),
     "admin": frozenset({"admin"}),
 }
@@ -86,12 +87,19 @@ class Scoped:
     def __init__(self, registry: Any, actor: Actor) -> None:
         self.reg = registry
         self.actor = actor
+        # PostgreSQL: from now on every transaction of this registry connection sees only the
+        # actor's sites (row-level security, the second wall behind the checks below).
+        from ._db import Scope
+
+        db = getattr(registry, "_db", None)
+        if db is not None:
+            db.scope = Scope.of(actor)
 
     # -- which patients -----------------------------------------------------------------
 
     def _site_clause(self) -> tuple[str, list[Any]]:
         if self.actor.every_site:
-            return "1", []
+            return "1 = 1", []
         sites = sorted(self.actor.sites)
         return f"coalesce(s.site, 'default') IN ({', '.join('?' * len(sites))})", sites
 
@@ -99,7 +107,7 @@ class Scoped:
         """Patient id → site, for every patient this user may read."""
         _require(self.actor, "read")
         where, args = self._site_clause()
-        if where != "1" and not args:
+        if where != "1 = 1" and not args:
             return {}
         with self.reg._read() as conn:
             return dict(conn.execute(
@@ -236,6 +244,54 @@ class Scoped:
         _require(self.actor, "sign")
         self.entry_patient(seq)
         return sign(self.reg, self.actor, seq, password)
+
+    # -- amendments ----------------------------------------------------------------------
+
+    def _amendable(self, protocol_id: str) -> list[str]:
+        visible = self.visible()
+        return sorted(s.id for s in self.reg.patients()
+                      if s.id in visible and s.protocol.partition("@")[0] == protocol_id)
+
+    def amend_preview(self, text: str, site_text: str | None = None) -> Any:
+        """Preview an amended definition given as text (and a site amendment's text) for this
+        user's patients on its protocol (pharmacist or investigator). Writes nothing."""
+        from ._amend import as_files, preview
+        from ._loading import load_protocol
+
+        _require(self.actor, "amend")
+        with as_files(text, site_text) as (file, site):
+            ids = self._amendable(load_protocol(file).id)
+            if not ids:
+                raise InputError(Problem("definition", "definition", "none of your patients is on this protocol"))
+            return preview(self.reg, file, site=site, patients=ids)
+
+    def amend_apply(self, text: str, sha256: str, *, reason: str, password: str,
+                    site_text: str | None = None) -> Any:
+        """Move this user's patients on the protocol to the amended definition given as text,
+        signed: the password again, and ``sha256`` must be the definition previewed (a text
+        changed since the preview is refused). Each move records the signer and the meaning
+        "amendment approved"."""
+        from ._amend import apply, as_files
+        from ._auth import get_user, verify_password
+        from ._loading import load_protocol
+
+        _require(self.actor, "amend")
+        if not (reason or "").strip():
+            raise InputError(Problem("reason", "reason", "an amendment needs a reason (which amendment, approved by "
+                                     "whom)"))
+        found = get_user(self.reg, self.actor.name)
+        if found is None or found[0].disabled or not verify_password(found[1], password):
+            raise InputError(Problem("password", "password", "the password is wrong: nothing was applied"))
+        with as_files(text, site_text) as (file, site):
+            loaded = load_protocol(file)
+            if loaded.sha256 != sha256:
+                raise InputError(Problem("definition", "definition", "the definition is not the one previewed: "
+                                         "preview it again before applying it"))
+            ids = self._amendable(loaded.id)
+            if not ids:
+                raise InputError(Problem("definition", "definition", "none of your patients is on this protocol"))
+            return apply(self.reg, file, reason=reason, patients=ids, by=self.actor.name, site=site,
+                         signature="amendment approved")
 
     # -- calendar feeds -------------------------------------------------------------------
 

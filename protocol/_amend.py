@@ -30,7 +30,7 @@ from typing import Any
 
 from ._errors import InputError, Problem
 
-__all__ = ["AmendResult", "PatientPreview", "Preview", "apply", "preview", "retract"]
+__all__ = ["AmendResult", "PatientPreview", "Preview", "apply", "as_files", "preview", "retract"]
 
 _RECORDED = frozenset({"given", "omitted", "done"})
 
@@ -247,8 +247,12 @@ def _grouped(changes: list[Change]) -> list[str]:
 def _items(p: Any) -> dict[tuple[Any, ...], Any]:
     """The plan's rows by identity ``(element, item, element day, branch)`` (the plan's own
     tuples: wrapping each as an :class:`Item` and naming it costs more than the comparison)."""
-    out: dict[tuple[Any, ...], Any] = {}
-    for row in p.rows:
+    rows = p.rows
+    out: dict[tuple[Any, ...], Any] = {(r[3].element, r[3].key, r[1], r[6]): r for r in rows}
+    if len(out) == len(rows):
+        return out
+    out = {}
+    for row in rows:
         slot = row[3]
         key = (slot.element, slot.key, row[1], row[6])
         while key in out:  # the same reference twice (never in a valid plan): keep both
@@ -303,22 +307,32 @@ def compare(old: Any, new: Any, day: dt.date, same_slots: dict[tuple[Any, Any], 
     a, b = _items(old), _items(new)
     first = day.toordinal()
     for key, i in a.items():
-        j = b.get(key)
         recorded = i[5] in _RECORDED
-        if not recorded and i[0] < first and (j is None or j[0] < first):
-            continue  # a past item that nothing was recorded for: not "from today on"
+        if i[0] < first and not recorded:
+            continue  # a past item nothing was recorded for (if the new plan moves it ahead: below)
+        j = b.get(key)
         if j is None:
             (kept if recorded else changes).append(Change("removed", _name(key), i[3].name, _iso(i),
                                                           _dose(i) or i[3].kind, None))
             continue
+        if i[0] == j[0] and i[4] is None and j[4] is None:
+            continue  # the same day, no dose on either side (most assessments)
         if not _same_dose(i, j, same_slots) and _dose(i) != _dose(j):
             (kept if recorded else changes).append(Change("dose", _name(key), i[3].name, _iso(i), _dose(i),
                                                           _dose(j)))
         if i[0] != j[0] and not recorded:
             changes.append(Change("date", _name(key), i[3].name, _iso(i), _iso(i), _iso(j)))
     for key, j in b.items():
-        if key not in a and j[0] >= first:
+        if j[0] < first:
+            continue
+        i = a.get(key)
+        if i is None:
             changes.append(Change("added", _name(key), j[3].name, _iso(j), None, _dose(j) or j[3].kind))
+        elif i[0] < first and i[5] not in _RECORDED:
+            # Past in the old plan, ahead in the new one: the new version moves it.
+            if not _same_dose(i, j, same_slots) and _dose(i) != _dose(j):
+                changes.append(Change("dose", _name(key), i[3].name, _iso(i), _dose(i), _dose(j)))
+            changes.append(Change("date", _name(key), i[3].name, _iso(i), _iso(i), _iso(j)))
     ea = {e.id: e for e in old.elements}
     eb = {e.id: e for e in new.elements}
     for eid in dict.fromkeys([*ea, *eb]):
@@ -359,13 +373,20 @@ def _site_key(site: str | os.PathLike[str] | None) -> tuple[str, str] | None:
         return os.path.realpath(site), ""  # unreadable: amend() reports it
 
 
-def _on(reg: Any, conn: Any, pid: str, protocol_field: str) -> tuple[Any, Any]:
+def _on(reg: Any, conn: Any, pid: str, protocol_field: str, shipped: dict[str, Any] | None = None
+        ) -> tuple[Any, Any]:
     """The version a patient is on as written (its definition) and as planned (with the site
-    amendment recorded with it, if any)."""
+    amendment recorded with it, if any). ``shipped``: a cache, for one preview, of the
+    definitions patients with no recorded version name."""
     from ._loading import load_protocol
     from ._versions import load_version, protocol_for
 
-    planned = protocol_for(conn, pid, protocol_field) or load_protocol(protocol_field)
+    planned = protocol_for(conn, pid, protocol_field)
+    if planned is None:
+        if shipped is None:
+            planned = load_protocol(protocol_field)
+        else:
+            planned = shipped.get(protocol_field) or shipped.setdefault(protocol_field, load_protocol(protocol_field))
     if getattr(planned, "site_sha256", None):
         return load_version(conn, planned.sha256), planned
     return planned, planned
@@ -391,6 +412,12 @@ def _with_site(written: Any, planned_on: Any, site: str | os.PathLike[str] | Non
     if key not in cache:
         cache[key] = amend(written, site)
     return cache[key]
+
+
+def _taken(planned: Any) -> dict[str, str]:
+    """The decisions already taken in a plan (``{decision: outcome}``): a move to a new
+    version keeps them, since the version in force when they were taken judged them."""
+    return {d.id: d.outcome for d in planned.decisions if d.status == "recorded" and d.outcome}
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -441,7 +468,7 @@ def preview(reg: Any, file: str | os.PathLike[str], *, site: str | os.PathLike[s
     from ._diff import diff_protocols
     from ._errors import DefinitionError
     from ._loading import load_protocol
-    from ._versions import check_amendment
+    from ._versions import check_amendment, with_settled
     from .schedule import plan
 
     written = load_protocol(file)
@@ -454,10 +481,11 @@ def preview(reg: Any, file: str | os.PathLike[str], *, site: str | os.PathLike[s
     ids = _candidates(reg, written.id, patients)
     if not ids:
         raise InputError(Problem(str(file), "id", f"no registered patient is on {written.id} (nothing to amend)"))
+    shipped: dict[str, Any] = {}  # a patient with no recorded version: the shipped file, loaded once
     for pid in ids:
         patient = reg.patient(pid)
         with reg._read() as conn:
-            old_written, old_p = _on(reg, conn, pid, patient.protocol)
+            old_written, old_p = _on(reg, conn, pid, patient.protocol, shipped)
         if from_site is not None:
             old_p = _with_site(old_written, old_written, from_site or "", amended)
         row = PatientPreview(pid, _label(old_p), old_written.sha256)
@@ -482,6 +510,7 @@ def preview(reg: Any, file: str | os.PathLike[str], *, site: str | os.PathLike[s
             diffs[key] = [f"{c.marker} {c.path}: {c.old_text or ''} → {c.new_text or ''}".strip()
                           for c in diff_protocols(old_p, new).changes]
         before = plan(patient, old_p, as_of=day, today=today)
+        new = with_settled(new, _taken(before))
         try:
             from ._registry import _plan_as_of
 
@@ -519,7 +548,8 @@ class AmendResult:
 
 
 def apply(reg: Any, file: str | os.PathLike[str], *, reason: str, patients: Sequence[str] | None = None,
-          by: str | None = None, site: str | os.PathLike[str] | None = None) -> AmendResult:
+          by: str | None = None, site: str | os.PathLike[str] | None = None,
+          signature: str | None = None) -> AmendResult:
     """Move the chosen registered patients (default: every one on the protocol) to the
     amendment ``file``: one row of the version log per patient, each in its own transaction.
 
@@ -527,6 +557,8 @@ def apply(reg: Any, file: str | os.PathLike[str], *, reason: str, patients: Sequ
     default: the one each patient is planned with now, carried over). A change of verified
     values alone is applied by giving the version patients are on as ``file`` and the new
     site file as ``site``; the registry keeps the file's bytes like a definition's.
+    ``signature``: the meaning recorded with each move when ``by`` signed it (the web asks
+    for the password again, see :meth:`protocol._access.Scoped.amend_apply`).
 
     A patient whose recorded history is invalid under the new version is refused (listed with
     the problems) and stays on its version. Raises :class:`InputError` (nothing written) for
@@ -539,7 +571,7 @@ def apply(reg: Any, file: str | os.PathLike[str], *, reason: str, patients: Sequ
     from ._loading import load_protocol
     from ._models import Patient
     from ._registry import _plan_as_of, _who
-    from ._versions import check_amendment, current_row, record_move, store
+    from ._versions import check_amendment, current_row, record_move, store, with_settled
     from .schedule import plan
 
     if not (reason or "").strip():
@@ -579,8 +611,10 @@ def apply(reg: Any, file: str | os.PathLike[str], *, reason: str, patients: Sequ
             if _same(old_p, new):
                 result.already.append(pid)
                 continue
+            as_of = _plan_as_of(patient, today)
+            new = with_settled(new, _taken(plan(patient, old_p, as_of=as_of, today=today)))
             try:
-                planned = plan(patient, new, as_of=_plan_as_of(patient, today), today=today)
+                planned = plan(patient, new, as_of=as_of, today=today)
             except InputError as exc:
                 result.refused.append((pid, [str(p) for p in exc.problems]))
                 continue
@@ -588,7 +622,7 @@ def apply(reg: Any, file: str | os.PathLike[str], *, reason: str, patients: Sequ
             stamp = reg._recorded_at(conn)
             # A patient registered before versions were kept moves from the shipped definition.
             from_sha = row[1] if row is not None else store(conn, old_written, stamp)
-            seq = record_move(conn, pid, new, from_sha, by, stamp, reason.strip())
+            seq = record_move(conn, pid, new, from_sha, by, stamp, reason.strip(), signature)
             last = conn.execute("SELECT max(seq) FROM entries WHERE patient = ?", (pid,)).fetchone()[0]
             reg._project_patient(conn, pid, today, None, (patient, planned, last))
             result.moved.append((pid, seq, _label(old_p), _label(new)))
@@ -612,7 +646,7 @@ def retract(reg: Any, patient_id: str, seq: int, *, reason: str, by: str | None 
     """
     from ._models import Patient
     from ._registry import _plan_as_of, _who
-    from ._versions import current_row, load_version
+    from ._versions import current_row, load_version, protocol_of_row
     from .schedule import plan
 
     if not (reason or "").strip():
@@ -637,7 +671,7 @@ def retract(reg: Any, patient_id: str, seq: int, *, reason: str, by: str | None 
         patient = Patient.model_validate(state.to_dict())
         patient._source = f"{patient_id} in {reg.path}"
         live = [r for r in _live_before(conn, patient_id, seq)]
-        earlier = load_version(conn, live[-1][1], live[-1][6]) if live else load_version(conn, row[1])
+        earlier = protocol_of_row(conn, live[-1]) if live else load_version(conn, row[1])
         planned = plan(patient, earlier, as_of=_plan_as_of(patient, today), today=today)
         cur = conn.execute("INSERT INTO version_entries (patient, sha256, from_sha256, recorded_by, recorded_at, "
                            "reason, retracts) VALUES (?, NULL, ?, ?, ?, ?, ?)",
@@ -645,3 +679,56 @@ def retract(reg: Any, patient_id: str, seq: int, *, reason: str, by: str | None 
         last = conn.execute("SELECT max(seq) FROM entries WHERE patient = ?", (patient_id,)).fetchone()[0]
         reg._project_patient(conn, patient_id, today, None, (patient, planned, last))
         return int(cur.lastrowid or 0)
+
+
+class as_files:
+    """An amendment given as text (a web form) written to files the loaders read, in a
+    private temporary folder removed afterwards: ``with as_files(text, site_text) as (file,
+    site):``. ``file`` is named ``amendment.yaml`` (``.json`` for JSON text); ``site`` is
+    None without ``site_text``. Problems naming the files are reported by field name
+    (``definition``, ``site``), never by the temporary path.
+
+    >>> with as_files("format: 1\nid: x\n") as (file, site):  # doctest: +SKIP
+    ...     preview(reg, file)
+    """
+
+    def __init__(self, text: str, site_text: str | None = None) -> None:
+        self.text, self.site_text = text, site_text
+
+    def __enter__(self) -> tuple[str, str | None]:
+        import tempfile
+
+        self._dir = tempfile.TemporaryDirectory(prefix="protocol-amend-")
+        folder = self._dir.name
+
+        def write(name: str, text: str) -> str:
+            # A browser sends a form's line breaks as CRLF: the file kept is the text as typed.
+            text = text.replace("\r\n", "\n")
+            path = os.path.join(folder, name + (".json" if text.lstrip().startswith("{") else ".yaml"))
+            with open(path, "w", encoding="utf-8", newline="") as fh:
+                fh.write(text)
+            return path
+
+        if not (self.text or "").strip():
+            self._dir.cleanup()
+            raise InputError(Problem("amendment", "definition", "expected the amended definition's text (YAML or "
+                                     "JSON), got nothing"))
+        self.paths = (write("amendment", self.text),
+                      write("site-amendment", self.site_text) if (self.site_text or "").strip() else None)
+        return self.paths
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        folder = self._dir.name
+        self._dir.cleanup()
+        if not isinstance(exc, InputError):
+            return
+        names = [(os.path.basename(p), field) for p, field in zip(self.paths, ("definition", "site")) if p]
+        out = []
+        for p in exc.problems:
+            # A problem of a file given as text belongs to its form field; the rest (a version
+            # not greater, no patient on the protocol) to the definition.
+            field = next((f for name, f in names if name in (p.file or "")), "definition")
+            where = ", ".join(x for x in (f"line {p.line}" if p.line else "", p.field or "") if x)
+            text = p.message.replace(folder + os.sep, "")
+            out.append(Problem(field, field, f"{where}: {text}" if where else text))
+        exc.problems[:] = out

@@ -1,22 +1,26 @@
-"""The patient registry: SQLite in one file, an append-only audit log, and the worklist projection.
+"""The patient registry: an append-only audit log and the worklist projection, in one SQLite
+file or a PostgreSQL database (``--db``: a path or a URL, :mod:`protocol._db`).
 
 A patient is the replay of its log. ``patients add`` writes the patient's base record (the
 scalar fields of a patient file) and each list entry (measurement, MRD result, blood count,
 event) as log entries, each stored as the exact mapping of the patient file. Later entries
 add to the lists; a *correction* is a new entry that supersedes (replaces in place) or
-retracts (removes) an earlier one. Log rows are never updated or deleted: SQLite triggers
-refuse it. Replaying only the entries recorded up to a time gives the patient as it was
+retracts (removes) an earlier one. Log rows are never updated or deleted: triggers refuse it
+(and, on PostgreSQL, the application role's grants). Replaying only the entries recorded up to a time gives the patient as it was
 known then (``as_of_recorded``).
 
-Every write is one ``BEGIN IMMEDIATE`` transaction: read the log, replay it with the new
+Every write is one ``BEGIN IMMEDIATE`` transaction (PostgreSQL: one that first takes the
+patient's advisory lock, see :mod:`protocol._dbpg`): read the log, replay it with the new
 entry, validate the result exactly as a patient file is validated (``Patient`` model, the
 consistency checks, then ``plan()``, which enforces the protocol), insert, refresh the
 patient's worklist projection, commit. Bad input raises :class:`~protocol.InputError` and
 writes nothing. The file is in WAL mode with ``synchronous=FULL``: a write that returned is
 on disk. It is created readable by its owner only (``0600``): it holds dates of birth.
 
-Schema versions are ``PRAGMA user_version``, upgraded in order by :data:`MIGRATIONS` when a
-database made by an older release is opened; a database made by a newer release is refused.
+Schema versions are ``PRAGMA user_version`` (PostgreSQL: the ``meta`` row ``schema_version``),
+upgraded in order by :data:`MIGRATIONS` (written for SQLite, translated for PostgreSQL by
+:func:`protocol._db.pg_statement`) when a database made by an older release is opened; a
+database made by a newer release is refused.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._db import DbUrl, connect, parse_url
+from ._dbsqlite import APPLICATION_ID, BUSY_TIMEOUT_S
 from ._errors import InputError, PatientError, Problem, RegistryError
 from ._io import Document, format_loc, problems_from_validation
 
@@ -63,10 +69,6 @@ ENV_VAR = "PROTOCOL_DB"
 KINDS: dict[str, str | None] = {"base": None, "measurement": "measurements", "mrd": "mrd", "count": "counts",
                                 "event": "events"}
 _LIST_KIND = {v: k for k, v in KINDS.items() if v is not None}
-#: "PROT": marks a SQLite file as a protocol registry.
-APPLICATION_ID = 0x50524F54
-#: How long a writer waits for another one to commit before giving up (seconds).
-BUSY_TIMEOUT_S = 30.0
 #: How long a worklist waits for the write lock to refresh its projection before it computes
 #: the stale part in memory instead (a reader never waits for a writer).
 WORKLIST_WAIT_MS = 250
@@ -289,7 +291,10 @@ BEGIN SELECT RAISE(ABORT, 'the version log is append-only: retract the entry ins
 
 # Site amendments (issue 15): the verified values a patient is planned with are versioned like
 # the definition itself, their file's bytes stored once by SHA-256; a row of the version log
-# names the definition and the site amendment (NULL: none) the patient is on from then.
+# names the definition and the site amendment (NULL: none) the patient is on from then, and
+# the meaning of the signature when the move was signed with the password again (on the web),
+# and the decisions already taken when the patient moved (JSON ``{decision: outcome}``): those
+# were judged by the version in force when they were taken, and stay as they were.
 _V6 = """
 CREATE TABLE site_amendments (
     sha256     TEXT PRIMARY KEY CHECK (length(sha256) = 64),
@@ -304,6 +309,8 @@ BEGIN SELECT RAISE(ABORT, 'a stored site amendment is never changed'); END;
 CREATE TRIGGER site_amendments_no_delete BEFORE DELETE ON site_amendments
 BEGIN SELECT RAISE(ABORT, 'a stored site amendment is never deleted'); END;
 ALTER TABLE version_entries ADD COLUMN site_sha256 TEXT REFERENCES site_amendments(sha256);
+ALTER TABLE version_entries ADD COLUMN signature TEXT CHECK (signature IS NULL OR length(signature) > 0);
+ALTER TABLE version_entries ADD COLUMN settled TEXT;
 """
 
 #: ``(version, what it does, SQL)``, applied in order to bring an older database up to date.
@@ -318,9 +325,11 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
-def default_db_path() -> Path:
-    """The registry file: ``$PROTOCOL_DB`` if set, else ``./protocol.db``."""
-    return Path(os.environ.get(ENV_VAR) or DEFAULT_DB)
+def default_db_path() -> Path | str:
+    """The registry: ``$PROTOCOL_DB`` if set, else ``./protocol.db`` (a path; a URL stays text,
+    see :func:`protocol._db.parse_url`)."""
+    value = os.environ.get(ENV_VAR) or DEFAULT_DB
+    return value if "://" in value else Path(value)
 
 
 def _utc_stamp(moment: dt.datetime) -> str:
@@ -589,7 +598,7 @@ def _statements(script: str) -> Iterator[str]:
 
 
 class Registry:
-    """A patient registry in one SQLite file. Open it with :func:`open_registry`.
+    """A patient registry (an SQLite file or a PostgreSQL database). Open it with :func:`open_registry`.
 
     ``today`` and ``now`` may be replaced (tests, simulations): ``today()`` is the local date
     plans and the worklist projection are computed for, ``now()`` the recording time (UTC).
@@ -602,15 +611,24 @@ class Registry:
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = False,
                  today: Callable[[], dt.date] | None = None, now: Callable[[], dt.datetime] | None = None) -> None:
-        self.path = Path(path)
+        url = parse_url(path)
+        #: The file (SQLite), or the server's URL without its password (PostgreSQL).
+        self.path: Path | str = url.path if url.path is not None else url.label
         self.today = today or dt.date.today
         self.now = now or (lambda: dt.datetime.now(dt.timezone.utc))
-        self._conn = _connect(self.path, create)
+        self._db = self._conn = connect(url, create)
         try:
-            _migrate(self._conn, self.path, self._stamp)
+            from . import __version__
+
+            self._db.migrate(MIGRATIONS, _statements, self._stamp, __version__)
         except BaseException:
-            self._conn.close()
+            self._db.close()
             raise
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._db.dialect
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -628,39 +646,26 @@ class Registry:
         return _utc_stamp(self.now())
 
     @contextmanager
-    def _write(self, wait_ms: int | None = None) -> Iterator[sqlite3.Connection]:
-        conn = self._conn
+    def _write(self, wait_ms: int | None = None) -> Iterator[Any]:
+        # A writer excludes other writers (SQLite) or locks the patients it writes (PostgreSQL,
+        # see _state); a writer that waits too long is a RegistryError (exit 2, nothing written).
+        db = self._db
+        db.begin(True, wait_ms)
         try:
-            if wait_ms is not None:
-                conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            finally:
-                if wait_ms is not None:
-                    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        except sqlite3.OperationalError as exc:
-            # Locked by another writer for longer than the busy timeout, or a read-only file:
-            # bad circumstances, not a bug (exit 2, nothing written).
-            raise RegistryError(Problem(str(self.path), "", f"cannot write the registry: {exc}")) from None
-        try:
-            yield conn
+            yield db
         except BaseException:
-            conn.execute("ROLLBACK")
+            db.rollback()
             raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:  # pragma: no cover - disk full, I/O error
-            conn.execute("ROLLBACK")
-            raise RegistryError(Problem(str(self.path), "", f"cannot write the registry: {exc}")) from None
+        db.commit()
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn
-        conn.execute("BEGIN")  # one snapshot for every SELECT inside
+    def _read(self) -> Iterator[Any]:
+        db = self._db
+        db.begin(False)  # one snapshot for every SELECT inside
         try:
-            yield conn
+            yield db
         finally:
-            conn.execute("COMMIT")
+            db.commit()
 
     def _recorded_at(self, conn: sqlite3.Connection) -> str:
         # Never earlier than the last entry: the log is ordered in time as well as by seq,
@@ -680,7 +685,8 @@ class Registry:
         return PatientError(Problem(label, "", f"no patient {patient_id!r} in the registry {self.path} "
                                     f"(registered: {shown}); add one with: protocol patients add FILE"))
 
-    def _state(self, conn: sqlite3.Connection, patient_id: str, label: str, upto: str | None = None) -> _State:
+    def _state(self, conn: Any, patient_id: str, label: str, upto: str | None = None) -> _State:
+        conn.lock_patient(patient_id)  # in a write: the log read here is the log appended to
         rows = self._rows(conn, patient_id, upto)
         if not rows:
             raise self._unknown(conn, patient_id, label, upto)
@@ -763,6 +769,7 @@ class Registry:
             patient, result = loaded, self._plan(loaded)
         pid = patient.id
         with self._write() as conn:
+            conn.lock_patient(pid)
             row = conn.execute("SELECT created, created_by FROM patients WHERE id = ?", (pid,)).fetchone()
             if row is not None:
                 raise PatientError(Problem(label, "id", f"{pid!r} is already in the registry (added {row[0]} by "
@@ -889,7 +896,7 @@ class Registry:
             self._project_patient(conn, patient_id, self.today(), None, (patient, result, entry.seq))
         return entry
 
-    def _bulk_insert(self, patients: Iterable[dict[str, Any]], by: str) -> int:
+    def _bulk_insert(self, patients: Iterable[dict[str, Any]], by: str, site: str = "default") -> int:
         """Register many patients in one transaction *without* validating them or projecting
         their worklist: for benchmarks and tests that build large registries. Patient files go
         through :meth:`add_patient`. Returns the number of entries written."""
@@ -900,6 +907,7 @@ class Registry:
                 base = {k: v for k, v in data.items() if k not in _LIST_KIND}
                 conn.execute("INSERT INTO patients (id, base, created, created_by) VALUES (?, ?, ?, ?)",
                              (base["id"], _dumps(base), stamp, by))
+                conn.execute("INSERT INTO patient_sites (patient, site) VALUES (?, ?)", (base["id"], site))
                 rows = [("base", base)] + [(kind, e) for name, kind in _LIST_KIND.items() for e in data.get(name) or ()]
                 conn.executemany("INSERT INTO entries (patient, kind, data, recorded_by, recorded_at) "
                                  "VALUES (?, ?, ?, ?, ?)", [(base["id"], k, _dumps(d), by, stamp) for k, d in rows])
@@ -1012,7 +1020,7 @@ class Registry:
         []
         """
         with self._read() as conn:
-            integrity = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(20)")]
+            integrity = conn.integrity(20)
             ids = [r[0] for r in conn.execute("SELECT id FROM patients ORDER BY id")]
         problems: list[tuple[str, str]] = []
         for pid in ids:
@@ -1045,8 +1053,9 @@ class Registry:
         return out
 
     def integrity_check(self) -> str:
-        """SQLite's ``PRAGMA integrity_check`` (``ok`` when the file is sound)."""
-        return "; ".join(r[0] for r in self._conn.execute("PRAGMA integrity_check"))
+        """SQLite's ``PRAGMA integrity_check`` (``ok`` when the file is sound; see
+        :meth:`protocol._dbpg.PgDatabase.integrity` for a server)."""
+        return "; ".join(self._db.integrity(1000))
 
     # -- the worklist projection ----------------------------------------------------------
 
@@ -1094,6 +1103,8 @@ class Registry:
                 stale = self._stale(conn, day, horizon)
                 if not stale:
                     return serve(conn, start, days, day, refreshed)
+            if self._db.scope.read_only:  # a monitor writes nothing, not even the cache
+                return self._worklist_without_lock(start, days, day, horizon, serve)
             try:
                 refreshed += self._refresh(stale, day, horizon, wait_ms=WORKLIST_WAIT_MS)
             except RegistryError:
@@ -1127,8 +1138,9 @@ class Registry:
         # day), a forked process plans half of them from its own read snapshot while this one
         # plans the other half; each result is written only if the patient's log has not grown
         # since (else it is planned again inside the write).
-        computed = _parallel_projections(self.path, stale, start, days) if len(stale) >= PARALLEL_REFRESH_MIN \
-            else {}
+        # (SQLite only: the worker reads the file; PostgreSQL serves each process its own connection.)
+        computed = _parallel_projections(self.path, stale, start, days) \
+            if len(stale) >= PARALLEL_REFRESH_MIN and self._db.dialect == "sqlite" else {}
         for i in range(0, len(stale), chunk):
             with self._write(wait_ms) as conn:
                 self._refresh_in(conn, stale[i:i + chunk], start, days, computed)
@@ -1140,22 +1152,17 @@ class Registry:
         projection tables are copied into TEMP tables of the same names (which shadow them for
         this connection), the stale patients recomputed there, the rows read, the copies
         dropped. Nothing is written to the registry file."""
-        conn = self._conn
-        conn.execute("BEGIN")
+        conn = self._db
+        tables = ("projection", "worklist_rows")
+        conn.begin(False)
         try:
-            for table in ("projection", "worklist_rows"):
-                sql = conn.execute("SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?",
-                                   (table,)).fetchone()[0]
-                sql = re.sub(r"\s+REFERENCES\s+\w+(\s*\([^)]*\))?(\s+ON\s+\w+\s+\w+)*", "", sql)
-                conn.execute(sql.replace(f"CREATE TABLE {table}", f"CREATE TEMP TABLE {table}", 1))
-                conn.execute(f"INSERT INTO temp.{table} SELECT * FROM main.{table}")
+            conn.shadow(tables)
             stale = self._stale(conn, day, horizon)
             self._refresh_in(conn, stale, day, horizon)
             return serve(conn, start, days, day, len(stale))
         finally:
-            for table in ("projection", "worklist_rows"):
-                conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
-            conn.execute("COMMIT")
+            conn.unshadow(tables)
+            conn.commit()
 
     def _refresh_in(self, conn: sqlite3.Connection, patients: Sequence[str], start: dt.date, days: int,
                     computed: dict[str, _Projected] | None = None) -> None:
@@ -1168,8 +1175,9 @@ class Registry:
             ready = {pid: done for pid in patients
                      if (done := computed.get(pid)) is not None and done.last_seq == current.get(pid)}
             _store_projections(conn, start, ready, self._stamp())
-        for pid in patients:
+        for pid in sorted(patients):  # in one order: two refreshes never wait for each other in a cycle
             if pid not in ready:
+                conn.lock_patient(pid)  # PostgreSQL: never over a writer of the patient
                 self._project_patient(conn, pid, start, days, protocols=protocols)
 
     def _project_patient(self, conn: sqlite3.Connection, patient_id: str, day: dt.date, days: int | None,
@@ -1414,124 +1422,6 @@ def _yaml_dump(data: dict[str, Any]) -> str:
     return out
 
 
-def _connect(path: Path, create: bool) -> sqlite3.Connection:
-    if not path.exists():
-        if not create:
-            raise InputError(Problem(str(path), "", "no registry here: add a patient first with "
-                                     "`protocol patients add FILE` (or give --db / $PROTOCOL_DB)"))
-        if not path.parent.is_dir():
-            raise InputError(Problem(str(path), "", f"cannot create the registry: the folder {str(path.parent)!r} "
-                                     "does not exist"))
-        try:
-            # Owner-only from the first byte, whatever the umask: the file holds dates of birth.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # created by a concurrent process a moment ago
-        except OSError as exc:
-            raise InputError(Problem(str(path), "", f"cannot create the registry: {exc.strerror}")) from None
-        else:
-            os.fchmod(fd, 0o600)
-            os.close(fd)
-    if path.is_dir():
-        raise InputError(Problem(str(path), "", "expected a registry file, got a folder"))
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-    except OSError as exc:
-        raise InputError(Problem(str(path), "", f"cannot read the registry: {exc.strerror}")) from None
-    if head and head != b"SQLite format 3\x00":
-        raise InputError(Problem(str(path), "", "not a protocol registry (not an SQLite database)"))
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":  # pragma: no cover - e.g. a file system without shared memory
-            raise InputError(Problem(str(path), "", f"cannot use write-ahead logging here (journal mode {mode})"))
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        _quick_check(conn, path)
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        raise InputError(Problem(str(path), "", f"not a usable protocol registry: {exc}: if this is the registry "
-                                 f"file, it is damaged: stop writing to it and restore the last backup "
-                                 f"(README, Registry)")) from None
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-#: Registry files already checked by this process, by (path, size, modification time): a web
-#: server or a test opens the same file many times and a quick check reads all of it.
-_CHECKED: set[tuple[str, int, int]] = set()
-
-
-def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
-    """``PRAGMA quick_check`` on opening (issue 16 §5): a damaged file is refused with what to
-    do, for every command, before anything is read from it or written to it."""
-    try:
-        st = path.stat()
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    except OSError:  # pragma: no cover - removed meanwhile: sqlite reports it
-        key = None
-    if key is not None and key in _CHECKED:
-        return
-    rows = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
-    if rows != ["ok"]:
-        raise InputError(Problem(str(path), "", f"the registry file is damaged (SQLite quick_check: "
-                                 f"{'; '.join(str(r).replace(chr(10), '; ') for r in rows)}): stop writing to it "
-                                 f"and restore the last backup (README, Registry)"))
-    if key is not None:
-        _CHECKED.add(key)
-
-
-def _migrate(conn: sqlite3.Connection, path: Path, stamp: Callable[[], str]) -> None:
-    """Bring the schema up to :data:`SCHEMA_VERSION`, one migration at a time, in one transaction."""
-    version, app_id = _version(conn)
-    if version == SCHEMA_VERSION and app_id == APPLICATION_ID:
-        return
-    _check_version(conn, path, version, app_id)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        version, app_id = _version(conn)  # another process may have migrated meanwhile
-        _check_version(conn, path, version, app_id)
-        from . import __version__
-
-        for number, what, script in MIGRATIONS:
-            if number <= version:
-                continue
-            for statement in _statements(script):
-                conn.execute(statement)
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                         (f"migration.{number}", f"{stamp()} {what} (protocol {__version__})"))
-            conn.execute(f"PRAGMA user_version = {number}")
-        if version == 0:
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute("INSERT INTO meta (key, value) VALUES ('application', 'protocol patient registry')")
-            conn.execute("INSERT INTO meta (key, value) VALUES ('created', ?)", (stamp(),))
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def _version(conn: sqlite3.Connection) -> tuple[int, int]:
-    return (int(conn.execute("PRAGMA user_version").fetchone()[0]),
-            int(conn.execute("PRAGMA application_id").fetchone()[0]))
-
-
-def _check_version(conn: sqlite3.Connection, path: Path, version: int, app_id: int) -> None:
-    if version == 0:
-        if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            raise InputError(Problem(str(path), "", "not a protocol registry (an SQLite database with other tables)"))
-        return
-    if app_id != APPLICATION_ID:
-        raise InputError(Problem(str(path), "", "not a protocol registry (another application's SQLite database)"))
-    if version > SCHEMA_VERSION:
-        raise InputError(Problem(str(path), "", f"made by a newer release of protocol (schema {version}; this "
-                                 f"release reads schemas up to {SCHEMA_VERSION}): upgrade protocol"))
-
-
 # --------------------------------------------------------------------------- entry points
 
 
@@ -1549,8 +1439,9 @@ def resolve_patient(ref: str, db: str | os.PathLike[str] | None = None) -> Patie
 
     Raises :class:`PatientError` when there is no registry or no such patient, naming how to add it.
     """
-    path = default_db_path() if db is None else Path(db)
-    if not path.exists():
+    path = default_db_path() if db is None else db
+    file = parse_url(path).path
+    if file is not None and not file.exists():
         raise PatientError(Problem(ref, "", f"no such patient file, and no registry at {path} to look the id up in "
                                    "(add patients with `protocol patients add FILE`, or give --db)"))
     with Registry(path) as reg:

@@ -159,19 +159,25 @@ def record_initial(conn: sqlite3.Connection, patient_id: str, protocol: Any, by:
 
 
 def record_move(conn: sqlite3.Connection, patient_id: str, protocol: Any, from_sha: str | None, by: str,
-                stamp: str, reason: str) -> int:
+                stamp: str, reason: str, signature: str | None = None) -> int:
     """Record a move of a patient to ``protocol`` (and the site amendment it was amended
-    with, if any) inside the caller's transaction; its seq."""
+    with, if any, and the decisions it settles: ``protocol.settled``) inside the caller's
+    transaction; its seq. ``signature``: the meaning of the signature when ``by`` signed it
+    with the password again."""
+    import json
+
     sha = store(conn, protocol, stamp)
+    settled = getattr(protocol, "settled", None)
     cur = conn.execute("INSERT INTO version_entries (patient, sha256, from_sha256, recorded_by, recorded_at, reason, "
-                       "site_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (patient_id, sha, from_sha, by, stamp, reason, store_site(conn, protocol, stamp)))
+                       "site_sha256, signature, settled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (patient_id, sha, from_sha, by, stamp, reason, store_site(conn, protocol, stamp), signature,
+                        json.dumps(dict(sorted(settled.items()))) if settled else None))
     return int(cur.lastrowid or 0)
 
 
 def _live_rows(conn: sqlite3.Connection, patient_id: str, upto: str | None) -> list[tuple[Any, ...]]:
     # A retraction row carries no sha256: the live rows are the moves not retracted by then.
-    sql = ("SELECT seq, sha256, recorded_at, recorded_by, reason, retracts, site_sha256 FROM version_entries "
+    sql = ("SELECT seq, sha256, recorded_at, recorded_by, reason, retracts, site_sha256, settled FROM version_entries "
            "WHERE patient = ?")
     args: tuple[Any, ...] = (patient_id,)
     if upto is not None:
@@ -183,8 +189,8 @@ def _live_rows(conn: sqlite3.Connection, patient_id: str, upto: str | None) -> l
 
 
 def current_row(conn: sqlite3.Connection, patient_id: str, upto: str | None = None) -> tuple[Any, ...] | None:
-    """``(seq, sha256, recorded_at, recorded_by, reason, None, site_sha256)`` of the patient's
-    version, or None."""
+    """``(seq, sha256, recorded_at, recorded_by, reason, None, site_sha256, settled)`` of the
+    patient's version, or None."""
     rows = _live_rows(conn, patient_id, upto)
     return rows[-1] if rows else None
 
@@ -251,6 +257,44 @@ def _with_site(conn: sqlite3.Connection, base: Any, site_sha: str) -> Any:
     return proto
 
 
+#: Protocols with settled decisions: ``(id(base), settled JSON)`` → (base, the copy).
+_SETTLED: dict[tuple[int, str], tuple[Any, Any]] = {}
+
+
+def with_settled(base: Any, settled: dict[str, str] | None) -> Any:
+    """``base`` with the decisions ``settled`` (``{decision: outcome}``) kept as they were
+    taken, whatever this version's rule says (see ``schedule.replay``); ``base`` itself when
+    there are none. A shallow copy that shares everything compiled, made once per base.
+
+    >>> with_settled(p, {"pre_octadad": "octadad"}).settled  # doctest: +SKIP
+    {'pre_octadad': 'octadad'}
+    """
+    if not settled:
+        return base
+    import copy
+    import json
+
+    key = (id(base), json.dumps(dict(sorted(settled.items()))))
+    hit = _SETTLED.get(key)
+    if hit is not None and hit[0] is base:
+        return hit[1]
+    if len(_SETTLED) > 10_000:
+        _SETTLED.clear()
+    out = copy.copy(base)
+    out.settled = dict(settled)
+    _SETTLED[key] = (base, out)
+    return out
+
+
+def protocol_of_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> Any:
+    """The protocol a version-log row (of :func:`current_row`) puts a patient on: its
+    definition, its site amendment and the decisions it settled."""
+    import json
+
+    proto = load_version(conn, row[1], row[6])
+    return with_settled(proto, json.loads(row[7]) if row[7] else None)
+
+
 def protocol_for(conn: sqlite3.Connection, patient_id: str, protocol_field: str,
                  upto: str | None = None) -> Any:
     """The protocol to plan a registry patient with: its recorded version (up to ``upto``)
@@ -259,7 +303,7 @@ def protocol_for(conn: sqlite3.Connection, patient_id: str, protocol_field: str,
     row = current_row(conn, patient_id, upto)
     if row is None:
         return None
-    proto = load_version(conn, row[1], row[6])
+    proto = protocol_of_row(conn, row)
     name, _, version = str(protocol_field).partition("@")
     if name != proto.id or (version and version != proto.version):
         return None
@@ -301,8 +345,8 @@ def version_history(reg: Any, patient_id: str) -> list[dict[str, Any]]:
                                                                "protocol_versions")}
         sites = {sha: {"site": site, "file": name, "sha256": sha}
                  for sha, site, name in conn.execute("SELECT sha256, site, name FROM site_amendments")}
-        rows = conn.execute("SELECT seq, sha256, from_sha256, recorded_by, recorded_at, reason, retracts, site_sha256 "
-                            "FROM version_entries WHERE patient = ? ORDER BY seq", (patient_id,)).fetchall()
+        rows = conn.execute("SELECT seq, sha256, from_sha256, recorded_by, recorded_at, reason, retracts, site_sha256, "
+                            "signature FROM version_entries WHERE patient = ? ORDER BY seq", (patient_id,)).fetchall()
     retracted = {r[6]: r[0] for r in rows if r[6] is not None}
     out = []
     live: list[tuple[int, str]] = []  # (seq, label) of the moves in force, the current one last
@@ -311,7 +355,7 @@ def version_history(reg: Any, patient_id: str) -> list[dict[str, Any]]:
         name = names.get(sha) if sha else None
         return name if name is None or site not in sites else f"{name} + {sites[site]['file']}"
 
-    for seq, sha, frm, by, at, reason, ret, site in rows:
+    for seq, sha, frm, by, at, reason, ret, site, signature in rows:
         if ret is not None:
             live = [x for x in live if x[0] != ret]
         before = live[-1][1] if live else label(frm, None)
@@ -320,7 +364,7 @@ def version_history(reg: Any, patient_id: str) -> list[dict[str, Any]]:
         out.append({"seq": seq, "to": names.get(sha) if sha else None, "sha256": sha,
                     "from": names.get(frm) if frm else None, "from_sha256": frm, "recorded_by": by,
                     "recorded_at": at, "reason": reason, "retracts": ret, "retracted_by": retracted.get(seq),
-                    "site": sites.get(site), "to_label": label(sha, site),
+                    "site": sites.get(site), "to_label": label(sha, site), "signature": signature,
                     "from_label": before if frm is not None else None})
     return out
 

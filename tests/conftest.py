@@ -181,3 +181,34 @@ def plausible_measurement(sex: str, birth: datetime.date, on: datetime.date, z_h
     age = (on - birth).days
     return {"date": on.isoformat(), "height_cm": round(who_value("lfa", sex, age, z_height), 1),
             "weight_kg": round(who_value("wfa", sex, age, z_weight), 2)}
+
+
+# --------------------------------------------------------------------------- databases (SQLite, PostgreSQL)
+
+DATABASES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Any:
+    """A throwaway PostgreSQL server for the session (:mod:`tests.pgserver`), started by the
+    tests themselves as an unprivileged user. Skipped with the reason when the server's
+    binaries are absent, except in CI (``CI`` set), where that is a failure."""
+    from .pgserver import PgServer, available
+
+    why = available()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must test PostgreSQL: {why}")
+        pytest.skip(why)
+    server = PgServer.start_new()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(params=DATABASES)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A registry location for each database: an SQLite file in ``tmp_path``, or a new empty
+    PostgreSQL database (as its owner) on :func:`pg_server`."""
+    if request.param == "sqlite":
+        return str(tmp_path / "r.db")
+    return request.getfixturevalue("pg_server").new_database()

@@ -72,8 +72,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture()
-def reg(tmp_path: Path, clock: Clock) -> Any:
-    r = open_reg(tmp_path / "r.db", clock)
+def reg(db_url: str, clock: Clock) -> Any:
+    """The registry of :func:`patients`, on SQLite and on PostgreSQL (``db_url``)."""
+    r = open_reg(db_url, clock)
     for data in patients().values():
         r.add_patient(data, by="alice")
     yield r
@@ -393,3 +394,30 @@ def test_the_command_line_records_verified_values_and_refuses_another_site_file(
                      db=db)
     assert back.returncode == 0, back.stderr
     assert json.loads(_protocol("plan", "AMD-MRD2", "--format", "json", db=db).stdout) == placeholder
+
+
+def test_a_decision_taken_before_the_amendment_is_kept_as_it_was_taken(reg: Any, clock: Clock) -> None:
+    # In OCTADAD with MRD 2e-4 before it: under the INVENTED 1e-4 threshold the rule would say HSCT,
+    # but the decision was taken under 1.0.0, which judged it; it stays as it was taken.
+    taken = patients()["AMD-LATE"]
+    taken["id"] = "AMD-TAKEN"
+    taken["mrd"] = [m for m in taken["mrd"] if m["timepoint"] != "pre_octadad"]
+    taken["mrd"].append({"timepoint": "pre_octadad", "date": "2026-09-22", "value": 2.0e-4})
+    reg.add_patient(taken, by="alice")
+    shown = {p.patient: p for p in preview(reg, HSCT, as_of=TODAY).patients}
+    assert not shown["AMD-TAKEN"].problems and not shown["AMD-TAKEN"].decision_changed
+    assert shown["AMD-MRD2"].decision_changed  # not taken yet: the new rule applies
+    clock.t = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.timezone.utc)
+    done = apply(reg, HSCT, reason="INVENTED test amendment 1", patients=["AMD-TAKEN", "AMD-MRD2"], by="bob")
+    assert {m[0] for m in done.moved} == {"AMD-TAKEN", "AMD-MRD2"} and not done.refused
+    now = reg._plan(reg.patient("AMD-TAKEN"))
+    decision = next(d for d in now.decisions if d.id == "pre_octadad")
+    assert now.protocol.version == "1.1.0" and decision.outcome == "octadad" and decision.status == "recorded"
+    assert any("taken under an earlier version" in w for w in now.warnings)
+    assert patient_version(reg, "AMD-TAKEN").version == "1.1.0"
+    # Recording goes on under the new version; a retraction returns to 1.0.0 without the note.
+    reg.record("AMD-TAKEN", "measurement", {"date": "2026-11-20", "height_cm": 72, "weight_kg": 8.6}, by="bob")
+    seq = next(m[1] for m in done.moved if m[0] == "AMD-TAKEN")
+    retract(reg, "AMD-TAKEN", seq, reason="INVENTED: undo", by="carol")
+    back = reg._plan(reg.patient("AMD-TAKEN"))
+    assert back.protocol.version == "1.0.0" and not any("earlier version" in w for w in back.warnings)

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import protocol
+from protocol._db import IntegrityError
 from protocol._errors import InputError, PatientError
 from protocol._io import read_document
 from protocol._registry import (
@@ -71,13 +72,14 @@ class Clock:
         return self.t
 
 
-def open_reg(path: Path, clock: Callable[[], dt.datetime] | None = None, create: bool = True) -> Registry:
+def open_reg(path: Path | str, clock: Callable[[], dt.datetime] | None = None, create: bool = True) -> Registry:
     return Registry(path, create=create, today=lambda: TODAY, now=clock or Clock())
 
 
 @pytest.fixture()
-def reg(tmp_path: Path) -> Iterator[Registry]:
-    r = open_reg(tmp_path / "r.db")
+def reg(db_url: str) -> Iterator[Registry]:
+    """A new registry, once on SQLite and once on PostgreSQL."""
+    r = open_reg(db_url)
     yield r
     r.close()
 
@@ -88,7 +90,11 @@ def small(**over: Any) -> dict[str, Any]:
     return data
 
 
-def dump(path: Path) -> list[str]:
+def dump(path: Path | Registry) -> list[str]:
+    """Every row of every table (SQLite: the file's dump; a registry: its tables, read through it)."""
+    if isinstance(path, Registry):
+        with path._read() as conn:
+            return [f"{t} {row!r}" for t in conn.tables() for row in conn.execute(f"SELECT * FROM {t} ORDER BY 1")]
     conn = sqlite3.connect(path)
     try:
         return list(conn.iterdump())
@@ -182,14 +188,14 @@ def test_export_round_trip_generated_patients(tmp_path: Path, data: dict[str, An
 
 def test_add_refuses_a_taken_id_and_invalid_files(reg: Registry, tmp_path: Path) -> None:
     reg.add_patient(ON_TIME, by="alice")
-    before = dump(reg.path)
+    before = dump(reg)
     with pytest.raises(PatientError, match="already in the registry"):
         reg.add_patient(ON_TIME, by="bob")
     bad = ROOT / "tests" / "data" / "malformed" / "patients" / "event-before-diagnosis.yaml"
     with pytest.raises(PatientError) as info:
         reg.add_patient(bad, by="bob")
     assert info.value.problems[0].file == str(bad) and info.value.problems[0].line is not None
-    assert dump(reg.path) == before
+    assert dump(reg) == before
 
 
 # --------------------------------------------------------------------------- the log
@@ -199,12 +205,12 @@ def test_the_log_is_append_only(reg: Registry) -> None:
     reg.add_patient(small(), by="alice")
     for sql in ("UPDATE entries SET recorded_by = 'mallory'", "DELETE FROM entries",
                 "UPDATE patients SET base = '{}'", "DELETE FROM patients"):
-        with pytest.raises(sqlite3.IntegrityError, match="never|append-only"):
-            reg._conn.execute(sql)
+        with pytest.raises(IntegrityError, match="never|append-only"), reg._write() as conn:
+            conn.execute(sql)
     # A correction must target an entry of the same patient and kind, once.
     reg.add_patient(small(id="REG-0002"), by="alice")
-    with pytest.raises(sqlite3.IntegrityError):
-        reg._conn.execute("INSERT INTO entries (patient, kind, data, recorded_by, recorded_at, reason, supersedes) "
+    with pytest.raises(IntegrityError), reg._write() as conn:
+        conn.execute("INSERT INTO entries (patient, kind, data, recorded_by, recorded_at, reason, supersedes) "
                           "VALUES ('REG-0002', 'measurement', '{}', 'x', 'now', 'r', 2)")
 
 
@@ -245,7 +251,7 @@ def test_invalid_corrections_are_refused(reg: Registry, case: str) -> None:
     new = {"date": "2026-06-01", "height_cm": 67, "weight_kg": 7.1}
     if case == "superseded":
         reg.record("REG-0001", "measurement", new, by="b", supersedes=m.seq, reason="r")
-    before = dump(reg.path)
+    before = dump(reg)
     calls: dict[str, Callable[[], Any]] = {
         "no reason": lambda: reg.record("REG-0001", "measurement", new, by="b", supersedes=m.seq),
         "base": lambda: reg.retract("REG-0001", 1, by="b", reason="r"),
@@ -263,7 +269,7 @@ def test_invalid_corrections_are_refused(reg: Registry, case: str) -> None:
                 "a retraction": "itself a retraction"}
     with pytest.raises(InputError, match=messages[case]):
         calls[case]()
-    assert dump(reg.path) == before
+    assert dump(reg) == before
 
 
 def test_base_correction_replaces_the_base_record(reg: Registry) -> None:
@@ -352,11 +358,11 @@ def test_bad_writes_change_nothing(reg: Registry, case: str) -> None:
     reg.add_patient(small(events=[{"type": "element_started", "element": "induction", "date": "2026-05-10"}]),
                     by="alice")
     kind, data, message = BAD_WRITES[case]
-    before = dump(reg.path)
+    before = dump(reg)
     with pytest.raises(InputError, match=message) as info:
         reg.record("REG-0001", kind, data, by="bob")
     assert info.value.problems[0].file == "record"
-    assert dump(reg.path) == before
+    assert dump(reg) == before
 
 
 def test_problems_name_log_entries(reg: Registry) -> None:
@@ -408,7 +414,8 @@ def test_registry_file_is_owner_only(tmp_path: Path, umask: int) -> None:
         os.umask(old)
 
 
-def test_wal_full_sync_and_integrity(reg: Registry) -> None:
+def test_wal_full_sync_and_integrity(tmp_path: Path) -> None:
+    reg = open_reg(tmp_path / "r.db")
     assert reg._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert reg._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert reg._conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -529,8 +536,9 @@ def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> None:
         open_reg(db, create=False)
 
 
-def test_application_id_is_set(reg: Registry) -> None:
-    assert reg._conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+def test_application_id_is_set(tmp_path: Path) -> None:
+    with open_reg(tmp_path / "r.db") as reg:
+        assert reg._conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
 
 
 # --------------------------------------------------------------------------- crashes and concurrency

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from protocol._db import IntegrityError
 from protocol._errors import InputError
 from protocol._io import read_document
 from protocol._registry import MIGRATIONS, SCHEMA_VERSION, Registry
@@ -32,8 +33,8 @@ def test_migrations_5_and_6_follow_4_and_a_newer_schema_is_refused(tmp_path: Pat
         Registry(db)
 
 
-def test_a_registered_patient_is_on_the_version_it_was_planned_with(tmp_path: Path) -> None:
-    with open_reg(tmp_path / "r.db") as reg:
+def test_a_registered_patient_is_on_the_version_it_was_planned_with(db_url: str) -> None:
+    with open_reg(db_url) as reg:
         reg.add_patient(ON_TIME, by="alice")
         v = patient_version(reg, "INF-0001")
         assert v.ref == "interfant06-blinatumomab@1.0.0" and v.seq is not None and v.recorded_by == "alice"
@@ -42,17 +43,17 @@ def test_a_registered_patient_is_on_the_version_it_was_planned_with(tmp_path: Pa
         assert [r["to"] for r in version_history(reg, "INF-0001")] == ["interfant06-blinatumomab@1.0.0"]
 
 
-def test_the_bytes_are_stored_once_and_never_changed(tmp_path: Path) -> None:
-    with open_reg(tmp_path / "r.db") as reg:
+def test_the_bytes_are_stored_once_and_never_changed(db_url: str) -> None:
+    with open_reg(db_url) as reg:
         reg.add_patient(ON_TIME, by="alice")
         data = {**read_document(ON_TIME).data, "id": "INF-0100"}
         reg.add_patient(data, by="alice")
         assert reg._conn.execute("SELECT count(*) FROM protocol_versions").fetchone()[0] == 1
         assert reg._conn.execute("SELECT count(*) FROM version_entries").fetchone()[0] == 2
-        with pytest.raises(sqlite3.DatabaseError, match="never changed"):
-            reg._conn.execute("UPDATE protocol_versions SET version = '9'")
-        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-            reg._conn.execute("DELETE FROM version_entries")
+        with pytest.raises(IntegrityError, match="never changed"), reg._write() as conn:
+            conn.execute("UPDATE protocol_versions SET version = '9'")
+        with pytest.raises(IntegrityError, match="append-only"), reg._write() as conn:
+            conn.execute("DELETE FROM version_entries")
 
 
 def test_a_plan_as_known_uses_the_stored_version_after_the_shipped_file_changed(
@@ -104,7 +105,7 @@ def test_a_schema_5_registry_upgrades_to_6_and_keeps_its_version_log(tmp_path: P
         reg.add_patient(ON_TIME, by="alice")
         assert patient_version(reg, "INF-0001").site is None
         columns = [r[1] for r in reg._conn.execute("PRAGMA table_info(version_entries)")]
-        assert columns[-1] == "site_sha256"
+        assert columns[-3:] == ["site_sha256", "signature", "settled"]
         reg._conn.execute("INSERT INTO site_amendments VALUES (?, 'p', 's', 'n', x'00', 'now')", ("a" * 64,))
         with pytest.raises(sqlite3.DatabaseError, match="never deleted"):
             reg._conn.execute("DELETE FROM site_amendments")

@@ -60,9 +60,10 @@ class PlanFormat(str, Enum):
 
 PatientRef = Annotated[str, typer.Argument(
     help="A patient file (YAML/JSON), or the id of a patient in the registry (see --db).", metavar="PATIENT")]
-Db = Annotated[Path | None, typer.Option(
-    "--db", help="The patient registry (SQLite file). Default: $PROTOCOL_DB, else ./protocol.db.",
-    metavar="FILE", show_default=False)]
+Db = Annotated[str | None, typer.Option(
+    "--db", help="The patient registry: an SQLite file (a path or sqlite:///PATH) or a PostgreSQL server "
+    "(postgresql://USER@HOST/DBNAME). Default: $PROTOCOL_DB, else ./protocol.db.",
+    metavar="DB", show_default=False)]
 
 Site = Annotated[Path | None, typer.Option(
     "--site", help="A site amendment file: verified values replacing placeholders. Default: $PROTOCOL_SITE.",

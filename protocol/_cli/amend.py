@@ -185,5 +185,6 @@ def amend_history(
         else:
             what = f"{r['from_label']} → {r['to_label']}"
         mark = f" (retracted by #{r['retracted_by']})" if r["retracted_by"] else ""
+        mark += f" [signed: {r['signature']}]" if r.get("signature") else ""
         why = f": {r['reason']}" if r["reason"] else ""
         typer.echo(f"#{r['seq']} {r['recorded_at']} {r['recorded_by']} {what}{mark}{why}")

@@ -272,6 +272,12 @@ class _Replay:
                 moved = False
         else:
             moved = p.allows(cur.id, target, facts)
+        if not moved and (getattr(p, "settled", None) or {}).get(edge.decision) == target:
+            # Taken before the patient moved to this version (issue 15): judged by the version
+            # in force then, kept as it was taken; said, since this version's rule differs.
+            moved = True
+            self.warnings.append(f"decision {edge.decision}: {target} was taken under an earlier version of the "
+                                 f"protocol; this version's rule ({edge.text}) is not applied to it")
         if not moved:
             index = edges.index(edge)
             holds = [e for e in edges[:index] if e.guard is not None and e.guard(facts) is True]

@@ -47,7 +47,7 @@ class Web:
     """What every route needs: the registry path, the cookie names, the throttle, rendering."""
 
     def __init__(self, db: str | Path, host: str = "127.0.0.1") -> None:
-        self.db = Path(db)
+        self.db = db if isinstance(db, str) and "://" in db else Path(db)  # a URL stays text
         self.secure = not _loopback(host)
         # `__Host-` cookies must be Secure; on loopback (development, tests) plain names.
         prefix = "__Host-" if self.secure else ""
@@ -215,7 +215,8 @@ def create_app(db: str | Path, host: str = "127.0.0.1", csrf_secret: str | None 
     from asgi_csrf import asgi_csrf
 
     from .._registry import open_registry
-    from . import admin, auth, documents, patients, recording, worklist
+    from . import admin, amend, auth, documents, patients, recording, worklist
+    from .guards import BodyRules, RestoreHeaders
 
     with open_registry(db):  # refuse a missing or foreign file now, not at the first request
         pass
@@ -223,41 +224,15 @@ def create_app(db: str | Path, host: str = "127.0.0.1", csrf_secret: str | None 
     routes = [
         Route("/", auth.home),
         *auth.routes, *patients.routes, *recording.routes, *documents.routes, *worklist.routes, *admin.routes,
+        *amend.routes,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={404: _404, 405: _405, 500: _500})
     app.state.web = web
-    protected = asgi_csrf(app, cookie_name=web.csrf_cookie, signing_secret=csrf_secret or secrets.token_urlsafe(32),
+    protected = asgi_csrf(RestoreHeaders(app), cookie_name=web.csrf_cookie, signing_secret=csrf_secret or secrets.token_urlsafe(32),
                           always_protect={"/signin"}, always_set_cookie=True, cookie_secure=web.secure,
                           send_csrf_failed=_csrf_failed)
-    return SecurityHeaders(NoMultipart(protected))
-
-
-class NoMultipart:
-    """Before the CSRF check: refuses a state change the browser says came from another site
-    (``Sec-Fetch-Site: cross-site``, 403; a second wall behind the token), and multipart bodies
-    (415): no form here uploads a file, and asgi-csrf's multipart reader does not work with the
-    current python-multipart."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
-            headers = dict(scope.get("headers") or [])
-            if headers.get(b"sec-fetch-site", b"").lower() == b"cross-site":
-                await send({"type": "http.response.start", "status": 403,
-                            "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
-                await send({"type": "http.response.body", "body": b"a request from another site is not accepted"})
-                return
-            content_type = headers.get(b"content-type", b"")
-            if content_type.split(b";")[0].strip().lower() == b"multipart/form-data":
-                await send({"type": "http.response.start", "status": 415,
-                            "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
-                await send({"type": "http.response.body", "body": b"multipart bodies are not accepted: "
-                            b"paste a patient file's text instead"})
-                return
-        await self.app(scope, receive, send)
+    return SecurityHeaders(BodyRules(protected))
 
 
 async def _csrf_failed(scope: Any, send: Any, message_id: Any) -> None:

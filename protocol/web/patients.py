@@ -47,7 +47,12 @@ def typed(name: str, value: str) -> Any:
 @page("read")
 async def patient_list(request: Request) -> Response:
     """``GET /patients``: the patients of the user's sites; ``q`` searches the pseudonym,
-    ``protocol`` and ``site`` filter."""
+    ``protocol`` and ``site`` filter; a coordinator also finds the patient-file upload here."""
+    return await _list_page(request)
+
+
+async def _list_page(request: Request, status: int = 200, errors: dict[str, list[str]] | None = None,
+                     upload: dict[str, Any] | None = None) -> Response:
     params = {k: request.query_params.get(k, "").strip()[:100]
               for k in ("q", "protocol", "site", "risk", "element", "status")}
     q, protocol, site = params["q"], params["protocol"], params["site"]
@@ -69,9 +74,12 @@ async def patient_list(request: Request) -> Response:
         return rows, sites, protocols, facts
 
     rows, sites, protocols, facts = await in_registry(request, load)
-    return web_of(request).render(request, "patients.html.j2", title="Patients", patients=rows, sites=sites,
-                                  protocols=protocols, form=params, facts=facts, statuses=STATUSES,
-                                  all_sites=sorted(set(sites.values())))
+    actor = request.state.actor
+    return web_of(request).render(request, "patients.html.j2", status=status, title="Patients", patients=rows,
+                                  sites=sites, protocols=protocols, form=params, facts=facts, statuses=STATUSES,
+                                  all_sites=sorted(set(sites.values())), errors=errors or {},
+                                  upload=upload or {"site": min(actor.sites, default="")},
+                                  my_sites=sorted(actor.sites))
 
 
 #: The patient statuses the list filters on, from the plan (its outcome, or its elements).
@@ -159,46 +167,93 @@ async def register(request: Request) -> Response:
     return RedirectResponse(f"/patients/{entries[0].patient}?registered=1", status_code=303)
 
 
+def _upload_name(filename: str | None) -> str:
+    """The uploaded file's own name as the problems name it: without any folder, characters
+    other than letters, digits, ``._-`` and spaces replaced by ``_``.
+
+    >>> _upload_name("C:\\\\files\\\\INF 0042.yaml"), _upload_name("..")
+    ('INF 0042.yaml', 'uploaded.yaml')
+    """
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9._ -]", "_", (filename or "").replace("\\", "/").rsplit("/", 1)[-1]).strip()[:100]
+    return "uploaded.yaml" if name.strip(".") == "" else name
+
+
+def _import(scoped: Any, name: str, content: bytes, site: str | None) -> Any:
+    """Register the patient file ``content`` (called ``name``) as the command line does:
+    written to a private temporary folder and read by the library's own file reader, so its
+    problems name the file's lines; then the problems name ``name``, not the folder."""
+    from .._errors import Problem
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, name)
+        with open(path, "wb") as fh:
+            fh.write(content)
+        try:
+            return scoped.add_patient(path, site)
+        except InputError as exc:
+            raise type(exc)([Problem(name if p.file == path else p.file, p.field,
+                                     p.message.replace(path, name), p.line) for p in exc.problems]) from None
+
+
 @page("register")
 async def import_file(request: Request) -> Response:
-    """``POST /patients/import``: register a patient file (YAML or JSON text, pasted), validated
-    as on the command line (problems name the file's lines)."""
+    """``POST /patients/import``: register a patient file, uploaded (``multipart/form-data``,
+    the form on ``/patients``; at most 4 MB) or pasted (the form on ``/patients/new``).
+    The library's patient-file validation is the only check: its problems (with the file's
+    lines) are shown beside the file field and nothing is stored."""
+    from .guards import content_type
+
     actor = request.state.actor
+    if content_type(request.scope) == "multipart/form-data":
+        return await _import_upload(request)
     form = await request.form()
     text = str(form.get("file", ""))
     site = str(form.get("site", "")) or None
     errors: dict[str, list[str]] = {}
     if not text.strip():
         errors = {"file": ["paste the text of a patient file (YAML or JSON)"]}
-    elif len(text) > 2_000_000:
-        errors = {"file": ["expected a patient file of at most 2 MB"]}
     if errors:
         return web_of(request).render(request, "new.html.j2", status=400, title="Register a patient",
                                       protocols=_protocol_ids(), sites=sorted(actor.sites), form={"site": site},
                                       errors=errors)
     name = "pasted.json" if text.lstrip().startswith("{") else "pasted.yaml"
-
-    def add(scoped: Any) -> Any:
-        with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, name)
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            try:
-                return scoped.add_patient(path, site)
-            except InputError as exc:
-                # Name the pasted file, not the temporary folder.
-                from .._errors import Problem
-
-                raise type(exc)([Problem(name if p.file == path else p.file, p.field, p.message, p.line)
-                                 for p in exc.problems]) from None
-
     try:
-        entries = await in_registry(request, add)
+        entries = await in_registry(request, lambda scoped: _import(scoped, name, text.encode("utf-8"), site))
     except InputError as exc:
         return web_of(request).render(request, "new.html.j2", status=400, title="Register a patient",
                                       protocols=_protocol_ids(), sites=sorted(actor.sites),
                                       form={"site": site, "file": text}, errors={"file": [str(p) for p in exc.problems]})
     return RedirectResponse(f"/patients/{entries[0].patient}?registered=1", status_code=303)
+
+
+async def _import_upload(request: Request) -> Response:
+    from starlette.datastructures import UploadFile
+
+    from .guards import MAX_BODY
+
+    async with request.form(max_files=1, max_fields=10, max_part_size=MAX_BODY) as form:
+        upload = form.get("file")
+        site = str(form.get("site", "")) or None
+        errors: dict[str, list[str]] = {}
+        content = b""
+        name = ""
+        if not isinstance(upload, UploadFile) or not upload.filename:
+            errors = {"file": ["choose a patient file to upload (YAML or JSON)"]}
+        else:
+            name = _upload_name(upload.filename)
+            content = await upload.read()
+    if not errors:
+        try:
+            entries = await in_registry(request, lambda scoped: _import(scoped, name, content, site))
+        except InputError as exc:
+            errors = {"file" if p.field != "site" else "site": [] for p in exc.problems}
+            for p in exc.problems:
+                errors["site" if p.field == "site" else "file"].append(str(p))
+        else:
+            return RedirectResponse(f"/patients/{entries[0].patient}?registered=1", status_code=303)
+    return await _list_page(request, status=400, errors=errors, upload={"site": site or "", "name": name})
 
 
 # --------------------------------------------------------------------------- a patient

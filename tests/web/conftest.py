@@ -61,16 +61,18 @@ def csrf_of(html: str) -> str:
     return m.group(1)
 
 
-def start_server(folder: Path) -> Live:
+def start_server(folder: Path, db: Any = None, serve_as: str | None = None) -> Live:
     """Make the registry and start the server in a thread (used by the session fixture and by
-    tests that need a server of their own, e.g. throttling)."""
+    tests that need a server of their own, e.g. throttling). ``db``: where (default an SQLite
+    file in ``folder``; a PostgreSQL URL as its owner), ``serve_as``: the URL the server uses
+    (PostgreSQL: the application's role)."""
     import uvicorn
 
     from protocol._auth import add_site, add_user
     from protocol._registry import open_registry
     from protocol.web import create_app
 
-    db = folder / "web.db"
+    db = folder / "web.db" if db is None else db
     with open_registry(db, create=True) as reg:
         add_site(reg, "site-a")
         add_site(reg, "site-b")
@@ -79,7 +81,7 @@ def start_server(folder: Path) -> Live:
         reg.add_patient(EXAMPLES / "mr-on-time.yaml", by="alice", site="site-a")
         reg.add_patient(EXAMPLES / "hr-to-hsct.yaml", by="bea", site="site-b")
     port = _free_port()
-    config = uvicorn.Config(create_app(db), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(serve_as or db), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -5,6 +5,7 @@ a disabled user's session, a revoked feed, throttled sign-in, the security heade
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,22 @@ PATIENT_POSTS = [("/patients/{pid}/record", {"action": "measurement", "date": "2
 OTHER_GETS = ["/patients", "/patients/new", "/worklist", "/sessions", "/admin"]
 ADMIN = [("GET", "/admin", None), ("POST", "/admin/users", {"name": "x"}), ("POST", "/admin/sites", {"site": "x"}),
          ("POST", "/admin/users/disable", {"name": "x"})]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """The shared server on SQLite, then one on PostgreSQL served as the application's role
+    (row-level security behind the access layer)."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("live")
+        return
+    from tests.pgserver import WEB
+
+    owner = request.getfixturevalue("pg_server").new_database("web")
+    running = start_server(tmp_path_factory.mktemp("web-pg"), owner, owner.replace("protocol_owner@", f"{WEB}@"))
+    yield running
+    running.server.should_exit = True
+    running.thread.join(10)
 
 
 def test_without_a_session_every_page_sends_to_sign_in(live: Live) -> None:

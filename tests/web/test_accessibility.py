@@ -17,6 +17,7 @@ from .test_forms import FORM_PATIENT, GOOD, _item
 VNU = ROOT / ".ci" / "node" / "node_modules" / "vnu-jar" / "build" / "dist" / "vnu.jar"
 AXE = ROOT / ".ci" / "node" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+AMENDMENT = ROOT / "tests" / "data" / "amendments" / "hsct-threshold.yaml"
 
 
 def _missing(what: str) -> None:
@@ -45,6 +46,9 @@ def _pages(live: Live) -> list[tuple[str, str, str, dict | None]]:
         ("alice", "GET", f"/patients/{pid}/history", None), ("alice", "GET", "/worklist", None),
         ("alice", "GET", "/sessions", None), ("alice", "GET", "/patients/NO-SUCH", None),
         ("phil", "GET", f"/patients/{pid}", None), ("root", "GET", "/admin", None),
+        ("phil", "GET", "/amendments", None),
+        ("phil", "POST", "/amendments/preview", {"_from": "/amendments", "definition": AMENDMENT.read_text("utf-8")}),
+        ("phil", "POST", "/amendments/preview", {"_from": "/amendments", "definition": "id: [unclosed"}),
     ]
 
 
@@ -92,12 +96,12 @@ def test_every_page_passes_axe_core(live: Live, browser) -> None:  # noqa: ANN00
             if method == "GET":
                 page.goto(url)
             else:  # submit the real form with the bad values
-                page.goto(url if "record" not in url else f"{url}?item={form['item']}")
+                page.goto(form.get("_from") or (url if "record" not in url else f"{url}?item={form['item']}"))
                 target = page.locator(f"form[action='{url}']").filter(
                     has=page.locator(f"input[name=action][value='{form['action']}']")) if "action" in form \
                     else page.locator(f"form[action='{url}']")
                 for name, value in form.items():
-                    if name in ("action", "item"):
+                    if name in ("action", "item", "_from"):
                         continue
                     field = target.locator(f"[name='{name}']")
                     if field.count() and field.first.get_attribute("type") != "hidden":
