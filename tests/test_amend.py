@@ -72,8 +72,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture()
-def reg(tmp_path: Path, clock: Clock) -> Any:
-    r = open_reg(tmp_path / "r.db", clock)
+def reg(db_url: str, clock: Clock) -> Any:
+    """A registry on SQLite, then on PostgreSQL."""
+    r = open_reg(db_url, clock)
     for data in patients().values():
         r.add_patient(data, by="alice")
     yield r
