@@ -81,19 +81,35 @@ def _require(actor: Actor, action: str) -> None:
         raise Forbidden(action, actor.role)
 
 
+def _in_scope(method: Any) -> Any:
+    """Run a :class:`Scoped` method with the database scoped to its actor (PostgreSQL's
+    row-level security, the second wall behind the checks), the previous scope restored after:
+    one registry can serve several actors in turn."""
+    import functools
+
+    @functools.wraps(method)
+    def run(self: Scoped, *args: Any, **kwargs: Any) -> Any:
+        db = getattr(self.reg, "_db", None)
+        if db is None:
+            return method(self, *args, **kwargs)
+        saved, db.scope = db.scope, self.scope
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            db.scope = saved
+
+    return run
+
+
 class Scoped:
     """The registry as one user sees it. Every method checks the role and the patient's site first."""
 
     def __init__(self, registry: Any, actor: Actor) -> None:
         self.reg = registry
         self.actor = actor
-        # PostgreSQL: from now on every transaction of this registry connection sees only the
-        # actor's sites (row-level security, the second wall behind the checks below).
         from ._db import Scope
 
-        db = getattr(registry, "_db", None)
-        if db is not None:
-            db.scope = Scope.of(actor)
+        self.scope = Scope.of(actor)
 
     # -- which patients -----------------------------------------------------------------
 
@@ -324,6 +340,12 @@ class Scoped:
                                 (self.reg._stamp(), key, patient_id)).rowcount
         if not done:
             raise NotFound(Problem(patient_id, "feed", "no such feed"))
+
+
+for _name, _method in list(vars(Scoped).items()):
+    if callable(_method) and not _name.startswith("__"):
+        setattr(Scoped, _name, _in_scope(_method))
+del _name, _method
 
 
 def _feed_key(token: str) -> str:

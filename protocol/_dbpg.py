@@ -188,7 +188,13 @@ class PgDatabase(Database):
                f"set_config('lock_timeout', '{int(wait_ms if wait_ms is not None else LOCK_TIMEOUT_MS)}ms', true)")
         if scope.read_only:
             sql += f"; SET LOCAL ROLE {MONITOR_ROLE}"
-        self._run(sql)
+        try:
+            self._run(sql)
+        except RegistryError as exc:
+            if scope.read_only and "set role" in str(exc):
+                raise RegistryError(Problem(self.label, "", f"a monitor reads as the role {MONITOR_ROLE}, and this "
+                                            f"connection's role is not a member: GRANT {MONITOR_ROLE} TO it")) from None
+            raise
         self.in_tx = True
         self.in_write = write
 
@@ -353,6 +359,10 @@ def secure(db: PgDatabase) -> None:
         raise RegistryError(Problem(db.label, "", f"cannot create the roles {APP_ROLE} and {MONITOR_ROLE} ({exc}): "
                                     f"ask the server's administrator to run `CREATE ROLE {APP_ROLE} NOLOGIN; CREATE "
                                     f"ROLE {MONITOR_ROLE} NOLOGIN;`, then upgrade again")) from None
+    # The role that runs the upgrade (the operator's) can act as a monitor too: SET LOCAL ROLE
+    # needs membership. Done when this role may grant it; otherwise an administrator grants it.
+    db._run(f"DO $$ BEGIN GRANT {MONITOR_ROLE} TO CURRENT_USER; EXCEPTION WHEN insufficient_privilege OR "
+            f"invalid_grant_operation THEN NULL; END $$")
     s = db.schema
     both = f"{APP_ROLE}, {MONITOR_ROLE}"
     for sql in (f"GRANT USAGE ON SCHEMA {s} TO {both}",

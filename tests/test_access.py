@@ -25,8 +25,9 @@ PHARMACIST = Actor("phil", "pharmacist", frozenset({"site-a"}))
 
 
 @pytest.fixture
-def reg(tmp_path: Path):
-    with open_registry(tmp_path / "r.db", create=True) as r:
+def reg(db_url: str):
+    """A registry on SQLite, then on PostgreSQL."""
+    with open_registry(db_url, create=True) as r:
         for site in ("site-a", "site-b"):
             add_site(r, site)
         add_user(r, "alice", "coordinator", ["site-a"], PASSWORD)

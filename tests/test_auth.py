@@ -29,8 +29,9 @@ class Clock:
 
 
 @pytest.fixture
-def reg(tmp_path: Path):
-    with open_registry(tmp_path / "r.db", create=True) as r:
+def reg(db_url: str):
+    """A registry on SQLite, then on PostgreSQL."""
+    with open_registry(db_url, create=True) as r:
         r.now = Clock()
         add_site(r, "uk-leeds")
         add_user(r, "alice", "coordinator", ["uk-leeds"], PASSWORD)

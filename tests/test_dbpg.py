@@ -141,6 +141,7 @@ def test_a_monitor_sees_every_site_and_writes_nothing(trial: Any) -> None:
         assert wl.refreshed == 3 and {r[1] for r in wl.rows} <= {"A-1", "A-2", "B-1"}
         with reg._read() as conn:
             assert conn.execute("SELECT count(*), max(computed_at) FROM projection").fetchone() == before
+        reg._db.scope = Scope.of(MONITOR)  # the monitor's own transactions, straight to the tables
         for sql in ("INSERT INTO sites (id, created) VALUES ('x', 'now')",
                     "INSERT INTO feeds (token_hash, patient, created, created_by) VALUES ('t', 'A-1', 'n', 'm')",
                     "DELETE FROM worklist_rows"):

@@ -27,8 +27,9 @@ TODAY = dt.date(2026, 11, 21)
 
 
 @pytest.fixture()
-def reg(tmp_path: Path) -> Iterator[Registry]:
-    r = Registry(tmp_path / "r.db", create=True, today=lambda: TODAY)
+def reg(db_url: str) -> Iterator[Registry]:
+    """A registry on SQLite, then on PostgreSQL."""
+    r = Registry(db_url, create=True, today=lambda: TODAY)
     for example in EXAMPLES:
         r.add_patient(example, by="alice")
     yield r
@@ -313,7 +314,7 @@ def test_the_readme_worklist_example_is_true(tmp_path: Path) -> None:
     assert shown and out.splitlines()[:len(shown)] == shown
 
 
-def test_the_worklist_does_not_wait_for_a_writer(reg: Registry, tmp_path: Path) -> None:
+def test_the_worklist_does_not_wait_for_a_writer(reg: Registry, db_url: str, tmp_path: Path) -> None:
     """Issue 16 §5: while another connection holds the write lock, a worklist that needs its
     projection refreshed is computed from a read snapshot in well under the 30 s busy timeout,
     gives the same rows as after the writer is done, and writes nothing."""
@@ -321,10 +322,16 @@ def test_the_worklist_does_not_wait_for_a_writer(reg: Registry, tmp_path: Path) 
     import time
 
     expected = reg.worklist(TODAY, 7).rows  # stored as of TODAY; the reader below plans as of TODAY + 1
-    other = sqlite3.connect(reg.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # the writer
+    if reg.dialect == "postgresql":
+        # The writer holds a patient's lock (what every write of it takes first), not the file.
+        other = Registry(db_url, today=lambda: TODAY)
+        other._db.begin(True)
+        other._db.lock_patient(reg.patients()[0].id)
+    else:
+        other = sqlite3.connect(reg.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # the writer
     try:
-        reader = Registry(reg.path, today=lambda: TODAY)
+        reader = Registry(db_url, today=lambda: TODAY)
         fresh = Registry(tmp_path / "fresh.db", create=True, today=lambda: TODAY)
         for example in EXAMPLES:
             fresh.add_patient(example, by="alice")
@@ -336,11 +343,15 @@ def test_the_worklist_does_not_wait_for_a_writer(reg: Registry, tmp_path: Path) 
         assert elapsed < 5, elapsed
         assert wl.rows == want and wl.rows != expected
         # Nothing was written: the stored projection is still the one as of TODAY.
-        stored = {r[0] for r in other.execute("SELECT computed_for FROM projection")}
+        conn = other._db if isinstance(other, Registry) else other
+        stored = {r[0] for r in conn.execute("SELECT computed_for FROM projection")}
         assert stored == {TODAY.isoformat()}
         reader.close()
     finally:
-        other.execute("ROLLBACK")
+        if isinstance(other, Registry):
+            other._db.rollback()
+        else:
+            other.execute("ROLLBACK")
         other.close()
 
 
