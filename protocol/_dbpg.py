@@ -91,6 +91,9 @@ class _Cursor:
     def fetchall(self) -> list[Any]:
         return self.cur.fetchall() if self.cur.description else []
 
+    def fetchmany(self, size: int) -> list[Any]:
+        return self.cur.fetchmany(size) if self.cur.description else []
+
     def __iter__(self) -> Any:
         return iter(self.fetchall())
 
