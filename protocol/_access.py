@@ -209,16 +209,13 @@ class Scoped:
 
     def record(self, patient_id: str, kind: str, data: dict[str, Any], *, reason: str | None = None,
                supersedes: int | None = None) -> Any:
-        """Record an entry as this user (see :meth:`Registry.record`); then note whether it
-        waits for a second person's sign-off (:mod:`protocol._signoff`)."""
-        from ._signoff import note_required
+        """Record an entry as this user (see :meth:`Registry.record`) and, in the same
+        transaction, whether it waits for a second person's sign-off (:mod:`protocol._signoff`)."""
+        from ._signoff import record
 
         _require(self.actor, "record")
         self.site_of(patient_id)
-        before = self.plan(patient_id) if kind == "event" and data.get("type") == "item_given" else None
-        entry = self.reg.record(patient_id, kind, data, by=self.actor.name, reason=reason, supersedes=supersedes)
-        note_required(self.reg, entry, before)
-        return entry
+        return record(self.reg, patient_id, kind, data, by=self.actor.name, reason=reason, supersedes=supersedes)
 
     def retract(self, patient_id: str, seq: int, *, reason: str | None = None) -> Any:
         """Retract an entry as this user (see :meth:`Registry.retract`)."""

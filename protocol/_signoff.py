@@ -14,6 +14,10 @@ Signing asks for the signer's password again. The signature stores the meaning, 
 and the time (UTC) and is linked to the entry: a later correction (supersession or
 retraction) voids it, and the correcting entry, if dose-critical, waits for its own.
 
+:func:`record` writes an entry and the note that it waits (``signoff_required``) in one
+registry transaction (the ``then`` of :meth:`~protocol._registry.Registry.record`, under the
+patient's lock on PostgreSQL): both are stored or neither.
+
 >>> required_meaning({"type": "dose_modified", "item": "ib:mercaptopurine@1", "percent": 50})
 ('dose verified', 'a dose modification')
 """
@@ -25,7 +29,7 @@ from typing import Any
 
 from ._errors import InputError, Problem
 
-__all__ = ["SignOff", "note_required", "required_meaning", "sign", "signoffs", "unsigned"]
+__all__ = ["SignOff", "note_required", "record", "required_meaning", "sign", "signoffs", "unsigned"]
 
 DOSE = "dose verified"
 DECISION = "decision approved"
@@ -81,26 +85,42 @@ def _planned_amount(plan: Any, ref: str) -> str | None:
     return None
 
 
-def note_required(reg: Any, entry: Any, before: Any = None) -> SignOff | None:
-    """After ``entry`` was recorded: store that it waits for sign-off, if it is dose-critical.
-
-    ``before``: the patient's plan just before the entry (needed for ``item_given``).
-    """
+def _needed(entry: Any, plan: Any) -> tuple[str, str] | None:
+    """What ``entry`` waits for, given the patient's ``plan`` with it (the planned dose of a
+    given item is its planned dose there too: recording it given does not change it)."""
     if entry.kind != "event" or not isinstance(entry.data, dict):
         return None
     data = entry.data
-    planned = _planned_amount(before, data.get("item", "")) if before is not None and "item" in data else None
-    deviations: Any = ()
-    if data.get("type") == "element_started":
-        from ._schedule import plan
+    planned = _planned_amount(plan, data.get("item", "")) if "item" in data else None
+    deviations = plan.deviations if data.get("type") == "element_started" else ()
+    return required_meaning(data, planned, deviations)
 
-        deviations = plan(reg.patient(entry.patient), as_of=reg.today()).deviations
-    need = required_meaning(data, planned, deviations)
+
+def note_required(conn: Any, entry: Any, plan: Any) -> SignOff | None:
+    """Inside the write that recorded ``entry``: store that it waits for sign-off, if it is
+    dose-critical (``plan``: the patient's plan with the entry). What :func:`record` passes
+    to :meth:`Registry.record` as ``then``, so the entry and its note commit together.
+    """
+    need = _needed(entry, plan)
     if need is None:
         return None
-    with reg._write() as conn:
-        conn.execute("INSERT INTO signoff_required (entry, meaning, why) VALUES (?, ?, ?)", (entry.seq, *need))
+    conn.execute("INSERT INTO signoff_required (entry, meaning, why) VALUES (?, ?, ?)", (entry.seq, *need))
     return SignOff(entry.seq, need[0], need[1], None, None, "unsigned")
+
+
+def record(reg: Any, patient_id: str, kind: str, data: dict[str, Any], *, by: str, reason: str | None = None,
+           supersedes: int | None = None) -> Any:
+    """Record an entry (:meth:`Registry.record`) and, in the same transaction, that it waits
+    for a second person's sign-off if it is dose-critical: both are stored, or neither.
+
+    >>> entry = record(reg, "INF-0001", "event", {"type": "dose_modified", "item": ref,  # doctest: +SKIP
+    ...                "date": "2026-11-21", "percent": 50, "of": "standard", "scope": "item",
+    ...                "reason": "liver toxicity"}, by="alice")
+    >>> signoffs(reg, "INF-0001")[entry.seq].state  # doctest: +SKIP
+    'unsigned'
+    """
+    return reg.record(patient_id, kind, data, by=by, reason=reason, supersedes=supersedes,
+                      then=lambda conn, entry, plan: note_required(conn, entry, plan))
 
 
 def signoffs(reg: Any, patient_id: str) -> dict[int, SignOff]:

@@ -115,14 +115,52 @@ def test_the_recorder_cannot_sign_their_own_entry(reg) -> None:
     add_user(reg, "carl", "coordinator", ["site-a"], "coordinator pass phrase")
     ref = next(i.ref for i in Scoped(reg, A).plan("INF-0001").items if i.status == "planned" and i.dose is not None)
     # phil records (as if a coordinator too) and then tries to sign it himself.
-    entry = reg.record("INF-0001", "event", {"type": "dose_modified", "item": ref, "date": "2026-11-21",
-                                             "percent": 50, "of": "standard", "scope": "item", "reason": "x"},
-                       by="phil")
-    from protocol._signoff import note_required
+    from protocol._signoff import record
 
-    note_required(reg, entry)
+    entry = record(reg, "INF-0001", "event", {"type": "dose_modified", "item": ref, "date": "2026-11-21",
+                                              "percent": 50, "of": "standard", "scope": "item", "reason": "x"},
+                   by="phil")
     with pytest.raises(InputError, match="recorded by you"):
         Scoped(reg, PHARMACIST).sign(entry.seq, "pharmacist pass phrase")
+
+
+def _rows(reg, table: str) -> int:
+    with reg._read() as conn:
+        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+def test_an_entry_and_its_sign_off_note_are_one_transaction(reg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The note that a dose modification waits for sign-off is written in the entry's own
+    transaction: when writing the note fails, the entry is not stored either (nothing
+    half-written: no dose change left without its sign-off)."""
+    import protocol._signoff as signoff
+
+    scoped = Scoped(reg, A)
+    ref = next(i.ref for i in scoped.plan("INF-0001").items if i.status == "planned" and i.dose is not None)
+    event = {"type": "dose_modified", "item": ref, "date": "2026-11-21", "percent": 50, "of": "standard",
+             "scope": "item", "reason": "liver toxicity"}
+    entries, notes = _rows(reg, "entries"), _rows(reg, "signoff_required")
+    history = scoped.history("INF-0001")
+    plan = scoped.plan("INF-0001")
+    real = signoff.note_required
+
+    def fails(conn, entry, after):
+        real(conn, entry, after)  # the note is written, then the transaction fails before commit
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(signoff, "note_required", fails)
+    with pytest.raises(OSError, match="No space left"):
+        scoped.record("INF-0001", "event", event)
+    assert (_rows(reg, "entries"), _rows(reg, "signoff_required")) == (entries, notes)
+    assert scoped.history("INF-0001") == history
+    assert [(i.ref, i.dose and i.dose.amount) for i in scoped.plan("INF-0001").items] == \
+        [(i.ref, i.dose and i.dose.amount) for i in plan.items]
+    assert scoped.unsigned() == []
+    # The registry still takes the entry afterwards, with its note.
+    monkeypatch.setattr(signoff, "note_required", real)
+    entry = scoped.record("INF-0001", "event", event)
+    assert scoped.signoffs("INF-0001")[entry.seq].state == "unsigned"
+    assert (_rows(reg, "entries"), _rows(reg, "signoff_required")) == (entries + 1, notes + 1)
 
 
 def test_a_given_dose_that_differs_from_the_plan_needs_sign_off(reg) -> None:
