@@ -244,6 +244,14 @@ class Scoped:
         self.site_of(patient_id)
         return signoffs(self.reg, patient_id)
 
+    def signoff_marks(self, patient_id: str) -> tuple[Any, ...]:
+        """The patient's live dose-critical entries with their sign-off, as the roadmap prints
+        them (:func:`protocol._signoff.marks`)."""
+        from ._signoff import marks
+
+        self.site_of(patient_id)
+        return marks(self.reg, patient_id)
+
     def unsigned(self) -> list[tuple[str, int, str, str, str]]:
         """Entries of this user's patients still waiting for sign-off."""
         from ._signoff import unsigned

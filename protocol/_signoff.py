@@ -29,7 +29,8 @@ from typing import Any
 
 from ._errors import InputError, Problem
 
-__all__ = ["SignOff", "note_required", "record", "required_meaning", "sign", "signoffs", "unsigned"]
+__all__ = ["SignMark", "SignOff", "marks", "note_required", "record", "required_meaning", "sign", "signoffs",
+           "unsigned"]
 
 DOSE = "dose verified"
 DECISION = "decision approved"
@@ -48,6 +49,62 @@ class SignOff:
     signer: str | None
     signed_at: str | None
     state: str
+
+
+@dataclass(frozen=True, slots=True)
+class SignMark:
+    """A live dose-critical entry as the documents show it: what it is, and where its sign-off stands.
+
+    ``item`` / ``element``: where the roadmap prints it (the item's cell in the day grid, the
+    element's actual start); ``date``: the event's date; ``recorded_at`` / ``signed_at``: UTC
+    stamps of the registry.
+    """
+
+    entry: int
+    type: str
+    item: str | None
+    element: str | None
+    date: str
+    meaning: str
+    why: str
+    recorded_by: str
+    recorded_at: str
+    signer: str | None = None
+    signed_at: str | None = None
+
+    @property
+    def signed(self) -> bool:
+        """Whether a second person signed it."""
+        return self.signer is not None
+
+    @property
+    def text(self) -> str:
+        """Where its sign-off stands, in words.
+
+        >>> SignMark(17, "dose_modified", "induction:dexamethasone@8", None, "2026-11-21", DOSE,
+        ...          "a dose modification", "alice", "2026-11-21T09:30:00.000000Z").text
+        'awaiting verification (recorded by alice on 2026-11-21 09:30 UTC)'
+        >>> SignMark(18, "hsct", None, None, "2026-11-22", DECISION, "an HSCT decision", "alice",
+        ...          "2026-11-22T08:00:00.000000Z", "ines", "2026-11-22T10:15:42.000000Z").text
+        'decision approved by ines on 2026-11-22 10:15 UTC'
+        """
+        if self.signer is not None:
+            return f"{self.meaning} by {self.signer} on {_when(self.signed_at)}"
+        waits = "approval" if self.meaning == DECISION else "verification"
+        return f"awaiting {waits} (recorded by {self.recorded_by} on {_when(self.recorded_at)})"
+
+    @property
+    def summary(self) -> str:
+        """The entry in one line, for the roadmap's cover: ``#17 2026-11-21 a dose modification
+        (induction:dexamethasone@8)``."""
+        where = self.item or self.element
+        return f"#{self.entry} {self.date} {self.why}" + (f" ({where})" if where else "")
+
+
+def _when(stamp: str | None) -> str:
+    """A registry stamp (``2026-11-21T09:30:00.000000Z``) as ``2026-11-21 09:30 UTC``."""
+    text = stamp or ""
+    return f"{text[:10]} {text[11:16]} UTC" if len(text) >= 16 else text
 
 
 def required_meaning(data: Any, planned: str | None = None, deviations: Any = ()) -> tuple[str, str] | None:
@@ -137,6 +194,32 @@ def signoffs(reg: Any, patient_id: str) -> dict[int, SignOff]:
         state = "void" if corrected and signer else ("signed" if signer else ("corrected" if corrected else "unsigned"))
         out[seq] = SignOff(seq, meaning, why, signer, at, state)
     return out
+
+
+def marks(reg: Any, patient_id: str) -> tuple[SignMark, ...]:
+    """The patient's live dose-critical entries (not corrected), signed or waiting, in log
+    order: what the roadmap prints beside the values they changed (:mod:`protocol._documents`).
+
+    A corrected entry is left out (its correction, if dose-critical, has its own mark).
+
+    >>> [m.text for m in marks(reg, "INF-0001")]  # doctest: +SKIP
+    ['awaiting verification (recorded by alice on 2026-11-21 09:30 UTC)']
+    """
+    import json
+
+    with reg._read() as conn:
+        rows = conn.execute(
+            "SELECT r.entry, r.meaning, r.why, e.data, e.recorded_by, e.recorded_at, g.signer, g.signed_at "
+            "FROM signoff_required AS r JOIN entries AS e ON e.seq = r.entry "
+            "LEFT JOIN signatures AS g ON g.entry = r.entry WHERE e.patient = ? "
+            "AND NOT EXISTS (SELECT 1 FROM entries AS c WHERE c.supersedes = r.entry OR c.retracts = r.entry) "
+            "ORDER BY r.entry", (patient_id,)).fetchall()
+    out = []
+    for seq, meaning, why, data, by, at, signer, signed_at in rows:
+        event = json.loads(data) if isinstance(data, str) else (data or {})
+        out.append(SignMark(int(seq), str(event.get("type", "")), event.get("item"), event.get("element"),
+                            str(event.get("date", "")), meaning, why, by, at, signer, signed_at))
+    return tuple(out)
 
 
 def unsigned(reg: Any, patients: Any) -> list[tuple[str, int, str, str, str]]:
