@@ -144,12 +144,6 @@ def rotate_secret(path: str | os.PathLike[str]) -> Path:
 
 def _create(target: Path) -> None:
     """Make ``target`` with a new secret unless another process made it first (no replace)."""
-    if not target.parent.exists() and target.parent == _config_dir():
-        try:
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RegistryError(Problem(str(target), "", f"cannot make the folder of the web secret: "
-                                        f"{exc.strerror}")) from None
     tmp = _write_new(target)
     try:
         os.link(tmp, target)  # atomic and never replaces: a server that started first wins
@@ -163,8 +157,15 @@ def _create(target: Path) -> None:
 
 
 def _write_new(target: Path) -> Path:
-    """A complete new secret in a temporary file beside ``target`` (``O_EXCL``, ``0600``)."""
+    """A complete new secret in a temporary file beside ``target`` (``O_EXCL``, ``0600``); the
+    default folder for PostgreSQL registries is made first (``0700``)."""
     directory = target.parent if str(target.parent) else Path(".")
+    if not directory.exists() and directory == _config_dir():
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RegistryError(Problem(str(target), "", f"cannot make the folder of the web secret: "
+                                        f"{exc.strerror}")) from None
     tmp = directory / f".{target.name[:100]}.{secrets.token_hex(8)}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)

@@ -228,6 +228,11 @@ def test_where_the_secret_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     made = load_secret(pg)
     assert made and stat.S_IMODE(pg.parent.stat().st_mode) == 0o700
     assert load_secret(pg) == made
+    # ... and by a rotation too, when it is the first thing done there
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "other"))
+    fresh = secret_path("postgresql://app@db.example/trial")
+    assert rotate_secret(fresh) == fresh and stat.S_IMODE(fresh.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600 and load_secret(fresh) != made
 
 
 def test_rotation_is_atomic_and_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
