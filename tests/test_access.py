@@ -102,13 +102,21 @@ def test_a_dose_modification_waits_for_a_second_person_and_a_correction_voids_th
     recorder = Actor("phil", "pharmacist", frozenset({"site-a"}))
     with pytest.raises(InputError, match="password is wrong"):
         Scoped(reg, recorder).sign(entry.seq, "not my password")
+    [mark] = scoped.signoff_marks("INF-0001")  # what the roadmap prints
+    assert (mark.entry, mark.item, mark.signed) == (entry.seq, ref, False)
+    assert mark.text.startswith("awaiting verification (recorded by alice on ")
     signed = Scoped(reg, recorder).sign(entry.seq, "pharmacist pass phrase")
     assert (signed.meaning, signed.signer, signed.state) == ("dose verified", "phil", "signed")
+    [mark] = scoped.signoff_marks("INF-0001")
+    assert mark.signed and mark.text == f"dose verified by phil on {signed.signed_at[:10]} {signed.signed_at[11:16]} UTC"
+    with pytest.raises(NotFound):
+        Scoped(reg, B).signoff_marks("INF-0001")
     with pytest.raises(InputError, match="already signed"):
         Scoped(reg, recorder).sign(entry.seq, "pharmacist pass phrase")
     scoped.retract("INF-0001", entry.seq, reason="wrong item")
     assert scoped.signoffs("INF-0001")[entry.seq].state == "void"
     assert scoped.unsigned() == []
+    assert scoped.signoff_marks("INF-0001") == ()  # a corrected entry is no longer on the roadmap
 
 
 def test_the_recorder_cannot_sign_their_own_entry(reg) -> None:
