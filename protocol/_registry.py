@@ -1088,6 +1088,25 @@ class Registry:
         self._serve(start, days, as_of, lambda conn, start, days, day, refreshed: stream(
             conn, start, days, day, refreshed, out, json_output))
 
+    def worklist_page(self, start: dt.date | None = None, days: int = MIN_HORIZON_DAYS,
+                      as_of: dt.date | None = None, *, sites: Sequence[str] | None = None,
+                      offset: int = 0, limit: int = 250) -> Any:
+        """One page of :meth:`worklist` (``limit`` rows from ``offset``), only the patients of
+        ``sites`` (``None``: every site), as a :class:`~protocol._worklist.Worklist` whose
+        ``rows`` are that page, with ``total`` and ``counted`` (rows per category) of the
+        whole list: the web's worklist page.
+
+        >>> wl = reg.worklist_page(days=7, sites=["site-a"], offset=0, limit=250)  # doctest: +SKIP
+        >>> wl.total, wl.counts()["due"]  # doctest: +SKIP
+        """
+        from ._worklist import Worklist, page
+
+        def serve(conn: Any, start: dt.date, days: int, day: dt.date, refreshed: int) -> Any:
+            counts, rows = page(conn, start, days, day, None if sites is None else sorted(sites), offset, limit)
+            return Worklist(start, days, rows, refreshed, self.path, day, counted=counts)
+
+        return self._serve(start, days, as_of, serve)
+
     def _serve(self, start: dt.date | None, days: int, as_of: dt.date | None, serve: Callable[..., Any]) -> Any:
         """Refresh what is stale, then ``serve(conn, start, days, as_of, refreshed)`` from one
         read snapshot of a fresh projection."""
