@@ -337,6 +337,10 @@ class WorklistOut(_Out):
     days: int
     as_of: dt.date
     counts: dict[str, int]
+    total: int
+    page: int
+    per_page: int
+    pages: int
     rows: list[WorklistRow]
     unsigned: list[Unsigned]
 
@@ -440,10 +444,7 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 def _days(request: Request, default: int) -> int:
-    raw = request.query_params.get("days", str(default)).strip()
-    if not raw.isdigit() or not 1 <= int(raw) <= 366:
-        raise InputError(Problem("query", "days", f"expected a whole number of days from 1 to 366, got {raw!r}"))
-    return int(raw)
+    return _whole(request, "days", default, 366)
 
 
 # --------------------------------------------------------------------------- routes
@@ -601,7 +602,8 @@ async def record(request: Request) -> Response:
         form[key] = "" if value is None else str(value)
     supersedes = form.get("supersedes", "").strip()
     if supersedes and not supersedes.isdigit():
-        raise InputError(Problem("record", "supersedes", f"expected an entry's seq (a whole number), got {supersedes!r}"))
+        raise InputError(Problem("record", "supersedes",
+                                 f"expected an entry's seq (a whole number), got {supersedes!r}"))
     why = form.get("why", "").strip() or None
 
     def write(scoped: Any) -> Any:
@@ -625,18 +627,31 @@ async def record(request: Request) -> Response:
                  location=f"/api/patients/{pid}/history")
 
 
+def _whole(request: Request, name: str, default: int, high: int) -> int:
+    raw = request.query_params.get(name, str(default)).strip()
+    if not raw.isdigit() or not 1 <= int(raw) <= high:
+        raise InputError(Problem("query", name, f"expected a whole number from 1 to {high}, got {raw!r}"))
+    return int(raw)
+
+
 @endpoint("read")
 async def worklist(request: Request) -> Response:
-    """``GET /api/worklist?days=7``: across the user's patients, what is due in the next ``days``
-    days (1 to 366), overdue, waiting for a result, out of window; and the entries waiting for sign-off.
+    """``GET /api/worklist?days=7&page=1&per_page=250``: across the user's patients, what is due
+    in the next ``days`` days (1 to 366), overdue, waiting for a result, out of window, one page
+    of rows (as the page reads them), the counts and total of the whole list; and the entries
+    waiting for sign-off.
 
     >>> client.get("/api/worklist", params={"days": 28}).json()["counts"]["due"]  # doctest: +SKIP
     12
     """
     days = _days(request, 7)
-    wl, unsigned = await in_registry(request, lambda scoped: (scoped.worklist(None, days), scoped.unsigned()))
+    number = _whole(request, "page", 1, 10**6)
+    per_page = _whole(request, "per_page", 250, 5000)
+    wl, unsigned = await in_registry(request, lambda scoped: (scoped.worklist_page(days, number, per_page),
+                                                              scoped.unsigned()))
     return _json(WorklistOut, {
         "start": wl.start, "end": wl.end, "days": wl.days, "as_of": wl.as_of, "counts": wl.counts(),
+        "total": wl.total, "page": number, "per_page": per_page, "pages": max(1, -(-wl.total // per_page)),
         "rows": wl.records(),
         "unsigned": [dict(zip(("patient", "seq", "meaning", "why", "recorded_at"), u, strict=True)) for u in unsigned]})
 
@@ -685,7 +700,8 @@ FILTER_PARAMS = tuple(Param(n, "query", d) for n, d in (
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/api/session", session, "The signed-in user and the CSRF token", ok=(200, SessionOut)),
-    Operation("GET", "/api/patients", patients, "The patients of the user's sites", FILTER_PARAMS, ok=(200, PatientList)),
+    Operation("GET", "/api/patients", patients, "The patients of the user's sites", FILTER_PARAMS,
+              ok=(200, PatientList)),
     Operation("POST", "/api/patients", register, "Register a patient from the JSON of a patient file",
               (Param("site", "query", "The site (one of the user's; optional for a user of one site)."),),
               body=Patient, ok=(201, Registered)),
@@ -700,7 +716,10 @@ OPERATIONS: tuple[Operation, ...] = (
               ok=(201, Recorded), patient=True),
     Operation("GET", "/api/worklist", worklist, "The worklist across the user's patients",
               (Param("days", "query", "Days ahead, 1 to 366 (default 7).", {"type": "integer", "minimum": 1,
-                                                                            "maximum": 366}),),
+                                                                            "maximum": 366}),
+               Param("page", "query", "The page of rows, from 1 (default 1).", {"type": "integer", "minimum": 1}),
+               Param("per_page", "query", "Rows a page, 1 to 5000 (default 250).",
+                     {"type": "integer", "minimum": 1, "maximum": 5000})),
               ok=(200, WorklistOut)),
     Operation("GET", "/api/openapi.json", openapi_json, "This document"),
 )

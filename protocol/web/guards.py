@@ -168,22 +168,23 @@ class BodyRules:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        path = scope["path"]
         if headers.get(b"sec-fetch-site", b"").lower() == b"cross-site":
-            await _plain(send, 403, "a request from another site is not accepted", scope["path"])
+            await _plain(send, 403, "a request from another site is not accepted", path)
             return
         length = headers.get(b"content-length", b"0")
         if not length.isdigit() or int(length) > MAX_BODY:
-            await _plain(send, 413, f"the request is larger than {MAX_BODY // (1024 * 1024)} MB: not accepted", scope["path"])
+            await _plain(send, 413, f"the request is larger than {MAX_BODY // (1024 * 1024)} MB: not accepted", path)
             return
         kind = content_type(scope)
         accepted = _accepted(scope["path"])
         if kind not in accepted:
-            await _plain(send, 415, f"{scope['path']} takes {' or '.join(accepted)}, not {kind or 'no content type'}", scope["path"])
+            await _plain(send, 415, f"{path} takes {' or '.join(accepted)}, not {kind or 'no content type'}", path)
             return
         try:
             body, messages = await _read_body(receive)
         except _TooLarge:
-            await _plain(send, 413, f"the request is larger than {MAX_BODY // (1024 * 1024)} MB: not accepted", scope["path"])
+            await _plain(send, 413, f"the request is larger than {MAX_BODY // (1024 * 1024)} MB: not accepted", path)
             return
         if kind == MULTIPART:
             boundary = _boundary(scope)

@@ -173,7 +173,12 @@ def test_history_and_worklist(live: Live, doc: dict[str, Any]) -> None:
     assert [e["seq"] for e in old["entries"]] == [e["seq"] for e in body["entries"] if e["recorded_at"] <= then]
     wl = conforms(doc, "get", "/api/worklist", c.get("/api/worklist", params={"days": 28}))
     assert wl["days"] == 28 and wl["rows"] and {r["patient"] for r in wl["rows"]} == {"INF-0001"}
-    assert sum(wl["counts"].values()) == len(wl["rows"])
+    assert sum(wl["counts"].values()) == wl["total"] == len(wl["rows"]) and wl["pages"] == 1
+    paged = [conforms(doc, "get", "/api/worklist", c.get("/api/worklist", params={"days": 28, "per_page": 2,
+                                                                                  "page": n})) for n in (1, 2)]
+    assert [r for p in paged for r in p["rows"]] == wl["rows"][:4] and paged[0]["pages"] == -(-wl["total"] // 2)
+    page = html.unescape(c.get("/worklist?days=28").text)
+    assert all(r["item"] in page for r in wl["rows"] if r["item"])  # the page's rows
 
 
 def test_an_entry_recorded_through_the_api_is_on_the_pages_with_its_author(live: Live, doc: dict[str, Any]) -> None:
@@ -346,7 +351,8 @@ def test_a_body_that_is_not_a_json_object_is_400(live: Live, raw: bytes, phrase:
     c = live.client("alice")
     before = count(live)
     for url in ("/api/patients/INF-0001/entries", "/api/patients"):
-        r = c.post(url, content=raw, headers={"x-csrftoken": c.csrf, "content-type": "application/json"})  # type: ignore[attr-defined]
+        headers = {"x-csrftoken": c.csrf, "content-type": "application/json"}  # type: ignore[attr-defined]
+        r = c.post(url, content=raw, headers=headers)
         assert r.status_code == 400 and phrase in r.json()["error"], (url, r.text)
     assert count(live) == before
 
@@ -372,6 +378,7 @@ def test_a_refused_registration_is_400_naming_the_field(live: Live, doc: dict[st
 
 
 @pytest.mark.parametrize("url, field", [("/api/worklist?days=abc", "days"), ("/api/worklist?days=0", "days"),
+                                        ("/api/worklist?page=0", "page"), ("/api/worklist?per_page=-1", "per_page"),
                                         ("/api/patients/INF-0001?days=9999", "days"),
                                         ("/api/patients/INF-0001/history?as_of=yesterday-ish", "as_of")])
 def test_bad_query_parameters_are_400_naming_them(live: Live, url: str, field: str) -> None:
@@ -386,6 +393,18 @@ def test_unknown_addresses_and_methods_are_json(live: Live) -> None:
     r = c.put("/api/patients/INF-0001", json={}, headers={"x-csrftoken": c.csrf})  # type: ignore[attr-defined]
     assert r.status_code == 405 and r.json()["error"]
     assert c.get("/patients/INF-0001").headers["content-type"].startswith("text/html")  # the pages are pages
+
+
+def test_an_unexpected_failure_is_a_json_500_without_a_traceback(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    import protocol.web.patients as module
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(module, "patient_view", broken)  # the server runs in this process
+    r = live.client("alice").get("/api/patients/INF-0001")
+    assert r.status_code == 500 and r.json()["error"].startswith("internal error")
+    assert "secret internals" not in r.text and "Traceback" not in r.text
 
 
 def test_the_pages_do_not_depend_on_the_api() -> None:
