@@ -25,10 +25,17 @@ PATIENT_GETS = ["/api/patients/{pid}", "/api/patients/{pid}/history"]
 ENTRY = {"action": "measurement", "date": TODAY.isoformat(), "height_cm": 71, "weight_kg": 8.5}
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    """A server of this module's own (its entries do not change the shared server's patients)."""
-    running = start_server(tmp_path_factory.mktemp("api"))
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """A server of this module's own (its entries do not change the shared server's patients):
+    on SQLite, then on PostgreSQL served as the application's role (row-level security)."""
+    if request.param == "sqlite":
+        running = start_server(tmp_path_factory.mktemp("api"))
+    else:
+        from tests.pgserver import WEB
+
+        owner = request.getfixturevalue("pg_server").new_database("api")
+        running = start_server(tmp_path_factory.mktemp("api-pg"), owner, owner.replace("protocol_owner@", f"{WEB}@"))
     yield running
     running.server.should_exit = True
     running.thread.join(10)
@@ -48,9 +55,9 @@ def post(c: httpx.Client, url: str, body: Any, token: bool = True) -> httpx.Resp
 def count(live: Live) -> tuple[int, int]:
     from protocol._registry import open_registry
 
-    with open_registry(live.db) as reg:
-        return (reg._conn.execute("SELECT count(*) FROM entries").fetchone()[0],
-                reg._conn.execute("SELECT count(*) FROM patients").fetchone()[0])
+    with open_registry(live.db) as reg, reg._read() as conn:
+        return (conn.execute("SELECT count(*) FROM entries").fetchone()[0],
+                conn.execute("SELECT count(*) FROM patients").fetchone()[0])
 
 
 def patient_file(pid: str) -> dict[str, Any]:
