@@ -26,6 +26,7 @@ not (or a missing CSRF token), 404 for a patient that does not exist or belongs 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -731,9 +732,11 @@ _STATUS = {400: "Not accepted: the library's message and the field it names; not
            500: "Internal error (no traceback)"}
 
 
+@functools.lru_cache(maxsize=4)
 def openapi(session_cookie: str = "protocol-session") -> dict[str, Any]:
     """The OpenAPI 3.1 document of :data:`OPERATIONS`, the schemas from the pydantic models
-    (the patient file's :class:`~protocol._models.Patient` for registration).
+    (the patient file's :class:`~protocol._models.Patient` for registration); made once per
+    session cookie name (do not change the mapping returned).
 
     >>> openapi()["openapi"], "/api/worklist" in openapi()["paths"]
     ('3.1.0', True)
