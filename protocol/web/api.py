@@ -308,6 +308,13 @@ class Recorded(_Out):
     entry: EntryOut
 
 
+class Signed(SignOffOut):
+    """A signed entry: its seq and patient, the meaning, the signer and the time."""
+
+    seq: int
+    patient: str
+
+
 class WorklistRow(_Out):
     date: str
     patient: str
@@ -376,6 +383,21 @@ def _record_body() -> type[BaseModel]:
 
 
 RecordBody = _record_body()
+
+
+class RetractBody(BaseModel):
+    """The entry to retract and why."""
+
+    model_config = ConfigDict(extra="forbid")
+    seq: int = Field(description="The seq of the entry recorded in error.")
+    reason: str = Field(description="Why it is withdrawn (required).")
+
+
+class SignBody(BaseModel):
+    """The signer's password, asked again for every signature."""
+
+    model_config = ConfigDict(extra="forbid")
+    password: str
 
 
 # --------------------------------------------------------------------------- errors and the wrapper
@@ -628,6 +650,78 @@ async def record(request: Request) -> Response:
                  location=f"/api/patients/{pid}/history")
 
 
+def _seq(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
+        raise InputError(Problem("body", name, f"expected an entry's seq (a whole number), got {json.dumps(value)}"))
+    return int(value)
+
+
+def _text(body: dict[str, Any], name: str, limit: int = 10_000) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InputError(Problem("body", name, f"expected a text, got {json.dumps(value)}"))
+    return (value or "")[:limit].strip() or None
+
+
+def _only(body: dict[str, Any], names: tuple[str, ...]) -> None:
+    for key in body:
+        if key not in names:
+            raise InputError(Problem("body", key, f"takes {', '.join(names)}, not {key!r}"))
+
+
+@endpoint("record")
+async def retract(request: Request) -> Response:
+    """``POST /api/patients/{pid}/retract``: withdraw entry ``seq`` recorded in error, with a
+    ``reason`` (the library requires one), as the signed-in user. 201 with the retraction's seq.
+
+    >>> client.post("/api/patients/INF-0001/retract", headers={"x-csrftoken": token},
+    ...             json={"seq": 21, "reason": "wrong patient"}).json()["seq"]  # doctest: +SKIP
+    22
+    """
+    pid = request.path_params["pid"]
+    body = await _body(request)
+    _only(body, ("seq", "reason"))
+    seq, reason = _seq(body.get("seq"), "seq"), _text(body, "reason")
+
+    def write(scoped: Any) -> Any:
+        entry = scoped.retract(pid, seq, reason=reason)
+        return entry, scoped.signoffs(pid)
+
+    entry, signoffs = await in_registry(request, write)
+    return _json(Recorded, {"seq": entry.seq, "patient": pid, "entry": _entry(entry, signoffs)}, 201,
+                 location=f"/api/patients/{pid}/history")
+
+
+@endpoint("sign")
+async def sign(request: Request) -> Response:
+    """``POST /api/entries/{seq}/sign``: a pharmacist or investigator (never the recorder) signs
+    a dose-critical entry, giving the ``password`` again; 200 with the signature. Another site's
+    entry is 404; a wrong password or an entry that needs no signature is 400.
+
+    >>> client.post("/api/entries/21/sign", headers={"x-csrftoken": token},
+    ...             json={"password": "..."}).json()["state"]  # doctest: +SKIP
+    'signed'
+    """
+    raw = request.path_params["seq"]
+    if not raw.isdigit():
+        raise NotFound(Problem(f"#{raw}", "", f"no entry #{raw}"))
+    seq = int(raw)
+    body = await _body(request)
+    _only(body, ("password",))
+    password = body.get("password")
+    if not isinstance(password, str) or not password:
+        raise InputError(Problem("sign", "password", "expected your password, to sign"))
+
+    def do(scoped: Any) -> Any:
+        pid = scoped.entry_patient(seq)
+        scoped.sign(seq, password[:1024])
+        return pid, scoped.signoffs(pid)[seq]
+
+    pid, so = await in_registry(request, do)
+    return _json(Signed, {"seq": seq, "patient": pid, "meaning": so.meaning, "why": so.why, "signer": so.signer,
+                          "signed_at": so.signed_at, "state": so.state})
+
+
 def _whole(request: Request, name: str, default: int, high: int) -> int:
     raw = request.query_params.get(name, str(default)).strip()
     if not raw.isdigit() or not 1 <= int(raw) <= high:
@@ -715,6 +809,11 @@ OPERATIONS: tuple[Operation, ...] = (
               ok=(200, History), patient=True),
     Operation("POST", "/api/patients/{pid}/entries", record, "Record an entry", (PID,), body=RecordBody,
               ok=(201, Recorded), patient=True),
+    Operation("POST", "/api/patients/{pid}/retract", retract, "Retract an entry recorded in error", (PID,),
+              body=RetractBody, ok=(201, Recorded), patient=True),
+    Operation("POST", "/api/entries/{seq}/sign", sign, "Sign a dose-critical entry (password again)",
+              (Param("seq", "path", "The entry's seq (404 when it is another site's).", {"type": "integer"}),),
+              body=SignBody, ok=(200, Signed), patient=True),
     Operation("GET", "/api/worklist", worklist, "The worklist across the user's patients",
               (Param("days", "query", "Days ahead, 1 to 366 (default 7).", {"type": "integer", "minimum": 1,
                                                                             "maximum": 366}),
@@ -743,8 +842,8 @@ def openapi(session_cookie: str = "protocol-session") -> dict[str, Any]:
     """
     from pydantic.json_schema import models_json_schema
 
-    wanted: list[tuple[type[BaseModel], Any]] = [(ApiError, "serialization"), (Patient, "validation"),
-                                                 (RecordBody, "validation")]
+    wanted: list[tuple[type[BaseModel], Any]] = [(ApiError, "serialization")]
+    wanted += list(dict.fromkeys((op.body, "validation") for op in OPERATIONS if op.body))
     wanted += [(op.ok[1], "serialization") for op in OPERATIONS if op.ok]
     refs, top = models_json_schema(wanted, ref_template="#/components/schemas/{model}")
     ref = {model: refs[(model, mode)] for model, mode in wanted}
