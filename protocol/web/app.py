@@ -219,7 +219,7 @@ def create_app(db: str | Path, host: str = "127.0.0.1", csrf_secret: str | None 
 
     from .._registry import open_registry
     from . import admin, amend, api, auth, documents, patients, recording, worklist
-    from .guards import BodyRules, RestoreHeaders
+    from .guards import BodyRules, NoBearer, RestoreHeaders
 
     with open_registry(db):  # refuse a missing or foreign file now, not at the first request
         pass
@@ -239,7 +239,7 @@ def create_app(db: str | Path, host: str = "127.0.0.1", csrf_secret: str | None 
     protected = asgi_csrf(RestoreHeaders(app), cookie_name=web.csrf_cookie, signing_secret=csrf_secret,
                           always_protect={"/signin"}, always_set_cookie=True, cookie_secure=web.secure,
                           send_csrf_failed=_csrf_failed)
-    return SecurityHeaders(BodyRules(protected))
+    return SecurityHeaders(BodyRules(NoBearer(protected)))
 
 
 async def _csrf_failed(scope: Any, send: Any, message_id: Any) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MAX_BODY", "UPLOADS", "BodyRules", "RestoreHeaders", "content_type", "multipart_token"]
+__all__ = ["MAX_BODY", "UPLOADS", "BodyRules", "NoBearer", "RestoreHeaders", "content_type", "multipart_token"]
 
 #: The largest request body accepted (a patient file of two years of daily entries is ~2 MB).
 MAX_BODY = 4 * 1024 * 1024
@@ -209,4 +209,29 @@ class RestoreHeaders:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if SCOPE_KEY in scope:
             scope = {**scope, "headers": scope[SCOPE_KEY]}
+        await self.app(scope, receive, send)
+
+
+class NoBearer:
+    """Drops any ``Authorization`` header before the CSRF middleware sees the request.
+
+    The application authenticates by its session cookie only; asgi-csrf skips its check for a
+    request that carries ``Authorization: Bearer ...`` (an API token, in its model), so a
+    request with a session cookie and such a header would otherwise pass unchecked.
+
+    >>> import asyncio
+    >>> seen = []
+    >>> async def app(scope, receive, send): seen.append(scope["headers"])
+    >>> asyncio.run(NoBearer(app)({"type": "http", "headers": [(b"authorization", b"Bearer x"), (b"host", b"h")]},
+    ...                          None, None))
+    >>> seen
+    [[(b'host', b'h')]]
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and any(k == b"authorization" for k, _ in scope.get("headers") or ()):
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"authorization"]}
         await self.app(scope, receive, send)
