@@ -223,16 +223,13 @@ class Scoped:
 
     def record(self, patient_id: str, kind: str, data: dict[str, Any], *, reason: str | None = None,
                supersedes: int | None = None) -> Any:
-        """Record an entry as this user (see :meth:`Registry.record`); then note whether it
-        waits for a second person's sign-off (:mod:`protocol._signoff`)."""
-        from ._signoff import note_required
+        """Record an entry as this user (see :meth:`Registry.record`) and, in the same
+        transaction, whether it waits for a second person's sign-off (:mod:`protocol._signoff`)."""
+        from ._signoff import record
 
         _require(self.actor, "record")
         self.site_of(patient_id)
-        before = self.plan(patient_id) if kind == "event" and data.get("type") == "item_given" else None
-        entry = self.reg.record(patient_id, kind, data, by=self.actor.name, reason=reason, supersedes=supersedes)
-        note_required(self.reg, entry, before)
-        return entry
+        return record(self.reg, patient_id, kind, data, by=self.actor.name, reason=reason, supersedes=supersedes)
 
     def retract(self, patient_id: str, seq: int, *, reason: str | None = None) -> Any:
         """Retract an entry as this user (see :meth:`Registry.retract`)."""
@@ -260,6 +257,14 @@ class Scoped:
 
         self.site_of(patient_id)
         return signoffs(self.reg, patient_id)
+
+    def signoff_marks(self, patient_id: str) -> tuple[Any, ...]:
+        """The patient's live dose-critical entries with their sign-off, as the roadmap prints
+        them (:func:`protocol._signoff.marks`)."""
+        from ._signoff import marks
+
+        self.site_of(patient_id)
+        return marks(self.reg, patient_id)
 
     def unsigned(self) -> list[tuple[str, int, str, str, str]]:
         """Entries of this user's patients still waiting for sign-off."""

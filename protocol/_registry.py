@@ -791,13 +791,18 @@ class Registry:
         return written
 
     def record(self, patient_id: str, kind: str, data: dict[str, Any], *, by: str | None = None,
-               reason: str | None = None, supersedes: int | None = None, label: str = "record") -> Entry:
+               reason: str | None = None, supersedes: int | None = None, label: str = "record",
+               then: Callable[[Any, Entry, Any], None] | None = None) -> Entry:
         """Append one entry to a patient's log, after validating the patient with it.
 
         ``kind``: ``measurement``, ``mrd``, ``count``, ``event`` (``data`` as in a patient
         file's list) or ``base`` (the whole new base record; it supersedes the current one).
         ``supersedes``: the seq of an entry of the same kind this one corrects (it takes its
-        place); a correction needs a ``reason``. Returns the entry once it is on disk.
+        place); a correction needs a ``reason``. ``then(conn, entry, plan)``: more to write
+        in the same transaction, under the same patient lock, once the entry is inserted
+        (``plan``: the patient's plan with it), e.g. that it waits for sign-off
+        (:mod:`protocol._signoff`); if it raises, nothing is stored. Returns the entry once it
+        is on disk.
         """
         by = _who(by)
         if kind not in KINDS:
@@ -828,6 +833,8 @@ class Registry:
             state.apply(_NEW, kind, data, supersedes, None)
             patient, result = self._validate(patient_id, state, label)
             entry = self._insert(conn, patient_id, kind, data, by, self._recorded_at(conn), reason, supersedes)
+            if then is not None:
+                then(conn, entry, result)
             self._project_patient(conn, patient_id, self.today(), None, (patient, result, entry.seq))
         return entry
 
