@@ -175,3 +175,34 @@ def test_the_python_api_example_gives_what_its_comments_say() -> None:
     finally:
         os.chdir(cwd)
     assert checked >= 3
+
+
+def _document_commands() -> list[str]:
+    """The command lines of the ```sh blocks of "Documents, calendars and FHIR" (comments dropped)."""
+    section = README.split("## Documents, calendars and FHIR", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)\n```", section, flags=re.S)
+    return [line.split("  #", 1)[0].strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("command", _document_commands())
+def test_the_document_commands_write_their_files(command: str, tmp_path: Path) -> None:
+    """Each roadmap, calendar and FHIR command of the README runs on the example patients and
+    writes its file (a `--previous OLD.ics` is the same command's earlier export).
+
+    Example: `protocol roadmap examples/patients/mr-on-time.yaml -o roadmap.md`
+    """
+    words = shlex.split(command)
+    if "weasyprint" in words:
+        pytest.importorskip("weasyprint")
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    if "--previous" in words:
+        old = words[words.index("--previous") + 1]
+        made = subprocess.run([sys.executable, "-m", "protocol", "calendar", words[2], "-o", old],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert made.returncode == 0, made.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("PROTOCOL_SITE", "PROTOCOL_DB")}
+    run = subprocess.run([sys.executable, "-m", "protocol", *words[1:]], capture_output=True, text=True,
+                         encoding="utf-8", env=env, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    written = tmp_path / words[words.index("-o") + 1]
+    assert (run.stdout + run.stderr).strip() == f"wrote {written.name}" and written.stat().st_size > 1000
