@@ -9,6 +9,7 @@ the patients and items that re-planning by hand (here, with ``plan``) shows chan
 from __future__ import annotations
 
 import copy
+import difflib
 import datetime as dt
 import json
 import os
@@ -421,3 +422,17 @@ def test_a_decision_taken_before_the_amendment_is_kept_as_it_was_taken(reg: Any,
     retract(reg, "AMD-TAKEN", seq, reason="INVENTED: undo", by="carol")
     back = reg._plan(reg.patient("AMD-TAKEN"))
     assert back.protocol.version == "1.0.0" and not any("earlier version" in w for w in back.warnings)
+
+
+@pytest.mark.parametrize("name, removed", [("add-assessment", 0), ("dose-octadad-dexamethasone", 1),
+                                           ("hsct-threshold", 1), ("remove-thioguanine", 9)])
+def test_each_test_amendment_changes_only_what_it_says(name: str, removed: int) -> None:
+    """The invented amendments are the shipped definition with their one change (and the
+    version line): none may drop a value of the shipped file by being older than it (they once
+    lacked the OCTADAD vincristine cap, so every preview also removed a cap)."""
+    shipped = (ROOT / "protocol" / "definitions" / "interfant06-blinatumomab.yaml").read_text(encoding="utf-8")
+    amended = (ROOT / "tests" / "data" / "amendments" / f"{name}.yaml").read_text(encoding="utf-8")
+    old = [line for line in shipped.splitlines() if not line.startswith("version:")]
+    new = [line for line in amended.splitlines() if not line.startswith(("version:", "#"))]
+    gone = [line for line in difflib.ndiff(old, new) if line.startswith("- ")]
+    assert len(gone) == removed, gone
