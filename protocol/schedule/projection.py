@@ -173,11 +173,17 @@ class _Projection:
         fast = bool(events) and not self.reference and not rebag and cur.actual_start is not None \
             and el.id not in self.mixed
         if fast:
-            # Only doses given: the rows stay tuples, each event finds its row by reference.
-            self.ctx.emit(el, start, length, None, item_status, branch, rows, dated, today)
-            fast = self.apply_given(el, start, length, rows, mark, events)  # type: ignore[arg-type]
+            # Only doses given: each event finds its row by reference, rows emitted as given.
+            prepared = self.prepare_given(el, start, length, events)  # type: ignore[arg-type]
+            if prepared is not None:
+                self.ctx.emit(el, start, length, None, item_status, branch, rows, dated, today, prepared[1])
+                fast = self.finish_given(rows, mark, start, events, prepared)  # type: ignore[arg-type]
+                if not fast:
+                    del rows[mark:]
+            else:
+                fast = False
             if not fast:
-                del rows[mark:]
+                pass
             elif stop is not None and len(rows) > mark and rows[-1][0] > stop:
                 kept = [r for r in rows[mark:] if r[0] <= stop or r[5] in ("given", "omitted")]
                 rows[mark:] = kept

@@ -8,7 +8,8 @@ the protocol's rules (the compiled table, or the ``transitions`` machine when
 from __future__ import annotations
 
 import datetime as dt
-from operator import attrgetter, itemgetter
+from itertools import compress, groupby, repeat
+from operator import attrgetter, itemgetter, not_
 from typing import Any
 
 from transitions import MachineError
@@ -23,7 +24,13 @@ from .._rules import RiskResult, add_months, explain, patient_facts
 from .common import _ADJUSTING, _eligibility_field, _narrow, _Open
 from .records import Plan
 
-_DATE = attrgetter("date")
+_DATE, _TYPE, _ITEM = attrgetter("date"), attrgetter("type"), attrgetter("item")
+_FIRST, _PAIR = itemgetter(0), itemgetter(1, 2)
+_IS_GIVEN = "item_given".__eq__
+_DOSE = attrgetter("dose")
+#: The element of an item reference ("induction:prednisone@1" → "induction"), shared by every plan.
+_ELEMENT_OF: dict[str, str] = {}
+_OTHER_ADJUSTING = _ADJUSTING - {"item_given"}
 
 
 class _Replay:
@@ -56,7 +63,7 @@ class _Replay:
                 self.problem((name,), f"expected a date {late}, got {value}")
         for field_, records in (("events", patient.events), ("measurements", patient.measurements),
                                 ("mrd", patient.mrd), ("counts", patient.counts)):
-            if not records or max(map(_DATE, records)) <= today:
+            if not records or (max(self.ev_dates) if field_ == "events" else max(map(_DATE, records))) <= today:
                 continue
             for i, r in enumerate(records):
                 if r.date > today:
@@ -75,13 +82,13 @@ class _Replay:
     def facts(self) -> tuple[dict[str, Any], RiskResult]:
         p, patient = self.p, self.patient
         self.check_recorded()
-        facts = patient_facts(patient, self.as_of)
+        facts = patient_facts(patient, self.as_of, self.ev_kinds)
         for i, r in enumerate(patient.mrd):
             if r.timepoint not in p.timepoints:
                 self.problem(("mrd", i, "timepoint"), f"expected a time point of {p.id} "
                              f"({', '.join(p.timepoints)}), got {r.timepoint!r}")
         seen_arms: dict[str, int] = {}
-        for i, ev in enumerate(patient.events):
+        for i, ev in enumerate(patient.events if "randomised" in self.ev_kinds else ()):
             if ev.type != "randomised":
                 continue
             arms = p.randomisations.get(str(ev.randomisation))
@@ -125,7 +132,7 @@ class _Replay:
         cur = _Open(p.initial, t0)
         cursor = p.cursor(facts)
         events = self.patient.events
-        dates = list(map(_DATE, events))
+        dates = self.ev_dates
         order = sorted(range(len(events)), key=dates.__getitem__)  # stable: same-day entries in file order
         if order and dates[order[-1]] > self.as_of:
             as_of = self.as_of
@@ -207,7 +214,10 @@ class _Replay:
                         self.consumed.add(i)
                         self.problem(("events", i, "date"), f"{ev.type} on {ev.date} comes after the patient left "
                                      f"the protocol ({self.outcome[0]} on {left})")
-        for events in self.by_element.values():
+        for element, events in self.by_element.items():
+            cols = self.given_cols.get(element)
+            if self.consumed.issuperset(map(_FIRST, events) if cols is None else cols[0]):
+                continue
             for i, ev in events:
                 if i not in self.consumed:
                     where = ("item", ev.item) if ev.item is not None else ("element", ev.element)
@@ -309,14 +319,53 @@ class _Replay:
 
     # -- projection -----------------------------------------------------------------
 
+    def _index_given(self, events: list[Event], order: list[int], types: list[str]) -> list[tuple[int, Event]] | None:
+        """:meth:`index_adjustments` when the only events on items are ``item_given`` on known
+        elements (the common case), in bulk: C-level maps and one step per run of consecutive
+        events of one element, no Python loop per event; each element's events also kept as
+        columns (:attr:`given_cols`) for :meth:`_Given.prepare_given`. None (nothing changed)
+        otherwise."""
+        given = list(map(_IS_GIVEN, map(types.__getitem__, order)))
+        gi = list(compress(order, given))
+        evs = list(map(events.__getitem__, gi))
+        refs = list(map(_ITEM, evs))
+        elems = list(map(_ELEMENT_OF.get, refs))
+        if None in elems:
+            if len(_ELEMENT_OF) > 200_000:  # pragma: no cover - bounded: every reference of every protocol
+                _ELEMENT_OF.clear()
+            elems = [_ELEMENT_OF.setdefault(r, r.partition(":")[0]) for r in refs]
+        if not self.p.elements.keys() >= set(elems):
+            return None
+        doses = list(map(_DOSE, evs))
+        dates = list(map(self.ev_dates.__getitem__, gi))
+        by_element, cols = self.by_element, self.given_cols
+        a = 0
+        for element, run in groupby(elems):
+            b = a + len(list(run))
+            by_element.setdefault(element, []).extend(zip(gi[a:b], evs[a:b]))
+            amount = doses[a:b].count(None) != b - a
+            if element in cols:  # its events interleave with another element's
+                idx, rs, ds, am = cols[element]
+                cols[element] = (idx + gi[a:b], rs + refs[a:b], ds + dates[a:b], am or amount)
+            else:
+                cols[element] = (gi[a:b], refs[a:b], dates[a:b], amount)
+            a = b
+        mi = list(compress(order, map(not_, given)))
+        return list(zip(mi, map(events.__getitem__, mi)))
+
     def index_adjustments(self, events: list[Event], order: list[int]) -> list[tuple[int, Event]]:
         """Group the events that change an element's items by element, in date order, checking
         what can be checked before the plan exists (the element is known, it has an infusion...).
         Returns the other events (moves through the protocol), in date order."""
+        types, kinds = self.ev_types, self.ev_kinds
+        if "item_given" in kinds and _OTHER_ADJUSTING.isdisjoint(kinds):
+            moves = self._index_given(events, order, types)
+            if moves is not None:
+                return moves
         p = self.p
         elements = p.elements
         by_element = self.by_element
-        moves: list[tuple[int, Event]] = []
+        moves = []
         for i in order:
             ev = events[i]
             t = ev.type
