@@ -17,7 +17,7 @@ from .._rules import RiskResult
 
 from .context import _Context
 from .records import Decision, ElementSpan, Plan
-from .given import _Given
+from .given import _Given, _Index
 from .infusions import _Infusions
 from .items import _ItemEvents
 from .projection import _Projection
@@ -28,7 +28,7 @@ __all__ = ["plan", "risk"]
 _DATE, _TYPE = attrgetter("date"), attrgetter("type")
 
 
-class _Builder(_Replay, _Given, _ItemEvents, _Infusions, _Projection):
+class _Builder(_Replay, _Index, _Given, _ItemEvents, _Infusions, _Projection):
     """Replays a patient's events, then projects the rest of the plan."""
 
     #: Replay recorded moves by triggering the ``transitions`` machine instead of the compiled

@@ -2,24 +2,29 @@
 common case: doses given as planned). Each event finds its row through the element's reference
 index (``ELEMENT:SLOT@DAY`` → position in the day template), in bulk: C-level maps over the
 events, no Python loop per event, and the rows given on their day are emitted ``given`` (no
-tuple built twice). Anything else (a dose given
-outside its window, an amount, a reference the template lacks) goes through the same checks as
-:meth:`_ItemEvents.given`, or the whole element through :meth:`_ItemEvents.adjust`."""
+tuple built twice). Anything else (a dose given outside its window, an amount, a reference the
+template lacks) goes through the same checks as :meth:`_ItemEvents.given`, or the whole element
+through :meth:`_ItemEvents.adjust`. :class:`_Index` groups the item events by element first."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import deque
 from functools import lru_cache
-from itertools import repeat
-from operator import attrgetter, is_not, itemgetter, sub
+from itertools import compress, groupby, repeat
+from operator import attrgetter, is_not, itemgetter, not_, sub
 from typing import Any
 
 from .._machine import CompiledElement
 from .._models import Event
 
+from .common import _ADJUSTING
 
 _INDEX, _EVENT = itemgetter(0), itemgetter(1)
+_IS_GIVEN = "item_given".__eq__
+_OTHER_ADJUSTING = _ADJUSTING - {"item_given"}
+#: The element of an item reference ("induction:prednisone@1" → "induction"), shared by every plan.
+_ELEMENT_OF: dict[str, str] = {}
 _ITEM, _DATE, _DOSE = attrgetter("item"), attrgetter("date"), attrgetter("dose")
 _TOORDINAL = dt.date.toordinal
 #: (each event's template position, the note per position (None: not given by the fast path),
@@ -130,3 +135,90 @@ class _Given:
             self.given(row, ev, i, start)
             rows[pos] = tuple(row)
         return True
+
+
+class _Index:
+    """The recorded events that change an element's items, grouped by element in date order."""
+
+    def _index_given(self, events: list[Event], order: list[int], types: list[str]) -> list[tuple[int, Event]] | None:
+        """:meth:`index_adjustments` when the only events on items are ``item_given`` on known
+        elements (the common case), in bulk: C-level maps and one step per run of consecutive
+        events of one element, no Python loop per event; each element's events also kept as
+        columns (:attr:`given_cols`) for :meth:`_Given.prepare_given`. None (nothing changed)
+        otherwise."""
+        given = list(map(_IS_GIVEN, map(types.__getitem__, order)))
+        gi = list(compress(order, given))
+        evs = list(map(events.__getitem__, gi))
+        refs = list(map(_ITEM, evs))
+        elems = list(map(_ELEMENT_OF.get, refs))
+        if None in elems:
+            if len(_ELEMENT_OF) > 200_000:  # pragma: no cover - bounded: every reference of every protocol
+                _ELEMENT_OF.clear()
+            elems = [_ELEMENT_OF.setdefault(r, r.partition(":")[0]) for r in refs]
+        if not self.p.elements.keys() >= set(elems):
+            return None
+        doses = list(map(_DOSE, evs))
+        dates = list(map(self.ev_dates.__getitem__, gi))
+        by_element, cols = self.by_element, self.given_cols
+        a = 0
+        for element, run in groupby(elems):
+            b = a + len(list(run))
+            by_element.setdefault(element, []).extend(zip(gi[a:b], evs[a:b]))
+            amount = doses[a:b].count(None) != b - a
+            if element in cols:  # its events interleave with another element's
+                idx, rs, ds, am = cols[element]
+                cols[element] = (idx + gi[a:b], rs + refs[a:b], ds + dates[a:b], am or amount)
+            else:
+                cols[element] = (gi[a:b], refs[a:b], dates[a:b], amount)
+            a = b
+        mi = list(compress(order, map(not_, given)))
+        return list(zip(mi, map(events.__getitem__, mi)))
+
+    def index_adjustments(self, events: list[Event], order: list[int]) -> list[tuple[int, Event]]:
+        """Group the events that change an element's items by element, in date order, checking
+        what can be checked before the plan exists (the element is known, it has an infusion...).
+        Returns the other events (moves through the protocol), in date order."""
+        types, kinds = self.ev_types, self.ev_kinds
+        if "item_given" in kinds and _OTHER_ADJUSTING.isdisjoint(kinds):
+            moves = self._index_given(events, order, types)
+            if moves is not None:
+                return moves
+        p = self.p
+        elements = p.elements
+        by_element = self.by_element
+        moves = []
+        for i in order:
+            ev = events[i]
+            t = ev.type
+            if t == "item_given":  # the common case, first
+                element = ev.item.partition(":")[0]  # type: ignore[union-attr]
+                group = by_element.get(element)
+                if group is not None:
+                    group.append((i, ev))
+                    continue
+                if element in elements:
+                    by_element[element] = [(i, ev)]
+                    continue
+            elif t not in _ADJUSTING:
+                moves.append((i, ev))
+                continue
+            if ev.item is not None:
+                element = ev.item.partition(":")[0]
+                field_ = "item"
+            else:
+                element, field_ = str(ev.element), "element"
+            el = p.elements.get(element)
+            if el is None:
+                self.problem(("events", i, field_), f"expected an element of {p.id} ({', '.join(p.elements)}), got "
+                             f"{element!r}" + (f" in {ev.item!r}" if ev.item else ""))
+                continue
+            if ev.type.startswith("infusion_") and el.infusion is None:
+                self.problem(("events", i, "element"), f"{element!r} has no continuous infusion with interruption "
+                             f"rules: record element_held / element_resumed instead")
+                continue
+            if ev.type == "infusion_resumed" and ev.bag_hours is not None:
+                self.choose_bag(i, ev, element, store=False)
+            if ev.type != "item_given":
+                self.mixed.add(element)
+            by_element.setdefault(element, []).append((i, ev))
+        return moves

@@ -8,8 +8,7 @@ the protocol's rules (the compiled table, or the ``transitions`` machine when
 from __future__ import annotations
 
 import datetime as dt
-from itertools import compress, groupby, repeat
-from operator import attrgetter, itemgetter, not_
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from transitions import MachineError
@@ -21,16 +20,11 @@ from .._machine import OUTCOMES
 from .._models import Event
 from .._rules import RiskResult, add_months, explain, patient_facts
 
-from .common import _ADJUSTING, _eligibility_field, _narrow, _Open
+from .common import _eligibility_field, _narrow, _Open
 from .records import Plan
 
-_DATE, _TYPE, _ITEM = attrgetter("date"), attrgetter("type"), attrgetter("item")
-_FIRST, _PAIR = itemgetter(0), itemgetter(1, 2)
-_IS_GIVEN = "item_given".__eq__
-_DOSE = attrgetter("dose")
-#: The element of an item reference ("induction:prednisone@1" → "induction"), shared by every plan.
-_ELEMENT_OF: dict[str, str] = {}
-_OTHER_ADJUSTING = _ADJUSTING - {"item_given"}
+_DATE = attrgetter("date")
+_FIRST = itemgetter(0)
 
 
 class _Replay:
@@ -316,88 +310,3 @@ class _Replay:
         nxt = _Open(target, planned)
         nxt.actual_start = when
         return nxt
-
-    # -- projection -----------------------------------------------------------------
-
-    def _index_given(self, events: list[Event], order: list[int], types: list[str]) -> list[tuple[int, Event]] | None:
-        """:meth:`index_adjustments` when the only events on items are ``item_given`` on known
-        elements (the common case), in bulk: C-level maps and one step per run of consecutive
-        events of one element, no Python loop per event; each element's events also kept as
-        columns (:attr:`given_cols`) for :meth:`_Given.prepare_given`. None (nothing changed)
-        otherwise."""
-        given = list(map(_IS_GIVEN, map(types.__getitem__, order)))
-        gi = list(compress(order, given))
-        evs = list(map(events.__getitem__, gi))
-        refs = list(map(_ITEM, evs))
-        elems = list(map(_ELEMENT_OF.get, refs))
-        if None in elems:
-            if len(_ELEMENT_OF) > 200_000:  # pragma: no cover - bounded: every reference of every protocol
-                _ELEMENT_OF.clear()
-            elems = [_ELEMENT_OF.setdefault(r, r.partition(":")[0]) for r in refs]
-        if not self.p.elements.keys() >= set(elems):
-            return None
-        doses = list(map(_DOSE, evs))
-        dates = list(map(self.ev_dates.__getitem__, gi))
-        by_element, cols = self.by_element, self.given_cols
-        a = 0
-        for element, run in groupby(elems):
-            b = a + len(list(run))
-            by_element.setdefault(element, []).extend(zip(gi[a:b], evs[a:b]))
-            amount = doses[a:b].count(None) != b - a
-            if element in cols:  # its events interleave with another element's
-                idx, rs, ds, am = cols[element]
-                cols[element] = (idx + gi[a:b], rs + refs[a:b], ds + dates[a:b], am or amount)
-            else:
-                cols[element] = (gi[a:b], refs[a:b], dates[a:b], amount)
-            a = b
-        mi = list(compress(order, map(not_, given)))
-        return list(zip(mi, map(events.__getitem__, mi)))
-
-    def index_adjustments(self, events: list[Event], order: list[int]) -> list[tuple[int, Event]]:
-        """Group the events that change an element's items by element, in date order, checking
-        what can be checked before the plan exists (the element is known, it has an infusion...).
-        Returns the other events (moves through the protocol), in date order."""
-        types, kinds = self.ev_types, self.ev_kinds
-        if "item_given" in kinds and _OTHER_ADJUSTING.isdisjoint(kinds):
-            moves = self._index_given(events, order, types)
-            if moves is not None:
-                return moves
-        p = self.p
-        elements = p.elements
-        by_element = self.by_element
-        moves = []
-        for i in order:
-            ev = events[i]
-            t = ev.type
-            if t == "item_given":  # the common case, first
-                element = ev.item.partition(":")[0]  # type: ignore[union-attr]
-                group = by_element.get(element)
-                if group is not None:
-                    group.append((i, ev))
-                    continue
-                if element in elements:
-                    by_element[element] = [(i, ev)]
-                    continue
-            elif t not in _ADJUSTING:
-                moves.append((i, ev))
-                continue
-            if ev.item is not None:
-                element = ev.item.partition(":")[0]
-                field_ = "item"
-            else:
-                element, field_ = str(ev.element), "element"
-            el = p.elements.get(element)
-            if el is None:
-                self.problem(("events", i, field_), f"expected an element of {p.id} ({', '.join(p.elements)}), got "
-                             f"{element!r}" + (f" in {ev.item!r}" if ev.item else ""))
-                continue
-            if ev.type.startswith("infusion_") and el.infusion is None:
-                self.problem(("events", i, "element"), f"{element!r} has no continuous infusion with interruption "
-                             f"rules: record element_held / element_resumed instead")
-                continue
-            if ev.type == "infusion_resumed" and ev.bag_hours is not None:
-                self.choose_bag(i, ev, element, store=False)
-            if ev.type != "item_given":
-                self.mixed.add(element)
-            by_element.setdefault(element, []).append((i, ev))
-        return moves
