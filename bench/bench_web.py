@@ -28,6 +28,8 @@ def _percentiles(xs: list[float]) -> tuple[float, float]:
 
 
 def _timed(fn: Any, n: int) -> list[float]:
+    for _ in range(3):  # warm-up: the first requests fill the server's caches
+        fn()
     out = []
     for _ in range(n):
         t = time.perf_counter()

@@ -192,6 +192,20 @@ class Scoped:
         wl.rows = [r for r in wl.rows if r[1] in ids]
         return wl
 
+    def worklist_page(self, days: int = 7, number: int = 1, per_page: int = 250) -> Any:
+        """Page ``number`` (from 1) of this user's worklist, ``per_page`` rows, with the counts
+        and total of the whole list (filtered by the user's sites in SQL; on PostgreSQL row-level
+        security filters it again).
+
+        >>> wl = scoped.worklist_page(7, 1)  # doctest: +SKIP
+        >>> wl.total, len(wl.rows)  # doctest: +SKIP
+        (19000, 250)
+        """
+        _require(self.actor, "read")
+        sites = None if self.actor.every_site else sorted(self.actor.sites)
+        return self.reg.worklist_page(None, days, sites=sites, offset=(max(1, number) - 1) * per_page,
+                                      limit=per_page)
+
     # -- writing ------------------------------------------------------------------------
 
     def add_patient(self, data: dict[str, Any] | str, site: str | None = None) -> list[Any]:
@@ -209,16 +223,13 @@ class Scoped:
 
     def record(self, patient_id: str, kind: str, data: dict[str, Any], *, reason: str | None = None,
                supersedes: int | None = None) -> Any:
-        """Record an entry as this user (see :meth:`Registry.record`); then note whether it
-        waits for a second person's sign-off (:mod:`protocol._signoff`)."""
-        from ._signoff import note_required
+        """Record an entry as this user (see :meth:`Registry.record`) and, in the same
+        transaction, whether it waits for a second person's sign-off (:mod:`protocol._signoff`)."""
+        from ._signoff import record
 
         _require(self.actor, "record")
         self.site_of(patient_id)
-        before = self.plan(patient_id) if kind == "event" and data.get("type") == "item_given" else None
-        entry = self.reg.record(patient_id, kind, data, by=self.actor.name, reason=reason, supersedes=supersedes)
-        note_required(self.reg, entry, before)
-        return entry
+        return record(self.reg, patient_id, kind, data, by=self.actor.name, reason=reason, supersedes=supersedes)
 
     def retract(self, patient_id: str, seq: int, *, reason: str | None = None) -> Any:
         """Retract an entry as this user (see :meth:`Registry.retract`)."""
@@ -246,6 +257,14 @@ class Scoped:
 
         self.site_of(patient_id)
         return signoffs(self.reg, patient_id)
+
+    def signoff_marks(self, patient_id: str) -> tuple[Any, ...]:
+        """The patient's live dose-critical entries with their sign-off, as the roadmap prints
+        them (:func:`protocol._signoff.marks`)."""
+        from ._signoff import marks
+
+        self.site_of(patient_id)
+        return marks(self.reg, patient_id)
 
     def unsigned(self) -> list[tuple[str, int, str, str, str]]:
         """Entries of this user's patients still waiting for sign-off."""

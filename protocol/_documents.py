@@ -147,6 +147,8 @@ class Cell(NamedTuple):
     given_date: str = ""
     given_dose: str = ""
     reason: str = ""  # why it was omitted
+    signoff: str = ""  # a dose-critical entry on this item: "awaiting verification (recorded by ...)"
+    awaiting: bool = False  # ... of which one still waits for its sign-off
 
 
 class GridRow(NamedTuple):
@@ -207,6 +209,8 @@ class Section(NamedTuple):
     values: int = 0  # values printed on this element's page(s)
     unverified_values: int = 0  # of which placeholders (marked)
     widths: tuple[float, ...] = ()  # relative widths of the day grid's columns (for the PDF)
+    start_signoff: str = ""  # the element was started before the counts recovered: its sign-off
+    start_awaiting: bool = False
 
 
 def _fmt_date(day: dt.date | None) -> str:
@@ -425,9 +429,15 @@ def _count(section: Section) -> tuple[int, int]:
     return len(marks), sum(marks)
 
 
+def _signed_text(found: list[Any]) -> tuple[str, bool]:
+    """The sign-off words of the dose-critical entries ``found`` on one value, and whether one waits."""
+    return "; ".join(m.text for m in found), any(not m.signed for m in found)
+
+
 def _section(plan: Plan, span: Any, items: list[Item], decision: Any,
-             recorded: dict[str, list[Any]] | None = None) -> Section:
+             recorded: dict[str, list[Any]] | None = None, marks: dict[str, list[Any]] | None = None) -> Section:
     p = plan.protocol
+    marks = {} if marks is None else marks
     el = p.elements[span.id]
     model = el.model
     # Every slot that is not an assessment (administrations, and any other kind of task such as
@@ -483,7 +493,11 @@ def _section(plan: Plan, span: Any, items: list[Item], decision: Any,
                 text = f"{text} — start, daily to {dt.date.fromordinal(run[1]).isoformat()}"
             elif run is not None and ordinal == run[1]:
                 text = f"{text} — last day"
-            cells.append(_cell(hit, text, hit.unverified, recorded, plan.as_of))
+            cell = _cell(hit, text, hit.unverified, recorded, plan.as_of)
+            found = marks.get(hit.ref.lower())
+            if found:
+                cell = cell._replace(**dict(zip(("signoff", "awaiting"), _signed_text(found), strict=True)))
+            cells.append(cell)
         studies = "; ".join(f"{letters[i.slot.key]}. {i.slot.name}" + _study_state(i, recorded, plan.as_of)
                             for i in todays if i.slot.key in letters and i.slot.kind == "assessment")
         # What the columns do not hold (a delay, a dose modification, a hold...) goes in the
@@ -496,7 +510,8 @@ def _section(plan: Plan, span: Any, items: list[Item], decision: Any,
         built.append((GridRow(day.isoformat(), day.strftime("%a"), element_day, first.study_day, tuple(cells),
                               studies, comment, given_dates.pop() if len(given_dates) == 1 else "",
                               dt.date.fromordinal(ordinal - moved).isoformat() if moved else ""),
-                      not studies and not comment and all(i.status == "planned" for i in todays)))
+                      not studies and not comment and all(i.status == "planned" for i in todays)
+                      and not any(c.signoff for c in cells)))
     grid = _fold(built)
     start = span.actual_start or span.planned_start
     next_row = ""
@@ -525,7 +540,10 @@ def _section(plan: Plan, span: Any, items: list[Item], decision: Any,
                       next_row, notes, decision, observations, decision_row, _measures(items),
                       _pause_records(plan, span), () if span.branch else _deviation_records(plan, span.id))
     values, unverified = _count(section)
-    return section._replace(values=values, unverified_values=unverified, widths=_grid_widths(section))
+    started = marks.get(f"start:{span.id}") if span.branch is None else None
+    start_signoff, start_awaiting = _signed_text(started) if started else ("", False)
+    return section._replace(values=values, unverified_values=unverified, widths=_grid_widths(section),
+                            start_signoff=start_signoff, start_awaiting=start_awaiting)
 
 
 def _decision_text(d: Any) -> str:
@@ -541,8 +559,24 @@ def _decision_text(d: Any) -> str:
     return f"Decision {d.id} ({state}): {rules}"
 
 
-def roadmap_context(plan: Plan, generated: dt.datetime | None = None) -> dict[str, Any]:
-    """The values a roadmap template receives (all pre-formatted)."""
+def _marks_by_place(signoffs: Sequence[Any]) -> dict[str, list[Any]]:
+    """Sign-off marks by where the roadmap prints them: an item's ref, or ``start:ELEMENT``."""
+    out: dict[str, list[Any]] = {}
+    for m in signoffs:
+        if m.item:
+            out.setdefault(m.item.lower(), []).append(m)
+        elif m.type == "element_started" and m.element:
+            out.setdefault(f"start:{m.element}", []).append(m)
+    return out
+
+
+def roadmap_context(plan: Plan, generated: dt.datetime | None = None, signoffs: Sequence[Any] = ()) -> dict[str, Any]:
+    """The values a roadmap template receives (all pre-formatted).
+
+    ``signoffs``: the patient's dose-critical entries (:func:`protocol._signoff.marks`; a
+    registry patient's, none for a patient file), printed beside the values they changed and
+    listed on the cover, signed ("dose verified by ...") or waiting ("awaiting verification").
+    """
     p = plan.protocol
     patient = plan.patient
     if generated is None:
@@ -552,8 +586,9 @@ def roadmap_context(plan: Plan, generated: dt.datetime | None = None) -> dict[st
         by_element.setdefault((item.slot.element, item.branch), []).append(item)
     decisions_at = {(d.at, d.branch): d for d in plan.decisions}
     recorded = _recorded_events(plan)
+    marks = _marks_by_place(signoffs)
     sections = [_section(plan, span, by_element.get((span.id, span.branch), []),
-                         decisions_at.get((span.id, span.branch)), recorded) for span in plan.elements]
+                         decisions_at.get((span.id, span.branch)), recorded, marks) for span in plan.elements]
     latest = None
     in_force = [m for m in patient.measurements if m.date <= plan.as_of]
     if in_force:
@@ -588,6 +623,8 @@ def roadmap_context(plan: Plan, generated: dt.datetime | None = None) -> dict[st
         "warnings": plan.warnings,
         "placeholders": placeholders,
         "deviations": _deviation_records(plan),
+        "signoffs": [{"summary": m.summary, "text": m.text, "signed": m.signed} for m in signoffs],
+        "awaiting_signoff": sum(not m.signed for m in signoffs),
         "anthracycline": _anthracycline_lines(plan),
         "site": site,
         "evidence": evidence_counts(p),
@@ -609,12 +646,13 @@ def _generated_at() -> dt.datetime:
 
 
 def render_roadmap(plan: Plan, format: str = "html", templates: str | os.PathLike[str] | None = None,
-                   generated: dt.datetime | None = None) -> str:
+                   generated: dt.datetime | None = None, signoffs: Sequence[Any] = ()) -> str:
     """Render a patient's printable roadmap as HTML or Markdown text.
 
     ``templates``: a folder whose ``roadmap.html.j2`` / ``roadmap.md.j2`` override the built-in
     ones. ``generated``: the timestamp printed in the footer (default: now, or
-    ``SOURCE_DATE_EPOCH`` when set).
+    ``SOURCE_DATE_EPOCH`` when set). ``signoffs``: a registry patient's dose-critical entries
+    (:func:`protocol._signoff.marks`), see :func:`roadmap_context`.
 
     >>> html = render_roadmap(plan("examples/patients/mr-on-time.yaml"))  # doctest: +SKIP
     """
@@ -625,7 +663,7 @@ def render_roadmap(plan: Plan, format: str = "html", templates: str | os.PathLik
 
     name = f"roadmap.{format}.j2"
     try:
-        return _env(templates).get_template(name).render(**roadmap_context(plan, generated))
+        return _env(templates).get_template(name).render(**roadmap_context(plan, generated, signoffs))
     except (SecurityError, jinja2.TemplateError) as exc:
         if templates is None:
             raise
@@ -700,7 +738,7 @@ def _typst_environment(search: tuple[str, ...]) -> Any:
 
 
 def render_typst(plan: Plan, templates: str | os.PathLike[str] | None = None,
-                 generated: dt.datetime | None = None) -> str:
+                 generated: dt.datetime | None = None, signoffs: Sequence[Any] = ()) -> str:
     """The roadmap as typst source (``templates/roadmap.typ.j2``): what :func:`render_pdf`
     compiles. Every value from the definition or the patient file is a typst string literal.
 
@@ -711,7 +749,7 @@ def render_typst(plan: Plan, templates: str | os.PathLike[str] | None = None,
     if generated is None:
         generated = _generated_at()
     search = _env(templates).loader.searchpath
-    context = roadmap_context(plan, generated)
+    context = roadmap_context(plan, generated, signoffs)
     g = generated.astimezone(dt.UTC)
     context["generated_parts"] = (g.year, g.month, g.day, g.hour, g.minute, g.second)
     import jinja2
@@ -728,7 +766,7 @@ def render_typst(plan: Plan, templates: str | os.PathLike[str] | None = None,
 
 
 def render_pdf(plan: Plan, templates: str | os.PathLike[str] | None = None,
-               generated: dt.datetime | None = None, engine: str = "typst") -> bytes:
+               generated: dt.datetime | None = None, engine: str = "typst", signoffs: Sequence[Any] = ()) -> bytes:
     """Render a patient's printable roadmap as PDF bytes.
 
     ``engine="typst"`` (default): ``templates/roadmap.typ.j2`` compiled in-process by the
@@ -738,6 +776,7 @@ def render_pdf(plan: Plan, templates: str | os.PathLike[str] | None = None,
     the HTML roadmap through WeasyPrint (about ten times slower; needs the optional
     ``weasyprint`` package and the Pango library), with ``roadmap.print.css``. With
     ``SOURCE_DATE_EPOCH`` set (or ``generated`` given) the output is byte-identical from run to run.
+    ``signoffs``: a registry patient's dose-critical entries, see :func:`roadmap_context`.
 
     >>> data = render_pdf(plan("examples/patients/mr-on-time.yaml"))  # doctest: +SKIP
     >>> data[:5]  # doctest: +SKIP
@@ -748,10 +787,10 @@ def render_pdf(plan: Plan, templates: str | os.PathLike[str] | None = None,
     if generated is None:
         generated = _generated_at()
     if engine == "weasyprint":
-        return _weasyprint_pdf(plan, templates, generated)
+        return _weasyprint_pdf(plan, templates, generated, signoffs)
     import typst
 
-    source = render_typst(plan, templates, generated)
+    source = render_typst(plan, templates, generated, signoffs)
     try:
         return typst.compile(source.encode("utf-8"), timestamp=int(generated.timestamp()))
     except typst.TypstError as exc:
@@ -760,8 +799,9 @@ def render_pdf(plan: Plan, templates: str | os.PathLike[str] | None = None,
                                  f"{exc.message if hasattr(exc, 'message') else exc}")) from None
 
 
-def _weasyprint_pdf(plan: Plan, templates: str | os.PathLike[str] | None, generated: dt.datetime) -> bytes:
-    html = render_roadmap(plan, "html", templates, generated)
+def _weasyprint_pdf(plan: Plan, templates: str | os.PathLike[str] | None, generated: dt.datetime,
+                    signoffs: Sequence[Any] = ()) -> bytes:
+    html = render_roadmap(plan, "html", templates, generated, signoffs)
     try:
         import weasyprint
     except ImportError:

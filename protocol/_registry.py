@@ -791,13 +791,18 @@ class Registry:
         return written
 
     def record(self, patient_id: str, kind: str, data: dict[str, Any], *, by: str | None = None,
-               reason: str | None = None, supersedes: int | None = None, label: str = "record") -> Entry:
+               reason: str | None = None, supersedes: int | None = None, label: str = "record",
+               then: Callable[[Any, Entry, Any], None] | None = None) -> Entry:
         """Append one entry to a patient's log, after validating the patient with it.
 
         ``kind``: ``measurement``, ``mrd``, ``count``, ``event`` (``data`` as in a patient
         file's list) or ``base`` (the whole new base record; it supersedes the current one).
         ``supersedes``: the seq of an entry of the same kind this one corrects (it takes its
-        place); a correction needs a ``reason``. Returns the entry once it is on disk.
+        place); a correction needs a ``reason``. ``then(conn, entry, plan)``: more to write
+        in the same transaction, under the same patient lock, once the entry is inserted
+        (``plan``: the patient's plan with it), e.g. that it waits for sign-off
+        (:mod:`protocol._signoff`); if it raises, nothing is stored. Returns the entry once it
+        is on disk.
         """
         by = _who(by)
         if kind not in KINDS:
@@ -828,6 +833,8 @@ class Registry:
             state.apply(_NEW, kind, data, supersedes, None)
             patient, result = self._validate(patient_id, state, label)
             entry = self._insert(conn, patient_id, kind, data, by, self._recorded_at(conn), reason, supersedes)
+            if then is not None:
+                then(conn, entry, result)
             self._project_patient(conn, patient_id, self.today(), None, (patient, result, entry.seq))
         return entry
 
@@ -1087,6 +1094,25 @@ class Registry:
 
         self._serve(start, days, as_of, lambda conn, start, days, day, refreshed: stream(
             conn, start, days, day, refreshed, out, json_output))
+
+    def worklist_page(self, start: dt.date | None = None, days: int = MIN_HORIZON_DAYS,
+                      as_of: dt.date | None = None, *, sites: Sequence[str] | None = None,
+                      offset: int = 0, limit: int = 250) -> Any:
+        """One page of :meth:`worklist` (``limit`` rows from ``offset``), only the patients of
+        ``sites`` (``None``: every site), as a :class:`~protocol._worklist.Worklist` whose
+        ``rows`` are that page, with ``total`` and ``counted`` (rows per category) of the
+        whole list: the web's worklist page.
+
+        >>> wl = reg.worklist_page(days=7, sites=["site-a"], offset=0, limit=250)  # doctest: +SKIP
+        >>> wl.total, wl.counts()["due"]  # doctest: +SKIP
+        """
+        from ._worklist import Worklist, page
+
+        def serve(conn: Any, start: dt.date, days: int, day: dt.date, refreshed: int) -> Any:
+            counts, rows = page(conn, start, days, day, None if sites is None else sorted(sites), offset, limit)
+            return Worklist(start, days, rows, refreshed, self.path, day, counted=counts)
+
+        return self._serve(start, days, as_of, serve)
 
     def _serve(self, start: dt.date | None, days: int, as_of: dt.date | None, serve: Callable[..., Any]) -> Any:
         """Refresh what is stale, then ``serve(conn, start, days, as_of, refreshed)`` from one

@@ -14,6 +14,10 @@ Signing asks for the signer's password again. The signature stores the meaning, 
 and the time (UTC) and is linked to the entry: a later correction (supersession or
 retraction) voids it, and the correcting entry, if dose-critical, waits for its own.
 
+:func:`record` writes an entry and the note that it waits (``signoff_required``) in one
+registry transaction (the ``then`` of :meth:`~protocol._registry.Registry.record`, under the
+patient's lock on PostgreSQL): both are stored or neither.
+
 >>> required_meaning({"type": "dose_modified", "item": "ib:mercaptopurine@1", "percent": 50})
 ('dose verified', 'a dose modification')
 """
@@ -25,7 +29,8 @@ from typing import Any
 
 from ._errors import InputError, Problem
 
-__all__ = ["SignOff", "note_required", "required_meaning", "sign", "signoffs", "unsigned"]
+__all__ = ["SignMark", "SignOff", "marks", "note_required", "record", "required_meaning", "sign", "signoffs",
+           "unsigned"]
 
 DOSE = "dose verified"
 DECISION = "decision approved"
@@ -44,6 +49,62 @@ class SignOff:
     signer: str | None
     signed_at: str | None
     state: str
+
+
+@dataclass(frozen=True, slots=True)
+class SignMark:
+    """A live dose-critical entry as the documents show it: what it is, and where its sign-off stands.
+
+    ``item`` / ``element``: where the roadmap prints it (the item's cell in the day grid, the
+    element's actual start); ``date``: the event's date; ``recorded_at`` / ``signed_at``: UTC
+    stamps of the registry.
+    """
+
+    entry: int
+    type: str
+    item: str | None
+    element: str | None
+    date: str
+    meaning: str
+    why: str
+    recorded_by: str
+    recorded_at: str
+    signer: str | None = None
+    signed_at: str | None = None
+
+    @property
+    def signed(self) -> bool:
+        """Whether a second person signed it."""
+        return self.signer is not None
+
+    @property
+    def text(self) -> str:
+        """Where its sign-off stands, in words.
+
+        >>> SignMark(17, "dose_modified", "induction:dexamethasone@8", None, "2026-11-21", DOSE,
+        ...          "a dose modification", "alice", "2026-11-21T09:30:00.000000Z").text
+        'awaiting verification (recorded by alice on 2026-11-21 09:30 UTC)'
+        >>> SignMark(18, "hsct", None, None, "2026-11-22", DECISION, "an HSCT decision", "alice",
+        ...          "2026-11-22T08:00:00.000000Z", "ines", "2026-11-22T10:15:42.000000Z").text
+        'decision approved by ines on 2026-11-22 10:15 UTC'
+        """
+        if self.signer is not None:
+            return f"{self.meaning} by {self.signer} on {_when(self.signed_at)}"
+        waits = "approval" if self.meaning == DECISION else "verification"
+        return f"awaiting {waits} (recorded by {self.recorded_by} on {_when(self.recorded_at)})"
+
+    @property
+    def summary(self) -> str:
+        """The entry in one line, for the roadmap's cover: ``#17 2026-11-21 a dose modification
+        (induction:dexamethasone@8)``."""
+        where = self.item or self.element
+        return f"#{self.entry} {self.date} {self.why}" + (f" ({where})" if where else "")
+
+
+def _when(stamp: str | None) -> str:
+    """A registry stamp (``2026-11-21T09:30:00.000000Z``) as ``2026-11-21 09:30 UTC``."""
+    text = stamp or ""
+    return f"{text[:10]} {text[11:16]} UTC" if len(text) >= 16 else text
 
 
 def required_meaning(data: Any, planned: str | None = None, deviations: Any = ()) -> tuple[str, str] | None:
@@ -81,26 +142,42 @@ def _planned_amount(plan: Any, ref: str) -> str | None:
     return None
 
 
-def note_required(reg: Any, entry: Any, before: Any = None) -> SignOff | None:
-    """After ``entry`` was recorded: store that it waits for sign-off, if it is dose-critical.
-
-    ``before``: the patient's plan just before the entry (needed for ``item_given``).
-    """
+def _needed(entry: Any, plan: Any) -> tuple[str, str] | None:
+    """What ``entry`` waits for, given the patient's ``plan`` with it (the planned dose of a
+    given item is its planned dose there too: recording it given does not change it)."""
     if entry.kind != "event" or not isinstance(entry.data, dict):
         return None
     data = entry.data
-    planned = _planned_amount(before, data.get("item", "")) if before is not None and "item" in data else None
-    deviations: Any = ()
-    if data.get("type") == "element_started":
-        from ._schedule import plan
+    planned = _planned_amount(plan, data.get("item", "")) if "item" in data else None
+    deviations = plan.deviations if data.get("type") == "element_started" else ()
+    return required_meaning(data, planned, deviations)
 
-        deviations = plan(reg.patient(entry.patient), as_of=reg.today()).deviations
-    need = required_meaning(data, planned, deviations)
+
+def note_required(conn: Any, entry: Any, plan: Any) -> SignOff | None:
+    """Inside the write that recorded ``entry``: store that it waits for sign-off, if it is
+    dose-critical (``plan``: the patient's plan with the entry). What :func:`record` passes
+    to :meth:`Registry.record` as ``then``, so the entry and its note commit together.
+    """
+    need = _needed(entry, plan)
     if need is None:
         return None
-    with reg._write() as conn:
-        conn.execute("INSERT INTO signoff_required (entry, meaning, why) VALUES (?, ?, ?)", (entry.seq, *need))
+    conn.execute("INSERT INTO signoff_required (entry, meaning, why) VALUES (?, ?, ?)", (entry.seq, *need))
     return SignOff(entry.seq, need[0], need[1], None, None, "unsigned")
+
+
+def record(reg: Any, patient_id: str, kind: str, data: dict[str, Any], *, by: str, reason: str | None = None,
+           supersedes: int | None = None) -> Any:
+    """Record an entry (:meth:`Registry.record`) and, in the same transaction, that it waits
+    for a second person's sign-off if it is dose-critical: both are stored, or neither.
+
+    >>> entry = record(reg, "INF-0001", "event", {"type": "dose_modified", "item": ref,  # doctest: +SKIP
+    ...                "date": "2026-11-21", "percent": 50, "of": "standard", "scope": "item",
+    ...                "reason": "liver toxicity"}, by="alice")
+    >>> signoffs(reg, "INF-0001")[entry.seq].state  # doctest: +SKIP
+    'unsigned'
+    """
+    return reg.record(patient_id, kind, data, by=by, reason=reason, supersedes=supersedes,
+                      then=lambda conn, entry, plan: note_required(conn, entry, plan))
 
 
 def signoffs(reg: Any, patient_id: str) -> dict[int, SignOff]:
@@ -117,6 +194,32 @@ def signoffs(reg: Any, patient_id: str) -> dict[int, SignOff]:
         state = "void" if corrected and signer else ("signed" if signer else ("corrected" if corrected else "unsigned"))
         out[seq] = SignOff(seq, meaning, why, signer, at, state)
     return out
+
+
+def marks(reg: Any, patient_id: str) -> tuple[SignMark, ...]:
+    """The patient's live dose-critical entries (not corrected), signed or waiting, in log
+    order: what the roadmap prints beside the values they changed (:mod:`protocol._documents`).
+
+    A corrected entry is left out (its correction, if dose-critical, has its own mark).
+
+    >>> [m.text for m in marks(reg, "INF-0001")]  # doctest: +SKIP
+    ['awaiting verification (recorded by alice on 2026-11-21 09:30 UTC)']
+    """
+    import json
+
+    with reg._read() as conn:
+        rows = conn.execute(
+            "SELECT r.entry, r.meaning, r.why, e.data, e.recorded_by, e.recorded_at, g.signer, g.signed_at "
+            "FROM signoff_required AS r JOIN entries AS e ON e.seq = r.entry "
+            "LEFT JOIN signatures AS g ON g.entry = r.entry WHERE e.patient = ? "
+            "AND NOT EXISTS (SELECT 1 FROM entries AS c WHERE c.supersedes = r.entry OR c.retracts = r.entry) "
+            "ORDER BY r.entry", (patient_id,)).fetchall()
+    out = []
+    for seq, meaning, why, data, by, at, signer, signed_at in rows:
+        event = json.loads(data) if isinstance(data, str) else (data or {})
+        out.append(SignMark(int(seq), str(event.get("type", "")), event.get("item"), event.get("element"),
+                            str(event.get("date", "")), meaning, why, by, at, signer, signed_at))
+    return tuple(out)
 
 
 def unsigned(reg: Any, patients: Any) -> list[tuple[str, int, str, str, str]]:

@@ -102,27 +102,73 @@ def test_a_dose_modification_waits_for_a_second_person_and_a_correction_voids_th
     recorder = Actor("phil", "pharmacist", frozenset({"site-a"}))
     with pytest.raises(InputError, match="password is wrong"):
         Scoped(reg, recorder).sign(entry.seq, "not my password")
+    [mark] = scoped.signoff_marks("INF-0001")  # what the roadmap prints
+    assert (mark.entry, mark.item, mark.signed) == (entry.seq, ref, False)
+    assert mark.text.startswith("awaiting verification (recorded by alice on ")
     signed = Scoped(reg, recorder).sign(entry.seq, "pharmacist pass phrase")
     assert (signed.meaning, signed.signer, signed.state) == ("dose verified", "phil", "signed")
+    [mark] = scoped.signoff_marks("INF-0001")
+    assert mark.signed and mark.text == f"dose verified by phil on {signed.signed_at[:10]} {signed.signed_at[11:16]} UTC"
+    with pytest.raises(NotFound):
+        Scoped(reg, B).signoff_marks("INF-0001")
     with pytest.raises(InputError, match="already signed"):
         Scoped(reg, recorder).sign(entry.seq, "pharmacist pass phrase")
     scoped.retract("INF-0001", entry.seq, reason="wrong item")
     assert scoped.signoffs("INF-0001")[entry.seq].state == "void"
     assert scoped.unsigned() == []
+    assert scoped.signoff_marks("INF-0001") == ()  # a corrected entry is no longer on the roadmap
 
 
 def test_the_recorder_cannot_sign_their_own_entry(reg) -> None:
     add_user(reg, "carl", "coordinator", ["site-a"], "coordinator pass phrase")
     ref = next(i.ref for i in Scoped(reg, A).plan("INF-0001").items if i.status == "planned" and i.dose is not None)
     # phil records (as if a coordinator too) and then tries to sign it himself.
-    entry = reg.record("INF-0001", "event", {"type": "dose_modified", "item": ref, "date": "2026-11-21",
-                                             "percent": 50, "of": "standard", "scope": "item", "reason": "x"},
-                       by="phil")
-    from protocol._signoff import note_required
+    from protocol._signoff import record
 
-    note_required(reg, entry)
+    entry = record(reg, "INF-0001", "event", {"type": "dose_modified", "item": ref, "date": "2026-11-21",
+                                              "percent": 50, "of": "standard", "scope": "item", "reason": "x"},
+                   by="phil")
     with pytest.raises(InputError, match="recorded by you"):
         Scoped(reg, PHARMACIST).sign(entry.seq, "pharmacist pass phrase")
+
+
+def _rows(reg, table: str) -> int:
+    with reg._read() as conn:
+        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+def test_an_entry_and_its_sign_off_note_are_one_transaction(reg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The note that a dose modification waits for sign-off is written in the entry's own
+    transaction: when writing the note fails, the entry is not stored either (nothing
+    half-written: no dose change left without its sign-off)."""
+    import protocol._signoff as signoff
+
+    scoped = Scoped(reg, A)
+    ref = next(i.ref for i in scoped.plan("INF-0001").items if i.status == "planned" and i.dose is not None)
+    event = {"type": "dose_modified", "item": ref, "date": "2026-11-21", "percent": 50, "of": "standard",
+             "scope": "item", "reason": "liver toxicity"}
+    entries, notes = _rows(reg, "entries"), _rows(reg, "signoff_required")
+    history = scoped.history("INF-0001")
+    plan = scoped.plan("INF-0001")
+    real = signoff.note_required
+
+    def fails(conn, entry, after):
+        real(conn, entry, after)  # the note is written, then the transaction fails before commit
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(signoff, "note_required", fails)
+    with pytest.raises(OSError, match="No space left"):
+        scoped.record("INF-0001", "event", event)
+    assert (_rows(reg, "entries"), _rows(reg, "signoff_required")) == (entries, notes)
+    assert scoped.history("INF-0001") == history
+    assert [(i.ref, i.dose and i.dose.amount) for i in scoped.plan("INF-0001").items] == \
+        [(i.ref, i.dose and i.dose.amount) for i in plan.items]
+    assert scoped.unsigned() == []
+    # The registry still takes the entry afterwards, with its note.
+    monkeypatch.setattr(signoff, "note_required", real)
+    entry = scoped.record("INF-0001", "event", event)
+    assert scoped.signoffs("INF-0001")[entry.seq].state == "unsigned"
+    assert (_rows(reg, "entries"), _rows(reg, "signoff_required")) == (entries + 1, notes + 1)
 
 
 def test_a_given_dose_that_differs_from_the_plan_needs_sign_off(reg) -> None:

@@ -6,6 +6,7 @@ import datetime as dt
 import time
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -718,3 +719,146 @@ def test_timeline_names_are_wrapped_never_cut() -> None:
         assert "…" not in svg
         words = " ".join(re.findall(r"<tspan[^>]*>([^<]*)</tspan>", svg))
         assert "Allogeneic stem-cell transplant" in words
+
+
+# --------------------------------------------------------------------------- sign-off on the roadmap
+
+
+@pytest.fixture()
+def signed_registry(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """A registry with INF-0001 (mr-on-time) and three dose-critical entries recorded by alice:
+    a dose modification waiting for sign-off, a given dose that differs from the plan signed
+    by phil, and a dose modification corrected (retracted) before sign-off."""
+    from protocol._access import Actor, Scoped
+    from protocol._auth import add_site, add_user
+    from protocol._registry import open_registry
+
+    db = tmp_path / "r.db"
+    alice = Actor("alice", "coordinator", frozenset({"site-a"}))
+    phil = Actor("phil", "pharmacist", frozenset({"site-a"}))
+    with open_registry(db, create=True) as reg:
+        add_site(reg, "site-a")
+        add_user(reg, "alice", "coordinator", ["site-a"], "coordinator pass phrase")
+        add_user(reg, "phil", "pharmacist", ["site-a"], "pharmacist pass phrase")
+        reg.add_patient(ROOT / "examples/patients/mr-on-time.yaml", by="alice", site="site-a")
+        scoped = Scoped(reg, alice)
+        plan = scoped.plan("INF-0001")
+        running = {e.id for e in plan.elements if e.actual_start is not None}
+        doses = [i for i in plan.items if i.dose is not None and i.dose.amount and i.status == "planned"]
+        modified, retracted = doses[-1], doses[-2]
+        given = next(i for i in plan.items if i.element in running and i.dose is not None and i.dose.amount
+                     and i.status not in ("given", "omitted") and i.date <= reg.today())
+
+        def modify(item: Any) -> Any:
+            return scoped.record("INF-0001", "event", {"type": "dose_modified", "item": item.ref,
+                                                       "date": reg.today().isoformat(), "percent": 50, "of": "standard",
+                                                       "scope": "item", "reason": "liver toxicity"})
+
+        waiting = modify(modified)
+        gone = modify(retracted)
+        scoped.retract("INF-0001", gone.seq, reason="wrong item")
+        other = scoped.record("INF-0001", "event", {"type": "item_given", "item": given.ref,
+                                                    "date": given.date.isoformat(),
+                                                    "dose": round(given.dose.amount * 0.8, 3)})
+        signature = Scoped(reg, phil).sign(other.seq, "pharmacist pass phrase")
+    return db, {"waiting": waiting, "modified": modified, "given": given, "other": other, "signature": signature,
+                "retracted": retracted, "gone": gone}
+
+
+def test_the_roadmap_shows_each_dose_critical_entrys_sign_off_beside_the_value_and_on_the_cover(
+        signed_registry: tuple[Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``protocol roadmap ID --db`` (HTML and PDF) prints "awaiting verification (recorded by
+    alice on ...)" in the day-grid cell of the modified dose and "dose verified by phil on ..."
+    in the cell of the signed given dose, and lists both on the cover; the entry corrected
+    before sign-off is not listed."""
+    from typer.testing import CliRunner
+
+    from protocol._cli import app
+    from protocol._registry import open_registry
+    from protocol._signoff import marks
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    db, made = signed_registry
+    with open_registry(db) as reg:
+        found = marks(reg, "INF-0001")
+    assert [m.entry for m in found] == [made["waiting"].seq, made["other"].seq]  # the retracted one is gone
+    stamp = made["waiting"].recorded_at
+    waits = f"awaiting verification (recorded by alice on {stamp[:10]} {stamp[11:16]} UTC)"
+    signed_at = made["signature"].signed_at
+    verified = f"dose verified by phil on {signed_at[:10]} {signed_at[11:16]} UTC"
+    assert [m.text for m in found] == [waits, verified]
+
+    runner = CliRunner()
+    for out in ("r.html", "r.pdf", "r.md"):
+        result = runner.invoke(app, ["roadmap", "INF-0001", "--db", str(db), "-o", str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert not _read(html).errors
+    # In the day grid, inside the cell of the value each entry changed.
+    cells = re.findall(r"<td>(.*?)</td>", html, flags=re.S)
+    modified = made["modified"]
+    holding = [c for c in cells if waits in c]
+    assert len(holding) == 1 and f'<span class="signoff awaiting">Sign-off: {waits}</span>' in holding[0]
+    assert modified.ref.split(":")[0] in html
+    given_cell = [c for c in cells if verified in c]
+    assert len(given_cell) == 1 and "given " + made["given"].date.isoformat() in given_cell[0]
+    assert f'<span class="signoff">Sign-off: {verified}</span>' in given_cell[0]
+    # On the cover's list, with the count still waiting.
+    cover = html[:html.index('<section class="element"')]
+    assert "<h3>Sign-off of dose-critical entries</h3>" in cover
+    assert "1 of 2 awaiting a second person's sign-off" in cover
+    assert f"#{made['waiting'].seq} {made['waiting'].data['date']} a dose modification ({modified.ref}): " \
+           f'<span class="signoff awaiting">{waits}</span>' in cover
+    assert f"({made['given'].ref}): <span class=\"signoff\">{verified}</span>" in cover
+    assert f"({made['retracted'].ref})" not in cover
+    # The PDF reads back with the same words, in the grid and on page 1.
+    pages = _pages((tmp_path / "r.pdf").read_bytes())
+    flat = _squash("".join(pages))
+    assert flat.count(_squash(f"Sign-off: {waits}")) == 1 and flat.count(_squash(f"Sign-off: {verified}")) == 1
+    first = _squash(pages[0])
+    assert _squash("Sign-off of dose-critical entries") in first and _squash("1 of 2 awaiting") in first
+    assert _squash(f"a dose modification ({modified.ref}): {waits}") in first
+    assert _squash(f"({made['given'].ref}): {verified}") in first
+    given_page = next(p for p in pages if _squash(f"Sign-off: {verified}") in _squash(p))
+    assert _squash(f"given {made['given'].date.isoformat()}") in _squash(given_page)
+    md = (tmp_path / "r.md").read_text(encoding="utf-8")
+    assert f"sign-off: **{waits}**" in md and f"sign-off: {verified}" in md
+
+
+def test_a_patient_file_roadmap_has_no_sign_off_section() -> None:
+    plan = protocol.plan(ROOT / "examples/patients/mr-on-time.yaml", as_of=AS_OF)
+    html = render_roadmap(plan, "html")
+    assert "Sign-off" not in html and roadmap_context(plan)["signoffs"] == []
+
+
+def test_the_web_roadmap_shows_the_same_sign_off(signed_registry: tuple[Path, dict[str, Any]],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``/patients/{id}/roadmap`` and ``roadmap.pdf`` pass the same sign-off state as the command line."""
+    import asyncio
+
+    import httpx
+
+    from protocol.web import create_app
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    db, made = signed_registry
+    app = create_app(db)
+
+    async def fetch() -> tuple[str, bytes]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
+            token = re.search(r'name="csrftoken" value="([^"]+)"', (await c.get("/signin")).text).group(1)
+            r = await c.post("/signin", data={"csrftoken": token, "name": "alice",
+                                              "password": "coordinator pass phrase"})
+            assert r.status_code == 303, r.text
+            html = await c.get("/patients/INF-0001/roadmap")
+            pdf = await c.get("/patients/INF-0001/roadmap.pdf")
+            assert html.status_code == pdf.status_code == 200
+            return html.text, pdf.content
+
+    html, pdf = asyncio.run(fetch())
+    stamp = made["waiting"].recorded_at
+    waits = f"awaiting verification (recorded by alice on {stamp[:10]} {stamp[11:16]} UTC)"
+    verified = f"dose verified by phil on {made['signature'].signed_at[:10]}"
+    assert f'<span class="signoff awaiting">Sign-off: {waits}</span>' in html and verified in html
+    flat = _squash("".join(_pages(pdf)))
+    assert _squash(f"Sign-off: {waits}") in flat and _squash(verified) in flat

@@ -415,3 +415,33 @@ def test_the_streamed_table_escapes_what_the_table_escapes(reg: Registry) -> Non
             assert out.getvalue() == want
     finally:
         db.rollback()
+
+
+def test_a_page_of_the_worklist_is_its_slice_for_the_sites_asked(db_url: str) -> None:
+    """``Registry.worklist_page`` (the web's worklist page): the rows from ``offset`` are the
+    same slice of ``worklist()`` restricted to the sites asked for, in the same order, and the
+    counts and total are those of the whole restricted list; no site asked, nothing listed."""
+    r = Registry(db_url, create=True, today=lambda: TODAY)
+    from protocol._auth import add_site
+
+    for site in ("site-a", "site-b"):
+        add_site(r, site)
+    r.add_patient(EXAMPLES[0], by="alice", site="site-a")
+    r.add_patient(EXAMPLES[1], by="alice", site="site-b")
+    r.add_patient(EXAMPLES[2], by="alice")  # the default site
+    try:
+        whole = r.worklist(None, 28)
+        ids = {row[1] for row in whole.rows}
+        a_id = protocol.load_patient(EXAMPLES[0]).id
+        assert len(ids) == 3 and a_id in ids
+        for sites, keep in ((["site-a"], {a_id}), (["site-a", "default", "site-b"], ids), ([], set())):
+            mine = [row for row in whole.rows if row[1] in keep]
+            counts = dict.fromkeys(CATEGORIES, 0)
+            for row in mine:
+                counts[row[2]] += 1
+            for offset, limit in ((0, 5), (5, 5), (0, 10_000), (len(mine) - 1, 5), (len(mine) + 3, 5)):
+                page = r.worklist_page(None, 28, sites=sites, offset=max(0, offset), limit=limit)
+                assert page.rows == mine[max(0, offset):max(0, offset) + limit]
+                assert page.counts() == counts and page.total == len(mine)
+    finally:
+        r.close()

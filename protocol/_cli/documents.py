@@ -63,6 +63,8 @@ def roadmap_command(
     A cover page (risk group, pathway, timeline) and one page per element in the layout of a
     Therapy Delivery Map. Every placeholder value is marked unverified, with a legend and a
     list at the end; every printed page says "check against the official protocol document".
+    For a registry patient each dose-critical entry shows its sign-off beside the value and on
+    the cover: "awaiting verification (recorded by ...)" or "dose verified by ...".
 
     Example: protocol roadmap examples/patients/mr-on-time.yaml --format pdf -o roadmap.pdf
     """
@@ -78,11 +80,23 @@ def roadmap_command(
         _run(_check_folder, output)
     who = _run(_patient, patient, db)
     result = _run(plan, who, _run(_protocol_for, who, site), as_of=_run(_as_of, as_of))
+    signoffs = _run(_signoffs, who, db)
     if fmt == "pdf":
         assert output is not None
-        _run(_write_bytes, _run(render_pdf, result, templates, None, engine.value), output)
+        _run(_write_bytes, _run(render_pdf, result, templates, None, engine.value, signoffs), output)
         return
-    _run(_emit, _run(render_roadmap, result, fmt, templates), output)
+    _run(_emit, _run(render_roadmap, result, fmt, templates, None, signoffs), output)
+
+
+def _signoffs(who: object, db: str | None) -> tuple[object, ...]:
+    """A registry patient's dose-critical entries and their sign-off (none for a patient file)."""
+    if isinstance(who, str):
+        return ()
+    from .._registry import open_registry
+    from .._signoff import marks
+
+    with open_registry(db) as reg:
+        return marks(reg, who.id)  # type: ignore[attr-defined]
 
 
 @app.command("calendar")

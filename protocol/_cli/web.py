@@ -28,6 +28,11 @@ sites_app = typer.Typer(help="Trial sites (centres); every patient belongs to on
 app.add_typer(users_app, name="users")
 app.add_typer(sites_app, name="sites")
 
+SecretFile = Annotated[str | None, typer.Option(
+    "--secret-file", help="The file of the key that signs the web forms' CSRF tokens. Default: "
+    "$PROTOCOL_WEB_SECRET_FILE, else DB.web-secret beside an SQLite registry, else "
+    "~/.config/protocol/USER@HOST_PORT_DBNAME.web-secret for PostgreSQL.", metavar="FILE", show_default=False)]
+
 
 def _open(db: Any) -> Any:
     from .._registry import open_registry
@@ -147,12 +152,15 @@ def serve_command(
     host: Annotated[str, typer.Option("--host", help="Address to listen on (127.0.0.1: this machine only; "
                                       "put a TLS reverse proxy in front for anything else).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    secret_file: SecretFile = None,
 ) -> None:
     """Serve the coordinator's web application (sign in at http://HOST:PORT/).
 
     Cookies are marked Secure unless the server listens on loopback; behind a TLS proxy the
     browser sees https and the Secure cookie. The first run on a registry without users
-    prints how to create the first admin.
+    prints how to create the first admin. The key that signs form tokens is read from the
+    secret file (made 0600 on the first run; refused if group or others may read it), so
+    restarts and several servers of one registry accept each other's forms.
 
     Example: protocol serve --db protocol.db --port 8000
     """
@@ -169,7 +177,38 @@ def serve_command(
 
     from ..web import create_app
 
-    application = _run(create_app, path, host=host)
-    typer.echo(f"serving {path} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+    from .._websecret import secret_path
+
+    secret = _run(secret_path, path, secret_file)
+    application = _run(create_app, path, host=host, secret_file=secret)
+    typer.echo(f"serving {path} on http://{host}:{port}/ (form tokens signed with the key in {secret}; "
+               "Ctrl-C to stop)", err=True)
     uvicorn.run(application, host=host, port=port, log_level="warning", proxy_headers=True,
                 server_header=False)
+
+
+@app.command("rotate-secret")
+def rotate_secret_command(db: Db = None, secret_file: SecretFile = None) -> None:
+    """Write a new key for the web forms' CSRF tokens (replacing the old one atomically, 0600).
+
+    Restart every `protocol serve` of the registry to use it; forms opened before the restart
+    are refused once and must be reloaded. Signed-in sessions survive: they are kept in the
+    registry, not signed with this key.
+
+    Example: protocol rotate-secret --db protocol.db
+    """
+    from .._registry import default_db_path, open_registry
+    from .._websecret import rotate_secret, secret_path
+
+    path = default_db_path() if db is None else db
+
+    def rotate() -> Any:
+        with open_registry(path):  # a registry that exists (a mistyped --db writes nothing)
+            pass
+        return rotate_secret(secret_path(path, secret_file))
+
+    written = _run(rotate)
+    typer.echo(f"wrote a new web secret to {written} (mode 600)\n"
+               "restart every `protocol serve` of this registry to use it; open forms must then be reloaded "
+               "(they are refused once with \"Form expired\"); signed-in sessions survive (they are kept in "
+               "the registry, not signed with this key)")

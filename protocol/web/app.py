@@ -9,7 +9,6 @@ Jinja environment (``protocol._documents._env``, autoescaped) from ``templates/w
 from __future__ import annotations
 
 import ipaddress
-import secrets
 from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -204,10 +203,14 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(db: str | Path, host: str = "127.0.0.1", csrf_secret: str | None = None) -> Any:
+def create_app(db: str | Path, host: str = "127.0.0.1", csrf_secret: str | None = None,
+               secret_file: str | Path | None = None) -> Any:
     """The ASGI application serving the registry ``db`` (what ``protocol serve`` runs).
 
     ``host``: where it listens; on loopback cookies are not marked Secure (development).
+    ``secret_file``: the file of the key that signs CSRF tokens (default beside the registry,
+    see :mod:`protocol._websecret`; made ``0600`` on first use, refused if others may read it);
+    ``csrf_secret`` gives the key itself instead.
 
     >>> app = create_app("protocol.db")    # doctest: +SKIP
     >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
@@ -220,6 +223,10 @@ def create_app(db: str | Path, host: str = "127.0.0.1", csrf_secret: str | None 
 
     with open_registry(db):  # refuse a missing or foreign file now, not at the first request
         pass
+    if csrf_secret is None:  # one key per registry, kept in a file: restarts and other servers agree
+        from .._websecret import load_secret, secret_path
+
+        csrf_secret = load_secret(secret_path(db, secret_file))
     web = Web(db, host)
     routes = [
         Route("/", auth.home),
@@ -229,7 +236,7 @@ def create_app(db: str | Path, host: str = "127.0.0.1", csrf_secret: str | None 
     ]
     app = Starlette(routes=routes, exception_handlers={404: _404, 405: _405, 500: _500})
     app.state.web = web
-    protected = asgi_csrf(RestoreHeaders(app), cookie_name=web.csrf_cookie, signing_secret=csrf_secret or secrets.token_urlsafe(32),
+    protected = asgi_csrf(RestoreHeaders(app), cookie_name=web.csrf_cookie, signing_secret=csrf_secret,
                           always_protect={"/signin"}, always_set_cookie=True, cookie_secure=web.secure,
                           send_csrf_failed=_csrf_failed)
     return SecurityHeaders(BodyRules(protected))

@@ -30,11 +30,12 @@ async def _download(request: Request, make: Any, media_type: str, suffix: str) -
 
 @page("read")
 async def roadmap(request: Request) -> Response:
-    """``GET /patients/{pid}/roadmap``: the printable roadmap (HTML), as ``protocol roadmap``."""
+    """``GET /patients/{pid}/roadmap``: the printable roadmap (HTML), as ``protocol roadmap``, with
+    each dose-critical entry's sign-off (awaiting verification, or verified by whom and when)."""
     from .._documents import render_roadmap
 
     pid = request.path_params["pid"]
-    html = await in_registry(request, lambda s: render_roadmap(s.plan(pid), "html"))
+    html = await in_registry(request, lambda s: render_roadmap(s.plan(pid), "html", signoffs=s.signoff_marks(pid)))
     return Response(html, media_type="text/html; charset=utf-8",
                     headers={"content-security-policy": ROADMAP_CSP})
 
@@ -44,7 +45,8 @@ async def roadmap_pdf(request: Request) -> Response:
     """``GET /patients/{pid}/roadmap.pdf``: the roadmap as PDF (WeasyPrint)."""
     from .._documents import render_pdf
 
-    return await _download(request, lambda s, pid: render_pdf(s.plan(pid)), "application/pdf", "-roadmap.pdf")
+    return await _download(request, lambda s, pid: render_pdf(s.plan(pid), signoffs=s.signoff_marks(pid)),
+                           "application/pdf", "-roadmap.pdf")
 
 
 @page("read")

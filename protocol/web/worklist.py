@@ -29,18 +29,20 @@ async def worklist(request: Request) -> Response:
         number = 1
 
     def load(scoped: Any) -> Any:
-        wl = scoped.worklist(None, days)
+        wl = scoped.worklist_page(days, number, PAGE)
+        if wl.total and not wl.rows:  # past the last page: show the last one
+            wl = scoped.worklist_page(days, -(-wl.total // PAGE), PAGE)
         return wl, scoped.unsigned()
 
     wl, unsigned = await in_registry(request, load)
-    pages = max(1, -(-len(wl.rows) // PAGE))
+    total = wl.total
+    pages = max(1, -(-total // PAGE))
     number = min(number, pages)
-    chunk = wl.rows[(number - 1) * PAGE:number * PAGE]
-    rows = [dict(zip(wl.fields, row, strict=True)) for row in chunk]
+    rows = [dict(zip(wl.fields, row, strict=True)) for row in wl.rows]
     return web_of(request).render(request, "worklist.html.j2", title="Worklist", wl=wl, rows=rows,
                                   unsigned=unsigned, days=days, counts=wl.counts(), page=number, pages=pages,
                                   first=(number - 1) * PAGE + 1 if rows else 0, last=(number - 1) * PAGE + len(rows),
-                                  total=len(wl.rows))
+                                  total=total)
 
 
 routes = [Route("/worklist", worklist, methods=["GET"])]

@@ -81,7 +81,10 @@ def start_server(folder: Path, db: Any = None, serve_as: str | None = None) -> L
         reg.add_patient(EXAMPLES / "mr-on-time.yaml", by="alice", site="site-a")
         reg.add_patient(EXAMPLES / "hr-to-hsct.yaml", by="bea", site="site-b")
     port = _free_port()
-    config = uvicorn.Config(create_app(serve_as or db), host="127.0.0.1", port=port, log_level="warning")
+    # An SQLite registry keeps its web secret beside it; a PostgreSQL one here, not in ~/.config.
+    secret = folder / "web.web-secret" if serve_as or not isinstance(db, Path) else None
+    config = uvicorn.Config(create_app(serve_as or db, secret_file=secret), host="127.0.0.1", port=port,
+                            log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

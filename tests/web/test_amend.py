@@ -82,6 +82,9 @@ def test_bad_text_is_refused_beside_its_field_and_nothing_is_written(own: Live) 
         r = c.post("/amendments/preview", data={"csrftoken": c.csrf, "definition": bad})
         assert r.status_code == 400, bad[:30]
         assert 'id="a-definition-error"' in r.text and words in r.text, (bad[:30], r.text[-2000:])
+        # The textarea is marked invalid, then tied to its hint and its error (as _forms.html.j2 does).
+        assert re.search(r'<textarea id="a-definition"[^>]* aria-invalid="true" '
+                         r'aria-describedby="a-definition-hint a-definition-error">', r.text), r.text[-2000:]
         assert "Traceback" not in r.text and "/tmp/" not in r.text
     preview = c.post("/amendments/preview", data={"csrftoken": c.csrf, "definition": text})
     sha = re.search(r'name="sha256" value="([0-9a-f]{64})"', preview.text).group(1)

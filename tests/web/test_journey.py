@@ -156,6 +156,8 @@ def test_the_coordinator_journey(page: Page, live: Live) -> None:
     pdf = PdfReader(io.BytesIO(open(download.value.path(), "rb").read()))
     text = "".join(p.extract_text() or "" for p in pdf.pages)
     assert "WEB-0001" in text
+    # The unsigned dose modification is marked as such on the roadmap too.
+    assert "awaitingverification(recordedbyaliceon" in re.sub(r"\s+", "", text)
 
     # Import a patient file waiting for its pre-OCTADAD MRD, and record the result that decides HSCT.
     page.goto("/patients/new")
@@ -182,4 +184,7 @@ def test_the_coordinator_journey(page: Page, live: Live) -> None:
     expect(page.get_by_role("status")).to_contain_text("Signed entry #")
     page.goto("/patients/WEB-0001/history")
     expect(page.get_by_text(re.compile("dose verified: phil"))).to_be_visible()
+    page.goto("/patients/WEB-0001/roadmap")
+    expect(page.get_by_text(re.compile("Sign-off: dose verified by phil on")).first).to_be_visible()
+    expect(page.get_by_text(re.compile("awaiting verification"))).to_have_count(0)
     assert ref
