@@ -65,6 +65,8 @@ class SqliteDatabase(Database):
                 raise RegistryError(Problem(self.label, "", f"cannot write the registry: {exc}")) from None
             raise
         except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
             raise _damaged(exc, self.path) from None
 
     def executemany(self, sql: str, rows: Any) -> Any:
@@ -73,9 +75,9 @@ class SqliteDatabase(Database):
             return self.raw.executemany(sql, rows)
         except sqlite3.IntegrityError as exc:
             raise SqliteIntegrityError(Problem(self.label, "", str(exc))) from None
-        except sqlite3.OperationalError:
-            raise
         except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
             raise _damaged(exc, self.path) from None
 
     def verify(self) -> None:
@@ -85,9 +87,9 @@ class SqliteDatabase(Database):
             return
         try:
             _quick_check(self.raw, self.path)
-        except sqlite3.OperationalError:
-            raise
         except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
             raise _damaged(exc, self.path) from None
         self.verified = True
 
@@ -269,17 +271,17 @@ class _Cursor:
     def __iter__(self) -> Any:
         try:
             yield from self._cur
-        except sqlite3.OperationalError:
-            raise
         except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
             raise _damaged(exc, self._path) from None
 
     def _guard(self, fetch: Callable[..., Any], *args: Any) -> Any:
         try:
             return fetch(*args)
-        except sqlite3.OperationalError:
-            raise
         except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
             raise _damaged(exc, self._path) from None
 
     def fetchone(self) -> Any:
@@ -290,6 +292,13 @@ class _Cursor:
 
     def fetchmany(self, size: int = 1) -> Any:
         return self._guard(self._cur.fetchmany, size)
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite says the file is damaged (not a bad statement, a lock or a full disk)."""
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    return name.startswith("SQLITE_CORRUPT") or name == "SQLITE_NOTADB" or (
+        type(exc) is sqlite3.DatabaseError and not name)
 
 
 def _damaged(exc: BaseException, path: Path) -> InputError:
@@ -348,6 +357,8 @@ def online_backup(source: Path, target: Path) -> None:
         _quick_check(src, source)
     except sqlite3.DatabaseError as exc:
         src.close()
+        if not _is_damage(exc):
+            raise
         raise _damaged(exc, source) from None
     except BaseException:
         src.close()
