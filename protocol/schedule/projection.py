@@ -175,16 +175,13 @@ class _Projection:
         if fast:
             # Only doses given: each event finds its row by reference, rows emitted as given.
             prepared = self.prepare_given(el, start, length, events)  # type: ignore[arg-type]
+            fast = False
             if prepared is not None:
                 self.ctx.emit(el, start, length, None, item_status, branch, rows, dated, today, prepared[1])
                 fast = self.finish_given(rows, mark, start, events, prepared)  # type: ignore[arg-type]
                 if not fast:
                     del rows[mark:]
-            else:
-                fast = False
-            if not fast:
-                pass
-            elif stop is not None and len(rows) > mark and rows[-1][0] > stop:
+            if fast and stop is not None and len(rows) > mark and rows[-1][0] > stop:
                 kept = [r for r in rows[mark:] if r[0] <= stop or r[5] in ("given", "omitted")]
                 rows[mark:] = kept
                 if kept and kept[-1][0] > stop:  # a dose recorded after the element ended
