@@ -787,6 +787,7 @@ class Registry:
             from ._versions import record_initial
 
             record_initial(conn, pid, result.protocol, by, stamp)
+            _note_signoffs(conn, written, result)
             self._project_patient(conn, pid, self.today(), None, (patient, result, written[-1].seq))
         return written
 
@@ -798,11 +799,12 @@ class Registry:
         ``kind``: ``measurement``, ``mrd``, ``count``, ``event`` (``data`` as in a patient
         file's list) or ``base`` (the whole new base record; it supersedes the current one).
         ``supersedes``: the seq of an entry of the same kind this one corrects (it takes its
-        place); a correction needs a ``reason``. ``then(conn, entry, plan)``: more to write
-        in the same transaction, under the same patient lock, once the entry is inserted
-        (``plan``: the patient's plan with it), e.g. that it waits for sign-off
-        (:mod:`protocol._signoff`); if it raises, nothing is stored. Returns the entry once it
-        is on disk.
+        place); a correction needs a ``reason``. A dose-critical entry is noted as waiting for
+        a second person's sign-off in the same transaction (:mod:`protocol._signoff`), whoever
+        records it: the web, the API or the command line. ``then(conn, entry, plan)``: more to
+        write in the same transaction, under the same patient lock, once the entry is inserted
+        (``plan``: the patient's plan with it); if it raises, nothing is stored. Returns the
+        entry once it is on disk.
         """
         by = _who(by)
         if kind not in KINDS:
@@ -833,6 +835,7 @@ class Registry:
             state.apply(_NEW, kind, data, supersedes, None)
             patient, result = self._validate(patient_id, state, label)
             entry = self._insert(conn, patient_id, kind, data, by, self._recorded_at(conn), reason, supersedes)
+            _note_signoffs(conn, (entry,), result)
             if then is not None:
                 then(conn, entry, result)
             self._project_patient(conn, patient_id, self.today(), None, (patient, result, entry.seq))
@@ -877,6 +880,7 @@ class Registry:
                                    for p in error.problems]) from None
             stamp = self._recorded_at(conn)
             written = [self._insert(conn, patient_id, kind, data, by, stamp, None) for kind, data in entries]
+            _note_signoffs(conn, written, result)
             self._project_patient(conn, patient_id, self.today(), None, (patient, result, written[-1].seq))
         return written
 
@@ -1449,6 +1453,18 @@ def _yaml_dump(data: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- entry points
+
+
+def _note_signoffs(conn: Any, written: Iterable[Entry], plan: Any) -> None:
+    """Inside a write: note each dose-critical entry of ``written`` as waiting for sign-off.
+
+    Every path that appends entries calls it (registration, ``record``, ``record_many``), so
+    a dose modification typed on the command line waits for a pharmacist exactly as one
+    entered on the web does (issue 10: a dose-critical entry waits for a second person).
+    """
+    from ._signoff import notes_required
+
+    notes_required(conn, written, plan)
 
 
 def open_registry(path: str | os.PathLike[str] | None = None, *, create: bool = False) -> Registry:

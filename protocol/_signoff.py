@@ -14,9 +14,10 @@ Signing asks for the signer's password again. The signature stores the meaning, 
 and the time (UTC) and is linked to the entry: a later correction (supersession or
 retraction) voids it, and the correcting entry, if dose-critical, waits for its own.
 
-:func:`record` writes an entry and the note that it waits (``signoff_required``) in one
-registry transaction (the ``then`` of :meth:`~protocol._registry.Registry.record`, under the
-patient's lock on PostgreSQL): both are stored or neither.
+:meth:`~protocol._registry.Registry.record` (and registration, and ``record_many``) writes
+an entry and the note that it waits (``signoff_required``, :func:`note_required`) in one
+registry transaction, under the patient's lock on PostgreSQL: both are stored or neither, and
+every path that records (the web, the API, the command line) notes it.
 
 >>> required_meaning({"type": "dose_modified", "item": "ib:mercaptopurine@1", "percent": 50})
 ('dose verified', 'a dose modification')
@@ -29,7 +30,7 @@ from typing import Any
 
 from ._errors import InputError, Problem
 
-__all__ = ["SignMark", "SignOff", "marks", "note_required", "record", "required_meaning", "sign", "signoffs",
+__all__ = ["SignMark", "SignOff", "marks", "note_required", "notes_required", "record", "required_meaning", "sign", "signoffs",
            "unsigned"]
 
 DOSE = "dose verified"
@@ -133,36 +134,51 @@ def required_meaning(data: Any, planned: str | None = None, deviations: Any = ()
     return None
 
 
-def _planned_amount(plan: Any, ref: str) -> str | None:
+def _planned_amounts(plan: Any) -> dict[str, str]:
+    """Item ref → its planned dose as the plan prints it (one pass over the plan)."""
     from ._schedule import fmt_amount
 
+    out: dict[str, str] = {}
     for item in plan.items:
-        if item.ref == ref and item.dose is not None and item.dose.amount is not None:
-            return fmt_amount(item.dose.amount)
-    return None
+        if item.dose is not None and item.dose.amount is not None:
+            out.setdefault(item.ref, fmt_amount(item.dose.amount))
+    return out
 
 
-def _needed(entry: Any, plan: Any) -> tuple[str, str] | None:
+def _needed(entry: Any, plan: Any, planned: dict[str, str] | None = None) -> tuple[str, str] | None:
     """What ``entry`` waits for, given the patient's ``plan`` with it (the planned dose of a
-    given item is its planned dose there too: recording it given does not change it)."""
+    given item is its planned dose there too: recording it given does not change it);
+    ``planned``: :func:`_planned_amounts` of the plan, when the caller has it."""
     if entry.kind != "event" or not isinstance(entry.data, dict):
         return None
     data = entry.data
-    planned = _planned_amount(plan, data.get("item", "")) if "item" in data else None
+    amount = None
+    if "item" in data:
+        amount = (planned if planned is not None else _planned_amounts(plan)).get(data.get("item", ""))
     deviations = plan.deviations if data.get("type") == "element_started" else ()
-    return required_meaning(data, planned, deviations)
+    return required_meaning(data, amount, deviations)
 
 
-def note_required(conn: Any, entry: Any, plan: Any) -> SignOff | None:
+def note_required(conn: Any, entry: Any, plan: Any, planned: dict[str, str] | None = None) -> SignOff | None:
     """Inside the write that recorded ``entry``: store that it waits for sign-off, if it is
-    dose-critical (``plan``: the patient's plan with the entry). What :func:`record` passes
-    to :meth:`Registry.record` as ``then``, so the entry and its note commit together.
+    dose-critical (``plan``: the patient's plan with the entry; ``planned``: its
+    :func:`_planned_amounts`, computed once for several entries).
     """
-    need = _needed(entry, plan)
+    need = _needed(entry, plan, planned)
     if need is None:
         return None
     conn.execute("INSERT INTO signoff_required (entry, meaning, why) VALUES (?, ?, ?)", (entry.seq, *need))
     return SignOff(entry.seq, need[0], need[1], None, None, "unsigned")
+
+
+def notes_required(conn: Any, entries: Any, plan: Any) -> None:
+    """:func:`note_required` for each of ``entries`` (one write), the plan's doses read once:
+    registering a patient with 700 given doses stays linear."""
+    planned: dict[str, str] | None = None
+    for entry in entries:
+        if planned is None and entry.kind == "event" and isinstance(entry.data, dict) and "item" in entry.data:
+            planned = _planned_amounts(plan)
+        note_required(conn, entry, plan, planned if planned is not None else {})
 
 
 def record(reg: Any, patient_id: str, kind: str, data: dict[str, Any], *, by: str, reason: str | None = None,
@@ -176,8 +192,7 @@ def record(reg: Any, patient_id: str, kind: str, data: dict[str, Any], *, by: st
     >>> signoffs(reg, "INF-0001")[entry.seq].state  # doctest: +SKIP
     'unsigned'
     """
-    return reg.record(patient_id, kind, data, by=by, reason=reason, supersedes=supersedes,
-                      then=lambda conn, entry, plan: note_required(conn, entry, plan))
+    return reg.record(patient_id, kind, data, by=by, reason=reason, supersedes=supersedes)
 
 
 def signoffs(reg: Any, patient_id: str) -> dict[int, SignOff]:

@@ -152,8 +152,8 @@ def test_an_entry_and_its_sign_off_note_are_one_transaction(reg, monkeypatch: py
     plan = scoped.plan("INF-0001")
     real = signoff.note_required
 
-    def fails(conn, entry, after):
-        real(conn, entry, after)  # the note is written, then the transaction fails before commit
+    def fails(conn, entry, after, planned=None):
+        real(conn, entry, after, planned)  # the note is written, then the transaction fails before commit
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(signoff, "note_required", fails)

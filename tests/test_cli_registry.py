@@ -584,3 +584,41 @@ def test_patients_add_puts_the_patient_in_a_site(tmp_path: Path) -> None:
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT site FROM patient_sites WHERE patient = 'INF-0001'").fetchone() == ("leeds",)
     conn.close()
+
+
+def test_a_dose_critical_entry_from_the_command_line_waits_for_sign_off(registered: Path, tmp_path: Path) -> None:
+    """Issue 10: a dose modification recorded with ``protocol record`` (offline, ``--by``)
+    waits for a pharmacist's sign-off exactly as one entered on the web does, and the roadmap
+    says so; an entry that is not dose-critical does not wait."""
+    from protocol._signoff import signoffs, unsigned
+
+    out = ok(cli("record", "INF-0001", "dose-modified", "ib:mercaptopurine@36", "--percent", "50", "--of",
+                 "standard", "--scope", "item", "--reason", "liver", "--date", "2026-11-20", "--db", registered,
+                 "--by", "bob")).stdout
+    seq = int(out.split("#")[1].split()[0])
+    ok(cli("record", "INF-0001", "counts", "--anc", "0.8", "--date", "2026-11-20", "--db", registered, "--by", "bob"))
+    with protocol._registry.open_registry(registered) as reg:
+        assert {s: o.state for s, o in signoffs(reg, "INF-0001").items()} == {seq: "unsigned"}
+        assert [(p, s) for p, s, *_ in unsigned(reg, {"INF-0001"})] == [("INF-0001", seq)]
+    html = tmp_path / "r.html"
+    ok(cli("roadmap", "INF-0001", "--db", registered, "--as-of", "2026-11-21", "-o", html))
+    assert "awaiting verification (recorded by bob on" in html.read_text(encoding="utf-8")
+
+
+def test_a_registered_file_s_dose_modification_waits_for_sign_off(db: Path, tmp_path: Path) -> None:
+    """A patient file registered with a dose modification in its events: the entry waits for
+    sign-off like one recorded later (registration is a path that records too)."""
+    import yaml
+
+    from protocol._signoff import signoffs
+
+    data = yaml.safe_load(ON_TIME.read_text(encoding="utf-8"))
+    data["events"] = [*data.get("events", []), {"type": "dose_modified", "item": "ib:mercaptopurine@36",
+                                                 "date": "2026-11-20", "percent": 50, "of": "standard",
+                                                 "scope": "item", "reason": "liver"}]
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    ok(cli("patients", "add", path, "--db", db, "--by", "alice"))
+    with protocol._registry.open_registry(db) as reg:
+        states = [o.state for o in signoffs(reg, data["id"]).values()]
+    assert states == ["unsigned"]

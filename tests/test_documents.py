@@ -855,7 +855,12 @@ def test_the_web_roadmap_shows_the_same_sign_off(signed_registry: tuple[Path, di
             assert html.status_code == pdf.status_code == 200
             return html.text, pdf.content
 
-    html, pdf = asyncio.run(fetch())
+    # In a thread of its own: a browser test earlier in the session (Playwright's sync API)
+    # leaves an event loop running in this one.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        html, pdf = pool.submit(asyncio.run, fetch()).result()
     stamp = made["waiting"].recorded_at
     waits = f"awaiting verification (recorded by alice on {stamp[:10]} {stamp[11:16]} UTC)"
     verified = f"dose verified by phil on {made['signature'].signed_at[:10]}"

@@ -117,7 +117,10 @@ def _asgi(app: Any, calls: Any) -> Any:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
             return await calls(c)
 
-    return asyncio.run(run())
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:  # a browser test may leave a loop running in this thread
+        return pool.submit(asyncio.run, run()).result()
 
 
 def test_create_app_reuses_the_file_and_rotate_secret_replaces_it(registry: Path) -> None:

@@ -218,8 +218,8 @@ def create_app(db: str | Path, host: str = "127.0.0.1", csrf_secret: str | None 
     from asgi_csrf import asgi_csrf
 
     from .._registry import open_registry
-    from . import admin, amend, auth, documents, patients, recording, worklist
-    from .guards import BodyRules, RestoreHeaders
+    from . import admin, amend, api, auth, documents, patients, recording, worklist
+    from .guards import BodyRules, NoBearer, RestoreHeaders
 
     with open_registry(db):  # refuse a missing or foreign file now, not at the first request
         pass
@@ -231,7 +231,7 @@ def create_app(db: str | Path, host: str = "127.0.0.1", csrf_secret: str | None 
     routes = [
         Route("/", auth.home),
         *auth.routes, *patients.routes, *recording.routes, *documents.routes, *worklist.routes, *admin.routes,
-        *amend.routes,
+        *amend.routes, Mount("/api", app=api.application(web)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={404: _404, 405: _405, 500: _500})
@@ -239,10 +239,16 @@ def create_app(db: str | Path, host: str = "127.0.0.1", csrf_secret: str | None 
     protected = asgi_csrf(RestoreHeaders(app), cookie_name=web.csrf_cookie, signing_secret=csrf_secret,
                           always_protect={"/signin"}, always_set_cookie=True, cookie_secure=web.secure,
                           send_csrf_failed=_csrf_failed)
-    return SecurityHeaders(BodyRules(protected))
+    return SecurityHeaders(BodyRules(NoBearer(protected)))
 
 
 async def _csrf_failed(scope: Any, send: Any, message_id: Any) -> None:
+    if scope["path"].startswith("/api/"):
+        from .api import error
+
+        await error(403, "the CSRF token is missing or wrong: send the CSRF cookie's value as the x-csrftoken "
+                    "header")(scope, None, send)
+        return
     body = (b"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Form expired</title></head>"
             b"<body><main><h1>Form expired</h1><p>The form was not accepted (its security token is missing or "
             b"wrong). Go back, reload the page and submit it again.</p></main></body></html>")

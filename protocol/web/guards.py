@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MAX_BODY", "UPLOADS", "BodyRules", "RestoreHeaders", "content_type", "multipart_token"]
+__all__ = ["MAX_BODY", "UPLOADS", "BodyRules", "NoBearer", "RestoreHeaders", "content_type", "multipart_token"]
 
 #: The largest request body accepted (a patient file of two years of daily entries is ~2 MB).
 MAX_BODY = 4 * 1024 * 1024
@@ -53,10 +53,15 @@ def _accepted(path: str) -> tuple[str, ...]:
     return (FORM,)
 
 
-async def _plain(send: Any, status: int, text: str) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
-    await send({"type": "http.response.body", "body": text.encode("utf-8")})
+async def _plain(send: Any, status: int, text: str, path: str = "") -> None:
+    if path.startswith("/api/"):  # the JSON API's refusals are JSON too
+        import json
+
+        kind, body = b"application/json", json.dumps({"error": text, "field": None, "problems": []}).encode("utf-8")
+    else:
+        kind, body = b"text/plain; charset=utf-8", text.encode("utf-8")
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", kind)]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _TooLarge(Exception):
@@ -163,22 +168,23 @@ class BodyRules:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        path = scope["path"]
         if headers.get(b"sec-fetch-site", b"").lower() == b"cross-site":
-            await _plain(send, 403, "a request from another site is not accepted")
+            await _plain(send, 403, "a request from another site is not accepted", path)
             return
         length = headers.get(b"content-length", b"0")
         if not length.isdigit() or int(length) > MAX_BODY:
-            await _plain(send, 413, f"the request is larger than {MAX_BODY // (1024 * 1024)} MB: not accepted")
+            await _plain(send, 413, f"the request is larger than {MAX_BODY // (1024 * 1024)} MB: not accepted", path)
             return
         kind = content_type(scope)
         accepted = _accepted(scope["path"])
         if kind not in accepted:
-            await _plain(send, 415, f"{scope['path']} takes {' or '.join(accepted)}, not {kind or 'no content type'}")
+            await _plain(send, 415, f"{path} takes {' or '.join(accepted)}, not {kind or 'no content type'}", path)
             return
         try:
             body, messages = await _read_body(receive)
         except _TooLarge:
-            await _plain(send, 413, f"the request is larger than {MAX_BODY // (1024 * 1024)} MB: not accepted")
+            await _plain(send, 413, f"the request is larger than {MAX_BODY // (1024 * 1024)} MB: not accepted", path)
             return
         if kind == MULTIPART:
             boundary = _boundary(scope)
@@ -203,4 +209,29 @@ class RestoreHeaders:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if SCOPE_KEY in scope:
             scope = {**scope, "headers": scope[SCOPE_KEY]}
+        await self.app(scope, receive, send)
+
+
+class NoBearer:
+    """Drops any ``Authorization`` header before the CSRF middleware sees the request.
+
+    The application authenticates by its session cookie only; asgi-csrf skips its check for a
+    request that carries ``Authorization: Bearer ...`` (an API token, in its model), so a
+    request with a session cookie and such a header would otherwise pass unchecked.
+
+    >>> import asyncio
+    >>> seen = []
+    >>> async def app(scope, receive, send): seen.append(scope["headers"])
+    >>> asyncio.run(NoBearer(app)({"type": "http", "headers": [(b"authorization", b"Bearer x"), (b"host", b"h")]},
+    ...                          None, None))
+    >>> seen
+    [[(b'host', b'h')]]
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and any(k == b"authorization" for k, _ in scope.get("headers") or ()):
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"authorization"]}
         await self.app(scope, receive, send)

@@ -53,33 +53,44 @@ async def patient_list(request: Request) -> Response:
 
 async def _list_page(request: Request, status: int = 200, errors: dict[str, list[str]] | None = None,
                      upload: dict[str, Any] | None = None) -> Response:
-    params = {k: request.query_params.get(k, "").strip()[:100]
-              for k in ("q", "protocol", "site", "risk", "element", "status")}
-    q, protocol, site = params["q"], params["protocol"], params["site"]
-    planned = any(params[k] for k in ("risk", "element", "status"))
-
-    def load(scoped: Any) -> Any:
-        sites = scoped.visible()
-        every = scoped.patients()
-        rows = [p for p in every
-                if (not q or q.lower() in p.id.lower()) and (not protocol or p.protocol.split("@")[0] == protocol)
-                and (not site or sites.get(p.id) == site)]
-        facts: dict[str, dict[str, str]] = {}
-        if planned:  # risk, element and status come from each patient's plan: only when asked for
-            for p in rows:
-                facts[p.id] = plan_facts(scoped, p.id)
-            rows = [p for p in rows if all(not params[k] or facts[p.id][k] == params[k]
-                                           for k in ("risk", "element", "status"))]
-        protocols = sorted({p.protocol.split("@")[0] for p in every})
-        return rows, sites, protocols, facts
-
-    rows, sites, protocols, facts = await in_registry(request, load)
+    params = {k: request.query_params.get(k, "").strip()[:100] for k in FILTERS}
+    rows, sites, protocols, facts = await in_registry(request, lambda scoped: find_patients(scoped, params))
     actor = request.state.actor
     return web_of(request).render(request, "patients.html.j2", status=status, title="Patients", patients=rows,
                                   sites=sites, protocols=protocols, form=params, facts=facts, statuses=STATUSES,
                                   all_sites=sorted(set(sites.values())), errors=errors or {},
                                   upload=upload or {"site": min(actor.sites, default="")},
                                   my_sites=sorted(actor.sites))
+
+
+#: The filters of the list (query parameters of ``/patients`` and ``/api/patients``).
+FILTERS = ("q", "protocol", "site", "risk", "element", "status")
+
+
+def find_patients(scoped: Any, params: dict[str, str]) -> tuple[list[Any], dict[str, str], list[str],
+                                                                  dict[str, dict[str, str]]]:
+    """``(rows, sites, protocols, facts)`` of the list: the user's patients matching the
+    :data:`FILTERS` in ``params`` (``q`` in the pseudonym; risk, element and status read from
+    each plan, only when one of them is asked for), patient id → site, every protocol id, and
+    the plan facts read. The page and the API list through this one function.
+
+    >>> rows, sites, protocols, facts = find_patients(scoped, {"q": "0001"})  # doctest: +SKIP
+    """
+    q, protocol, site = (params.get(k, "") for k in ("q", "protocol", "site"))
+    planned = any(params.get(k) for k in ("risk", "element", "status"))
+    sites = scoped.visible()
+    every = scoped.patients()
+    rows = [p for p in every
+            if (not q or q.lower() in p.id.lower()) and (not protocol or p.protocol.split("@")[0] == protocol)
+            and (not site or sites.get(p.id) == site)]
+    facts: dict[str, dict[str, str]] = {}
+    if planned:  # risk, element and status come from each patient's plan: only when asked for
+        for p in rows:
+            facts[p.id] = plan_facts(scoped, p.id)
+        rows = [p for p in rows if all(not params.get(k) or facts[p.id][k] == params[k]
+                                       for k in ("risk", "element", "status"))]
+    protocols = sorted({p.protocol.split("@")[0] for p in every})
+    return rows, sites, protocols, facts
 
 
 #: The patient statuses the list filters on, from the plan (its outcome, or its elements).
