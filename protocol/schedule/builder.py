@@ -20,6 +20,7 @@ from .records import Decision, ElementSpan, Plan
 from .given import _Given, _Index
 from .infusions import _Infusions
 from .items import _ItemEvents
+from .marks import _Marks
 from .projection import _Projection
 from .replay import _Replay
 
@@ -28,7 +29,7 @@ __all__ = ["plan", "risk"]
 _DATE, _TYPE = attrgetter("date"), attrgetter("type")
 
 
-class _Builder(_Replay, _Index, _Given, _ItemEvents, _Infusions, _Projection):
+class _Builder(_Replay, _Index, _Given, _ItemEvents, _Infusions, _Projection, _Marks):
     """Replays a patient's events, then projects the rest of the plan."""
 
     #: Replay recorded moves by triggering the ``transitions`` machine instead of the compiled
