@@ -146,6 +146,24 @@ def dose_line(item: Item) -> str | None:
     return None if dose is None else dose.text
 
 
+
+def _run_label(label: str, kind: str) -> str:
+    """The dose text of a run's title with its kind said once: ``" 4.82 µg/day, continuous
+    infusion"`` already says how it runs (the dose text carries the frequency), so the kind is
+    added only when the text does not.
+
+    >>> _run_label(" 4.82 µg/day, continuous infusion", "continuous infusion")
+    ' 4.82 µg/day, continuous infusion'
+    >>> _run_label(" 1.93 mg/day, once a day", "daily")
+    ' 1.93 mg/day, once a day,'
+    >>> _run_label("", "daily")
+    ', daily'
+    """
+    if not label:
+        return f", {kind}"
+    return label if label.endswith(kind) else label + ","
+
+
 def _title(pid: str, rest: str, unverified: bool) -> str:
     # The mark comes first (a calendar cuts long titles) and is spelled out at the end.
     return f"{pid} · ⚠ {rest} (unverified)" if unverified else f"{pid} · {rest}"
@@ -286,7 +304,7 @@ def _events(plan: Plan) -> list[_Event]:
                 seq = seq_start + int(any(getattr(i, "note", None) for i in own))
                 events.append(_Event((*ekey, "run", slot.key, str(own[0].element_day)), own[0].date,
                                      own[-1].date + dt.timedelta(days=1),
-                                     _title(pid, f"{slot.name}{label}, {kind} day {own[0].element_day}–"
+                                     _title(pid, f"{slot.name}{_run_label(label, kind)} day {own[0].element_day}–"
                                             f"{own[-1].element_day} ({short}){cond}", run_unverified),
                                      "\n".join(desc), seq, tentative, "treatment", run_unverified))
         # Treatment days (everything but assessments and the inside of runs) and assessments.

@@ -419,3 +419,18 @@ def test_previous_never_echoes_a_file_that_is_not_a_calendar(tmp_path: Path) -> 
     with pytest.raises(protocol.InputError) as info:
         to_ics(plan, previous=other)
     assert "S3CRET" not in str(info.value) and "got one for ?" in str(info.value)
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "examples" / "patients").glob("*.yaml")), ids=lambda p: p.stem)
+def test_a_run_s_title_says_how_it_runs_once(example: Path) -> None:
+    """A daily run's title carries the dose text, which already says how it is given: the
+    kind is not said again (``4.82 µg/day, continuous infusion, continuous infusion day
+    1–28`` was the defect)."""
+    import icalendar
+
+    cal = icalendar.Calendar.from_ical(protocol.to_ics(protocol.plan(protocol.load_patient(example))))
+    for event in cal.walk("VEVENT"):
+        title = str(event["SUMMARY"])
+        for phrase in ("continuous infusion", "once a day", "twice a day", "daily"):
+            assert title.count(phrase) <= 1, title
+        assert ", daily day" not in title or " a day" not in title, title
