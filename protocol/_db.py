@@ -152,6 +152,10 @@ class Database:
         """Serialise the writes of one patient until the transaction ends (no-op where the
         write transaction already excludes every other writer)."""
 
+    def verify(self) -> None:
+        """Refuse a damaged database before this connection's first write (a no-op where the
+        server keeps its own files sound)."""
+
     def integrity(self, limit: int = 20) -> list[str]:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -88,6 +88,7 @@ def copy_registry(source: str | os.PathLike[str], target: str | os.PathLike[str]
         if any(used.values()) or sites != ["default"]:
             raise InputError(Problem(str(dst.path), "", "the target registry is not empty: copy into a new file or "
                                      "a new database"))
+        src._db.verify()  # the whole source file checked, as before a write
         with src._read() as rconn, dst._write() as wconn:
             for table in TABLES:
                 cols = _columns(rconn, table)

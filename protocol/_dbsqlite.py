@@ -4,6 +4,12 @@ Schema versions are ``PRAGMA user_version``; ``PRAGMA application_id`` marks the
 protocol registry. A writer takes the whole file (``BEGIN IMMEDIATE``), so the writes of one
 patient are serialised without a lock of their own.
 
+Integrity: ``PRAGMA quick_check`` reads the whole file, so it runs before a connection's first
+write (once per file state per process; a copy or backup checks its source the same way), not
+when a reader opens the file: a read-only command (a fresh worklist, a history) reads only
+the pages it needs, and SQLite checks each page it reads, so damage there is still an exit 2
+naming the file (:data:`_DAMAGED`). ``protocol db check`` checks everything.
+
 >>> db = SqliteDatabase(parse_url("protocol.db"), create=True)   # doctest: +SKIP
 """
 
@@ -46,17 +52,22 @@ class SqliteDatabase(Database):
         assert url.path is not None
         self.path = url.path
         self.raw = _open(url.path, create)
+        self.verified = False
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         """Run one statement (see :class:`~protocol._db.Database`)."""
         try:
-            return self.raw.execute(sql, args)
+            return _Cursor(self.raw.execute(sql, args), self.path)
         except sqlite3.IntegrityError as exc:
             raise SqliteIntegrityError(Problem(self.label, "", str(exc))) from None
         except sqlite3.OperationalError as exc:
             if is_sqlite_file_error(exc):
                 raise RegistryError(Problem(self.label, "", f"cannot write the registry: {exc}")) from None
             raise
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            raise _damaged(exc, self.path) from None
 
     def executemany(self, sql: str, rows: Any) -> Any:
         """Run one statement for every row of parameters."""
@@ -64,13 +75,31 @@ class SqliteDatabase(Database):
             return self.raw.executemany(sql, rows)
         except sqlite3.IntegrityError as exc:
             raise SqliteIntegrityError(Problem(self.label, "", str(exc))) from None
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            raise _damaged(exc, self.path) from None
+
+    def verify(self) -> None:
+        """``PRAGMA quick_check`` unless this process checked the file as it is now: a damaged
+        file is refused with what to do (issue 16 §5) before anything is written to it."""
+        if self.verified:
+            return
+        try:
+            _quick_check(self.raw, self.path)
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            raise _damaged(exc, self.path) from None
+        self.verified = True
 
     def begin(self, write: bool, wait_ms: int | None = None) -> None:
-        """``BEGIN IMMEDIATE`` (a writer: waits up to ``wait_ms`` or the busy timeout) or
-        ``BEGIN`` (one read snapshot)."""
+        """``BEGIN IMMEDIATE`` (a writer: waits up to ``wait_ms`` or the busy timeout; the file
+        is checked first, see :meth:`verify`) or ``BEGIN`` (one read snapshot)."""
         if not write:
             self.raw.execute("BEGIN")
             return
+        self.verify()
         try:
             if wait_ms is not None:
                 self.raw.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
@@ -102,7 +131,9 @@ class SqliteDatabase(Database):
         self.raw.execute("ROLLBACK")
 
     def integrity(self, limit: int = 20) -> list[str]:
-        """SQLite's ``PRAGMA integrity_check`` (``["ok"]`` when the file is sound)."""
+        """SQLite's ``PRAGMA integrity_check`` (``["ok"]`` when the file is sound; a file the
+        quick check already finds damaged is refused, see :meth:`verify`)."""
+        self.verify()
         return [str(r[0]) for r in self.raw.execute(f"PRAGMA integrity_check({int(limit)})")]
 
     def shadow(self, tables: Sequence[str]) -> None:
@@ -214,7 +245,6 @@ def _open(path: Path, create: bool) -> sqlite3.Connection:
             raise InputError(Problem(str(path), "", f"cannot use write-ahead logging here (journal mode {mode})"))
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
-        _quick_check(conn, path)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise InputError(Problem(str(path), "", f"not a usable protocol registry: {exc}: if this is the registry "
@@ -226,9 +256,60 @@ def _open(path: Path, create: bool) -> sqlite3.Connection:
     return conn
 
 
+class _Cursor:
+    """A cursor whose reads turn SQLite's "damaged file" errors into :func:`_damaged` (a reader
+    does not run the quick check: SQLite checks the pages it reads)."""
+
+    __slots__ = ("_cur", "_path")
+
+    def __init__(self, cur: sqlite3.Cursor, path: Path) -> None:
+        self._cur, self._path = cur, path
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+    def __iter__(self) -> Any:
+        try:
+            yield from self._cur
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            raise _damaged(exc, self._path) from None
+
+    def _guard(self, fetch: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fetch(*args)
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            raise _damaged(exc, self._path) from None
+
+    def fetchone(self) -> Any:
+        return self._guard(self._cur.fetchone)
+
+    def fetchall(self) -> Any:
+        return self._guard(self._cur.fetchall)
+
+    def fetchmany(self, size: int = 1) -> Any:
+        return self._guard(self._cur.fetchmany, size)
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite says the file is damaged (not a bad statement, a lock or a full disk)."""
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    return name.startswith("SQLITE_CORRUPT") or name == "SQLITE_NOTADB" or (
+        type(exc) is sqlite3.DatabaseError and not name)
+
+
+def _damaged(exc: BaseException, path: Path) -> InputError:
+    """The exit-2 error for a damaged registry file (what SQLite said, what to do)."""
+    return InputError(Problem(str(path), "", f"the registry file is damaged (SQLite: {exc}): stop writing to it "
+                              f"and restore the last backup (README, Registry)"))
+
+
 def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
-    """``PRAGMA quick_check`` on opening (issue 16 §5): a damaged file is refused with what to
-    do, for every command, before anything is read from it or written to it."""
+    """``PRAGMA quick_check`` (issue 16 §5): a damaged file is refused with what to do before
+    anything is written to it (see the module's docstring)."""
     try:
         st = path.stat()
         key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
@@ -272,6 +353,16 @@ def online_backup(source: Path, target: Path) -> None:
     if target.exists():
         raise InputError(Problem(str(target), "", "the backup file exists already: choose a new name"))
     src = _open(source, False)
+    try:
+        _quick_check(src, source)
+    except sqlite3.DatabaseError as exc:
+        src.close()
+        if not _is_damage(exc):
+            raise
+        raise _damaged(exc, source) from None
+    except BaseException:
+        src.close()
+        raise
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)
     dst = sqlite3.connect(target)

@@ -11,8 +11,9 @@ of facts; there is no ``eval`` and no code in data files.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from ._models import Condition, DerivedFact, EligibilityRule, Patient, RiskGroup
@@ -64,6 +65,7 @@ FACTS: dict[str, FactSpec] = {
     "age_at_diagnosis_years": FactSpec("age at diagnosis", "numeric", unit="completed years"),
 }
 
+_TYPE = attrgetter("type")
 _OPS = {"lt": "<", "lte": "≤", "gt": ">", "gte": "≥", "eq": "=", "ne": "≠", "in": "in"}
 
 
@@ -111,11 +113,17 @@ def birthday(birth: dt.date, years: int) -> dt.date:
 # --------------------------------------------------------------------------- facts
 
 
-def patient_facts(patient: Patient, as_of: dt.date | None = None) -> Facts:
+def patient_facts(patient: Patient, as_of: dt.date | None = None, kinds: Collection[str] | None = None) -> Facts:
     """The facts a guard can read, from a patient file and results recorded up to ``as_of``.
 
     Unknown facts are simply absent. MRD results are keyed ``mrd:<timepoint>``; with several
-    results for one time point, the latest recorded (by date) counts.
+    results for one time point, the latest recorded (by date) counts. ``kinds``: the types of
+    the patient's events when the caller has them (no pass over the events without a
+    randomisation).
+
+    >>> from protocol import load_patient  # doctest: +SKIP
+    >>> patient_facts(load_patient("examples/patients/mr-on-time.yaml"))["kmt2a"]  # doctest: +SKIP
+    'rearranged'
     """
     birth, diag = patient.birth_date, patient.diagnosis_date
     facts: Facts = {
@@ -133,7 +141,8 @@ def patient_facts(patient: Patient, as_of: dt.date | None = None) -> Facts:
     for result in sorted(patient.mrd, key=lambda r: r.date):
         if as_of is None or result.date <= as_of:
             facts["mrd:" + result.timepoint] = result.value
-    for event in patient.events:
+    randomised = "randomised" in (map(_TYPE, patient.events) if kinds is None else kinds)
+    for event in patient.events if randomised else ():
         if event.type == "randomised" and (as_of is None or event.date <= as_of):
             facts["arm:" + str(event.randomisation)] = event.arm
     return facts

@@ -93,3 +93,38 @@ def test_the_command_line_takes_a_url(tmp_path: Path, pg_server: Any) -> None:
     assert bad.exit_code == 2 and "--db: expected" in bad.output and "Traceback" not in bad.output
     down = CliRunner().invoke(app, ["patients", "list", "--db", "postgresql://nobody@127.0.0.1:1/none"])
     assert down.exit_code == 2 and "cannot connect" in down.output
+
+
+def test_an_sqlite_reader_does_not_run_the_quick_check_a_writer_does(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole-file ``quick_check`` runs before a connection's first write, not when a
+    reader opens the file (a fresh worklist of 10,000 patients spent ~0.5 s in it): opening,
+    listing and reading a history run none; the first write runs one, later writes of the same
+    connection none; another process's change makes the next writer check again."""
+    import protocol._dbsqlite as dbsqlite
+    from protocol._registry import Registry
+
+    db = tmp_path / "reg.db"
+    example = Path(__file__).resolve().parent.parent / "examples" / "patients" / "mr-on-time.yaml"
+    with Registry(db, create=True) as reg:
+        reg.add_patient(example, by="alice")
+        pid = reg.patients()[0].id
+    calls: list[Path] = []
+    real = dbsqlite._quick_check
+    monkeypatch.setattr(dbsqlite, "_quick_check", lambda conn, path: (calls.append(path), real(conn, path))[1])
+    dbsqlite._CHECKED.clear()
+    with Registry(db) as reg:
+        assert reg.patients() and reg.history(pid)
+        assert calls == []
+        for day in ("2026-01-10", "2026-01-11"):
+            reg.record(pid, "measurement", {"date": day, "height_cm": 60, "weight_kg": 6}, by="alice")
+        assert len(calls) == 1
+    import sqlite3
+
+    other = sqlite3.connect(db)  # another program changes the file
+    other.execute("INSERT INTO meta (key, value) VALUES ('touched', 'yes')")
+    other.commit()
+    other.close()
+    with Registry(db) as reg:
+        reg.record(pid, "measurement", {"date": "2026-01-12", "height_cm": 60, "weight_kg": 6}, by="alice")
+    assert len(calls) == 2

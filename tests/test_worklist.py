@@ -386,6 +386,37 @@ def test_the_streamed_worklist_is_the_worklist_text(reg: Registry, tmp_path: Pat
         assert not wl.rows and out.getvalue() == (wl.to_json() if json_output else wl.table())
 
 
+def test_the_streamed_table_escapes_what_the_table_escapes(reg: Registry) -> None:
+    """The streamed table (on SQLite its lines are built by the database) writes exactly
+    ``Worklist.table()`` for rows whose text is not plain ASCII: a detail with a terminal
+    escape, a bidirectional override and a tab (escaped), a detail, a study and an element with
+    accents and symbols (kept), an empty detail and branch, a long element and item."""
+    import io
+
+    from protocol import _worklist
+
+    pid = reg.worklist(TODAY, 7).rows[0][1]
+    odd = [(pid, TODAY.isoformat(), 0, "due", "administration", None, "indüction", "a:b@1", "Médicament",
+            "note \x1b[31mred\x1b[0m \u202eevil\tend", "planned", None),
+           (pid, TODAY.isoformat(), 1, "deviation", "deviation", "étude-1", "ib", None, "dose",
+            "6 mg/m² × 0.5 µg", "", "decision→hr"),
+           (pid, TODAY.isoformat(), 2, "due", "assessment", None, "élément-très-long-pour-la-colonne", "x" * 30,
+            "BM", "", None, "")]
+    db = reg._db
+    db.begin(True)
+    try:
+        db.executemany("INSERT INTO worklist_rows (patient, date, rank, category, kind, study, element, item, name, "
+                       "detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", odd)
+        want = Worklist(TODAY, 7, _worklist.query(db, TODAY, 7, TODAY), 0, None, TODAY).table()
+        assert "\\x1b[31m" in want and "µg" in want
+        for chunk in (1, 4096):
+            out = io.StringIO()
+            _worklist.stream(db, TODAY, 7, TODAY, 0, out, False, chunk=chunk)
+            assert out.getvalue() == want
+    finally:
+        db.rollback()
+
+
 def test_a_page_of_the_worklist_is_its_slice_for_the_sites_asked(db_url: str) -> None:
     """``Registry.worklist_page`` (the web's worklist page): the rows from ``offset`` are the
     same slice of ``worklist()`` restricted to the sites asked for, in the same order, and the

@@ -14,9 +14,10 @@ The pipeline for one patient:
 Dates are ``datetime.date`` only at the edges (``Item.date``, JSON, documents).
 
 The stages are modules of this package, each small enough to read in one sitting:
-:mod:`.replay` (recorded element events), :mod:`.items` (item events), :mod:`.infusions`
-(holds, interruptions, bags), :mod:`.projection` (the rest of the plan), composed by
-:mod:`.builder`; :mod:`.records` holds what a plan is made of, :mod:`.context` the per-patient
+:mod:`.replay` (recorded element events), :mod:`.given` (item events grouped by element, and
+doses given as planned applied in bulk), :mod:`.items` (every other item event), :mod:`.infusions`
+(holds, interruptions, bags), :mod:`.projection` (the rest of the plan), :mod:`.marks` (overdue
+items, the infant-dose warning), composed by :mod:`.builder`; :mod:`.records` holds what a plan is made of, :mod:`.context` the per-patient
 inputs on integer days.
 """
 

@@ -17,18 +17,19 @@ from .._rules import RiskResult
 
 from .context import _Context
 from .records import Decision, ElementSpan, Plan
-from .given import _Given
+from .given import _Given, _Index
 from .infusions import _Infusions
 from .items import _ItemEvents
+from .marks import _Marks
 from .projection import _Projection
 from .replay import _Replay
 
 __all__ = ["plan", "risk"]
 
-_DATE = attrgetter("date")
+_DATE, _TYPE = attrgetter("date"), attrgetter("type")
 
 
-class _Builder(_Replay, _Given, _ItemEvents, _Infusions, _Projection):
+class _Builder(_Replay, _Index, _Given, _ItemEvents, _Infusions, _Projection, _Marks):
     """Replays a patient's events, then projects the rest of the plan."""
 
     #: Replay recorded moves by triggering the ``transitions`` machine instead of the compiled
@@ -69,6 +70,13 @@ class _Builder(_Replay, _Given, _ItemEvents, _Infusions, _Projection):
         self.bag_hours: dict[str, tuple[int, int]] = {}  # element -> (event index, hours chosen)
         self.consumed: set[int] = set()
         self.mixed: set[str] = set()  # elements with recorded item events other than item_given
+        # The events as columns, read once (each pass over the pydantic events costs alike).
+        self.ev_types: list[str] = list(map(_TYPE, patient.events))
+        self.ev_kinds: set[str] = set(self.ev_types)
+        self.ev_dates: list[dt.date] = list(map(_DATE, patient.events))
+        # Element -> (event indices, references, dates, any amount recorded) of its item_given
+        # events, in date order, when they were indexed in bulk (see _Replay._index_given).
+        self.given_cols: dict[str, tuple[list[int], list[str], list[dt.date], bool]] = {}
         self.dating: str | None = None  # why the element being emitted has placeholder-dependent dates
         self.end_reason: str | None = None  # why the last closed element's end depends on a placeholder
         self.adjusted = False

@@ -54,11 +54,24 @@ def chased_positions(element: Any, length: int) -> tuple[int, ...]:
 
 def _segment(out: list[tuple[Any, ...]], base: int, sbase: int, days: tuple[int, ...], ks: tuple[int, ...],
              slots: tuple[Slot, ...], lo: int, hi: int, doses: list[DoseResult | None], status: str,
-             per_slot: list[str] | None, branch: str | None, dated: str | None) -> None:
+             per_slot: list[str] | None, branch: str | None, dated: str | None,
+             over: list[str | None] | None = None) -> None:
     """Append the rows of template positions ``lo:hi`` (one dose per slot), plain tuples in
-    :class:`Item` field order built by one comprehension."""
+    :class:`Item` field order built by one comprehension. ``over``: by template position, the
+    note of an item recorded given (its status ``given``), None for the others."""
     if lo or hi != len(days):
         days, ks, slots = days[lo:hi], ks[lo:hi], slots[lo:hi]
+        if over is not None:
+            over = over[lo:hi]
+    if over is not None:
+        seg4 = zip(days, ks, slots, over)
+        if per_slot is None:
+            out.extend([(base + d, d, sbase + d, s, doses[k], status if n is None else "given", branch, n, dated)
+                        for d, k, s, n in seg4])
+        else:
+            out.extend([(base + d, d, sbase + d, s, doses[k], per_slot[k] if n is None else "given", branch, n,
+                         dated) for d, k, s, n in seg4])
+        return
     seg = zip(days, ks, slots)
     if per_slot is None:
         out.extend([(base + d, d, sbase + d, s, doses[k], status, branch, None, dated) for d, k, s in seg])
@@ -152,14 +165,16 @@ class _Context:
         return first, points
 
     def emit(self, element: Any, start: int, length: int, stop: int | None, status: str, branch: str | None,
-             out: list[tuple[Any, ...]], dated: str | None = None, today: int | None = None) -> None:
+             out: list[tuple[Any, ...]], dated: str | None = None, today: int | None = None,
+             over: list[str | None] | None = None) -> None:
         """Append the items of one element occurrence starting on ordinal ``start``.
 
         Rows are plain tuples in :class:`Item` field order, built by one comprehension per
         segment between changes of the dose inputs; doses are computed once per segment.
         ``today`` (the element is under way): a planned administration dated before it, with
         no window, is emitted ``unrecorded`` (assessments and windowed items are left to
-        :meth:`_Projection.overdue`).
+        :meth:`_Projection.overdue`). ``over``: notes of the items recorded given, by template
+        position (see :func:`_segment`).
         """
         if length <= 0 or not element.slots:
             return
@@ -179,7 +194,7 @@ class _Context:
         sbase = base - self.t0 + 1
         if not cps and today is None:  # one segment (the common case)
             _segment(out, base, sbase, days, ks, slots, 0, end, self.doses_at(all_slots, start, m_first),
-                     status, per_slot, branch, dated)
+                     status, per_slot, branch, dated, over)
             return
         bounds = [0, *(bisect_left(days, cp - base, 0, end) for cp, _ in cps), end]
         ats = [(start, m_first), *cps]
@@ -194,8 +209,8 @@ class _Context:
             dl = self.doses_at(all_slots, at, m_index)
             if lo < cut:
                 mid = min(cut, hi)
-                _segment(out, base, sbase, days, ks, slots, lo, mid, dl, status, past, branch, dated)
+                _segment(out, base, sbase, days, ks, slots, lo, mid, dl, status, past, branch, dated, over)
                 if mid == hi:
                     continue
                 lo = mid
-            _segment(out, base, sbase, days, ks, slots, lo, hi, dl, status, per_slot, branch, dated)
+            _segment(out, base, sbase, days, ks, slots, lo, hi, dl, status, per_slot, branch, dated, over)

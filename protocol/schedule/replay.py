@@ -20,10 +20,11 @@ from .._machine import OUTCOMES
 from .._models import Event
 from .._rules import RiskResult, add_months, explain, patient_facts
 
-from .common import _ADJUSTING, _eligibility_field, _narrow, _Open
+from .common import _eligibility_field, _narrow, _Open
 from .records import Plan
 
 _DATE = attrgetter("date")
+_FIRST = itemgetter(0)
 
 
 class _Replay:
@@ -56,7 +57,7 @@ class _Replay:
                 self.problem((name,), f"expected a date {late}, got {value}")
         for field_, records in (("events", patient.events), ("measurements", patient.measurements),
                                 ("mrd", patient.mrd), ("counts", patient.counts)):
-            if not records or max(map(_DATE, records)) <= today:
+            if not records or (max(self.ev_dates) if field_ == "events" else max(map(_DATE, records))) <= today:
                 continue
             for i, r in enumerate(records):
                 if r.date > today:
@@ -75,13 +76,13 @@ class _Replay:
     def facts(self) -> tuple[dict[str, Any], RiskResult]:
         p, patient = self.p, self.patient
         self.check_recorded()
-        facts = patient_facts(patient, self.as_of)
+        facts = patient_facts(patient, self.as_of, self.ev_kinds)
         for i, r in enumerate(patient.mrd):
             if r.timepoint not in p.timepoints:
                 self.problem(("mrd", i, "timepoint"), f"expected a time point of {p.id} "
                              f"({', '.join(p.timepoints)}), got {r.timepoint!r}")
         seen_arms: dict[str, int] = {}
-        for i, ev in enumerate(patient.events):
+        for i, ev in enumerate(patient.events if "randomised" in self.ev_kinds else ()):
             if ev.type != "randomised":
                 continue
             arms = p.randomisations.get(str(ev.randomisation))
@@ -125,7 +126,7 @@ class _Replay:
         cur = _Open(p.initial, t0)
         cursor = p.cursor(facts)
         events = self.patient.events
-        dates = list(map(_DATE, events))
+        dates = self.ev_dates
         order = sorted(range(len(events)), key=dates.__getitem__)  # stable: same-day entries in file order
         if order and dates[order[-1]] > self.as_of:
             as_of = self.as_of
@@ -207,7 +208,10 @@ class _Replay:
                         self.consumed.add(i)
                         self.problem(("events", i, "date"), f"{ev.type} on {ev.date} comes after the patient left "
                                      f"the protocol ({self.outcome[0]} on {left})")
-        for events in self.by_element.values():
+        for element, events in self.by_element.items():
+            cols = self.given_cols.get(element)
+            if self.consumed.issuperset(map(_FIRST, events) if cols is None else cols[0]):
+                continue
             for i, ev in events:
                 if i not in self.consumed:
                     where = ("item", ev.item) if ev.item is not None else ("element", ev.element)
@@ -306,49 +310,3 @@ class _Replay:
         nxt = _Open(target, planned)
         nxt.actual_start = when
         return nxt
-
-    # -- projection -----------------------------------------------------------------
-
-    def index_adjustments(self, events: list[Event], order: list[int]) -> list[tuple[int, Event]]:
-        """Group the events that change an element's items by element, in date order, checking
-        what can be checked before the plan exists (the element is known, it has an infusion...).
-        Returns the other events (moves through the protocol), in date order."""
-        p = self.p
-        elements = p.elements
-        by_element = self.by_element
-        moves: list[tuple[int, Event]] = []
-        for i in order:
-            ev = events[i]
-            t = ev.type
-            if t == "item_given":  # the common case, first
-                element = ev.item.partition(":")[0]  # type: ignore[union-attr]
-                group = by_element.get(element)
-                if group is not None:
-                    group.append((i, ev))
-                    continue
-                if element in elements:
-                    by_element[element] = [(i, ev)]
-                    continue
-            elif t not in _ADJUSTING:
-                moves.append((i, ev))
-                continue
-            if ev.item is not None:
-                element = ev.item.partition(":")[0]
-                field_ = "item"
-            else:
-                element, field_ = str(ev.element), "element"
-            el = p.elements.get(element)
-            if el is None:
-                self.problem(("events", i, field_), f"expected an element of {p.id} ({', '.join(p.elements)}), got "
-                             f"{element!r}" + (f" in {ev.item!r}" if ev.item else ""))
-                continue
-            if ev.type.startswith("infusion_") and el.infusion is None:
-                self.problem(("events", i, "element"), f"{element!r} has no continuous infusion with interruption "
-                             f"rules: record element_held / element_resumed instead")
-                continue
-            if ev.type == "infusion_resumed" and ev.bag_hours is not None:
-                self.choose_bag(i, ev, element, store=False)
-            if ev.type != "item_given":
-                self.mixed.add(element)
-            by_element.setdefault(element, []).append((i, ev))
-        return moves
