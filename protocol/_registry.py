@@ -38,7 +38,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._db import DbUrl, connect, parse_url
+from ._db import DbUrl, parse_url
+from ._dbopen import connect
 from ._dbsqlite import APPLICATION_ID, BUSY_TIMEOUT_S
 from ._errors import InputError, PatientError, Problem, RegistryError
 from ._io import Document, format_loc, problems_from_validation
