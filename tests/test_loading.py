@@ -223,12 +223,27 @@ def _one_megabyte(shape: str) -> str:
 def test_a_one_megabyte_definition_is_accepted_or_refused_within_two_seconds(tmp_path: Path, shape: str) -> None:
     # Issue 16 §2: any file of at most 1 MB is accepted or refused within 2 s. These took 2-5 s
     # (3.5 s CPU for wrong-types); CPU time of this process, so a busy machine does not count.
+    import gc
     import time
 
     path = tmp_path / f"{shape}.yaml"
     path.write_text(_one_megabyte(shape), encoding="utf-8")
     assert 700_000 < path.stat().st_size <= 1_048_576
+    # What the command line meets is a fresh process: the objects the rest of the test session
+    # left alive are moved out of the collector's sight, or its full passes over them (they
+    # grow with the suite) are counted as the loader's time (2.3 s measured for 0.6 s).
+    gc.collect()
+    gc.freeze()
     start = time.process_time()
+    try:
+        _check_one_megabyte(path, shape, start)
+    finally:
+        gc.unfreeze()
+
+
+def _check_one_megabyte(path: Path, shape: str, start: float) -> None:
+    import time
+
     if shape == "many-sources":
         assert protocol.load_protocol(path).id == "interfant06-blinatumomab"
         assert time.process_time() - start < 2.0
