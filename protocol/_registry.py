@@ -1250,8 +1250,8 @@ def _projection(conn: sqlite3.Connection, path: Path, patient_id: str, day: dt.d
     ``read``: what :func:`_read_many` read of the patient in the same transaction (else each
     is read here)."""
     from ._models import Patient
+    from . import schedule
     from ._worklist import problem_row, project
-    from .schedule import plan
 
     if read is None:
         old = conn.execute("SELECT horizon FROM projection WHERE patient = ?", (patient_id,)).fetchone()
@@ -1278,7 +1278,9 @@ def _projection(conn: sqlite3.Connection, path: Path, patient_id: str, day: dt.d
             # A patient with no version entry has no recorded version (protocol_for is None).
             version = protocol_for(conn, patient_id, ref) \
                 if read is None or patient_id in read.versioned else None
-            result = plan(patient, version or cache[ref], as_of=day)
+            # Only the rows up to the projection's horizon are listed (_worklist._selected):
+            # the items of the elements after it are not made.
+            result = schedule.plan_rows_before(patient, version or cache[ref], day, day + dt.timedelta(days=horizon))
         rows = project(result, day, horizon)
         key = _definition_key(result.protocol)
     except Exception as exc:  # noqa: BLE001 - a patient that cannot be planned is listed, never dropped
