@@ -115,12 +115,13 @@ def plan(patient: Patient | str | os.PathLike[str], protocol: Protocol | str | o
 
 
 def plan_rows_before(patient: Patient, protocol: Protocol | None, as_of: dt.date, before: dt.date) -> Plan:
-    """:func:`plan`, except that the items dated from ``before`` on of an element not under way,
-    with nothing recorded in it, may be left out of ``rows``: for a reader of the plan's rows
-    up to ``before`` only (the registry's worklist projection, 58 % fewer rows for a registry
-    of patients in treatment). Everything else (elements, decisions, deviations, and every row
-    dated before ``before``) is the plan's (``tests/test_worklist.py`` holds the worklist rows
-    equal to those of the full plan).
+    """:func:`plan`, except that some rows no worklist lists are left out: those dated from
+    ``before`` on of an element not under way with nothing recorded in it, and every row of a
+    completed element with nothing recorded in it (all ``done``). For a reader of the plan's
+    rows up to ``before`` that skips those done: the registry's worklist projection (a
+    registry of patients in treatment has 58 % of its rows after a 7-day horizon). Everything
+    else (elements, decisions, deviations, every other row dated before ``before``) is the
+    plan's (``tests/test_worklist.py`` holds it, and the worklist rows, equal to the full plan's).
 
     >>> plan_rows_before(patient, pr, day, day + dt.timedelta(days=7)).rows[-1][0] < day.toordinal() + 7  # doctest: +SKIP
     True
