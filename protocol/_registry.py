@@ -1370,10 +1370,15 @@ def _projections(conn: Any, path: Path, patients: Sequence[str], day: dt.date, d
                  protocols: dict[str, Any]) -> dict[str, _Projected]:
     """:func:`_projection` of each of ``patients`` (in their order), their logs read by
     :func:`_read_many` in the caller's transaction."""
-    if not patients:
-        return {}
-    read = _read_many(conn, patients)
-    return {pid: _projection(conn, path, pid, day, days, protocols=protocols, read=read) for pid in patients}
+    out: dict[str, _Projected] = {}
+    # A chunk at a time: the parsed logs of thousands of patients held at once would make each
+    # garbage collection pass scan them all (1.2 ms a patient at 3,000 rather than 0.55 ms).
+    for i in range(0, len(patients), READ_CHUNK):
+        part = patients[i:i + READ_CHUNK]
+        read = _read_many(conn, part)
+        for pid in part:
+            out[pid] = _projection(conn, path, pid, day, days, protocols=protocols, read=read)
+    return out
 
 
 def _projections_from(path: Path, patients: Sequence[str], day: dt.date, days: int) -> dict[str, _Projected]:
