@@ -33,7 +33,7 @@ from typing import Any
 
 from ._errors import Problem, RegistryError
 
-__all__ = ["Database", "DbUrl", "IntegrityError", "Scope", "connect", "parse_url", "pg_sql", "pg_statements"]
+__all__ = ["Database", "DbUrl", "IntegrityError", "Scope", "parse_url", "pg_sql", "pg_statements"]
 
 
 class IntegrityError(RegistryError):
@@ -115,7 +115,7 @@ EVERYTHING = Scope()
 
 
 class Database:
-    """One connection to a registry, SQLite or PostgreSQL (made by :func:`connect`).
+    """One connection to a registry, SQLite or PostgreSQL (made by :func:`protocol._dbopen.connect`).
 
     ``execute`` / ``executemany`` take SQLite-dialect SQL with ``?`` parameters and return a
     cursor (``fetchone``, ``fetchall``, iteration, ``rowcount``, ``lastrowid``).
@@ -172,18 +172,6 @@ class Database:
 
     def close(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
-
-
-def connect(url: str | os.PathLike[str] | DbUrl, create: bool = False) -> Database:
-    """Open the database ``url`` names (not yet migrated: see :func:`protocol._dbschema.migrate`)."""
-    parsed = parse_url(url)
-    if parsed.dialect == "postgresql":
-        from ._dbpg import PgDatabase
-
-        return PgDatabase(parsed, create)
-    from ._dbsqlite import SqliteDatabase
-
-    return SqliteDatabase(parsed, create)
 
 
 # --------------------------------------------------------------------------- SQL for PostgreSQL

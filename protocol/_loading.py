@@ -7,6 +7,7 @@ resolved path, modification time and size); planning a cohort re-uses it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -33,7 +34,9 @@ __all__ = [
 _CACHE: dict[tuple[str, int, int], Protocol] = {}
 
 
+@functools.lru_cache(maxsize=1)
 def _definitions_dir() -> Path:
+    # The package's folder does not move while the process runs (asked on every plan).
     return Path(str(resources.files("protocol") / "definitions"))
 
 
@@ -131,9 +134,16 @@ def load_protocol(id_or_path: str | os.PathLike[str], site: str | os.PathLike[st
     return amended
 
 
+#: Shipped id → ((index stamp, file mtime, file size), Protocol): plan() looks its protocol up
+#: by id on every call, and resolving the paths costs more than a small plan. The file's own
+#: stat is kept in the key, so a shipped file changed in place is read (and checked against
+#: the manifest) again, as on the general path.
+_BY_ID: dict[str, tuple[tuple[Any, int, int], Protocol]] = {}
+
+
 def _load(id_or_path: str | os.PathLike[str]) -> Protocol:
     text = os.fspath(id_or_path)
-    _, shipped, sums = _shipped_index()
+    stamp, shipped, sums = _shipped_index()
     ref = _ID_REF.fullmatch(text)
     version = ""
     if ref is not None:
@@ -143,8 +153,23 @@ def _load(id_or_path: str | os.PathLike[str]) -> Protocol:
                 text, "", "not a shipped protocol id (shipped: " + ", ".join(shipped) + "); to load a definition "
                 f"file, give its path, e.g. ./{name}.yaml"))
         path = shipped[name]
-    else:
-        path = Path(text)
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        fast = _BY_ID.get(name)
+        if st is not None and fast is not None and fast[0] == (stamp, st.st_mtime_ns, st.st_size):
+            if version and fast[1].version != version:
+                raise DefinitionError(Problem(text, "version", f"expected version {version}, got {fast[1].version}"))
+            return fast[1]
+        loaded = _load_path(text, path, version, shipped, sums)
+        if st is not None:
+            _BY_ID[name] = ((stamp, st.st_mtime_ns, st.st_size), loaded)
+        return loaded
+    return _load_path(text, Path(text), version, shipped, sums)
+
+
+def _load_path(text: str, path: Path, version: str, shipped: dict[str, Path], sums: dict[str, str]) -> Protocol:
     try:
         resolved = path.resolve()
         stat = path.stat()

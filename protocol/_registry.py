@@ -38,10 +38,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._db import DbUrl, connect, parse_url
+from ._db import DbUrl, parse_url
+from ._dbopen import connect
 from ._dbsqlite import APPLICATION_ID, BUSY_TIMEOUT_S
 from ._errors import InputError, PatientError, Problem, RegistryError
 from ._io import Document, format_loc, problems_from_validation
+from ._versions import parse_recorded
 
 if TYPE_CHECKING:  # the models (pydantic) are imported where a patient is validated: a worklist
     from ._models import Patient  # served from the projection needs none of them
@@ -334,37 +336,6 @@ def default_db_path() -> Path | str:
 
 def _utc_stamp(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_recorded(value: str | dt.date | dt.datetime, field: str = "as_of_recorded") -> str:
-    """A point in recording time as the stored form (UTC, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``).
-
-    A date means the end of that day (UTC): everything recorded on it counts. Text may be a
-    date ``YYYY-MM-DD`` or an ISO 8601 date-time; a time without a zone is UTC.
-    """
-    if isinstance(value, str):
-        text = value.strip()
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-            try:
-                value = dt.date.fromisoformat(text)
-            except ValueError:
-                value = None  # type: ignore[assignment]
-        elif re.fullmatch(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?", text):
-            try:
-                value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-            except ValueError:
-                value = None  # type: ignore[assignment]
-        else:
-            value = None  # type: ignore[assignment]
-        if value is None:
-            raise InputError(Problem("", field, "expected a date YYYY-MM-DD or a date-time YYYY-MM-DDTHH:MM[:SS][Z], "
-                                     f"got {text!r}"))
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        return _utc_stamp(value)
-    end = dt.datetime.combine(value, dt.time.max, tzinfo=dt.timezone.utc)
-    return _utc_stamp(end)
 
 
 # --------------------------------------------------------------------------- records

@@ -36,7 +36,8 @@ from typing import Any
 
 from ._errors import DefinitionError, InputError, Problem
 
-__all__ = ["PatientVersion", "patient_version", "plan_as_known", "protocol_for", "version_history", "version_key"]
+__all__ = ["PatientVersion", "parse_recorded", "patient_version", "plan_as_known", "protocol_for", "version_history",
+           "version_key"]
 
 #: Loaded definitions by SHA-256, or ``sha+site_sha`` with a site amendment (a stored version
 #: is compiled once per process).
@@ -317,7 +318,6 @@ def patient_version(reg: Any, patient_id: str, *, as_of_recorded: str | dt.date 
     >>> patient_version(reg, "INF-0001").version  # doctest: +SKIP
     '1.0.0'
     """
-    from ._registry import parse_recorded
 
     upto = None if as_of_recorded is None else parse_recorded(as_of_recorded)
     patient = reg.patient(patient_id, as_of_recorded=as_of_recorded)
@@ -376,7 +376,6 @@ def plan_as_known(reg: Any, patient_id: str, on: dt.date, *, today: dt.date | No
     >>> plan_as_known(reg, "INF-0001", dt.date(2026, 11, 1)).protocol.version  # doctest: +SKIP
     '1.0.0'
     """
-    from ._registry import parse_recorded
     from .schedule import plan
 
     upto = parse_recorded(on)
@@ -445,3 +444,38 @@ def digest(sha: str, site_sha: str | None) -> str:
     ('abababababababab', 'abababababababab+cdcdcdcdcdcdcdcd')
     """
     return sha[:16] + ("+" + site_sha[:16] if site_sha else "")
+
+
+def _stamp(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_recorded(value: str | dt.date | dt.datetime, field: str = "as_of_recorded") -> str:
+    """A point in recording time as the stored form (UTC, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``).
+
+    A date means the end of that day (UTC): everything recorded on it counts. Text may be a
+    date ``YYYY-MM-DD`` or an ISO 8601 date-time; a time without a zone is UTC.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            try:
+                value = dt.date.fromisoformat(text)
+            except ValueError:
+                value = None  # type: ignore[assignment]
+        elif re.fullmatch(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?", text):
+            try:
+                value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                value = None  # type: ignore[assignment]
+        else:
+            value = None  # type: ignore[assignment]
+        if value is None:
+            raise InputError(Problem("", field, "expected a date YYYY-MM-DD or a date-time YYYY-MM-DDTHH:MM[:SS][Z], "
+                                     f"got {text!r}"))
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return _stamp(value)
+    end = dt.datetime.combine(value, dt.time.max, tzinfo=dt.timezone.utc)
+    return _stamp(end)

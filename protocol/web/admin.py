@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from .._auth import ROLES, add_site, add_user, disable_user, list_sites, list_users
 from .._errors import InputError
-from .app import field_errors, page, web_of
+from .common import field_errors, page, web_of
 
 
 async def _page(request: Request, status: int = 200, **extra: Any) -> Response:

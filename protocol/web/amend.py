@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .._errors import InputError
-from .app import field_errors, in_registry, page, web_of
+from .common import field_errors, in_registry, page, web_of
 
 #: The largest definition or site amendment accepted in the form (the shipped definitions are
 #: under 200 KB).

@@ -1,7 +1,7 @@
 """The JSON API: the operations of the pages, as JSON, described by ``GET /api/openapi.json``.
 
 Every route calls the same functions the pages call (:class:`protocol._access.Scoped`, through
-:func:`protocol.web.app.in_registry`, and the pages' own :func:`~protocol.web.patients.find_patients`,
+:func:`protocol.web.common.in_registry`, and the pages' own :func:`~protocol.web.patients.find_patients`,
 :func:`~protocol.web.patients.patient_view` and :func:`~protocol.web.recording.build_entry`): no
 clinical logic and no rule lives here, and the pages do not depend on this module.
 
@@ -43,7 +43,7 @@ from .._access import Forbidden, NotFound, allowed
 from .._errors import InputError, Problem
 from .._models import Patient
 from ..schedule.records import LEGEND
-from .app import actor_of, in_registry
+from .common import actor_of, in_registry
 
 __all__ = ["OPERATIONS", "application", "error", "openapi"]
 

@@ -10,7 +10,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from .._auth import (ABSOLUTE_TIMEOUT, SignInRefused, authenticate, end_session, new_session, sessions_of)
-from .app import actor_of, page, web_of
+from .common import actor_of, page, web_of
 
 
 def _address(request: Request) -> str:

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from .app import in_registry, not_found, page, web_of
+from .common import in_registry, not_found, page, web_of
 
 #: The roadmap is a document with its own inline styles, and no script: its own policy.
 ROADMAP_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "

@@ -12,7 +12,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from .._errors import InputError
-from .app import in_registry, page, web_of
+from .common import in_registry, page, web_of
 
 #: The base fields of a patient file, as the registration form asks for them.
 NUMBERS = ("wbc_at_diagnosis", "day8_blasts_per_ul", "height_cm", "weight_kg", "dose", "percent", "value", "anc",

@@ -12,7 +12,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from .._errors import InputError, Problem
-from .app import field_errors, in_registry, page, web_of
+from .common import field_errors, in_registry, page, web_of
 from .patients import typed
 
 #: action → (entry kind, event type or None, the form fields it takes). The same mapping as
@@ -219,7 +219,7 @@ async def sign(request: Request) -> Response:
     try:
         seq = int(request.path_params["seq"])
     except ValueError:
-        from .app import not_found
+        from .common import not_found
 
         return not_found(request)
     form = await request.form()

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .app import in_registry, page, web_of
+from .common import in_registry, page, web_of
 
 #: Rows per worklist page: a week of a thousand patients is thousands of rows.
 PAGE = 250

@@ -137,7 +137,7 @@ def test_security_headers_and_cookies(live: Live) -> None:
 
 
 def test_non_loopback_cookies_are_host_prefixed_and_secure(tmp_path: Path) -> None:
-    from protocol.web.app import Web
+    from protocol.web.common import Web
 
     web = Web(tmp_path / "x.db", host="0.0.0.0")
     assert web.secure and web.session_cookie.startswith("__Host-") and web.csrf_cookie.startswith("__Host-")
