@@ -103,8 +103,8 @@ class DoseResult:
     ('18.4 mg/day, once a day', '60 mg/m²/day × 0.307 m² = 18.4 mg/day (BSA Mosteller, ...)')
     """
 
-    __slots__ = ("_applied", "_dict", "_evidence", "_result", "age_months", "age_years", "bsa", "measurement",
-                 "slot")
+    __slots__ = ("_applied", "_dict", "_evidence", "_result", "_text", "age_months", "age_years", "bsa",
+                 "measurement", "slot")
 
     def __init__(self, slot: Slot, measurement: Measurement | None, bsa: float | None, age_years: int,
                  age_months: int | None = None) -> None:
@@ -119,6 +119,7 @@ class DoseResult:
         self._result: tuple[Any, ...] | None = None
         self._dict: dict[str, Any] | None = None
         self._evidence: str | None = None  # read for every item of the segment that shares this dose
+        self._text: str | None = None  # the same: a worklist writes it for each due item of the segment
 
     def _computed(self) -> tuple[Any, ...]:
         if self._result is None:
@@ -350,6 +351,12 @@ class DoseResult:
         ``1170 mg per dose, every 12 h (2 doses a day)``; ``18.4 mg/day, once a day``;
         ``4.42 µg/day, continuous infusion``; ``not computable`` without a measurement.
         """
+        # Made once: the inputs of a dose never change after it is made (see _computed).
+        if self._text is None:
+            self._text = self._make_text()
+        return self._text
+
+    def _make_text(self) -> str:
         if self.amount is None:
             return self.amount_text
         amount = self.amount_text

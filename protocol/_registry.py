@@ -1176,10 +1176,11 @@ class Registry:
             ready = {pid: done for pid in patients
                      if (done := computed.get(pid)) is not None and done.last_seq == current.get(pid)}
             _store_projections(conn, start, ready, self._stamp())
-        for pid in sorted(patients):  # in one order: two refreshes never wait for each other in a cycle
-            if pid not in ready:
-                conn.lock_patient(pid)  # PostgreSQL: never over a writer of the patient
-                self._project_patient(conn, pid, start, days, protocols=protocols)
+        todo = [pid for pid in sorted(patients) if pid not in ready]
+        for pid in todo:  # in one order: two refreshes never wait for each other in a cycle
+            conn.lock_patient(pid)  # PostgreSQL: never over a writer of the patient
+        # The logs are read after every lock is held, a few hundred patients per query.
+        _store_projections(conn, start, _projections(conn, self.path, todo, start, days, protocols), self._stamp())
 
     def _project_patient(self, conn: sqlite3.Connection, patient_id: str, day: dt.date, days: int | None,
                          planned: tuple[Patient, Any, int] | None = None, protocols: dict[str, Any] | None = None
@@ -1213,19 +1214,25 @@ class _Projected:
 
 
 def _projection(conn: sqlite3.Connection, path: Path, patient_id: str, day: dt.date, days: int | None,
-                planned: tuple[Patient, Any, int] | None = None, protocols: dict[str, Any] | None = None
-                ) -> _Projected:
+                planned: tuple[Patient, Any, int] | None = None, protocols: dict[str, Any] | None = None,
+                read: _Read | None = None) -> _Projected:
     """The worklist rows of one patient as of ``day`` from what ``conn`` sees (see
-    :meth:`Registry._project_patient`); a patient that cannot be planned gets a problem row."""
+    :meth:`Registry._project_patient`); a patient that cannot be planned gets a problem row.
+    ``read``: what :func:`_read_many` read of the patient in the same transaction (else each
+    is read here)."""
     from ._models import Patient
+    from . import schedule
     from ._worklist import problem_row, project
-    from .schedule import plan
 
-    old = conn.execute("SELECT horizon FROM projection WHERE patient = ?", (patient_id,)).fetchone()
-    horizon = max(days or 0, old[0] if old else 0, MIN_HORIZON_DAYS)
+    if read is None:
+        old = conn.execute("SELECT horizon FROM projection WHERE patient = ?", (patient_id,)).fetchone()
+        old_horizon = old[0] if old else 0
+    else:
+        old_horizon = read.horizons.get(patient_id) or 0
+    horizon = max(days or 0, old_horizon, MIN_HORIZON_DAYS)
     try:
         if planned is None:
-            rows_ = _entry_rows(conn, patient_id)
+            rows_ = _entry_rows(conn, patient_id) if read is None else read.entries.get(patient_id, [])
             last_seq = rows_[-1][0]
             patient = Patient.model_validate(_replay(rows_).to_dict())
             patient._source = f"{patient_id} in {path}"
@@ -1239,7 +1246,12 @@ def _projection(conn: sqlite3.Connection, path: Path, patient_id: str, day: dt.d
             cache = {} if protocols is None else protocols
             if ref not in cache:
                 cache[ref] = _protocol(ref)
-            result = plan(patient, protocol_for(conn, patient_id, ref) or cache[ref], as_of=day)
+            # A patient with no version entry has no recorded version (protocol_for is None).
+            version = protocol_for(conn, patient_id, ref) \
+                if read is None or patient_id in read.versioned else None
+            # Only the rows up to the projection's horizon are listed (_worklist._selected):
+            # the items of the elements after it are not made.
+            result = schedule.plan_rows_before(patient, version or cache[ref], day, day + dt.timedelta(days=horizon))
         rows = project(result, day, horizon)
         key = _definition_key(result.protocol)
     except Exception as exc:  # noqa: BLE001 - a patient that cannot be planned is listed, never dropped
@@ -1283,14 +1295,70 @@ def _store_projections(conn: sqlite3.Connection, day: dt.date, ready: dict[str, 
                      [(pid, iso, d.horizon, d.protocol, d.key, d.last_seq, stamp) for pid, d in ready.items()])
 
 
+@dataclass(frozen=True)
+class _Read:
+    """What a refresh reads of many patients at once, in one transaction: each one's log
+    entries (as :func:`_entry_rows` gives them), its projection's horizon, and the patients
+    with a recorded protocol version."""
+
+    entries: dict[str, list[tuple[Any, ...]]]
+    horizons: dict[str, int]
+    versioned: set[str]
+
+
+#: Patients whose logs one query reads (well under SQLite's limit of bound parameters).
+READ_CHUNK = 500
+
+
+def _read_many(conn: Any, patients: Sequence[str]) -> _Read:
+    """The logs and horizons of ``patients`` in a few queries rather than two per patient.
+
+    >>> _read_many(conn, ["INF-0001"]).entries["INF-0001"][0][1]  # doctest: +SKIP
+    'base'
+    """
+    entries: dict[str, list[tuple[Any, ...]]] = {}
+    horizons: dict[str, int] = {}
+    for i in range(0, len(patients), READ_CHUNK):
+        part = tuple(patients[i:i + READ_CHUNK])
+        marks = "?," * (len(part) - 1) + "?"
+        rows = conn.execute(f"SELECT patient, seq, kind, data, supersedes, retracts FROM entries "
+                            f"WHERE patient IN ({marks}) ORDER BY patient, seq", part).fetchall()
+        if rows:
+            # One parse of every entry's JSON as one array (see _entry_rows).
+            datas = json.loads("[" + ",".join([r[3] for r in rows]) + "]")
+            for (pid, seq, kind, _, sup, ret), data in zip(rows, datas, strict=True):
+                got = entries.get(pid)
+                if got is None:
+                    got = entries[pid] = []
+                got.append((seq, kind, data, sup, ret))
+        horizons.update(conn.execute(f"SELECT patient, horizon FROM projection WHERE patient IN ({marks})",
+                                     part).fetchall())
+    versioned = {pid for (pid,) in conn.execute("SELECT DISTINCT patient FROM version_entries")}
+    return _Read(entries, horizons, versioned)
+
+
+def _projections(conn: Any, path: Path, patients: Sequence[str], day: dt.date, days: int | None,
+                 protocols: dict[str, Any]) -> dict[str, _Projected]:
+    """:func:`_projection` of each of ``patients`` (in their order), their logs read by
+    :func:`_read_many` in the caller's transaction."""
+    out: dict[str, _Projected] = {}
+    # A chunk at a time: the parsed logs of thousands of patients held at once would make each
+    # garbage collection pass scan them all (1.2 ms a patient at 3,000 rather than 0.55 ms).
+    for i in range(0, len(patients), READ_CHUNK):
+        part = patients[i:i + READ_CHUNK]
+        read = _read_many(conn, part)
+        for pid in part:
+            out[pid] = _projection(conn, path, pid, day, days, protocols=protocols, read=read)
+    return out
+
+
 def _projections_from(path: Path, patients: Sequence[str], day: dt.date, days: int) -> dict[str, _Projected]:
     """The projections of ``patients`` from one read snapshot of the registry at ``path``,
     on a connection of this process's own (a forked worker never uses its parent's)."""
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     try:
         conn.execute("BEGIN")
-        protocols: dict[str, Any] = {}
-        return {pid: _projection(conn, path, pid, day, days, protocols=protocols) for pid in patients}
+        return _projections(conn, path, patients, day, days, {})
     finally:
         conn.close()
 

@@ -79,11 +79,6 @@ def _shown(text: str) -> str:
                         text)
 
 
-def _ref(item: Any) -> str:
-    ref = getattr(item, "ref", None)
-    return ref if ref else f"{item.element}:{item.slot.key}@{item.element_day}"
-
-
 def _get(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
@@ -98,30 +93,46 @@ def _past_open(status: str, ordinal: int, start: int, branch: Any) -> bool:
     return ordinal < start and (status == "unrecorded" or (status == "planned" and branch is None))
 
 
-def _selected(plan: Any, start: int, end: int) -> list[Any]:
-    """The items of a plan the worklist lists: overdue ones, past ones with nothing recorded,
-    and those in ``[start, end)`` still to do.
+def _selected(plan: Any, start: int, end: int) -> list[tuple[Any, ...]]:
+    """The items of a plan the worklist lists, as tuples in :class:`~protocol.Item` field
+    order: overdue ones, past ones with nothing recorded, and those in ``[start, end)`` still
+    to do.
 
-    Filters the plan's row tuples first (a plan holds hundreds of rows; a worklist needs a few)
-    and makes :class:`~protocol.Item` records only of those kept.
+    Filters the plan's row tuples (a plan holds hundreds of rows; a worklist needs a few),
+    cut by date: rows are in date order.
     """
     rows = getattr(plan, "rows", None)
     if rows is None:  # anything with ``items`` (tests use simple stand-ins)
-        return [i for i in plan.items if i.status == "overdue" or _past_open(i.status, i.ordinal, start, i.branch)
+        return [(i.ordinal, i.element_day, None, i.slot, i.dose, i.status, i.branch, getattr(i, "note", None), None)
+                for i in plan.items
+                if i.status == "overdue" or _past_open(i.status, i.ordinal, start, i.branch)
                 or (start <= i.ordinal < end and i.status not in _NOT_DUE)]
-    from .schedule.records import Item, _as_item
-
-    fields = Item._fields
-    ordinal, status, branch = fields.index("ordinal"), fields.index("status"), fields.index("branch")
-    not_due = _NOT_DUE
-    # Rows are in date order and an overdue item is dated before the as-of day: nothing from
-    # the window's end on is listed.
+    key = itemgetter(0)  # the ordinal
+    # An overdue item is dated before the as-of day: nothing from the window's end on is listed.
     as_of = getattr(plan, "as_of", None)
     cut = max(end, as_of.toordinal()) if isinstance(as_of, dt.date) else end
-    rows = rows[:bisect_left(rows, cut, key=itemgetter(ordinal))]
-    return [_as_item(r) for r in rows
-            if r[status] == "overdue" or (start <= r[ordinal] < end and r[status] not in not_due)
-            or (r[ordinal] < start and (r[status] == "unrecorded" or (r[status] == "planned" and r[branch] is None)))]
+    stop = bisect_left(rows, cut, key=key)
+    mid = bisect_left(rows, start, 0, stop, key=key)
+    last = bisect_left(rows, end, mid, stop, key=key)
+    # Before the window: overdue, unrecorded, or planned on the certain path (_past_open);
+    # in it: all still to do (overdue is not in _NOT_DUE); after it: overdue only.
+    past_kept = _PAST_KEPT
+    not_due = _NOT_DUE
+    out = [r for r in rows[:mid] if r[5] in past_kept and (r[5] != "planned" or r[6] is None)]
+    out += [r for r in rows[mid:last] if r[5] not in not_due]
+    if last < stop:
+        out += [r for r in rows[last:stop] if r[5] == "overdue"]
+    return out
+
+
+#: Statuses of the past items listed (a planned one only on the certain path).
+_PAST_KEPT = frozenset({"overdue", "unrecorded", "planned"})
+
+
+def _ref_of(row: tuple[Any, ...]) -> str:
+    """``ELEMENT:SLOT@DAY`` of an item tuple (:attr:`Item.ref`)."""
+    slot = row[3]
+    return f"{slot.element}:{slot.key}@{row[1]}"
 
 
 def _ago(days: int) -> str:
@@ -136,11 +147,13 @@ def _days(days: list[int]) -> str:
     return ", ".join(text if len(text) <= 8 else [*text[:3], "...", *text[-3:]])
 
 
-def _detail(item: Any) -> str:
-    """The route, the dose and the item's note (what changed it), in words."""
-    dose = item.dose
-    detail = " ".join(p for p in (item.slot.route, None if dose is None else dose.text) if p)
-    note = getattr(item, "note", None)
+def _detail(item: tuple[Any, ...]) -> str:
+    """The route, the dose and the item's note (what changed it), in words (of an item tuple)."""
+    dose = item[4]
+    route = item[3].route
+    text = None if dose is None else dose.text
+    detail = f"{route} {text}" if route and text else route or text or ""
+    note = item[7]
     if note:
         detail = f"{detail} ({note})" if detail else note
     return detail
@@ -153,18 +166,18 @@ def _unrecorded(group: list[Any], start: int, not_started: set[str]) -> tuple[An
     first = group[0]
     last = group[-1]
     detail = _detail(last)
-    slot = first.slot
+    slot = first[3]
     n = len(group)
     if n == 1:
-        when = f"due {_ago(start - first.ordinal)}, nothing recorded"
+        when = f"due {_ago(start - first[0])}, nothing recorded"
     else:
-        a, b = start - first.ordinal, start - last.ordinal
+        a, b = start - first[0], start - last[0]
         ago = f"{a} to {b} days ago" if b > 1 else f"{a} days ago to {_ago(b)}"
-        when = f"{n} with nothing recorded: days {_days([i.element_day for i in group])} ({ago})"
+        when = f"{n} with nothing recorded: days {_days([i[1] for i in group])} ({ago})"
     if slot.element in not_started:
         when += f" ({slot.element} has no start recorded)"
-    return (first.date.isoformat(), "unrecorded", slot.kind, slot.study, slot.element, _ref(first), slot.name,
-            f"{detail}; {when}" if detail else when, first.status, first.branch)
+    return (dt.date.fromordinal(first[0]).isoformat(), "unrecorded", slot.kind, slot.study, slot.element,
+            _ref_of(first), slot.name, f"{detail}; {when}" if detail else when, first[5], first[6])
 
 
 def project(plan: Any, day: dt.date, horizon: int) -> list[tuple[Any, ...]]:
@@ -181,23 +194,27 @@ def project(plan: Any, day: dt.date, horizon: int) -> list[tuple[Any, ...]]:
     past_items: list[Any] = []  # their refs are what an overdue deviation is not listed again for
     unrecorded: dict[tuple[str, str], list[Any]] = {}
     not_started = {e.id for e in getattr(plan, "elements", None) or () if _get(e, "status") == "planned"}
-    for item in _selected(plan, start, end):
-        status = item.status
-        past = item.ordinal < start
-        category = "overdue" if status == "overdue" else "unrecorded" if past else "due"
-        slot = item.slot
+    fromordinal = dt.date.fromordinal
+    for item in _selected(plan, start, end):  # tuples in Item field order
+        ordinal, status, slot = item[0], item[5], item[3]
+        past = ordinal < start
         if past:
             past_items.append(item)
-            if category == "unrecorded":  # one row per drug or assessment of an element (see _unrecorded)
-                unrecorded.setdefault((slot.element, slot.key), []).append(item)
+            if status != "overdue":  # unrecorded: one row per drug or assessment of an element (see _unrecorded)
+                key = (slot.element, slot.key)
+                group = unrecorded.get(key)
+                if group is None:
+                    unrecorded[key] = [item]
+                else:
+                    group.append(item)
                 continue
-        ref = _ref(item)
+        category = "overdue" if status == "overdue" else "due"
         detail = _detail(item)
         if past:
-            late = f"due {_ago(start - item.ordinal)}, nothing recorded"
+            late = f"due {_ago(start - ordinal)}, nothing recorded"
             detail = f"{detail}; {late}" if detail else late
-        out.append((item.date.isoformat(), category, slot.kind, slot.study, slot.element, ref, slot.name,
-                    detail or None, status, item.branch))
+        out.append((fromordinal(ordinal).isoformat(), category, slot.kind, slot.study, slot.element,
+                    f"{slot.element}:{slot.key}@{item[1]}", slot.name, detail or None, status, item[6]))
     for group in unrecorded.values():
         out.append(_unrecorded(group, start, not_started))
     pid = getattr(getattr(plan, "patient", None), "id", None) or "PATIENT"
@@ -229,7 +246,7 @@ def project(plan: Any, day: dt.date, horizon: int) -> list[tuple[Any, ...]]:
             continue
         if kind == "overdue":
             if listed is None:
-                listed = {_ref(i) for i in past_items}
+                listed = {_ref_of(i) for i in past_items}
             if ref in listed:
                 continue
         out.append((when, "deviation", kind, None, _get(dev, "element"), ref, kind.replace("_", " "),

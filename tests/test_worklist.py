@@ -196,6 +196,7 @@ def test_a_fresh_projection_is_served_without_planning(reg: Registry, monkeypatc
         raise AssertionError("plan() called for a fresh projection")
 
     monkeypatch.setattr(_schedule, "plan", no_plan)
+    monkeypatch.setattr(_schedule, "plan_rows_before", no_plan)  # what a refresh plans with
     wl = reg.worklist(TODAY, 7)
     assert wl.refreshed == 0 and wl.rows
 
@@ -203,12 +204,20 @@ def test_a_fresh_projection_is_served_without_planning(reg: Registry, monkeypatc
 def test_a_patient_that_cannot_be_planned_is_listed(reg: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     real = _schedule.plan
 
+    real_cut = _schedule.plan_rows_before
+
     def broken_for_one(patient: Any, *args: Any, **kwargs: Any) -> Any:
         if getattr(patient, "id", None) == "INF-0002":
             raise PatientError(Problem("INF-0002", "protocol", "no such protocol"))
         return real(patient, *args, **kwargs)
 
+    def cut_broken_for_one(patient: Any, *args: Any, **kwargs: Any) -> Any:  # what a refresh plans with
+        if getattr(patient, "id", None) == "INF-0002":
+            raise PatientError(Problem("INF-0002", "protocol", "no such protocol"))
+        return real_cut(patient, *args, **kwargs)
+
     monkeypatch.setattr(_schedule, "plan", broken_for_one)
+    monkeypatch.setattr(_schedule, "plan_rows_before", cut_broken_for_one)
     wl = reg.worklist(TODAY + dt.timedelta(days=1), 7)
     problems = [r for r in wl.rows if r[2] == "problem"]
     assert [(r[1], r[8]) for r in problems] == [("INF-0002", "INF-0002: protocol: no such protocol")]
@@ -445,3 +454,53 @@ def test_a_page_of_the_worklist_is_its_slice_for_the_sites_asked(db_url: str) ->
                 assert page.counts() == counts and page.total == len(mine)
     finally:
         r.close()
+
+
+@pytest.mark.slow
+def test_rows_cut_at_the_horizon_give_the_full_plans_worklist_rows() -> None:
+    """The registry projects a plan whose elements not under way are emitted only up to the
+    horizon (``plan_rows_before``): its worklist rows equal those of the full plan, on every
+    example patient (every shipped protocol) with generated recorded histories (the
+    generator of ``tests/test_schedule.py``), as of a generated day, for 7 to 60 days.
+    The plan cut short keeps every row before the horizon but those done (which no worklist
+    lists), and every element, decision and deviation."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from protocol.schedule.builder import plan_rows_before
+
+    from .test_schedule import ALL_EXAMPLES, _recorded
+
+    loaded = [protocol.load_patient(f) for f in ALL_EXAMPLES]
+    end = dt.date(2026, 11, 21)
+
+    @given(st.sampled_from(loaded), st.data())
+    def check(patient: protocol.Patient, data: Any) -> None:
+        pr = protocol.load_protocol(patient.protocol)
+        as_of = data.draw(st.dates(min_value=patient.start_date + dt.timedelta(days=3), max_value=end))
+        horizon = data.draw(st.sampled_from([7, 14, 28, 60]))
+        base = patient.model_dump(mode="json")
+        try:
+            bare = protocol.plan(patient, pr, as_of)
+        except protocol.ProtocolError:
+            return
+        base["events"] = [*base["events"], *_recorded(data.draw, bare, as_of)]
+        generated = protocol.Patient.model_validate(base)
+        try:
+            full = protocol.plan(generated, pr, as_of)
+        except protocol.ProtocolError as exc:
+            with pytest.raises(type(exc)):
+                plan_rows_before(generated, pr, as_of, as_of + dt.timedelta(days=horizon))
+            return
+        cut = plan_rows_before(generated, pr, as_of, as_of + dt.timedelta(days=horizon))
+        before = (as_of + dt.timedelta(days=horizon)).toordinal()
+        def shown(p: Any) -> list[dict[str, Any]]:  # doses compared by value, not by identity
+            return [protocol.Item._make(r).to_dict() for r in p.rows if r[0] < before and r[5] != "done"]
+
+        assert shown(cut) == shown(full)
+        assert [e.to_dict() for e in cut.elements] == [e.to_dict() for e in full.elements]
+        assert cut.deviations == full.deviations
+        assert [d.to_dict() for d in cut.decisions] == [d.to_dict() for d in full.decisions]
+        assert project(cut, as_of, horizon) == project(full, as_of, horizon)
+
+    check()

@@ -22,7 +22,7 @@ inputs on integer days.
 """
 
 from .._dose import DoseResult, mosteller
-from .builder import plan, risk
+from .builder import plan, plan_rows_before, risk
 from .records import Decision, ElementSpan, Item, Plan
 
-__all__ = ["Decision", "DoseResult", "ElementSpan", "Item", "Plan", "mosteller", "plan", "risk"]
+__all__ = ["Decision", "DoseResult", "ElementSpan", "Item", "Plan", "mosteller", "plan", "plan_rows_before", "risk"]

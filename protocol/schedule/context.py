@@ -164,6 +164,19 @@ class _Context:
                         points.append((day, j))
         return first, points
 
+    def flag_only(self, element: Any, start: int, length: int, stop: int | None) -> None:
+        """What :meth:`emit` records besides the rows, without them: the weight changes flagged
+        in the occurrence (for a reader that lists none of its rows, see ``plan_rows_before``)."""
+        if length <= 0 or not element.slots:
+            return
+        days = (element.fixed if length == element.length else element.template(length))[0]
+        last = start + length - 1 if stop is None else min(stop, start + length - 1)
+        if last > self.horizon:
+            self.cover(last + 366)
+        if bisect_right(days, last - (start - element.first_day)) == 0:
+            return
+        self.change_points(element.id, start, last)
+
     def emit(self, element: Any, start: int, length: int, stop: int | None, status: str, branch: str | None,
              out: list[tuple[Any, ...]], dated: str | None = None, today: int | None = None,
              over: list[str | None] | None = None) -> None:

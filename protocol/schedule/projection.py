@@ -182,7 +182,20 @@ class _Projection:
             rows.extend(map(tuple, tmp))
             self.adjusted = True
         else:
-            self.ctx.emit(el, start, length, stop, item_status, branch, rows, dated, today)
+            if self.rows_before is not None and status != "in_progress":
+                # A worklist projection (plan_rows_before): an element not under way with nothing
+                # recorded in it is emitted only up to the last day the worklist can list. Its
+                # rows are made independently of each other, and nothing else of the plan is read
+                # from them (the element's end comes from its length).
+                # The items of a completed element, nothing recorded, are all done: none is listed.
+                last = self.rows_before - 1
+                if item_status == "done":
+                    self.ctx.flag_only(el, start, length, stop)
+                else:
+                    self.ctx.emit(el, start, length, last if stop is None else min(stop, last), item_status,
+                                  branch, rows, dated, today)
+            else:
+                self.ctx.emit(el, start, length, stop, item_status, branch, rows, dated, today)
         if not el.open_ended:
             span.planned_end = dt.date.fromordinal(end)
         elif self.eot is not None:
