@@ -459,8 +459,9 @@ def test_bad_query_parameters_are_400_naming_them(live: Live, url: str, field: s
 
 def test_unknown_addresses_and_methods_are_json(live: Live) -> None:
     c = live.client("alice")
-    r = c.get("/api/nowhere")
-    assert r.status_code == 404 and r.json()["error"]
+    for url in ("/api/nowhere", "/api"):
+        r = c.get(url)
+        assert r.status_code == 404 and r.json()["error"], url
     r = c.put("/api/patients/INF-0001", json={}, headers={"x-csrftoken": c.csrf})  # type: ignore[attr-defined]
     assert r.status_code == 405 and r.json()["error"]
     assert c.get("/patients/INF-0001").headers["content-type"].startswith("text/html")  # the pages are pages
