@@ -51,7 +51,7 @@ def create_app(db: str | Path, host: str = "127.0.0.1", csrf_secret: str | None 
     routes = [
         Route("/", auth.home),
         *auth.routes, *patients.routes, *recording.routes, *documents.routes, *worklist.routes, *admin.routes,
-        *amend.routes, Route("/api", _api_root), Mount("/api", app=api.application(web)),
+        *amend.routes, Mount("/api", app=api.application(web)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={404: _404, 405: _405, 500: _500})
@@ -73,11 +73,6 @@ async def _csrf_failed(scope: Any, send: Any, message_id: Any) -> None:
     await send({"type": "http.response.start", "status": 403,
                 "headers": [(b"content-type", b"text/html; charset=utf-8")]})
     await send({"type": "http.response.body", "body": body})
-
-
-async def _api_root(request: Request) -> Response:
-    """``/api`` itself (the mount answers only below it): a JSON 404 like any unknown API address."""
-    return api.error(404, "no such API address: the routes are under /api/ (see /api/openapi.json)")
 
 
 async def _404(request: Request, exc: Exception) -> Response:
