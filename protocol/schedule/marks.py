@@ -45,13 +45,7 @@ class _Marks:
                 break
             if r[5] != "planned":
                 continue
-            slot = r[3]
-            late = 0 if slot.window is None else slot.window[1]
-            if r[0] + late < today:
-                rows[k] = (*r[:5], "overdue", *r[6:])
-                self.deviations.append((r[0], slot.element, f"{slot.element}:{slot.key}@{r[1]}", "overdue",
-                                        f"{slot.name} due {dt.date.fromordinal(r[0])}"
-                                        + (f" (window +{late} days)" if late else "") + ": nothing recorded"))
+            self._past_window(rows, k, today)
 
     def mark_overdue(self, rows: list[tuple[Any, ...]], mark: int) -> None:
         """Past items of the element under way with nothing recorded, as of the plan's date.
@@ -69,12 +63,19 @@ class _Marks:
             if slot.kind != "assessment" and slot.window is None:
                 rows[n] = (*r[:5], "unrecorded", *r[6:])
                 continue
-            late = 0 if slot.window is None else slot.window[1]
-            if r[0] + late < today:
-                rows[n] = (*r[:5], "overdue", *r[6:])
-                self.deviations.append((r[0], slot.element, f"{slot.element}:{slot.key}@{r[1]}", "overdue",
-                                        f"{slot.name} due {dt.date.fromordinal(r[0])}"
-                                        + (f" (window +{late} days)" if late else "") + ": nothing recorded"))
+            self._past_window(rows, n, today)
+
+    def _past_window(self, rows: list[tuple[Any, ...]], k: int, today: int) -> None:
+        """Row ``k`` (planned, dated before ``today``) becomes ``overdue``, with its deviation,
+        once its window (if any) has passed."""
+        r = rows[k]
+        slot = r[3]
+        late = 0 if slot.window is None else slot.window[1]
+        if r[0] + late < today:
+            rows[k] = (*r[:5], "overdue", *r[6:])
+            self.deviations.append((r[0], slot.element, f"{slot.element}:{slot.key}@{r[1]}", "overdue",
+                                    f"{slot.name} due {dt.date.fromordinal(r[0])}"
+                                    + (f" (window +{late} days)" if late else "") + ": nothing recorded"))
 
     def warn_infant_doses(self, rows: list[tuple[Any, ...]]) -> None:
         """Warn, once, about per-m² doses planned before the first birthday whose definition has
