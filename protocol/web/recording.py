@@ -169,6 +169,11 @@ async def record(request: Request) -> Response:
         element = form.get("element") if ACTIONS.get(action, ("", "", ()))[2][:1] == ("element",) else None
         ctx = await in_registry(request, lambda scoped: _context(scoped, pid, item or None, element or None))
         errors = _beside(exc, action, form)
+        # A problem about a field the form does not show (the item itself, another entry of
+        # the log) is about the whole entry: the page shows it in the summary, never drops it.
+        shown = (*ACTIONS.get(action, ("", None, ()))[2], "why")  # why: a correction's reason
+        for name in [k for k in errors if k and k not in shown]:
+            errors.setdefault("", []).extend(errors.pop(name))
         correcting = None
         if supersedes is not None:
             correcting = {"seq": supersedes, "action": action, "what": f"entry #{supersedes}"}

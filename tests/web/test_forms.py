@@ -176,3 +176,23 @@ def test_retracting_needs_a_reason_and_signing_a_password(live: Live) -> None:
     phil = live.client("phil")
     r = phil.post(f"/entries/{seq}/sign", data={"csrftoken": phil.csrf, "password": "not the password"})
     assert r.status_code == 400 and "password is wrong" in html.unescape(r.text)
+
+
+def test_a_refusal_about_the_whole_entry_is_shown_in_the_summary(live: Live) -> None:
+    """A refusal that names no field of the form (an item of an element with no recorded
+    start) is shown with the library's words in the form's summary, not only "see the message
+    beside the field" with no message anywhere (found trying the app in Chromium)."""
+    import re
+
+    c = live.client("alice")
+    page = c.get("/patients/INF-0001?days=7").text
+    ref = re.search(r"item=(maintenance%3A[^\"&]+|maintenance:[^\"&]+)", page)
+    assert ref, "a maintenance item in the coming week"
+    item = ref.group(1).replace("%3A", ":").replace("%40", "@")
+    before = count(live)
+    r = c.post("/patients/INF-0001/record", data={"csrftoken": c.csrf, "action": "given", "item": item,
+                                                 "date": "2026-12-01"})
+    assert r.status_code == 400
+    summary = html.unescape(re.search(r'<div class="error-summary" role="alert">(.*?)</div>', r.text, re.S).group(1))
+    assert "maintenance has no recorded start" in summary
+    assert count(live) == before
