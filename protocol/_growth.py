@@ -43,28 +43,68 @@ class Finding(NamedTuple):
     message: str
 
 
-@lru_cache(maxsize=1)
-def _float_observation() -> type:
-    """pygrowup's ``Observation`` with the z-score in floats: the same tables, look-ups and
-    range checks, the LMS formula without Decimal (and without the ±3 refinement, which only
-    applies beyond ±3). A screen, never a figure shown: see :func:`check_measurement`."""
-    from pygrowup import Observation
+#: (table, sex, key) -> (L, M, S) as floats, read from pygrowup's tables on first use.
+_LMS: dict[tuple[str, str, Any], tuple[float, float, float] | None] = {}
+_TENTH = Decimal("1.0")
 
-    lms_of: dict[tuple[Any, ...], tuple[float, float, float]] = {}
 
-    class FloatObservation(Observation):  # type: ignore[misc]
-        def get_z_score(self, table_name: str, sex: str, y: Any, t: Any) -> float:
-            # The table a look-up reads depends on t and on whether t is the age (see
-            # pygrowup's _get_box_cox_variables): both are in the key.
-            key = (table_name, sex, t, t != self.t or t <= 1856)
-            lms = lms_of.get(key)
-            if lms is None:
-                found = self._get_box_cox_variables(table_name, sex, t)
-                lms = lms_of[key] = (float(found["l"]), float(found["m"]), float(found["s"]))
-            lam, mu, sigma = lms
-            return ((float(y) / mu) ** lam - 1.0) / (sigma * lam)
+def _lms(table: str, sex: str, key: Any, by_month: bool = False) -> tuple[float, float, float] | None:
+    """The WHO Box-Cox parameters of ``table`` (pygrowup's module name: ``lfa``, ``wfa``,
+    ``wfl``, ``wfh``) for ``sex`` at ``key`` (age in days, age in months with ``by_month``, or
+    the length quantised to 0.1 cm as a Decimal); None where the table has no such row."""
+    cache_key = (table + "/m" if by_month else table, sex, key)
+    try:
+        return _LMS[cache_key]
+    except KeyError:
+        pass
+    from importlib import import_module
 
-    return FloatObservation
+    data = import_module(f"pygrowup.tables.{'by_month' if by_month else 'by_day'}.{table}").DATA
+    row = data.get(sex, {}).get(key)
+    found = (float(row["l"]), float(row["m"]), float(row["s"])) if row else None
+    _LMS[cache_key] = found
+    return found
+
+
+def _age_lms(table: str, sex: str, t: int) -> tuple[float, float, float] | None:
+    # pygrowup's _get_box_cox_variables: by day to 1856 days, then by month (t rounded to the
+    # nearest month of 365/12 days).
+    return _lms(table, sex, t) if t <= 1856 else _lms(table, sex, round(t / (365 / 12.)), by_month=True)
+
+
+def _float_z(y: float, lms: tuple[float, float, float]) -> float:
+    lam, mu, sigma = lms
+    return ((y / mu) ** lam - 1.0) / (sigma * lam)
+
+
+def _screen_scores(sex: str, age_days: int, height_cm: float, weight_kg: float) -> dict[str, float]:
+    """The z-scores :func:`_scores` computes, in floats and without pygrowup's ``Observation``:
+    the same tables, keys and range checks (``Observation.lhfa``, ``wfa``, ``wfl``, ``wfh``),
+    the first-pass LMS formula without Decimal and without the refinement beyond ±3. A screen,
+    never a figure shown (see :func:`check_measurement`); ``tests/test_growth.py`` holds it
+    equal to the same computation through pygrowup."""
+    t = max(age_days, 1)  # as _scores passes it: pygrowup takes age 0 for "no age"
+    out: dict[str, float] = {}
+    # Recumbent below 2 years and standing from 2 years (see _scores): pygrowup's ±0.7 cm
+    # adjustment never applies. Bounds as in pygrowup (inclusive); a float compares with them
+    # as its shortest repr does.
+    if t <= 19 * 365.25 and 10 <= height_cm <= 200:
+        lms = _age_lms("lfa", sex, t)
+        if lms is not None:
+            out["lhfa"] = _float_z(height_cm, lms)
+    if not 1 <= weight_kg <= 125:
+        return out
+    if t <= 10 * 365.25:
+        lms = _age_lms("wfa", sex, t)
+        if lms is not None:
+            out["wfa"] = _float_z(weight_kg, lms)
+    length = Decimal(repr(height_cm)).quantize(_TENTH)
+    table, low, high = ("wfl", 45, 110) if age_days < 730 else ("wfh", 65, 120)
+    if low <= length <= high:
+        lms = _lms(table, sex, length)
+        if lms is not None:
+            out[table] = _float_z(weight_kg, lms)
+    return out
 
 
 #: Below this |z| in floats, the exact (Decimal, rounded to 0.01) z-score is within ±3 too:
@@ -72,10 +112,14 @@ def _float_observation() -> type:
 _SCREEN = 2.9
 
 
-def _scores(sex: str, age_days: int, height_cm: float, weight_kg: float, exact: bool = True) -> dict[str, float]:
+def _scores(sex: str, age_days: int, height_cm: float, weight_kg: float,
+            only: frozenset[str] | None = None) -> dict[str, float]:
+    """The WHO z-scores of one measurement through pygrowup (Decimal, rounded to 0.01, refined
+    beyond ±3 for the weight-based ones); an indicator outside its table has none. ``only``:
+    the indicators to compute (default all)."""
     from pygrowup import Observation  # imported on first use: the WHO tables are large
 
-    obs = (Observation if exact else _float_observation())(sex=sex, age_in_days=max(age_days, 1))
+    obs = Observation(sex=sex, age_in_days=max(age_days, 1))
     out: dict[str, float] = {}
     checks = [("lhfa", lambda: obs.lhfa(Decimal(repr(height_cm)), recumbent=age_days < 730)),
               ("wfa", lambda: obs.wfa(Decimal(repr(weight_kg))))]
@@ -84,6 +128,8 @@ def _scores(sex: str, age_days: int, height_cm: float, weight_kg: float, exact: 
     else:
         checks.append(("wfh", lambda: obs.wfh(Decimal(repr(weight_kg)), Decimal(repr(height_cm)))))
     for name, f in checks:
+        if only is not None and name not in only:
+            continue
         try:
             out[name] = float(f())
         except Exception:  # noqa: BLE001 - outside the WHO tables' range: no z-score for it
@@ -115,9 +161,13 @@ def check_measurement(birth: dt.date, sex: str, on: dt.date, height_cm: float, w
     sexes = ("male", "female") if sex not in ("male", "female") else (sex,)
     # Most children are well within ±3: a float screen (same tables and range checks) settles
     # them; only a measurement near or beyond ±3 gets the exact WHO computation.
-    per_sex = [_scores(s, age_days, height_cm, weight_kg, exact=False) for s in sexes]
-    if any(abs(z) >= _SCREEN for z_of in per_sex for z in z_of.values()):
-        per_sex = [_scores(s, age_days, height_cm, weight_kg) for s in sexes]
+    # Per indicator: a screened z below the screen settles that one; the others get the exact
+    # figure (a finding's z and its limits are always the exact ones).
+    per_sex = [_screen_scores(s, age_days, height_cm, weight_kg) for s in sexes]
+    for z_of, s in zip(per_sex, sexes, strict=True):
+        near = frozenset(name for name, z in z_of.items() if abs(z) >= _SCREEN)
+        if near:
+            z_of.update(_scores(s, age_days, height_cm, weight_kg, near))
     months = age_days / (365.25 / 12)
     age = f"{months:.0f} months" if months < 24 else f"{age_days / 365.25:.1f} years"
     if age_days <= 19 * 365 and all("lhfa" not in z for z in per_sex) and not 10 <= height_cm <= 200:

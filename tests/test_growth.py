@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import protocol
 from protocol import PatientError
+from protocol import _growth
 from protocol._growth import check_measurement
 from protocol._models import Measurement
 
@@ -91,3 +92,38 @@ def test_an_entry_dated_after_today_is_refused(make_patient: Callable[..., Path]
     # The real today by default.
     with pytest.raises(PatientError, match=f"on or before today \\({dt.date.today()}\\)"):
         protocol.plan(path, as_of=AS_OF)
+
+
+# -- the float screen against pygrowup's exact computation -----------------------------------
+
+#: Heights and weights as entered (one or two decimals) and anywhere in between, across and
+#: beyond the WHO tables' ranges: the screen's range checks must match pygrowup's at the edges.
+_HEIGHTS = st.one_of(st.floats(5, 230), st.integers(90, 2300).map(lambda n: n / 10),
+                     st.sampled_from([10.0, 45.0, 44.95, 45.05, 65.0, 64.95, 110.0, 110.05, 120.0, 120.05, 200.0]))
+_WEIGHTS = st.one_of(st.floats(0.5, 140), st.integers(50, 14000).map(lambda n: n / 100),
+                     st.sampled_from([1.0, 0.99, 125.0, 125.01]))
+_AGES = st.one_of(st.integers(0, 8000), st.sampled_from([0, 1, 729, 730, 1856, 1857, 3652, 3653, 6939, 6940]))
+
+
+@given(sex=st.sampled_from(["female", "male"]), age=_AGES, height=_HEIGHTS, weight=_WEIGHTS)
+def test_the_screen_computes_what_pygrowup_does(sex: str, age: int, height: float, weight: float) -> None:
+    """The same indicators (tables, keys and range checks) as pygrowup's Observation, and
+    each z-score within rounding of its exact value wherever that is within ±3 (beyond, the
+    exact computation always runs: see check_measurement)."""
+    screen = _growth._screen_scores(sex, age, height, weight)
+    exact = _growth._scores(sex, age, height, weight)
+    assert screen.keys() == exact.keys()
+    for name, z in exact.items():
+        if abs(z) <= 3:
+            assert abs(screen[name] - z) <= 0.0051, (name, screen[name], z)
+
+
+@given(sex=st.sampled_from(["female", "male", "unknown"]), age=_AGES, height=_HEIGHTS, weight=_WEIGHTS)
+def test_the_screen_never_changes_a_finding(sex: str, age: int, height: float, weight: float) -> None:
+    """check_measurement with the screen gives exactly the findings of the exact computation
+    run on every measurement (a screen at 0 sends every measurement to it)."""
+    on = BIRTH + dt.timedelta(days=age)
+    fast = check_measurement.__wrapped__(BIRTH, sex, on, height, weight)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_growth, "_SCREEN", 0.0)
+        assert check_measurement.__wrapped__(BIRTH, sex, on, height, weight) == fast
