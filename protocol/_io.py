@@ -9,6 +9,7 @@ so that a problem can name the line of the offending value.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import gc
 import hashlib
 import json
@@ -243,6 +244,10 @@ MAX_NODES = 200_000
 MAX_DEPTH = 50
 #: At most this many problems are listed for one file (then how many more there are).
 MAX_PROBLEMS = 50
+
+#: The dates a file or the command line may give (issue 16: a plan from 9999-01-01 ran past
+#: year 9999; a typo such as 0202 is refused).
+DATE_RANGE = (dt.date(1900, 1, 1), dt.date(2199, 12, 31))
 
 
 @contextlib.contextmanager
@@ -702,8 +707,6 @@ def parse_date(text: str, field: str) -> Any:
     Raises :class:`InputError` naming ``field`` for anything else: ``2024-02-30``,
     ``21/11/2026``, other ISO 8601 forms (``2026-11``, ``2026-W47``), a date with a time.
     """
-    import datetime as dt
-
     value = text.strip()
     if value.lower() == "today":
         import pendulum
@@ -715,8 +718,6 @@ def parse_date(text: str, field: str) -> Any:
         except ValueError:
             pass
         else:
-            from ._models import DATE_RANGE
-
             if not DATE_RANGE[0] <= day <= DATE_RANGE[1]:
                 raise InputError(Problem("", field, f"expected a date from {DATE_RANGE[0]} to {DATE_RANGE[1]}, "
                                          f"got {day}"))

@@ -16,12 +16,14 @@ import sys
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import DefinitionError, PatientError, Problem
 from ._io import MAX_PROBLEMS, Document, _gc_paused, format_loc, read_document, validate_document
-from ._machine import Protocol, compile_definition, walk_values
-from ._models import Patient, ProtocolDefinition
+
+if TYPE_CHECKING:  # the models and the machine (pydantic, transitions) are imported on first load:
+    from ._machine import Protocol  # finding a shipped definition's file and hash needs neither
+    from ._models import Patient   # (the worklist's freshness check, see _registry._stale)
 
 __all__ = [
     "definition_schema",
@@ -209,6 +211,9 @@ def _verify_shipped(doc: Document, path: Path, sums: dict[str, str]) -> None:
 
 
 def _compile(doc: Document) -> Protocol:
+    from ._machine import compile_definition
+    from ._models import ProtocolDefinition
+
     defn = validate_document(ProtocolDefinition, doc, error=DefinitionError)
     with _gc_paused():
         compiled, problems = compile_definition(defn)
@@ -239,6 +244,8 @@ def load_patient(path: str | os.PathLike[str]) -> Patient:
     >>> patient = load_patient("examples/patients/mr-on-time.yaml")  # doctest: +SKIP
     """
     doc = read_document(path, error=PatientError)
+    from ._models import Patient
+
     patient = validate_document(Patient, doc, error=PatientError)
     problems = list(_check_patient(patient))
     if problems:
@@ -273,6 +280,8 @@ def _check_patient(p: Patient) -> Iterator[tuple[tuple[Any, ...], str]]:
 
 def definition_schema() -> dict[str, Any]:
     """JSON Schema of the protocol definition format (what ``protocol schema`` prints)."""
+    from ._models import ProtocolDefinition
+
     schema = ProtocolDefinition.model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "Protocol definition"
@@ -281,6 +290,8 @@ def definition_schema() -> dict[str, Any]:
 
 def patient_schema() -> dict[str, Any]:
     """JSON Schema of the patient file format."""
+    from ._models import Patient
+
     schema = Patient.model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "Patient"
@@ -289,6 +300,8 @@ def patient_schema() -> dict[str, Any]:
 
 def placeholder_rows(protocol: Protocol) -> list[dict[str, Any]]:
     """Every placeholder value of a protocol: where it is, its value, and the note."""
+    from ._machine import walk_values
+
     rows = []
     for loc, label, value in walk_values(protocol.source):
         if value.evidence == "placeholder":
@@ -304,6 +317,8 @@ def placeholder_rows(protocol: Protocol) -> list[dict[str, Any]]:
 
 def evidence_counts(protocol: Protocol) -> dict[str, int]:
     """How many values of each evidence level the definition holds."""
+    from ._machine import walk_values
+
     counts = {"published": 0, "derived": 0, "site": 0, "placeholder": 0}
     for _, _, value in walk_values(protocol.source):
         counts[value.evidence] += 1
@@ -344,6 +359,8 @@ def validation_report(file: str | os.PathLike[str], site: str | os.PathLike[str]
 
     Raises :class:`DefinitionError` listing every problem.
     """
+    from ._machine import walk_values
+
     protocol = load_protocol(file, site)
     return {
         "site": None if protocol.site is None else {

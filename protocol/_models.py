@@ -35,6 +35,7 @@ from pydantic import (
     model_validator,
 )
 
+from ._io import DATE_RANGE
 from ._pseudonym import check_pseudonym
 
 __all__ = [
@@ -88,8 +89,6 @@ Text = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
 
 
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-#: The dates a file may give (issue 16: a plan from 9999-01-01 ran past year 9999).
-DATE_RANGE = (dt.date(1900, 1, 1), dt.date(2199, 12, 31))
 
 
 #: Text → date already checked by :func:`_iso_date` (a registry replays the same days for

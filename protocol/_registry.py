@@ -1123,7 +1123,7 @@ class Registry:
         """Patients whose projection cannot serve a worklist from ``start`` for ``days`` days."""
         from ._versions import expected_keys
 
-        current = {ref: _definition_key(ref) for (ref,) in conn.execute("SELECT DISTINCT protocol FROM projection")}
+        current = _current_keys(conn.execute("SELECT DISTINCT protocol, definition FROM projection").fetchall())
         versioned = expected_keys(conn, current)
         rows = conn.execute(
             "SELECT p.id, j.computed_for, j.horizon, j.protocol, j.definition FROM patients AS p "
@@ -1434,6 +1434,62 @@ def _protocol(ref: str) -> Any:
         return load_protocol(ref)
     except Exception:  # noqa: BLE001 - plan() reports it, naming the patient's field
         return None
+
+
+def _current_keys(stored: Iterable[tuple[str, str | None]]) -> dict[str, str | None]:
+    """``{protocol reference: its definition key now}`` (see :func:`_definition_key`) for the
+    references of ``stored`` (``(reference, key)`` pairs of the projection).
+
+    A stored key already names this release and the SHA-256 of the definition's bytes: when
+    the file the reference names still has those bytes (and, for a shipped id, they are the
+    released ones of the manifest), the key is the stored one, found from the file and its hash
+    without validating the definition (a worklist served from a fresh projection then imports
+    neither the models nor the machine). Otherwise the definition is loaded, as
+    :func:`_definition_key` does; ``tests/test_registry.py`` holds both equal.
+
+    >>> _current_keys([("interfant06-blinatumomab", None)])["interfant06-blinatumomab"]  # doctest: +SKIP
+    '0.1.0|interfant06-blinatumomab@1.0.0|b28cb32adaa93b22'
+    """
+    from . import __version__
+
+    keys: dict[str, list[str]] = {}
+    for ref, key in stored:
+        keys.setdefault(ref, [])
+        if key:
+            keys[ref].append(key)
+    out: dict[str, str | None] = {}
+    for ref, candidates in keys.items():
+        found = _definition_file(ref) if candidates else None
+        if found is not None:
+            sha, version = found
+            out[ref] = next((k for k in candidates if k.startswith(f"{__version__}|") and k.endswith(f"|{sha[:16]}")
+                             and (not version or k.split("|")[1].rpartition("@")[2] == version)), None)
+        if out.get(ref) is None:
+            out[ref] = _definition_key(ref)
+    return out
+
+
+def _definition_file(ref: str) -> tuple[str, str] | None:
+    """``(SHA-256 of the file, version asked for or "")`` of the definition ``ref`` names, the
+    way :func:`~protocol._loading.load_protocol` finds it; None when that needs loading it
+    (not found, unreadable, or a shipped file whose bytes are not the released ones)."""
+    from ._loading import _ID_REF, _shipped_index
+
+    _, shipped, sums = _shipped_index()
+    named = _ID_REF.fullmatch(ref)
+    if named is not None:
+        path = shipped.get(named["id"])
+        if path is None:
+            return None
+    else:
+        path = Path(ref)
+    try:
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, ValueError):
+        return None
+    if named is not None and sums.get(path.name) != sha:
+        return None
+    return sha, (named["version"] or "") if named is not None else ""
 
 
 def _definition_key(protocol_ref: Any) -> str | None:

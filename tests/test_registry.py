@@ -872,3 +872,59 @@ def test_a_refresh_planned_in_two_processes_equals_one_planned_here(tmp_path: Pa
     assert forked._conn.execute(query).fetchall() == serial._conn.execute(query).fetchall()
     serial.close()
     forked.close()
+
+
+def test_the_freshness_keys_are_the_loaded_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worklist's freshness check (``_current_keys``) takes a stored key without loading
+    the definition only when the file still has the key's bytes: whatever the projection
+    holds, the keys are those of loading each definition (``_definition_key``)."""
+    import hashlib
+
+    from protocol import _loading, _registry
+
+    ref = "interfant06-blinatumomab"
+    key = _registry._definition_key(ref)
+    assert key is not None
+    refs = [ref, f"{ref}@1.0.0", f"{ref}@9.9.9", "no-such-protocol"]
+    stale = ["0.0.1|" + key.split("|", 1)[1], key[:-16] + "0" * 16, None]  # another release, other bytes, none
+    stored = [(r, k) for r in refs for k in [key, *stale]] + [("interfant21", None)]
+    want = {r: _registry._definition_key(r) for r in [*refs, "interfant21"]}
+    assert _registry._current_keys(stored) == want
+    assert _registry._current_keys([(ref, k) for k in stale]) == {ref: key}  # loaded: no stored key matches
+
+    def no_load(*_: Any) -> Any:
+        raise AssertionError("loaded")
+
+    with monkeypatch.context() as m:  # the file has the stored key's bytes: nothing is loaded
+        m.setattr(_loading, "load_protocol", no_load)
+        assert _registry._current_keys([(ref, key), (f"{ref}@1.0.0", key)]) == {ref: key, f"{ref}@1.0.0": key}
+
+    # A shipped file changed after release (its bytes are not the manifest's): loaded, and refused.
+    shipped = Path(_loading.__file__).parent / "definitions"
+    changed = tmp_path / "defs"
+    changed.mkdir()
+    for path in shipped.iterdir():
+        if path.is_file():
+            (changed / path.name).write_bytes(path.read_bytes())
+    target = changed / f"{ref}.yaml"
+    target.write_bytes(target.read_bytes() + b"\n# edited\n")
+    monkeypatch.setattr(_loading, "_definitions_dir", lambda: changed)
+    monkeypatch.setattr(_loading, "_SHIPPED", None)
+    assert _registry._definition_key(ref) is None
+    assert _registry._current_keys([(ref, key)]) == {ref: None}
+    # The same bytes, released (in the manifest): the stored key of other bytes is not taken.
+    sums = (changed / _loading.MANIFEST).read_text(encoding="utf-8").splitlines()
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    (changed / _loading.MANIFEST).write_text("\n".join(f"{digest}  {target.name}" if line.endswith(f"  {target.name}")
+                                                       else line for line in sums) + "\n", encoding="utf-8")
+    monkeypatch.setattr(_loading, "_SHIPPED", None)
+    now = _registry._definition_key(ref)
+    assert now is not None and now != key and now.endswith(digest[:16])
+    assert _registry._current_keys([(ref, key)]) == {ref: now}
+    # The manifest no longer releases those bytes (a new process: nothing loaded yet): the key
+    # stored for them is not taken either.
+    (changed / _loading.MANIFEST).write_text("\n".join(sums) + "\n", encoding="utf-8")
+    for name, empty in (("_SHIPPED", None), ("_CACHE", {}), ("_BY_ID", {})):
+        monkeypatch.setattr(_loading, name, empty)
+    assert _registry._definition_key(ref) is None
+    assert _registry._current_keys([(ref, now)]) == {ref: None}
