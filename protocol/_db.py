@@ -191,7 +191,7 @@ def _outside_quotes(sql: str) -> Iterator[tuple[bool, str]]:
 
 #: Columns that are never NULL where the registry sorts by them (a performance hint only: any
 #: other column is given SQLite's NULL order explicitly, which is always right).
-_NOT_NULL = frozenset({"seq", "id", "patient", "date", "rank", "created", "recorded_at", "name", "site", "key",
+_NOT_NULL = frozenset({"seq", "id", "patient", "date", "pos", "rank", "created", "recorded_at", "name", "site", "key",
                        "sha256", "computed_for", "entry", "tablename", "at", '"user"', "user"})
 
 
@@ -334,6 +334,8 @@ def pg_statement(statement: str) -> list[str]:
             piece = re.sub(r"\bINTEGER\b", "BIGINT", piece)
             piece = re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', piece)
             piece = re.sub(r"\bBLOB\b", "BYTEA", piece)
+            # A PostgreSQL table has no rowid: its primary key is an index of its own.
+            piece = re.sub(r"\s*\bWITHOUT ROWID\b", "", piece)
             piece = re.sub(r"\bjson_valid\((\w+)\)", r"(\1::json IS NOT NULL)", piece)
             piece = re.sub(r"\buser\b", '"user"', piece)
             piece = piece.replace("strftime(", "protocol_strftime(")

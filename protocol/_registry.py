@@ -315,6 +315,34 @@ ALTER TABLE version_entries ADD COLUMN signature TEXT CHECK (signature IS NULL O
 ALTER TABLE version_entries ADD COLUMN settled TEXT;
 """
 
+# The worklist rows clustered in listing order: the table is its own index (SQLite: WITHOUT
+# ROWID; PostgreSQL: its primary key), so a week's rows are read as one range, in order, with
+# no sort and no look-up per row, however far past the week the projection reaches. ``pos`` is
+# the row's place in its patient's rows sorted by (date, category rank, element, item), so
+# ``ORDER BY date, patient, pos`` is the listing order (see protocol._worklist.in_listing_order).
+# The projection is a cache: it is dropped and rebuilt lazily (every patient is stale).
+_V7 = """
+DROP TABLE worklist_rows;
+DELETE FROM projection;
+CREATE TABLE worklist_rows (
+    patient  TEXT NOT NULL REFERENCES patients(id),
+    date     TEXT NOT NULL,
+    pos      INTEGER NOT NULL,
+    rank     INTEGER NOT NULL,
+    category TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    study    TEXT,
+    element  TEXT,
+    item     TEXT,
+    name     TEXT NOT NULL,
+    detail   TEXT,
+    status   TEXT,
+    branch   TEXT,
+    PRIMARY KEY (date, patient, pos)
+) WITHOUT ROWID;
+CREATE INDEX worklist_rows_by_patient ON worklist_rows(patient);
+"""
+
 #: ``(version, what it does, SQL)``, applied in order to bring an older database up to date.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "patients and the append-only entry log", _V1),
@@ -323,6 +351,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (4, "sites, users, sessions, sign-in audit, feeds and signatures", _V4),
     (5, "protocol versions and the per-patient version log", _V5),
     (6, "site amendments kept like protocol versions", _V6),
+    (7, "worklist rows clustered in listing order", _V7),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -1266,13 +1295,12 @@ def _projection(conn: sqlite3.Connection, path: Path, patient_id: str, day: dt.d
 
 def _store_projection(conn: sqlite3.Connection, patient_id: str, day: dt.date, done: _Projected, stamp: str) -> None:
     """Replace the patient's worklist rows and projection record (inside the caller's write)."""
-    from ._worklist import RANK
+    from ._worklist import in_listing_order
 
     conn.execute("DELETE FROM worklist_rows WHERE patient = ?", (patient_id,))
-    rank = RANK
-    conn.executemany("INSERT INTO worklist_rows (patient, date, rank, category, kind, study, element, item, name, "
-                     "detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     [(patient_id, r[0], rank[r[1]], *r[1:]) for r in done.rows])
+    conn.executemany("INSERT INTO worklist_rows (patient, date, pos, rank, category, kind, study, element, item, "
+                     "name, detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     in_listing_order(patient_id, done.rows))
     conn.execute("INSERT OR REPLACE INTO projection (patient, computed_for, horizon, protocol, definition, "
                  "last_seq, computed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                  (patient_id, day.isoformat(), done.horizon, done.protocol, done.key, done.last_seq, stamp))
@@ -1280,15 +1308,14 @@ def _store_projection(conn: sqlite3.Connection, patient_id: str, day: dt.date, d
 
 def _store_projections(conn: sqlite3.Connection, day: dt.date, ready: dict[str, _Projected], stamp: str) -> None:
     """:func:`_store_projection` for many patients, in three statements."""
-    from ._worklist import RANK
+    from ._worklist import in_listing_order
 
     if not ready:
         return
-    rank = RANK
     conn.executemany("DELETE FROM worklist_rows WHERE patient = ?", [(pid,) for pid in ready])
-    conn.executemany("INSERT INTO worklist_rows (patient, date, rank, category, kind, study, element, item, name, "
-                     "detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     [(pid, r[0], rank[r[1]], *r[1:]) for pid, done in ready.items() for r in done.rows])
+    conn.executemany("INSERT INTO worklist_rows (patient, date, pos, rank, category, kind, study, element, item, "
+                     "name, detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     [row for pid, done in ready.items() for row in in_listing_order(pid, done.rows)])
     iso = day.isoformat()
     conn.executemany("INSERT OR REPLACE INTO projection (patient, computed_for, horizon, protocol, definition, "
                      "last_seq, computed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -274,7 +274,23 @@ def _where(start: dt.date, days: int, as_of: dt.date | None) -> tuple[str, tuple
             (bound, end, first, end, back, end))
 
 
-_ORDER = "ORDER BY date, patient, rank, element, item"
+#: The listing order: the worklist table's primary key (see :func:`in_listing_order`).
+_ORDER = "ORDER BY date, patient, pos"
+
+
+def in_listing_order(patient: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``patient``'s :func:`project` rows as the worklist table stores them: ``(patient, date,
+    pos, rank, *row[1:])``, where ``pos`` numbers the rows sorted by date, category rank, element
+    and item (an absent element or item first, as SQL sorts NULL), so that the table's key
+    ``(date, patient, pos)`` is the listing order; rows alike on all four keep their order.
+
+    >>> in_listing_order("P", [("2026-11-22", "due", "administration", None, "ib", "ib:x@1", "X", None, "planned", None),
+    ...                        ("2026-11-21", "due", "administration", None, "ib", "ib:y@1", "Y", None, "planned", None)])[0][:4]
+    ('P', '2026-11-21', 0, 5)
+    """
+    rank = RANK
+    ordered = sorted(rows, key=lambda r: (r[0], rank[r[1]], r[4] or "", r[5] or ""))
+    return [(patient, r[0], pos, rank[r[1]], *r[1:]) for pos, r in enumerate(ordered)]
 
 
 def query(conn: sqlite3.Connection, start: dt.date, days: int, as_of: dt.date | None = None) -> list[tuple[Any, ...]]:
@@ -298,12 +314,9 @@ def stream(conn: sqlite3.Connection, start: dt.date, days: int, as_of: dt.date, 
     where, args = _where(start, days, as_of)
     counts = dict.fromkeys(CATEGORIES, 0)
     wp = we = wi = 0
-    # SQLite: the projection holds little more than the window, so one pass over the table
-    # reads it faster than the date index and a look-up per row (2×, 77,000 rows).
-    table = "worklist_rows NOT INDEXED" if getattr(conn, "dialect", None) == "sqlite" else "worklist_rows"
     for category, n, lp, le, li in conn.execute(
             "SELECT category, count(*), max(length(patient)), max(length(coalesce(element, ''))), "
-            f"max(length(coalesce(item, ''))) FROM {table} WHERE {where} GROUP BY category", args):
+            f"max(length(coalesce(item, ''))) FROM worklist_rows WHERE {where} GROUP BY category", args):
         counts[category] = n
         wp, we, wi = max(wp, lp or 0), max(we, le or 0), max(wi, li or 0)
     head = Worklist(start, days, [], refreshed, None, as_of)
@@ -346,7 +359,7 @@ _SQLITE_LINE = (
     " || '  ' || name || CASE WHEN detail <> '' THEN ': ' || detail ELSE '' END || "
     "CASE WHEN study <> '' THEN ' [' || study || ']' ELSE '' END || "
     "CASE WHEN branch <> '' THEN ' (if ' || branch || ')' ELSE '' END "
-    "FROM worklist_rows NOT INDEXED WHERE {where} {order}")
+    "FROM worklist_rows WHERE {where} {order}")
 _LINE = itemgetter(0)
 
 

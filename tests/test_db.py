@@ -49,6 +49,9 @@ def test_statements_are_translated_once_for_postgresql() -> None:
     assert pg_sql("SELECT seq FROM entries ORDER BY seq DESC LIMIT 1", False)[0].endswith("ORDER BY seq DESC LIMIT 1")
     assert pg_statement("CREATE INDEX w ON worklist_rows(date, patient, rank, element, item)") == [
         "CREATE INDEX w ON worklist_rows(date, patient, rank, element NULLS FIRST, item NULLS FIRST)"]
+    # A table clustered by its key in SQLite is a table with that primary key in PostgreSQL.
+    assert pg_statement("CREATE TABLE w (d TEXT NOT NULL, p INTEGER NOT NULL, PRIMARY KEY (d, p)) WITHOUT ROWID") == [
+        'CREATE TABLE w (d TEXT COLLATE "C" NOT NULL, p BIGINT NOT NULL, PRIMARY KEY (d, p))']
     assert pg_sql("SELECT s.user FROM sessions AS s WHERE user = ?")[0] == (
         'SELECT s."user" FROM sessions AS s WHERE "user" = %s')
 

@@ -189,3 +189,48 @@ def test_two_writers_of_one_patient_are_serialised(db_url: str) -> None:
     finally:
         for r in regs:
             r.close()
+
+
+def test_a_schema_6_database_upgrades_to_the_clustered_worklist_under_its_policies(
+        pg_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 7 on PostgreSQL: a registry at schema 6 with patients and worklist rows in the
+    old layout upgrades in place; the cache is rebuilt with the primary key (date, patient,
+    pos), the table keeps its row-level policy, and another site's rows stay invisible."""
+    from protocol import _registry
+
+    url = pg_server.new_database()
+    monkeypatch.setattr(_registry, "MIGRATIONS", _registry.MIGRATIONS[:6])
+    monkeypatch.setattr(_registry, "_store_projection", lambda *a: None)  # this release writes the new layout
+    with Registry(url, create=True, today=lambda: TODAY, now=Clock()) as reg:
+        add_site(reg, "site-a")
+        add_site(reg, "site-b")
+        reg.add_patient(small(id="A-1"), by="alice", site="site-a")
+        reg.add_patient(small(id="B-1"), by="bob", site="site-b")
+        reg._db.scope = Scope.of(Actor("bob", "coordinator", frozenset({"site-b"})))
+        reg._db.begin(True)  # what release 6 stored: rows in the version 3 layout
+        reg._db.execute("INSERT INTO worklist_rows VALUES ('B-1', '2026-11-21', 0, 'due', 'administration', NULL, "
+                        "'ib', 'ib:x@1', 'X', NULL, 'planned', NULL)")
+        reg._db.execute("INSERT INTO projection VALUES ('B-1', '2026-11-21', 7, 'p', 'k', 1, 'x')")
+        reg._db.commit()
+    monkeypatch.undo()
+    with Registry(url, today=lambda: TODAY, now=Clock()) as reg:
+        wl = reg.worklist(TODAY, 7)
+        rows = wl.rows
+        assert wl.refreshed == 2 and "ib:x@1" not in {r[6] for r in rows}
+        assert {r[1] for r in rows} == {"A-1", "B-1"} and rows == sorted(rows, key=lambda r: (r[0], r[1]))
+    with raw(url) as conn:
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        key = [r[0] for r in conn.execute(
+            "SELECT a.attname FROM pg_index AS i JOIN pg_attribute AS a ON a.attrelid = i.indrelid "
+            "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'worklist_rows'::regclass AND i.indisprimary "
+            "ORDER BY array_position(i.indkey, a.attnum)")]
+        policies = conn.execute("SELECT count(*) FROM pg_policies WHERE tablename = 'worklist_rows'").fetchone()[0]
+        assert version == "7" and key == ["date", "patient", "pos"] and policies >= 1
+    with Registry(url.replace("protocol_owner@", f"{WEB}@"), today=lambda: TODAY, now=Clock()) as web:
+        web._db.scope = Scope.of(COORD_A)
+        web._db.begin(False)
+        try:
+            seen = {r[0] for r in web._db.execute("SELECT patient FROM worklist_rows")}
+        finally:
+            web._db.rollback()
+        assert seen == {"A-1"}

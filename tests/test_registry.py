@@ -482,6 +482,32 @@ def test_a_version_1_database_opens_and_migrates(tmp_path: Path) -> None:
     assert after == before
 
 
+def test_a_version_6_projection_is_rebuilt_clustered(tmp_path: Path) -> None:
+    """Migration 7 stores the worklist rows clustered by their listing key: the old cache (rows
+    in the version 3 layout) is dropped, nothing recorded is touched, every patient is
+    re-planned on the next worklist, and the rows come back in listing order."""
+    db = tmp_path / "v6.db"
+    with open_reg(db) as reg:
+        reg.add_patient(ON_TIME, by="alice")
+        want = reg.worklist(TODAY, 7).rows
+    conn = sqlite3.connect(db)
+    conn.executescript("DROP TABLE worklist_rows; DELETE FROM projection;\n"
+                       + "\n".join(s + ";" for s in _statements(MIGRATIONS[2][2]) if "DROP" not in s and "DELETE" not in s)
+                       + "\nINSERT INTO projection VALUES ('INF-0001', '2026-11-21', 7, 'interfant06-blinatumomab', 'k', 1, 'x');"
+                       "INSERT INTO worklist_rows VALUES ('INF-0001', '2026-11-21', 0, 'due', 'administration', NULL,"
+                       " 'marma', 'marma:x@1', 'X', NULL, 'planned', NULL); PRAGMA user_version = 6;")
+    conn.close()
+    entries = [r for r in dump(db) if r.startswith('INSERT INTO "entries"')]
+    with open_reg(db, create=False) as reg:
+        assert reg._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert reg._conn.execute("SELECT count(*) FROM projection").fetchone()[0] == 0
+        sql = reg._conn.execute("SELECT sql FROM sqlite_master WHERE name = 'worklist_rows'").fetchone()[0]
+        assert "WITHOUT ROWID" in sql and "PRIMARY KEY (date, patient, pos)" in sql
+        wl = reg.worklist(TODAY, 7)
+        assert wl.refreshed == 1 and wl.rows == want and "marma:x@1" not in {r[6] for r in wl.rows}
+    assert [r for r in dump(db) if r.startswith('INSERT INTO "entries"')] == entries
+
+
 def test_a_version_2_projection_is_rebuilt(tmp_path: Path) -> None:
     """Migration 3 changed the projection's layout: the old cache is dropped, nothing recorded
     is touched, and every patient is re-planned on the next worklist."""

@@ -23,7 +23,7 @@ SHIPPED = ROOT / "protocol" / "definitions" / "interfant06-blinatumomab.yaml"
 
 
 def test_migrations_5_and_6_follow_4_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    assert [n for n, _, _ in MIGRATIONS][-3:] == [4, 5, 6] and SCHEMA_VERSION == 6
+    assert [n for n, _, _ in MIGRATIONS][-4:] == [4, 5, 6, 7] and SCHEMA_VERSION == 7
     db = tmp_path / "r.db"
     open_reg(db).close()
     conn = sqlite3.connect(db)
@@ -101,7 +101,7 @@ def test_a_schema_5_registry_upgrades_to_6_and_keeps_its_version_log(tmp_path: P
     conn.commit()
     conn.close()
     with open_reg(db, create=False) as reg:
-        assert reg._conn.execute("PRAGMA user_version").fetchone()[0] == 6
+        assert reg._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         reg.add_patient(ON_TIME, by="alice")
         assert patient_version(reg, "INF-0001").site is None
         columns = [r[1] for r in reg._conn.execute("PRAGMA table_info(version_entries)")]

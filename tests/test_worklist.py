@@ -14,6 +14,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import protocol
 from protocol import schedule as _schedule
@@ -414,8 +416,9 @@ def test_the_streamed_table_escapes_what_the_table_escapes(reg: Registry) -> Non
     db = reg._db
     db.begin(True)
     try:
-        db.executemany("INSERT INTO worklist_rows (patient, date, rank, category, kind, study, element, item, name, "
-                       "detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", odd)
+        db.executemany("INSERT INTO worklist_rows (patient, date, pos, rank, category, kind, study, element, item, "
+                       "name, detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       [(p, d, 1000 + i, *rest) for i, (p, d, *rest) in enumerate(odd)])
         want = Worklist(TODAY, 7, _worklist.query(db, TODAY, 7, TODAY), 0, None, TODAY).table()
         assert "\\x1b[31m" in want and "µg" in want
         for chunk in (1, 4096):
@@ -504,3 +507,54 @@ def test_rows_cut_at_the_horizon_give_the_full_plans_worklist_rows() -> None:
         assert project(cut, as_of, horizon) == project(full, as_of, horizon)
 
     check()
+
+
+_ROW_TEXT = st.one_of(st.none(), st.sampled_from(["ib", "marma", "ib:x@1", "ib:x@2", "élément", "Z", "a b", "µ"]))
+
+
+@given(st.lists(st.tuples(st.sampled_from(["2026-11-20", "2026-11-21", "2026-12-01"]), st.sampled_from(CATEGORIES),
+                          _ROW_TEXT, _ROW_TEXT), max_size=30),
+       st.lists(st.sampled_from(["A-1", "A-2", "B"]), min_size=1, max_size=3, unique=True))
+def test_the_stored_position_orders_rows_as_sql_sorts_their_fields(rows: list[tuple[Any, ...]],
+                                                                    patients: list[str]) -> None:
+    """``in_listing_order`` numbers each patient's rows so that the table's key ``(date,
+    patient, pos)`` lists them exactly as ``ORDER BY date, patient, rank, element, item`` does
+    in SQL (NULL first, then by code point), whatever the rows hold."""
+    import sqlite3
+
+    from protocol._registry import MIGRATIONS, _statements
+    from protocol._worklist import RANK, _ORDER, in_listing_order
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE projection (patient TEXT)")
+    for statement in _statements(MIGRATIONS[-1][2]):
+        conn.execute(statement.replace("DROP TABLE worklist_rows", "SELECT 1"))
+    for pid in patients:
+        projected = [(d, c, "administration", None, e, i, "name", None, "planned", None) for d, c, e, i in rows]
+        conn.executemany("INSERT INTO worklist_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         in_listing_order(pid, projected))
+    fields = "SELECT date, patient, rank, element, item FROM worklist_rows"
+    stored = conn.execute(f"{fields} {_ORDER}").fetchall()
+    assert stored == conn.execute(f"{fields} ORDER BY date, patient, rank, element, item").fetchall()
+    assert len(stored) == len(rows) * len(patients) and {r[2] for r in stored} <= set(RANK.values())
+
+
+def test_the_worklist_is_read_in_the_tables_order_on_both_databases(reg: Registry) -> None:
+    """What the worklist queries return is in listing order on SQLite and PostgreSQL alike
+    (date, patient, category rank, element, item; NULL first), and on SQLite a week is one
+    range of the table's primary key: no sort, no look-up per row (``EXPLAIN QUERY PLAN``)."""
+    from protocol import _worklist
+
+    reg.worklist(TODAY, 28)
+    db = reg._db
+    rows = _worklist.query(db, TODAY, 28, TODAY)
+    rank = _worklist.RANK
+    key = [(r[0], r[1], rank[r[2]], r[5] or "", r[6] or "") for r in rows]
+    assert len(rows) > 50 and key == sorted(key)
+    if getattr(db, "dialect", None) != "sqlite":
+        return
+    where, args = _worklist._where(TODAY, 7, TODAY)
+    for sql, params in ((_worklist._SQLITE_LINE.format(where=where, order=_worklist._ORDER), (9, 9, 9, *args)),
+                        (f"SELECT * FROM worklist_rows WHERE {where} {_worklist._ORDER} LIMIT 5", args)):
+        plan = " | ".join(r[-1] for r in db.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall())
+        assert "USING PRIMARY KEY (date<?)" in plan and "TEMP B-TREE" not in plan, plan
