@@ -5,8 +5,6 @@ Exit codes: 0 success, 2 bad input (message on stderr, no traceback), 1 internal
 Library modules are imported inside the commands so that ``protocol --help`` stays fast.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 from enum import Enum

@@ -1,7 +1,5 @@
 """``protocol amend``: preview and apply a protocol amendment for the registered patients."""
 
-from __future__ import annotations
-
 import sys
 from enum import Enum
 from pathlib import Path

@@ -1,8 +1,6 @@
 """The core commands: list, validate, schema, risk, plan, diagram. Each parses its arguments,
 calls one library function and prints the result; no clinical logic lives here."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 from typing import Annotated, Any

@@ -1,7 +1,5 @@
 """``protocol db``: the registry itself: its integrity, upgrades, copies between databases, backups."""
 
-from __future__ import annotations
-
 import typer
 
 from ._common import Db, _run, app

@@ -1,8 +1,6 @@
 """Commands about protocol definitions themselves: diff. Each parses its arguments, calls one
 library function and prints the result; no clinical logic lives here."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated
 

@@ -1,7 +1,5 @@
 """Document commands: the printable roadmap (HTML, Markdown, PDF), the calendar (ICS) and FHIR."""
 
-from __future__ import annotations
-
 from enum import Enum
 from pathlib import Path
 from typing import Annotated

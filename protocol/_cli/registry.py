@@ -1,8 +1,6 @@
 """Registry commands: patients add/list, record (one subcommand per event type), retract,
 history, export, worklist. Each parses its arguments, calls one registry method and prints."""
 
-from __future__ import annotations
-
 import sys
 from enum import Enum
 from pathlib import Path

@@ -1,8 +1,6 @@
 """Web application commands: serve, users add/list/disable, sites add/list. Each parses its
 arguments, calls one library function and prints the result."""
 
-from __future__ import annotations
-
 import sys
 from enum import Enum
 from typing import Annotated, Any
