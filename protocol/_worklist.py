@@ -281,7 +281,7 @@ _ORDER = "ORDER BY date, patient, pos"
 def in_listing_order(patient: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """``patient``'s :func:`project` rows as the worklist table stores them: ``(patient, date,
     pos, rank, *row[1:])``, where ``pos`` numbers the rows sorted by date, category rank, element
-    and item (an absent element or item first, as SQL sorts NULL), so that the table's key
+    and item (an absent element or item first, before an empty one, as SQL sorts NULL), so that the table's key
     ``(date, patient, pos)`` is the listing order; rows alike on all four keep their order.
 
     >>> in_listing_order("P", [("2026-11-22", "due", "administration", None, "ib", "ib:x@1", "X", None, "planned", None),
@@ -289,7 +289,8 @@ def in_listing_order(patient: str, rows: list[tuple[Any, ...]]) -> list[tuple[An
     ('P', '2026-11-21', 0, 5)
     """
     rank = RANK
-    ordered = sorted(rows, key=lambda r: (r[0], rank[r[1]], r[4] or "", r[5] or ""))
+    ordered = sorted(rows, key=lambda r: (r[0], rank[r[1]], r[4] is not None, r[4] or "", r[5] is not None,
+                                          r[5] or ""))
     return [(patient, r[0], pos, rank[r[1]], *r[1:]) for pos, r in enumerate(ordered)]
 
 
