@@ -319,7 +319,8 @@ ALTER TABLE version_entries ADD COLUMN settled TEXT;
 # ROWID; PostgreSQL: its primary key), so a week's rows are read as one range, in order, with
 # no sort and no look-up per row, however far past the week the projection reaches. ``pos`` is
 # the row's place in its patient's rows sorted by (date, category rank, element, item), so
-# ``ORDER BY date, patient, pos`` is the listing order (see protocol._worklist.in_listing_order).
+# ``ORDER BY date, patient, pos`` is the listing order (see protocol._worklist.in_listing_order);
+# the category's rank, stored before only to sort by, is no longer a column.
 # The projection is a cache: it is dropped and rebuilt lazily (every patient is stale).
 _V7 = """
 DROP TABLE worklist_rows;
@@ -328,7 +329,6 @@ CREATE TABLE worklist_rows (
     patient  TEXT NOT NULL REFERENCES patients(id),
     date     TEXT NOT NULL,
     pos      INTEGER NOT NULL,
-    rank     INTEGER NOT NULL,
     category TEXT NOT NULL,
     kind     TEXT NOT NULL,
     study    TEXT,
@@ -1295,26 +1295,19 @@ def _projection(conn: sqlite3.Connection, path: Path, patient_id: str, day: dt.d
 
 def _store_projection(conn: sqlite3.Connection, patient_id: str, day: dt.date, done: _Projected, stamp: str) -> None:
     """Replace the patient's worklist rows and projection record (inside the caller's write)."""
-    from ._worklist import in_listing_order
-
-    conn.execute("DELETE FROM worklist_rows WHERE patient = ?", (patient_id,))
-    conn.executemany("INSERT INTO worklist_rows (patient, date, pos, rank, category, kind, study, element, item, "
-                     "name, detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     in_listing_order(patient_id, done.rows))
-    conn.execute("INSERT OR REPLACE INTO projection (patient, computed_for, horizon, protocol, definition, "
-                 "last_seq, computed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                 (patient_id, day.isoformat(), done.horizon, done.protocol, done.key, done.last_seq, stamp))
+    _store_projections(conn, day, {patient_id: done}, stamp)
 
 
 def _store_projections(conn: sqlite3.Connection, day: dt.date, ready: dict[str, _Projected], stamp: str) -> None:
-    """:func:`_store_projection` for many patients, in three statements."""
+    """Replace the worklist rows and projection records of the patients of ``ready`` (inside
+    the caller's write), in three statements."""
     from ._worklist import in_listing_order
 
     if not ready:
         return
     conn.executemany("DELETE FROM worklist_rows WHERE patient = ?", [(pid,) for pid in ready])
-    conn.executemany("INSERT INTO worklist_rows (patient, date, pos, rank, category, kind, study, element, item, "
-                     "name, detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    conn.executemany("INSERT INTO worklist_rows (patient, date, pos, category, kind, study, element, item, name, "
+                     "detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                      [row for pid, done in ready.items() for row in in_listing_order(pid, done.rows)])
     iso = day.isoformat()
     conn.executemany("INSERT OR REPLACE INTO projection (patient, computed_for, horizon, protocol, definition, "

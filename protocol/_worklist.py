@@ -279,19 +279,20 @@ _ORDER = "ORDER BY date, patient, pos"
 
 
 def in_listing_order(patient: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """``patient``'s :func:`project` rows as the worklist table stores them: ``(patient, date,
-    pos, rank, *row[1:])``, where ``pos`` numbers the rows sorted by date, category rank, element
-    and item (an absent element or item first, before an empty one, as SQL sorts NULL), so that the table's key
-    ``(date, patient, pos)`` is the listing order; rows alike on all four keep their order.
+    """``patient``'s :func:`project` rows as the worklist table stores them, ``(patient, date,
+    pos, *row[1:])``: ``pos`` numbers the rows sorted by date, category rank, element and item
+    (an absent element or item first, before an empty one, as SQL sorts NULL), so that the
+    table's key ``(date, patient, pos)`` is the listing order; rows alike on all four keep
+    their order.
 
     >>> in_listing_order("P", [("2026-11-22", "due", "administration", None, "ib", "ib:x@1", "X", None, "planned", None),
-    ...                        ("2026-11-21", "due", "administration", None, "ib", "ib:y@1", "Y", None, "planned", None)])[0][:4]
-    ('P', '2026-11-21', 0, 5)
+    ...                        ("2026-11-21", "due", "administration", None, "ib", "ib:y@1", "Y", None, "planned", None)])[0][:5]
+    ('P', '2026-11-21', 0, 'due', 'administration')
     """
     rank = RANK
     ordered = sorted(rows, key=lambda r: (r[0], rank[r[1]], r[4] is not None, r[4] or "", r[5] is not None,
                                           r[5] or ""))
-    return [(patient, r[0], pos, rank[r[1]], *r[1:]) for pos, r in enumerate(ordered)]
+    return [(patient, r[0], pos, *r[1:]) for pos, r in enumerate(ordered)]
 
 
 def query(conn: sqlite3.Connection, start: dt.date, days: int, as_of: dt.date | None = None) -> list[tuple[Any, ...]]:

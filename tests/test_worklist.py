@@ -416,9 +416,9 @@ def test_the_streamed_table_escapes_what_the_table_escapes(reg: Registry) -> Non
     db = reg._db
     db.begin(True)
     try:
-        db.executemany("INSERT INTO worklist_rows (patient, date, pos, rank, category, kind, study, element, item, "
-                       "name, detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       [(p, d, 1000 + i, *rest) for i, (p, d, *rest) in enumerate(odd)])
+        db.executemany("INSERT INTO worklist_rows (patient, date, pos, category, kind, study, element, item, "
+                       "name, detail, status, branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       [(p, d, 1000 + i, *rest) for i, (p, d, _, *rest) in enumerate(odd)])
         want = Worklist(TODAY, 7, _worklist.query(db, TODAY, 7, TODAY), 0, None, TODAY).table()
         assert "\\x1b[31m" in want and "µg" in want
         for chunk in (1, 4096):
@@ -531,9 +531,10 @@ def test_the_stored_position_orders_rows_as_sql_sorts_their_fields(rows: list[tu
         conn.execute(statement.replace("DROP TABLE worklist_rows", "SELECT 1"))
     for pid in patients:
         projected = [(d, c, "administration", None, e, i, "name", None, "planned", None) for d, c, e, i in rows]
-        conn.executemany("INSERT INTO worklist_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        conn.executemany("INSERT INTO worklist_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          in_listing_order(pid, projected))
-    fields = "SELECT date, patient, rank, element, item FROM worklist_rows"
+    rank_sql = "CASE category " + " ".join(f"WHEN '{c}' THEN {n}" for c, n in RANK.items()) + " END"
+    fields = f"SELECT date, patient, {rank_sql} AS rank, element, item FROM worklist_rows"
     stored = conn.execute(f"{fields} {_ORDER}").fetchall()
     assert stored == conn.execute(f"{fields} ORDER BY date, patient, rank, element, item").fetchall()
     assert len(stored) == len(rows) * len(patients) and {r[2] for r in stored} <= set(RANK.values())
