@@ -147,12 +147,22 @@ def _days(days: list[int]) -> str:
     return ", ".join(text if len(text) <= 8 else [*text[:3], "...", *text[-3:]])
 
 
+#: Beside a worklist row whose dose, days or date depend on a placeholder (as ``Item.unverified``):
+#: the list a nurse works from says so where she reads the dose; the patient page gives the reasons.
+UNVERIFIED = "⚠ UNVERIFIED"
+
+
 def _detail(item: tuple[Any, ...]) -> str:
-    """The route, the dose and the item's note (what changed it), in words (of an item tuple)."""
+    """The route, the dose and the item's note (what changed it), in words (of an item tuple),
+    marked :data:`UNVERIFIED` when they depend on a placeholder."""
     dose = item[4]
-    route = item[3].route
+    slot = item[3]
+    route = slot.route
     text = None if dose is None else dose.text
     detail = f"{route} {text}" if route and text else route or text or ""
+    if (slot.evidence if dose is None else dose.evidence) == "placeholder" or (
+            item[8] is not None and item[5] not in ("given", "omitted")):
+        detail = f"{detail} {UNVERIFIED}" if detail else UNVERIFIED
     note = item[7]
     if note:
         detail = f"{detail} ({note})" if detail else note

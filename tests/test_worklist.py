@@ -239,7 +239,7 @@ def _item(date: dt.date, ref: str, status: str, kind: str = "administration", st
     element, rest = ref.split(":")
     key, day = rest.split("@")
     slot = SimpleNamespace(element=element, key=key, kind=kind, study=study, name=key.title(),
-                           route="IV" if kind == "administration" else None)
+                           route="IV" if kind == "administration" else None, evidence="published")
     return SimpleNamespace(ordinal=date.toordinal(), date=date, status=status, slot=slot, ref=ref,
                            element_day=int(day), dose=None, branch=None, note=None)
 
@@ -559,3 +559,24 @@ def test_the_worklist_is_read_in_the_tables_order_on_both_databases(reg: Registr
                         (f"SELECT * FROM worklist_rows WHERE {where} {_worklist._ORDER} LIMIT 5", args)):
         plan = " | ".join(r[-1] for r in db.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall())
         assert "USING PRIMARY KEY (date<?)" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_a_row_that_depends_on_a_placeholder_says_unverified_beside_its_dose(reg: Registry) -> None:
+    """Clinical safety rule: a dose, days or date that depend on a placeholder are shown as
+    unverified where the reader looks. On the worklist (its table, its JSON, the web page, all
+    from the stored detail) that is the row's detail, beside the dose: exactly the rows whose
+    plan item is ``unverified``, and none other."""
+    from protocol._worklist import UNVERIFIED
+
+    wl = reg.worklist(TODAY, 28)
+    marked = {(r[1], r[6]) for r in wl.rows if r[8] and UNVERIFIED in r[8]}
+    want = set()
+    for example in EXAMPLES:
+        p = protocol.load_patient(example)
+        for item in protocol.plan(p, None, TODAY).items:
+            if item.unverified and item.status not in ("given", "omitted", "done", "held"):
+                want.add((p.id, item.ref))
+    listed = {(r[1], r[6]) for r in wl.rows if r[3] == "administration" and r[2] in ("due", "overdue")}
+    assert listed and marked & listed == want & listed
+    assert all(UNVERIFIED in r[8] for r in wl.rows if (r[1], r[6]) in want & listed)
+    assert UNVERIFIED in wl.table()
