@@ -15,11 +15,16 @@ length/height-for-age to 19 years, weight-for-length 45–110 cm under 2 years a
 weight-for-height 65–120 cm from 2 years). Outside the tables' ages or lengths no z-score is
 computed and only the BSA and unit checks apply. A child of unknown sex is checked against both
 standards and refused only when both refuse.
+
+Most measurements are settled by a float screen of the same tables; a z-score near or beyond
+±3 is shown as pygrowup computes it (Decimal, rounded to 0.01), in floats where floats provably
+round the same way and through pygrowup where they might not (``_float_exact``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -77,34 +82,91 @@ def _float_z(y: float, lms: tuple[float, float, float]) -> float:
     return ((y / mu) ** lam - 1.0) / (sigma * lam)
 
 
-def _screen_scores(sex: str, age_days: int, height_cm: float, weight_kg: float) -> dict[str, float]:
-    """The z-scores :func:`_scores` computes, in floats and without pygrowup's ``Observation``:
-    the same tables, keys and range checks (``Observation.lhfa``, ``wfa``, ``wfl``, ``wfh``),
-    the first-pass LMS formula without Decimal and without the refinement beyond ±3. A screen,
-    never a figure shown (see :func:`check_measurement`); ``tests/test_growth.py`` holds it
-    equal to the same computation through pygrowup."""
+def _screen(sex: str, age_days: int, height_cm: float, weight_kg: float
+            ) -> dict[str, tuple[float, float, tuple[float, float, float]]]:
+    """Per indicator pygrowup computes (``Observation.lhfa``, ``wfa``, ``wfl``, ``wfh``: the
+    same tables, keys and range checks), its first-pass z-score in floats, the measurement and
+    the LMS row it used."""
     t = max(age_days, 1)  # as _scores passes it: pygrowup takes age 0 for "no age"
-    out: dict[str, float] = {}
+    out: dict[str, tuple[float, float, tuple[float, float, float]]] = {}
     # Recumbent below 2 years and standing from 2 years (see _scores): pygrowup's ±0.7 cm
     # adjustment never applies. Bounds as in pygrowup (inclusive); a float compares with them
     # as its shortest repr does.
     if t <= 19 * 365.25 and 10 <= height_cm <= 200:
         lms = _age_lms("lfa", sex, t)
         if lms is not None:
-            out["lhfa"] = _float_z(height_cm, lms)
+            out["lhfa"] = (_float_z(height_cm, lms), height_cm, lms)
     if not 1 <= weight_kg <= 125:
         return out
     if t <= 10 * 365.25:
         lms = _age_lms("wfa", sex, t)
         if lms is not None:
-            out["wfa"] = _float_z(weight_kg, lms)
-    length = Decimal(repr(height_cm)).quantize(_TENTH)
+            out["wfa"] = (_float_z(weight_kg, lms), weight_kg, lms)
+    length = _length_key(height_cm)
     table, low, high = ("wfl", 45, 110) if age_days < 730 else ("wfh", 65, 120)
     if low <= length <= high:
         lms = _lms(table, sex, length)
         if lms is not None:
-            out[table] = _float_z(weight_kg, lms)
+            out[table] = (_float_z(weight_kg, lms), weight_kg, lms)
     return out
+
+
+@lru_cache(maxsize=4096)
+def _length_key(height_cm: float) -> Decimal:
+    # pygrowup's key into the weight-for-length/height tables: Decimal(length).quantize(0.1)
+    # of the length as _scores passes it (its shortest repr). Kept per height: heights are
+    # entered to 0.1 cm, so a registry has a few thousand distinct ones.
+    return Decimal(repr(height_cm)).quantize(_TENTH)
+
+
+def _screen_scores(sex: str, age_days: int, height_cm: float, weight_kg: float) -> dict[str, float]:
+    """The z-scores :func:`_scores` computes, in floats and without pygrowup's ``Observation``:
+    the first-pass LMS formula without Decimal and without the refinement beyond ±3. A screen,
+    never a figure shown (see :func:`check_measurement`); ``tests/test_growth.py`` holds it
+    equal to the same computation through pygrowup."""
+    return {name: v[0] for name, v in _screen(sex, age_days, height_cm, weight_kg).items()}
+
+
+#: pygrowup's weight-based indicators (``WEIGHT_BASED_INDICATORS``): refined beyond ±3.
+_WEIGHT_BASED = frozenset({"wfa", "wfl", "wfh"})
+#: How close (in hundredths of a z) to a rounding tie a float z-score may come before the
+#: exact Decimal computation decides its second decimal: the floats differ from pygrowup's
+#: 28-digit Decimals by ~1e-13, so 1e-6 hundredths leaves five orders of magnitude.
+_TIE = 1e-6
+
+
+def _round2(z: float) -> float | None:
+    """``z`` rounded to 0.01 as pygrowup's ``quantize(Decimal(".01"))`` rounds the exact value,
+    or None when ``z`` is too near a tie for a float to tell which way it goes."""
+    c = z * 100.0
+    if abs(c - math.floor(c) - 0.5) < _TIE:
+        return None
+    return round(z, 2)
+
+
+def _float_exact(name: str, z: float, y: float, lms: tuple[float, float, float]) -> float | None:
+    """pygrowup's z-score (``get_z_score``: the first pass rounded to 0.01, refined beyond ±3
+    for a weight-based indicator, rounded again) in floats from the screen's first pass ``z``,
+    or None where floats cannot decide it (a rounding tie, a negative or zero base, an
+    overflow): the caller then asks pygrowup."""
+    first = _round2(z)
+    if first is None or name not in _WEIGHT_BASED or abs(first) <= 3:
+        return first
+    lam, mu, sigma = lms
+    try:
+        if first > 3:
+            b3, b2 = 1.0 + lam * sigma * 3.0, 1.0 + lam * sigma * 2.0
+            if b3 <= 0 or b2 <= 0:
+                return None
+            sd3 = mu * b3 ** (1.0 / lam)
+            return _round2(3.0 + (y - sd3) / (sd3 - mu * b2 ** (1.0 / lam)))
+        b3, b2 = 1.0 - lam * sigma * 3.0, 1.0 - lam * sigma * 2.0
+        if b3 <= 0 or b2 <= 0:
+            return None
+        sd3 = mu * b3 ** (1.0 / lam)
+        return _round2(-3.0 + (y - sd3) / (mu * b2 ** (1.0 / lam) - sd3))
+    except (ArithmeticError, ValueError):
+        return None
 
 
 #: Below this |z| in floats, the exact (Decimal, rounded to 0.01) z-score is within ±3 too:
@@ -137,10 +199,20 @@ def _scores(sex: str, age_days: int, height_cm: float, weight_kg: float,
     return out
 
 
+def _age(age_days: int) -> str:
+    months = age_days / (365.25 / 12)
+    return f"{months:.0f} months" if months < 24 else f"{age_days / 365.25:.1f} years"
+
+
+#: The exact figures in floats where they provably equal pygrowup's (off: always pygrowup;
+#: the tests compare the two).
+_FLOATS = True
+
+
 @lru_cache(maxsize=8192)
 def check_measurement(birth: dt.date, sex: str, on: dt.date, height_cm: float, weight_kg: float) -> tuple[Finding, ...]:
     """Findings for one measurement (empty when it is plausible). Kept per measurement: a
-    registry replays the same patient many times, and the WHO z-scores are computed in Decimal.
+    registry replays the same patient many times.
 
     >>> check_measurement(dt.date(2026, 1, 1), "female", dt.date(2026, 5, 1), 62, 6.0)
     ()
@@ -160,32 +232,44 @@ def check_measurement(birth: dt.date, sex: str, on: dt.date, height_cm: float, w
         return tuple(findings)
     sexes = ("male", "female") if sex not in ("male", "female") else (sex,)
     # Most children are well within ±3: a float screen (same tables and range checks) settles
-    # them; only a measurement near or beyond ±3 gets the exact WHO computation.
-    # Per indicator: a screened z below the screen settles that one; the others get the exact
-    # figure (a finding's z and its limits are always the exact ones).
-    per_sex = [_screen_scores(s, age_days, height_cm, weight_kg) for s in sexes]
-    for z_of, s in zip(per_sex, sexes, strict=True):
-        near = frozenset(name for name, z in z_of.items() if abs(z) >= _SCREEN)
-        if near:
-            z_of.update(_scores(s, age_days, height_cm, weight_kg, near))
-    months = age_days / (365.25 / 12)
-    age = f"{months:.0f} months" if months < 24 else f"{age_days / 365.25:.1f} years"
-    if age_days <= 19 * 365 and all("lhfa" not in z for z in per_sex) and not 10 <= height_cm <= 200:
-        findings.append(Finding("height_cm", True, f"expected a length/height of 10 to 200 cm for a child of {age}, "
-                                f"got {height_cm:g} cm: check the value and its unit"))
+    # them; only a measurement near or beyond ±3 gets the exact WHO figure (a finding's z and
+    # its limits are always the exact ones), in floats where they provably give pygrowup's
+    # rounded figure, else through pygrowup (see _float_exact).
+    per_sex = []
+    for s in sexes:
+        z_of = {}
+        ask = None
+        for name, (z, y, lms) in _screen(s, age_days, height_cm, weight_kg).items():
+            if abs(z) < _SCREEN:
+                z_of[name] = z
+                continue
+            exact = _float_exact(name, z, y, lms) if _FLOATS else None
+            if exact is not None:
+                z_of[name] = exact
+            else:
+                ask = [name] if ask is None else [*ask, name]
+        if ask:
+            z_of.update(_scores(s, age_days, height_cm, weight_kg, frozenset(ask)))
+        per_sex.append(z_of)
+    if age_days <= 19 * 365 and not 10 <= height_cm <= 200 and all("lhfa" not in z for z in per_sex):
+        findings.append(Finding("height_cm", True, f"expected a length/height of 10 to 200 cm for a child of "
+                                f"{_age(age_days)}, got {height_cm:g} cm: check the value and its unit"))
     for name, (label, low, high) in _LIMITS.items():
         zs = [z[name] for z in per_sex if name in z]
         if len(zs) != len(per_sex):
             continue
-        z = min(zs, key=abs)  # unknown sex: the standard that fits better
+        z = min(zs, key=abs) if len(zs) > 1 else zs[0]  # unknown sex: the standard that fits better
+        if low <= z <= high and abs(z) <= _WARN:
+            continue
         field = "height_cm" if name == "lhfa" else "weight_kg"
         value = f"{height_cm:g} cm" if name == "lhfa" else f"{weight_kg:g} kg"
         who = "" if len(sexes) == 2 else f" {sexes[0]}"
+        age = _age(age_days)
         if not low <= z <= high:
             findings.append(Finding(field, True, f"{value} at {age} is {label} z = {z:+.1f} (WHO{who}): expected z "
                                     f"from {low:+d} to {high:+d} (WHO biologically implausible limits); check "
                                     f"the value and its unit"))
-        elif abs(z) > _WARN:
+        else:
             findings.append(Finding(field, False, f"{value} on {on} at {age} is {label} z = {z:+.1f} (WHO{who}), "
                                     f"beyond ±3: check it (accepted)"))
     return tuple(findings)

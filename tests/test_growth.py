@@ -120,10 +120,56 @@ def test_the_screen_computes_what_pygrowup_does(sex: str, age: int, height: floa
 
 @given(sex=st.sampled_from(["female", "male", "unknown"]), age=_AGES, height=_HEIGHTS, weight=_WEIGHTS)
 def test_the_screen_never_changes_a_finding(sex: str, age: int, height: float, weight: float) -> None:
-    """check_measurement with the screen gives exactly the findings of the exact computation
-    run on every measurement (a screen at 0 sends every measurement to it)."""
+    """check_measurement with the screen and the float figures gives exactly the findings of
+    pygrowup's exact computation run on every measurement (a screen at 0 sends every
+    measurement to it, and ``_FLOATS`` off sends it to pygrowup)."""
     on = BIRTH + dt.timedelta(days=age)
     fast = check_measurement.__wrapped__(BIRTH, sex, on, height, weight)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(_growth, "_SCREEN", 0.0)
+        m.setattr(_growth, "_FLOATS", False)
         assert check_measurement.__wrapped__(BIRTH, sex, on, height, weight) == fast
+
+
+#: Children anywhere from far below to far above the WHO median, so that every z-score near
+#: and beyond ±3 (where the figure shown is the exact one) is reached, with weights and
+#: heights entered to two and one decimals.
+_Z = st.one_of(st.floats(-8, 8), st.sampled_from([-3.0, -2.995, -2.9, 2.9, 2.995, 3.0, 3.005, -3.005]))
+
+
+def _figures_agree(sex: str, age: int, height: float, weight: float) -> None:
+    screened = _growth._screen(sex, age, height, weight)
+    exact = _growth._scores(sex, age, height, weight)
+    assert screened.keys() == exact.keys()
+    for name, (z, y, lms) in screened.items():
+        figure = _growth._float_exact(name, z, y, lms)
+        if figure is not None:  # None: the caller asks pygrowup
+            assert figure == exact[name], (name, figure, exact[name])
+
+
+@given(sex=st.sampled_from(["female", "male"]), age=st.integers(0, 3650), zh=_Z, zw=_Z)
+def test_the_float_figure_is_pygrowups_to_the_hundredth(sex: str, age: int, zh: float, zw: float) -> None:
+    """Where _float_exact gives a figure, it is exactly pygrowup's (rounded to 0.01, refined
+    beyond ±3 for the weight-based indicators), on children generated at any z-score."""
+    on = BIRTH + dt.timedelta(days=age)
+    try:
+        m = plausible_measurement(sex, BIRTH, on, zh, zw)
+    except (ArithmeticError, ValueError, TypeError):  # no such child (a negative Box-Cox base)
+        return
+    if isinstance(m["height_cm"], float) and isinstance(m["weight_kg"], float):
+        _figures_agree(sex, age, m["height_cm"], m["weight_kg"])
+
+
+@given(sex=st.sampled_from(["female", "male"]), age=_AGES, height=_HEIGHTS, weight=_WEIGHTS)
+def test_the_float_figure_is_pygrowups_at_any_value(sex: str, age: int, height: float, weight: float) -> None:
+    """The same on any height and weight, inside and beyond the WHO tables' ranges."""
+    _figures_agree(sex, age, height, weight)
+
+
+def test_a_rounding_tie_goes_to_pygrowup() -> None:
+    """A float within a hair of a tie in the second decimal gives no figure (pygrowup decides);
+    away from one it rounds as Decimal.quantize rounds."""
+    assert _growth._round2(2.995) is None
+    assert _growth._round2(-3.005) is None
+    assert _growth._round2(3.0049) == 3.0
+    assert _growth._round2(-3.0051) == -3.01
