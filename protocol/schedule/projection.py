@@ -156,12 +156,17 @@ class _Projection:
         today = self.as_of_ord if status == "in_progress" and not self.reference else None
         fast = bool(events) and not self.reference and not rebag and cur.actual_start is not None \
             and el.id not in self.mixed
+        # A worklist projection (plan_rows_before) lists no row dated from rows_before on: an
+        # element's rows are made independently of each other, and nothing else of the plan is
+        # read from them (its end comes from its length, its overdue items are past ones).
+        cut = None if self.rows_before is None else self.rows_before - 1
         if fast:
-            # Only doses given: each event finds its row by reference, rows emitted as given.
+            # Only doses given: each event finds its row by reference, rows emitted as given (an
+            # event naming a row past the cut sends the element to the general path below).
             prepared = self.prepare_given(el, start, length, events)  # type: ignore[arg-type]
             fast = False
             if prepared is not None:
-                self.ctx.emit(el, start, length, None, item_status, branch, rows, dated, today, prepared[1])
+                self.ctx.emit(el, start, length, cut, item_status, branch, rows, dated, today, prepared[1])
                 fast = self.finish_given(rows, mark, start, events, prepared)  # type: ignore[arg-type]
                 if not fast:
                     del rows[mark:]
@@ -181,21 +186,14 @@ class _Projection:
                 span.note = "; ".join(filter(None, [span.note, *notes]))
             rows.extend(map(tuple, tmp))
             self.adjusted = True
+        elif cut is None:
+            self.ctx.emit(el, start, length, stop, item_status, branch, rows, dated, today)
+        elif item_status == "done":
+            # The items of a completed element, nothing recorded, are all done: none is listed.
+            self.ctx.flag_only(el, start, length, stop)
         else:
-            if self.rows_before is not None and status != "in_progress":
-                # A worklist projection (plan_rows_before): an element not under way with nothing
-                # recorded in it is emitted only up to the last day the worklist can list. Its
-                # rows are made independently of each other, and nothing else of the plan is read
-                # from them (the element's end comes from its length).
-                # The items of a completed element, nothing recorded, are all done: none is listed.
-                last = self.rows_before - 1
-                if item_status == "done":
-                    self.ctx.flag_only(el, start, length, stop)
-                else:
-                    self.ctx.emit(el, start, length, last if stop is None else min(stop, last), item_status,
-                                  branch, rows, dated, today)
-            else:
-                self.ctx.emit(el, start, length, stop, item_status, branch, rows, dated, today)
+            self.ctx.emit(el, start, length, cut if stop is None else min(stop, cut), item_status, branch, rows,
+                          dated, today)
         if not el.open_ended:
             span.planned_end = dt.date.fromordinal(end)
         elif self.eot is not None:
