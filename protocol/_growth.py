@@ -235,11 +235,21 @@ def check_measurement(birth: dt.date, sex: str, on: dt.date, height_cm: float, w
     # them; only a measurement near or beyond ±3 gets the exact WHO figure (a finding's z and
     # its limits are always the exact ones), in floats where they provably give pygrowup's
     # rounded figure, else through pygrowup (see _float_exact).
+    if len(sexes) == 1:
+        screened = _screen(sex, age_days, height_cm, weight_kg)
+        # The common case: every indicator well within ±3 and the height within 10-200 cm
+        # (or scored), so no finding (the checks below would find none).
+        if ((10 <= height_cm <= 200 or "lhfa" in screened or age_days > 19 * 365)
+                and all(abs(v[0]) < _SCREEN for v in screened.values())):
+            return ()
+        screens = [screened]
+    else:
+        screens = [_screen(s, age_days, height_cm, weight_kg) for s in sexes]
     per_sex = []
-    for s in sexes:
+    for s, screened in zip(sexes, screens, strict=True):
         z_of = {}
         ask = None
-        for name, (z, y, lms) in _screen(s, age_days, height_cm, weight_kg).items():
+        for name, (z, y, lms) in screened.items():
             if abs(z) < _SCREEN:
                 z_of[name] = z
                 continue
