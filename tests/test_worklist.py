@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -466,7 +467,9 @@ def test_rows_cut_at_the_horizon_give_the_full_plans_worklist_rows() -> None:
     example patient (every shipped protocol) with generated recorded histories (the
     generator of ``tests/test_schedule.py``), as of a generated day, for 7 to 60 days.
     The plan cut short keeps every row before the horizon but those done (which no worklist
-    lists), and every element, decision and deviation."""
+    lists), and every element, decision and deviation. The histories also hold re-weighings
+    (weight changes flagged as deviations) and doses recorded given early, for items past the
+    horizon (the element then takes the general path)."""
     from hypothesis import given
     from hypothesis import strategies as st
 
@@ -488,7 +491,16 @@ def test_rows_cut_at_the_horizon_give_the_full_plans_worklist_rows() -> None:
         except protocol.ProtocolError:
             return
         base["events"] = [*base["events"], *_recorded(data.draw, bare, as_of)]
-        generated = protocol.Patient.model_validate(base)
+        ahead = [i for i in bare.items if i.branch is None and as_of < i.date <= as_of + dt.timedelta(days=horizon + 40)]
+        for i in data.draw(st.lists(st.sampled_from(ahead), max_size=3, unique_by=lambda i: i.ref)) if ahead else ():
+            day = as_of - dt.timedelta(days=data.draw(st.integers(0, 3)))
+            if day >= patient.start_date:
+                base["events"].append({"type": "item_given", "item": i.ref, "date": day.isoformat()})
+        base["measurements"] = _reweighed(data.draw, base["measurements"], patient.start_date, as_of)
+        try:
+            generated = protocol.Patient.model_validate(base)
+        except ValueError:  # a re-weighing the model refuses (e.g. two measurements on one day)
+            return
         try:
             full = protocol.plan(generated, pr, as_of)
         except protocol.ProtocolError as exc:
@@ -507,6 +519,62 @@ def test_rows_cut_at_the_horizon_give_the_full_plans_worklist_rows() -> None:
         assert project(cut, as_of, horizon) == project(full, as_of, horizon)
 
     check()
+
+
+def _reweighed(draw: Any, measurements: list[dict[str, Any]], start: dt.date, as_of: dt.date) -> list[dict[str, Any]]:
+    """The measurements with up to three re-weighings between the start and ``as_of``, some
+    more than 10 % from the last weight (the plan flags those and recomputes the doses)."""
+    from hypothesis import strategies as st
+
+    if not measurements or as_of <= start:
+        return measurements
+    last = measurements[-1]
+    days = draw(st.lists(st.integers(0, (as_of - start).days), max_size=3, unique=True))
+    taken = {str(m["date"]) for m in measurements}
+    extra = [{"date": d.isoformat(), "height_cm": last["height_cm"],
+              "weight_kg": round(last["weight_kg"] * draw(st.sampled_from([0.85, 0.95, 1.05, 1.15])), 2)}
+             for d in (start + dt.timedelta(days=n) for n in days) if d.isoformat() not in taken]
+    return sorted([*measurements, *extra], key=lambda m: str(m["date"]))
+
+
+def _weight_rows(patient: dict[str, Any], as_of: dt.date, horizon: int) -> tuple[list[Any], list[Any]]:
+    """The weight-change rows of the worklist of the full plan and of the plan cut at the horizon."""
+    from protocol.schedule.builder import plan_rows_before
+
+    p = protocol.Patient.model_validate(patient)
+    pr = protocol.load_protocol(p.protocol)
+    full = protocol.plan(p, pr, as_of, today=dt.date(2026, 11, 21))
+    cut = plan_rows_before(p, pr, as_of, as_of + dt.timedelta(days=horizon))
+    assert project(cut, as_of, horizon) == project(full, as_of, horizon)
+    return ([r for r in project(full, as_of, horizon) if r[2] == "weight_change"],
+            [r for r in project(cut, as_of, horizon) if r[2] == "weight_change"])
+
+
+def test_a_weight_change_in_an_element_with_no_row_before_the_horizon_is_listed() -> None:
+    """Consolidation under way whose only item is after the horizon: its weight change (−13 %)
+    is still a deviation on the worklist (the cut emitted no row, and flagged nothing, before)."""
+    base = yaml.safe_load((ROOT / "examples" / "patients" / "aall1731-sr-average.yaml").read_text())
+    base["measurements"] = [{"date": "2026-05-04", "height_cm": 112, "weight_kg": 19.5},
+                            {"date": "2026-06-05", "height_cm": 112, "weight_kg": 17.0}]
+    base["mrd"] = [m for m in base["mrd"] if str(m["date"]) <= "2026-06-10"]
+    base["events"] = [e for e in base["events"] if str(e["date"]) <= "2026-06-01"]
+    full, cut = _weight_rows(base, dt.date(2026, 6, 10), 7)
+    assert len(full) == 1 and "weight 17 kg on 2026-06-05 is -13%" in full[0][7]
+    assert cut == full
+
+
+def test_a_dose_given_early_past_the_horizon_lists_its_weight_change_once() -> None:
+    """A dose recorded given for an item past the horizon sends the element to the general path:
+    the weight change the first emit flagged is not flagged twice (it was listed twice before)."""
+    base = yaml.safe_load((ROOT / "examples" / "patients" / "mr-on-time.yaml").read_text())
+    base["measurements"] = [{"date": "2026-05-04", "height_cm": 66, "weight_kg": 7.4},
+                            {"date": "2026-05-10", "height_cm": 66, "weight_kg": 8.5}]
+    base["mrd"] = []
+    base["events"] = [{"type": "element_started", "element": "induction", "date": "2026-05-04"},
+                      {"type": "item_given", "item": "induction:dexamethasone@22", "date": "2026-05-12"}]
+    full, cut = _weight_rows(base, dt.date(2026, 5, 12), 7)
+    assert len(full) == 1 and full[0][0] == "2026-05-10"
+    assert cut == full
 
 
 _ROW_TEXT = st.one_of(st.none(), st.sampled_from(["", "ib", "marma", "ib:x@1", "ib:x@2", "élément", "Z", "a b", "µ"]))

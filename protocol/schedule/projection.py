@@ -166,10 +166,12 @@ class _Projection:
             prepared = self.prepare_given(el, start, length, events)  # type: ignore[arg-type]
             fast = False
             if prepared is not None:
+                flagged = len(self.ctx.flags)
                 self.ctx.emit(el, start, length, cut, item_status, branch, rows, dated, today, prepared[1])
                 fast = self.finish_given(rows, mark, start, events, prepared)  # type: ignore[arg-type]
-                if not fast:
+                if not fast:  # the general path emits the rows, and flags the weight changes, again
                     del rows[mark:]
+                    del self.ctx.flags[flagged:]
             if fast and stop is not None and len(rows) > mark and rows[-1][0] > stop:
                 kept = [r for r in rows[mark:] if r[0] <= stop or r[5] in ("given", "omitted")]
                 rows[mark:] = kept
@@ -194,6 +196,8 @@ class _Projection:
         else:
             self.ctx.emit(el, start, length, cut if stop is None else min(stop, cut), item_status, branch, rows,
                           dated, today)
+            if len(rows) == mark:  # no row before the cut: emit flagged no weight change either
+                self.ctx.flag_only(el, start, length, stop)
         if not el.open_ended:
             span.planned_end = dt.date.fromordinal(end)
         elif self.eot is not None:
