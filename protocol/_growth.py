@@ -129,19 +129,41 @@ def _screen_scores(sex: str, age_days: int, height_cm: float, weight_kg: float) 
 
 #: pygrowup's weight-based indicators (``WEIGHT_BASED_INDICATORS``): refined beyond ±3.
 _WEIGHT_BASED = frozenset({"wfa", "wfl", "wfh"})
-#: How close (in hundredths of a z) to a rounding tie a float z-score may come before the
-#: exact Decimal computation decides its second decimal: the floats differ from pygrowup's
-#: 28-digit Decimals by ~1e-13, so 1e-6 hundredths leaves five orders of magnitude.
+#: How close to a rounding tie a float z-score may come, in hundredths of a z and relative to
+#: max(1, |z|), before pygrowup's exact Decimal computation decides its second decimal. The
+#: float figures' error is at most ~1.6e-9 in z over every weight-based row of the WHO tables,
+#: at |z| ≈ 110 (a relative error of 1.5e-11); near ±3 it is ~1e-12. This margin (1e-8 in z,
+#: 1e-8·|z| beyond |z| = 1) is over 600 times either; ``tests/test_growth.py`` computes the
+#: error over every row and holds it to a tenth of the margin.
 _TIE = 1e-6
+
+
+def _tie_margin(z: float) -> float:
+    """The margin of :data:`_TIE`, in z (what a float figure's error must stay under)."""
+    return _TIE / 100.0 * max(1.0, abs(z))
 
 
 def _round2(z: float) -> float | None:
     """``z`` rounded to 0.01 as pygrowup's ``quantize(Decimal(".01"))`` rounds the exact value,
     or None when ``z`` is too near a tie for a float to tell which way it goes."""
     c = z * 100.0
-    if abs(c - math.floor(c) - 0.5) < _TIE:
+    if abs(c - math.floor(c) - 0.5) < _TIE * max(1.0, abs(z)):
         return None
     return round(z, 2)
+
+
+def _float_refined(y: float, lms: tuple[float, float, float], above: bool) -> float | None:
+    """pygrowup's refinement of a weight-based z-score beyond +3 (``above``) or below −3
+    (``_adjust_weight_based_z_score``), unrounded, in floats; None where floats cannot compute
+    it (a negative or zero base)."""
+    lam, mu, sigma = lms
+    sign = 1.0 if above else -1.0
+    b3, b2 = 1.0 + sign * lam * sigma * 3.0, 1.0 + sign * lam * sigma * 2.0
+    if b3 <= 0 or b2 <= 0:
+        return None
+    sd3, sd2 = mu * b3 ** (1.0 / lam), mu * b2 ** (1.0 / lam)
+    # z* = ±3 + (y − SD3) / SD23, SD23 = SD3 − SD2 above and SD2 − SD3 below.
+    return 3.0 + (y - sd3) / (sd3 - sd2) if above else -3.0 + (y - sd3) / (sd2 - sd3)
 
 
 def _float_exact(name: str, z: float, y: float, lms: tuple[float, float, float]) -> float | None:
@@ -152,21 +174,11 @@ def _float_exact(name: str, z: float, y: float, lms: tuple[float, float, float])
     first = _round2(z)
     if first is None or name not in _WEIGHT_BASED or abs(first) <= 3:
         return first
-    lam, mu, sigma = lms
     try:
-        if first > 3:
-            b3, b2 = 1.0 + lam * sigma * 3.0, 1.0 + lam * sigma * 2.0
-            if b3 <= 0 or b2 <= 0:
-                return None
-            sd3 = mu * b3 ** (1.0 / lam)
-            return _round2(3.0 + (y - sd3) / (sd3 - mu * b2 ** (1.0 / lam)))
-        b3, b2 = 1.0 - lam * sigma * 3.0, 1.0 - lam * sigma * 2.0
-        if b3 <= 0 or b2 <= 0:
-            return None
-        sd3 = mu * b3 ** (1.0 / lam)
-        return _round2(-3.0 + (y - sd3) / (mu * b2 ** (1.0 / lam) - sd3))
+        refined = _float_refined(y, lms, first > 3)
     except (ArithmeticError, ValueError):
         return None
+    return None if refined is None else _round2(refined)
 
 
 #: Below this |z| in floats, the exact (Decimal, rounded to 0.01) z-score is within ±3 too:
@@ -254,9 +266,9 @@ def check_measurement(birth: dt.date, sex: str, on: dt.date, height_cm: float, w
                 z_of[name] = z
                 continue
             exact = _float_exact(name, z, y, lms) if _FLOATS else None
-            if exact is not None:
-                z_of[name] = exact
-            else:
+            # pygrowup's figure replaces the screen's below (kept if pygrowup computes none).
+            z_of[name] = z if exact is None else exact
+            if exact is None:
                 ask = [name] if ask is None else [*ask, name]
         if ask:
             z_of.update(_scores(s, age_days, height_cm, weight_kg, frozenset(ask)))
