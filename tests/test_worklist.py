@@ -563,6 +563,20 @@ def test_a_weight_change_in_an_element_with_no_row_before_the_horizon_is_listed(
     assert cut == full
 
 
+def test_a_weight_change_in_an_element_not_started_past_its_planned_start_is_listed() -> None:
+    """Consolidation not started (no start recorded) though its planned start has passed: the
+    weight change recorded in it is a deviation on the worklist, as in the full plan (before
+    the cut's fix it was missing there too)."""
+    base = yaml.safe_load((ROOT / "examples" / "patients" / "aall1731-sr-average.yaml").read_text())
+    base["measurements"] = [{"date": "2026-05-04", "height_cm": 112, "weight_kg": 19.5},
+                            {"date": "2026-06-05", "height_cm": 112, "weight_kg": 17.0}]
+    base["mrd"] = [m for m in base["mrd"] if str(m["date"]) <= "2026-06-10"]
+    base["events"] = [e for e in base["events"] if str(e["date"]) <= "2026-05-31"]
+    full, cut = _weight_rows(base, dt.date(2026, 6, 10), 7)
+    assert len(full) == 1 and "weight 17 kg on 2026-06-05 is -13%" in full[0][7]
+    assert cut == full
+
+
 def test_a_dose_given_early_past_the_horizon_lists_its_weight_change_once() -> None:
     """A dose recorded given for an item past the horizon sends the element to the general path:
     the weight change the first emit flagged is not flagged twice (it was listed twice before)."""
