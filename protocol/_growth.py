@@ -119,14 +119,6 @@ def _length_key(height_cm: float) -> Decimal:
     return Decimal(repr(height_cm)).quantize(_TENTH)
 
 
-def _screen_scores(sex: str, age_days: int, height_cm: float, weight_kg: float) -> dict[str, float]:
-    """The z-scores :func:`_scores` computes, in floats and without pygrowup's ``Observation``:
-    the first-pass LMS formula without Decimal and without the refinement beyond ±3. A screen,
-    never a figure shown (see :func:`check_measurement`); ``tests/test_growth.py`` holds it
-    equal to the same computation through pygrowup."""
-    return {name: v[0] for name, v in _screen(sex, age_days, height_cm, weight_kg).items()}
-
-
 #: pygrowup's weight-based indicators (``WEIGHT_BASED_INDICATORS``): refined beyond ±3.
 _WEIGHT_BASED = frozenset({"wfa", "wfl", "wfh"})
 #: How close to a rounding tie a float z-score may come, in hundredths of a z and relative to
@@ -216,11 +208,6 @@ def _age(age_days: int) -> str:
     return f"{months:.0f} months" if months < 24 else f"{age_days / 365.25:.1f} years"
 
 
-#: The exact figures in floats where they provably equal pygrowup's (off: always pygrowup;
-#: the tests compare the two).
-_FLOATS = True
-
-
 @lru_cache(maxsize=8192)
 def check_measurement(birth: dt.date, sex: str, on: dt.date, height_cm: float, weight_kg: float) -> tuple[Finding, ...]:
     """Findings for one measurement (empty when it is plausible). Kept per measurement: a
@@ -265,7 +252,7 @@ def check_measurement(birth: dt.date, sex: str, on: dt.date, height_cm: float, w
             if abs(z) < _SCREEN:
                 z_of[name] = z
                 continue
-            exact = _float_exact(name, z, y, lms) if _FLOATS else None
+            exact = _float_exact(name, z, y, lms)
             # pygrowup's figure replaces the screen's below (kept if pygrowup computes none).
             z_of[name] = z if exact is None else exact
             if exact is None:

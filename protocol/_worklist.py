@@ -50,7 +50,7 @@ import re
 from operator import itemgetter
 import sqlite3
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 __all__ = ["ALWAYS", "CATEGORIES", "Worklist", "problem_row", "project", "query", "stream"]
@@ -154,16 +154,15 @@ def _days(days: list[int]) -> str:
 UNVERIFIED = "[UNVERIFIED]"
 
 
-def _detail(item: tuple[Any, ...]) -> str:
+def _detail(item: tuple[Any, ...], unverified: Callable[[tuple[Any, ...]], bool]) -> str:
     """The route, the dose and the item's note (what changed it), in words (of an item tuple),
-    marked :data:`UNVERIFIED` when they depend on a placeholder."""
+    marked :data:`UNVERIFIED` when ``unverified`` says so (``schedule.records.row_unverified``,
+    passed by :func:`project`: this module is imported without the plan's)."""
     dose = item[4]
-    slot = item[3]
-    route = slot.route
+    route = item[3].route
     text = None if dose is None else dose.text
     detail = f"{route} {text}" if route and text else route or text or ""
-    if (slot.evidence if dose is None else dose.evidence) == "placeholder" or (
-            item[8] is not None and item[5] not in ("given", "omitted")):
+    if unverified(item):
         detail = f"{detail} {UNVERIFIED}" if detail else UNVERIFIED
     note = item[7]
     if note:
@@ -171,13 +170,14 @@ def _detail(item: tuple[Any, ...]) -> str:
     return detail
 
 
-def _unrecorded(group: list[Any], start: int, not_started: set[str]) -> tuple[Any, ...]:
+def _unrecorded(group: list[Any], start: int, not_started: set[str],
+                unverified: Callable[[tuple[Any, ...]], bool]) -> tuple[Any, ...]:
     """One row for the past items of one drug (or assessment) of one element with nothing
     recorded: dated and named by the first, the days, how long ago, the dose of the last
     (its words computed for it alone: a patient registered late has hundreds of such items)."""
     first = group[0]
     last = group[-1]
-    detail = _detail(last)
+    detail = _detail(last, unverified)
     slot = first[3]
     n = len(group)
     if n == 1:
@@ -200,6 +200,8 @@ def project(plan: Any, day: dt.date, horizon: int) -> list[tuple[Any, ...]]:
     >>> project(plan("examples/patients/mr-pending-mrd.yaml", as_of=day), day, 7)  # doctest: +SKIP
     [('2026-09-16', 'unrecorded', 'administration', None, 'marma', 'marma:cytarabine_hd@1', ...), ...]
     """
+    from .schedule.records import row_unverified as unverified
+
     start = day.toordinal()
     end = start + horizon
     out: list[tuple[Any, ...]] = []
@@ -221,14 +223,14 @@ def project(plan: Any, day: dt.date, horizon: int) -> list[tuple[Any, ...]]:
                     group.append(item)
                 continue
         category = "overdue" if status == "overdue" else "due"
-        detail = _detail(item)
+        detail = _detail(item, unverified)
         if past:
             late = f"due {_ago(start - ordinal)}, nothing recorded"
             detail = f"{detail}; {late}" if detail else late
         out.append((fromordinal(ordinal).isoformat(), category, slot.kind, slot.study, slot.element,
                     f"{slot.element}:{slot.key}@{item[1]}", slot.name, detail or None, status, item[6]))
     for group in unrecorded.values():
-        out.append(_unrecorded(group, start, not_started))
+        out.append(_unrecorded(group, start, not_started, unverified))
     pid = getattr(getattr(plan, "patient", None), "id", None) or "PATIENT"
     for e in getattr(plan, "elements", None) or ():
         begin = _get(e, "planned_start")

@@ -110,7 +110,7 @@ def test_the_screen_computes_what_pygrowup_does(sex: str, age: int, height: floa
     """The same indicators (tables, keys and range checks) as pygrowup's Observation, and
     each z-score within rounding of its exact value wherever that is within ±3 (beyond, the
     exact computation always runs: see check_measurement)."""
-    screen = _growth._screen_scores(sex, age, height, weight)
+    screen = {name: v[0] for name, v in _growth._screen(sex, age, height, weight).items()}
     exact = _growth._scores(sex, age, height, weight)
     assert screen.keys() == exact.keys()
     for name, z in exact.items():
@@ -122,12 +122,12 @@ def test_the_screen_computes_what_pygrowup_does(sex: str, age: int, height: floa
 def test_the_screen_never_changes_a_finding(sex: str, age: int, height: float, weight: float) -> None:
     """check_measurement with the screen and the float figures gives exactly the findings of
     pygrowup's exact computation run on every measurement (a screen at 0 sends every
-    measurement to it, and ``_FLOATS`` off sends it to pygrowup)."""
+    measurement to it, and no float figure sends it to pygrowup)."""
     on = BIRTH + dt.timedelta(days=age)
     fast = check_measurement.__wrapped__(BIRTH, sex, on, height, weight)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(_growth, "_SCREEN", 0.0)
-        m.setattr(_growth, "_FLOATS", False)
+        m.setattr(_growth, "_float_exact", lambda *_: None)
         assert check_measurement.__wrapped__(BIRTH, sex, on, height, weight) == fast
 
 

@@ -84,7 +84,7 @@ class Item(NamedTuple):
     def unverified(self) -> bool:
         """True when the item's date, days or dose depend on a placeholder (shown as UNVERIFIED).
         A recorded item's date is a fact: only its dose can stay unverified."""
-        return self.evidence == "placeholder" or (self.dated is not None and self.status not in _RECORDED)
+        return row_unverified(self)
 
     @property
     def unverified_reasons(self) -> tuple[str, ...]:
@@ -113,6 +113,15 @@ class Item(NamedTuple):
 
 _as_item = partial(tuple.__new__, Item)
 _RECORDED = frozenset({"given", "omitted"})
+
+
+def row_unverified(row: tuple[Any, ...]) -> bool:
+    """:attr:`Item.unverified` of a plan row (a plain tuple in :class:`Item` field order, as the
+    worklist reads them): its dose or days depend on a placeholder, or, unless it was recorded,
+    its date does."""
+    dose = row[4]
+    return (row[3].evidence if dose is None else dose.evidence) == "placeholder" or (
+        row[8] is not None and row[5] not in _RECORDED)
 
 
 @dataclass(slots=True)
